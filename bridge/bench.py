@@ -1,0 +1,115 @@
+"""``steerbridge bench``: the engine beside transformers' own ``generate()``, same run.
+
+Both sides use the same model, device, dtype, CFG (guidance 3), top-k and length, and
+each is warmed up once before it is timed. Figures are measured, never assumed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from steering_core.codec import ChunkedDecoder, decode
+from steering_core.models import MusicGenHandle, load_model
+from steering_core.sampling import SamplingSettings
+from steering_core.steerer import Steerer
+from steering_core.stream import MusicStream
+from steering_core.vectors import SteeringVector
+
+PROMPT = "an energetic electronic track with punchy drums"
+
+
+def _sync(handle: MusicGenHandle) -> None:
+    if handle.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _engine_seconds(handle: MusicGenHandle, frames: int, steerer: Steerer | None, settings: SamplingSettings) -> float:
+    stream = MusicStream(handle, PROMPT, seed=0, settings=settings, steerer=steerer)
+    _sync(handle)
+    start = time.perf_counter()
+    if steerer is None:
+        stream.generate_frames(frames)
+    else:
+        with steerer.installed():
+            stream.generate_frames(frames)
+    _sync(handle)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def _generate_seconds(handle: MusicGenHandle, frames: int, settings: SamplingSettings) -> float:
+    inputs = handle.tokenizer([PROMPT], return_tensors="pt").to(handle.device)
+    _sync(handle)
+    start = time.perf_counter()
+    handle.model.generate(**inputs, max_new_tokens=frames + handle.num_codebooks - 1, do_sample=True,
+                          guidance_scale=settings.guidance_scale, top_k=settings.top_k)
+    _sync(handle)
+    return time.perf_counter() - start
+
+
+def random_concepts(handle: MusicGenHandle, concepts: int = 4, layers: int = 8) -> Steerer:
+    """``concepts`` random unit directions on ``layers`` middle layers, knobs at 1.0."""
+    steerer = Steerer(handle)
+    span = min(layers, handle.num_layers)
+    first = (handle.num_layers - span) // 2
+    g = torch.Generator().manual_seed(0)
+    for i in range(concepts):
+        vec = SteeringVector(concept=f"c{i}", directions=torch.randn(span, handle.d_model, generator=g),
+                             layers=tuple(range(first, first + span)))
+        steerer.add(vec, alpha=1.0)
+    return steerer
+
+
+def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "auto", repeats: int = 3) -> dict[str, Any]:
+    handle = load_model(model, device, dtype)
+    frames = max(8, round(seconds * handle.frame_rate))
+    settings = SamplingSettings(guidance_scale=3.0, top_k=250)
+    steerer = random_concepts(handle)
+    # Warm-up: kernels, allocator, lazily built buffers.
+    _engine_seconds(handle, min(frames, 20), None, settings)
+    _generate_seconds(handle, min(frames, 20), settings)
+    engine = min(_engine_seconds(handle, frames, None, settings) for _ in range(repeats))
+    steered = min(_engine_seconds(handle, frames, steerer, settings) for _ in range(repeats))
+    hf = min(_generate_seconds(handle, frames, settings) for _ in range(repeats))
+
+    stream = MusicStream(handle, PROMPT, seed=0, settings=settings)
+    codes = stream.generate_frames(frames)
+    _sync(handle)
+    start = time.perf_counter()
+    decode(handle, codes)
+    _sync(handle)
+    decode_s = time.perf_counter() - start
+
+    # First audio: prompt in -> first chunk of decoded samples out.
+    _sync(handle)
+    start = time.perf_counter()
+    first = MusicStream(handle, PROMPT, seed=1, settings=settings)
+    dec = ChunkedDecoder(handle)
+    while True:
+        dec.push(first.generate_frames(1))
+        if dec.pull().shape[-1] > 0:
+            break
+    _sync(handle)
+    first_audio_ms = (time.perf_counter() - start) * 1000
+
+    audio_s = frames / handle.frame_rate
+    return {
+        "model": model,
+        "device": str(handle.device),
+        "device_name": torch.cuda.get_device_name(handle.device) if handle.device.type == "cuda" else "cpu",
+        "dtype": str(handle.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "frames": frames,
+        "cfg": True,
+        "engine_steps_per_s": round(frames / engine, 2),
+        "hf_generate_steps_per_s": round(frames / hf, 2),
+        "speedup": round(hf / engine, 3),
+        "rtf": round(audio_s / (steered + decode_s), 3),
+        "rtf_unsteered": round(audio_s / (engine + decode_s), 3),
+        "steering_overhead": round(steered / engine - 1, 4),
+        "first_audio_ms": round(first_audio_ms, 1),
+        "torch": torch.__version__,
+    }

@@ -1,0 +1,78 @@
+"""Codes -> audio with the model's own EnCodec, in one shot or in streaming chunks.
+
+EnCodec's decoder is non-causal (its convolutions look ahead) and has LSTMs (they look
+back), so a chunk decoded alone is wrong at both edges. ``ChunkedDecoder`` decodes each
+chunk with ``context_frames`` of already-played frames on the left, holds back
+``holdback_frames`` on the right until their future is known, and crossfades the
+first ``crossfade_frames`` of each chunk into the tentative tail of the previous one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .models import MusicGenHandle
+
+
+@torch.inference_mode()
+def decode(handle: MusicGenHandle, codes: torch.Tensor) -> np.ndarray:
+    """codes [B, K, T] -> float32 audio [B, channels, T * hop]."""
+    codec = handle.model.audio_encoder
+    if handle.audio_channels == 2:  # stereo models interleave left/right codebooks
+        left = codec.decode(codes[None, :, ::2], [None]).audio_values
+        right = codec.decode(codes[None, :, 1::2], [None]).audio_values
+        audio = torch.cat([left, right], dim=1)
+    else:
+        audio = codec.decode(codes[None], [None]).audio_values
+    return audio.float().cpu().numpy()
+
+
+class ChunkedDecoder:
+    """Feed complete frames in, take audio out; the joined output tracks a one-shot decode."""
+
+    def __init__(self, handle: MusicGenHandle, *, context_frames: int = 50, holdback_frames: int = 4,
+                 crossfade_frames: int = 2) -> None:
+        if crossfade_frames > holdback_frames:
+            raise ValueError("crossfade_frames must fit inside holdback_frames")
+        self.handle = handle
+        self.hop = handle.hop_length
+        self.context = context_frames
+        self.holdback = holdback_frames
+        self.crossfade = crossfade_frames
+        self.codes: torch.Tensor | None = None  # [B, K, T] all frames pushed so far
+        self.emitted_frames = 0
+        self._tentative: np.ndarray | None = None  # previous chunk's decode of the next crossfade region
+        n = crossfade_frames * self.hop
+        self._fade_in = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
+
+    def push(self, frames: torch.Tensor) -> None:
+        self.codes = frames if self.codes is None else torch.cat([self.codes, frames], dim=2)
+
+    def rewind(self, frame: int) -> None:
+        """Drop pushed frames from ``frame`` on (the engine rolled them back). Frames
+        already emitted stay emitted."""
+        if self.codes is not None:
+            self.codes = self.codes[:, :, : max(frame, self.emitted_frames + self.holdback)]
+
+    def pull(self, final: bool = False) -> np.ndarray:
+        """Audio for every frame that can be finalised now: [B, C, n]. With ``final``,
+        flush everything (end of stream)."""
+        if self.codes is None:
+            return np.zeros((1, self.handle.audio_channels, 0), np.float32)
+        total = self.codes.shape[2]
+        stop = total if final else total - self.holdback
+        if stop <= self.emitted_frames:
+            return np.zeros((self.codes.shape[0], self.handle.audio_channels, 0), np.float32)
+        left = max(0, self.emitted_frames - self.context)
+        audio = decode(self.handle, self.codes[:, :, left:total])
+        offset = (self.emitted_frames - left) * self.hop
+        out = audio[..., offset: offset + (stop - self.emitted_frames) * self.hop].copy()
+        if self._tentative is not None:
+            n = min(self._tentative.shape[-1], out.shape[-1])
+            fade = self._fade_in[:n]
+            out[..., :n] = self._tentative[..., :n] * (1 - fade) + out[..., :n] * fade
+        tail_end = offset + (stop - self.emitted_frames + self.crossfade) * self.hop
+        self._tentative = None if final else audio[..., offset + out.shape[-1]: tail_end].copy()
+        self.emitted_frames = stop
+        return out

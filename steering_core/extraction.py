@@ -1,0 +1,193 @@
+"""Finding concept directions: record activations, then compare the two classes.
+
+1. ``collect_activations`` runs prompts through a short seeded generation (batched,
+   with CFG) and pools each layer's activation at one site over the generated frames,
+   conditional rows only.
+2. A *method* turns positive and negative activations [N, L, D] into unit directions
+   [L, D]. Methods are plain functions in ``METHODS``: difference of means
+   (Facchiano et al.), PCA of paired differences, and linear probes with a logistic
+   or a squared loss (Panda et al.), whose weight vector is the direction.
+3. ``extract_vector`` ties it to a concept preset and adds per-layer calibration.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .concepts import ConceptPreset
+from .models import MusicGenHandle
+from .sampling import SamplingSettings
+from .sites import SITES, attach
+from .stream import MusicStream
+from .vectors import LayerStats, SteeringVector
+
+Method = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+POOLING = ("mean", "last")
+
+
+class _Pool:
+    """Running pool of one layer's conditional-row activations."""
+
+    def __init__(self, cond_rows: int, how: str) -> None:
+        self.rows = cond_rows
+        self.how = how
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        x = h[: self.rows].float()  # CFG batch: conditional rows first
+        if self.how == "last":
+            self.total, self.count = x[:, -1], 1
+        else:
+            s = x.sum(dim=1)
+            self.total = s if self.total is None else self.total + s
+            self.count += x.shape[1]
+        return h
+
+    def value(self) -> torch.Tensor:
+        assert self.total is not None, "no forward pass reached this site"
+        return (self.total / self.count).cpu()
+
+
+@contextmanager
+def recording(handle: MusicGenHandle, site: str, rows: int, pool: str,
+              layers: Sequence[int]) -> Iterator[list[_Pool]]:
+    """Hooks that pool ``site`` activations at ``layers`` while the block runs."""
+    pools = [_Pool(rows, pool) for _ in layers]
+    with ExitStack() as stack:
+        for layer, p in zip(layers, pools, strict=False):
+            stack.callback(attach(handle.decoder_layers[layer], site, p).remove)
+        yield pools
+
+
+def collect_activations(handle: MusicGenHandle, prompts: Sequence[str], *, site: str = "resid_post",
+                        frames: int = 50, seed: int = 0, batch_size: int = 8, pool: str = "mean",
+                        settings: SamplingSettings | None = None, progress: bool = True,
+                        desc: str = "activations") -> torch.Tensor:
+    """Pooled activations [N, num_layers, d_model] for every layer at ``site``."""
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+    if pool not in POOLING:
+        raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLING)}")
+    layers = range(handle.num_layers)
+    out = []
+    batches = [list(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
+    for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress)):
+        with recording(handle, site, len(batch), pool, layers) as pools:
+            stream = MusicStream(handle, batch, seed=seed + i, settings=settings)
+            stream.generate_frames(frames)
+        out.append(torch.stack([p.value() for p in pools], dim=1))
+    return torch.cat(out)
+
+
+# --- methods: (positive [N, L, D], negative [M, L, D]) -> unit directions [L, D] ---------------
+def _unit(rows: torch.Tensor) -> torch.Tensor:
+    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def diffmean(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """mean(pos) − mean(neg), per layer."""
+    return _unit(pos.mean(0) - neg.mean(0))
+
+
+def pca(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """First principal axis of the paired differences pos_i − neg_i (uncentred, so the
+    shared shift is what it finds), signed to agree with the mean difference."""
+    n = min(len(pos), len(neg))
+    diffs = (pos[:n] - neg[:n]).float()  # [n, L, D]
+    rows = []
+    for layer in range(diffs.shape[1]):
+        _, _, vh = torch.linalg.svd(diffs[:, layer], full_matrices=False)
+        axis = vh[0]
+        if (diffs[:, layer].mean(0) @ axis) < 0:
+            axis = -axis
+        rows.append(axis)
+    return _unit(torch.stack(rows))
+
+
+def _probe(pos: torch.Tensor, neg: torch.Tensor, fit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> torch.Tensor:
+    x = torch.cat([pos, neg]).float().numpy()
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    rows = []
+    for layer in range(x.shape[1]):
+        xl = x[:, layer] - x[:, layer].mean(0)
+        rows.append(torch.from_numpy(np.asarray(fit(xl, y), dtype=np.float32).reshape(-1)))
+    return _unit(torch.stack(rows))
+
+
+def probe_logistic(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Weight vector of a per-layer logistic-regression probe (BCE loss)."""
+    from sklearn.linear_model import LogisticRegression
+
+    def fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return LogisticRegression(C=1.0, max_iter=2000).fit(x, y).coef_
+
+    return _probe(pos, neg, fit)
+
+
+def probe_mse(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Weight vector of a per-layer ridge probe onto ±1 labels (squared loss); the ridge
+    strength is chosen per layer by generalised cross-validation, since activations are
+    few and wide."""
+    from sklearn.linear_model import RidgeCV
+
+    alphas = np.logspace(-2, 5, 15)
+    return _probe(pos, neg, lambda x, y: RidgeCV(alphas=alphas).fit(x, 2 * y - 1).coef_)
+
+
+METHODS: dict[str, Method] = {
+    "diffmean": diffmean,
+    "pca": pca,
+    "probe_logistic": probe_logistic,
+    "probe_mse": probe_mse,
+}
+
+
+def layer_stats(pos: torch.Tensor, neg: torch.Tensor, directions: torch.Tensor) -> list[LayerStats]:
+    """Per-layer calibration: typical ‖h‖ and where each class projects on the direction."""
+    both = torch.cat([pos, neg]).float()
+    out = []
+    for layer in range(directions.shape[0]):
+        v = directions[layer]
+        pp, pn = pos[:, layer].float() @ v, neg[:, layer].float() @ v
+        out.append(LayerStats(mean_norm=float(both[:, layer].norm(dim=-1).mean()),
+                              proj_pos_mean=float(pp.mean()), proj_neg_mean=float(pn.mean()),
+                              proj_std=float(torch.cat([pp, pn]).std())))
+    return out
+
+
+def extract_vector(handle: MusicGenHandle, preset: ConceptPreset, *, method: str = "diffmean",
+                   site: str | None = None, layers: Sequence[int] | None = None, frames: int = 50,
+                   seed: int = 0, batch_size: int = 8, pool: str = "mean",
+                   progress: bool = True) -> SteeringVector:
+    """A steering vector for ``preset`` on ``handle``'s model."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    site = site or preset.site
+    chosen = tuple(layers) if layers is not None else preset.layers_for(handle.num_layers)
+    bad = [layer for layer in chosen if not 0 <= layer < handle.num_layers]
+    if bad or not chosen:
+        raise ValueError(f"layers {bad or list(chosen)} outside 0..{handle.num_layers - 1}")
+    pairs = preset.pairs(seed)
+    common = dict(site=site, frames=frames, seed=seed, batch_size=batch_size, pool=pool, progress=progress)
+    pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", **common)
+    neg = collect_activations(handle, [n for _, n in pairs], desc=f"{preset.name}: {preset.negative_label}", **common)
+    idx = list(chosen)
+    directions = METHODS[method](pos[:, idx], neg[:, idx])
+    stats = layer_stats(pos[:, idx], neg[:, idx], directions)
+    return SteeringVector(
+        concept=preset.name, directions=directions, layers=chosen, site=site, method=method,
+        operator=preset.operator, cfg_mode=preset.cfg_mode, alpha_range=preset.alpha_range,
+        model_id=handle.model_id, model_config_sha256=handle.config_sha256,
+        aggregation="mean_over_frames" if pool == "mean" else "last_frame",
+        n_pos=len(pos), n_neg=len(neg), prompt_sha256=preset.prompt_sha256(seed),
+        stats={layer: s for layer, s in zip(chosen, stats, strict=False)},
+    )

@@ -1,0 +1,214 @@
+"""Endless, steerable MusicGen decoding, one frame at a time.
+
+``MusicStream`` is steerbridge's own decode loop (not a wrapper around ``generate()``):
+
+* the text encoder runs once per prompt; its states feed a cross-attention cache
+  that is computed once and rebuilt only when the prompt changes;
+* conditional and unconditional rows run as one CFG batch (conditional first);
+* the self-attention KV cache grows by one position per step and can be cropped,
+  which is how unplayed lookahead is rolled back when a knob moves;
+* the delay pattern: codebook k runs k frames behind codebook 0, so one step emits
+  codebook 0 of frame f, codebook 1 of frame f-1, ... A frame is *complete* once its
+  last codebook is out;
+* past the model's trained window it re-primes: the cache is rebuilt from the last
+  ``reprime_frames`` complete frames, laid out exactly as MusicGen saw prompts in
+  training, and decoding carries on with no gap in the token stream.
+
+Tokens live in ``codes`` [B, K, T] in real frame time (no delay), so everything
+downstream (codec, recording, analysis) sees plain frames.
+
+Position/frame bookkeeping: the window starts at frame ``w0``; input position ``p``
+holds, for codebook k, frame ``w0 + p - 1 - k`` (BOS where that is before the
+window); the logits at position ``p`` predict frame ``w0 + p - k`` of codebook k.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from .models import MusicGenHandle
+from .sampling import SamplingSettings, guide, sample
+from .steerer import Steerer
+
+#: Called before each decode step with the index of the codebook-0 frame it will produce.
+FrameCallback = Callable[[int], None]
+
+
+class MusicStream:
+    def __init__(
+        self,
+        handle: MusicGenHandle,
+        prompts: Sequence[str] | str,
+        *,
+        seed: int = 0,
+        settings: SamplingSettings | None = None,
+        steerer: Steerer | None = None,
+        window_frames: int | None = None,
+        reprime_frames: int | None = None,
+        rollback_depth: int = 512,
+    ) -> None:
+        self.handle = handle
+        self.settings = settings or SamplingSettings(
+            top_k=int(handle.generation_config.top_k or 250),
+            guidance_scale=float(handle.generation_config.guidance_scale or 3.0))
+        self.settings.validate()
+        self.steerer = steerer
+        self.window_frames = window_frames or handle.window_frames
+        self.reprime_frames = reprime_frames or self.window_frames // 2
+        if not 0 < self.reprime_frames < self.window_frames - handle.num_codebooks:
+            raise ValueError("reprime_frames must be positive and well inside the window")
+        self.num_codebooks = handle.num_codebooks
+        self.bos = handle.pad_token_id
+        self.device = handle.device
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self.batch = len(self.prompts)
+        self._encode(self.prompts)
+        self.codes = torch.full((self.batch, self.num_codebooks, 1024), self.bos,
+                                dtype=torch.long, device=self.device)
+        self.filled = [0] * self.num_codebooks  # frames known, per codebook
+        self.w0 = 0
+        self.pos = 0
+        self.cache = self._new_cache()
+        self.reprimes = 0
+        # RNG state before each step, so a rollback regenerates exactly what a
+        # replay that applied the same change at the same frame would.
+        self._rng_history: deque[tuple[int, torch.Tensor]] = deque(maxlen=rollback_depth)
+
+    # --- public ---------------------------------------------------------------------
+    @property
+    def frames_complete(self) -> int:
+        return min(self.filled)
+
+    @property
+    def next_frame(self) -> int:
+        """The codebook-0 frame the next step produces."""
+        return self.w0 + self.pos
+
+    def set_prompt(self, prompts: Sequence[str] | str) -> None:
+        """New text from the next frame on: new encoder states, new cross-attention cache;
+        the self-attention cache (the music so far) is kept."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != self.batch:
+            raise ValueError(f"expected {self.batch} prompt(s), got {len(prompts)}")
+        self.prompts = prompts
+        self._encode(prompts)
+        self.cache.cross_attention_cache.reset()
+        for layer in list(self.cache.is_updated):
+            self.cache.is_updated[layer] = False
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Generate one step: one new codebook-0 token per row (and the delayed others)."""
+        if self.pos >= self.window_frames:
+            self._reprime()
+        else:
+            self._rng_history.append((self.next_frame, self.generator.get_state()))
+            self._forward_and_sample(self._inputs(self.pos, self.pos + 1))
+
+    def generate_frames(self, n: int, on_frame: FrameCallback | None = None) -> torch.Tensor:
+        """Step until ``n`` more frames are complete; returns them as [B, K, n]."""
+        start = self.frames_complete
+        while self.frames_complete < start + n:
+            if on_frame is not None:
+                on_frame(self.next_frame)
+            self.step()
+        return self.codes[:, :, start:start + n]
+
+    def rollback(self, frame: int) -> int:
+        """Forget everything from complete frame ``frame`` on, so it is generated again
+        under the current controls. Returns the frame actually rolled back to (never
+        before the current window, nor further back than the RNG history reaches)."""
+        frame = max(frame, self.w0 + self.num_codebooks, self._oldest_rollback_frame())
+        if frame >= self.next_frame:
+            return self.frames_complete
+        keep = frame - self.w0  # positions whose outputs are all before `frame`
+        # A negative crop removes that many positions (the form every transformers version accepts).
+        self.cache.self_attention_cache.crop(keep - self.pos)
+        self.pos = keep
+        self.filled = [min(f, frame) for f in self.filled]
+        while self._rng_history and self._rng_history[-1][0] >= frame:
+            at, state = self._rng_history.pop()
+            if at == frame:
+                self.generator.set_state(state)
+        return frame
+
+    # --- internals ------------------------------------------------------------------
+    def _oldest_rollback_frame(self) -> int:
+        return self._rng_history[0][0] if self._rng_history else self.next_frame
+
+    def _new_cache(self) -> EncoderDecoderCache:
+        return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def _encode(self, prompts: list[str]) -> None:
+        states, mask = self.handle.encode_text(prompts)
+        # Unconditional rows: zero states, fully masked, as transformers' generate() does.
+        self.encoder_states = torch.cat([states, torch.zeros_like(states)])
+        self.encoder_mask = torch.cat([mask, torch.zeros_like(mask)])
+
+    def _inputs(self, start: int, stop: int) -> torch.Tensor:
+        """Decoder inputs for positions [start, stop): [2B * K, stop - start]."""
+        k = torch.arange(self.num_codebooks, device=self.device)[:, None]
+        p = torch.arange(start, stop, device=self.device)[None, :]
+        frame = self.w0 + p - 1 - k  # [K, n]
+        valid = (p - 1 - k) >= 0
+        gathered = self.codes.gather(2, frame.clamp_min(0).expand(self.batch, -1, -1))
+        ids = torch.where(valid, gathered, torch.full_like(gathered, self.bos))
+        return torch.cat([ids, ids]).reshape(2 * self.batch * self.num_codebooks, stop - start)
+
+    def _forward_and_sample(self, input_ids: torch.Tensor) -> None:
+        use_cfg = self.settings.uses_cfg
+        if self.steerer is not None:
+            self.steerer.cfg_batch = True
+        out = self.handle.model.decoder(
+            input_ids=input_ids,
+            encoder_hidden_states=self.encoder_states,
+            encoder_attention_mask=self.encoder_mask,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1].reshape(2 * self.batch, self.num_codebooks, -1)
+        logits = guide(logits, self.settings.guidance_scale) if use_cfg else logits[: self.batch]
+        tokens = sample(logits, self.settings, self.generator)  # [B, K]
+        self.pos += input_ids.shape[1]
+        self._write(tokens)
+
+    def _write(self, tokens: torch.Tensor) -> None:
+        last = self.w0 + self.pos - 1  # the position just consumed predicts frame last - k
+        self._ensure_capacity(last + 1)
+        for k in range(self.num_codebooks):
+            frame = last - k
+            if frame < 0 or frame < self.filled[k]:
+                continue  # before the start, or already known (kept after a rollback)
+            self.codes[:, k, frame] = tokens[:, k]
+            self.filled[k] = frame + 1
+
+    def _ensure_capacity(self, frames: int) -> None:
+        if frames <= self.codes.shape[2]:
+            return
+        grown = torch.full((self.batch, self.num_codebooks, 2 * frames), self.bos,
+                           dtype=torch.long, device=self.device)
+        grown[:, :, : self.codes.shape[2]] = self.codes
+        self.codes = grown
+
+    def _reprime(self) -> None:
+        """Start a fresh window on the last ``reprime_frames`` complete frames.
+
+        The new window's prefix is the complete frames laid out with MusicGen's
+        BOS staircase; its last input position holds the newest token of every
+        codebook, so the step that follows continues the stream with no gap.
+        """
+        newest = self.w0 + self.pos - 1  # newest codebook-0 frame
+        self.w0 = self.frames_complete - self.reprime_frames
+        positions = newest - self.w0 + 2
+        self.pos = 0
+        self.cache = self._new_cache()
+        self._rng_history.clear()  # no rollback across a window change
+        self.reprimes += 1
+        self._rng_history.append((self.w0 + positions, self.generator.get_state()))
+        self._forward_and_sample(self._inputs(0, positions))

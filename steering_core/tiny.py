@@ -1,0 +1,149 @@
+"""The built-in ``tiny`` MusicGen: a real MusicGen architecture, small and offline.
+
+It exists so that every code path (loading, steering, extraction, streaming,
+the live bridge) runs on a machine with no network and no weights. The weights
+are random but seeded, so two processes build the very same model. Random
+weights make noise, not music; the mechanics are what it exercises.
+
+The tokenizer is byte-level and built from code, so it needs no download either.
+``save_tiny`` writes model, tokenizer and generation config to a folder that
+``load_model`` reads back through the same ``from_pretrained`` path as a real
+checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    EncodecConfig,
+    GenerationConfig,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    T5Config,
+)
+
+TINY_SEED = 1234
+#: The tiny model's "trained window": short, so that endless-generation tests stay fast.
+TINY_WINDOW_FRAMES = 250
+TINY_CODEBOOK_SIZE = 128
+
+_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: ids 0-2 are pad, eos and unk; byte b is id b + 3."""
+    vocab = {tok: i for i, tok in enumerate(_SPECIAL_TOKENS)}
+    byte_symbols = pre_tokenizers.ByteLevel.alphabet()
+    for symbol in sorted(byte_symbols):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+    )
+
+
+def tiny_config() -> MusicgenConfig:
+    """A MusicGen configuration with the real layout (T5 text encoder, 32 kHz EnCodec
+    with 4 codebooks at 50 Hz, delay-pattern decoder), scaled down to run fast on a CPU."""
+    text = T5Config(
+        vocab_size=len(_SPECIAL_TOKENS) + 256,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    audio = EncodecConfig(
+        sampling_rate=32000,
+        audio_channels=1,
+        num_filters=4,
+        hidden_size=16,
+        upsampling_ratios=[8, 5, 4, 4],  # hop 640 samples -> 50 frames/s, as in musicgen
+        codebook_size=TINY_CODEBOOK_SIZE,
+        codebook_dim=16,
+        num_lstm_layers=1,
+        num_residual_layers=1,
+        target_bandwidths=[1.4],  # 50 Hz x log2(128) bits x 4 codebooks = 1.4 kbps -> 4 codebooks
+        normalize=False,
+        use_causal_conv=False,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=TINY_CODEBOOK_SIZE,
+        max_position_embeddings=2048,
+        num_hidden_layers=4,
+        ffn_dim=128,
+        num_attention_heads=4,
+        hidden_size=64,
+        num_codebooks=4,
+        pad_token_id=TINY_CODEBOOK_SIZE,
+        bos_token_id=TINY_CODEBOOK_SIZE,
+        dropout=0.0,
+    )
+    config = MusicgenConfig(
+        text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict()
+    )
+    config.decoder_start_token_id = TINY_CODEBOOK_SIZE
+    config.pad_token_id = TINY_CODEBOOK_SIZE
+    config.name_or_path = "tiny"
+    return config
+
+
+def tiny_generation_config() -> GenerationConfig:
+    return GenerationConfig(
+        decoder_start_token_id=TINY_CODEBOOK_SIZE,
+        pad_token_id=TINY_CODEBOOK_SIZE,
+        bos_token_id=TINY_CODEBOOK_SIZE,
+        do_sample=True,
+        guidance_scale=3.0,
+        max_length=TINY_WINDOW_FRAMES,
+        top_k=50,
+    )
+
+
+def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torch.Generator) -> None:
+    """EnCodec keeps its codebooks in buffers that start at zero and come from a
+    checkpoint; with random weights every code would decode to the same sound.
+    Give each codebook entry its own random vector so tokens are audible."""
+    for layer in model.audio_encoder.quantizer.layers:
+        embed = layer.codebook.embed
+        values = torch.randn(embed.shape, generator=generator, dtype=torch.float32)
+        embed.copy_(values.to(embed.device, embed.dtype))
+        layer.codebook.embed_avg.copy_(embed)
+
+
+def build_tiny_model(seed: int = TINY_SEED) -> MusicgenForConditionalGeneration:
+    """The tiny model with seeded random weights: identical in every process."""
+    devices: list[int] = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(tiny_config())
+    with torch.no_grad():
+        randomize_codebooks(model, torch.Generator().manual_seed(seed))
+    model.generation_config = tiny_generation_config()
+    return model.eval()
+
+
+def save_tiny(folder: str | Path, seed: int = TINY_SEED) -> Path:
+    """Write the tiny model, its tokenizer and generation config to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    build_tiny_model(seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

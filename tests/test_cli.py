@@ -1,0 +1,85 @@
+"""The CLI as a user runs it: real subprocesses, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steering_core.vectors import load_vector
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def steerbridge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tempo_file(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vec") / "tempo.safetensors"
+    run = steerbridge("extract", "--model", "tiny", "--concept", "tempo", "--frames", "10", "--out", str(out),
+                      cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def test_extract_writes_valid_vector(tempo_file: Path) -> None:
+    vec = load_vector(tempo_file)
+    assert vec.concept == "tempo" and vec.site == "resid_post" and vec.model_id == "tiny"
+
+
+def test_render_alpha_zero_is_bit_identical_to_no_vectors(tempo_file: Path, tmp_path: Path) -> None:
+    common = ["render", "--model", "tiny", "--prompt", "fast drums", "--seconds", "2", "--seed", "1"]
+    for name, extra in [("none", []), ("zero", ["--vectors", str(tempo_file), "--steer", "tempo=0"]),
+                        ("steered", ["--vectors", str(tempo_file), "--steer", "tempo=3"])]:
+        run = steerbridge(*common, *extra, "--out", str(tmp_path / f"{name}.wav"), cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+    none, zero, steered = ((tmp_path / f"{n}.wav").read_bytes() for n in ("none", "zero", "steered"))
+    assert none == zero
+    assert steered != none
+    assert len(none) > 2 * 32000 * 2  # 2 s of 16-bit mono, plus header
+
+
+@pytest.mark.parametrize("args, message", [
+    (["render", "--steer", "tempo=nan", "--out", "x.wav"], "concept=number"),
+    (["render", "--steer", "tempo=1", "--out", "x.wav"], "no --vectors file holds it"),
+    (["render", "--model", "./missing", "--out", "x.wav"], "no model folder"),
+    (["extract", "--concept", "../../etc/passwd", "--out", "x.safetensors"], "no paths"),
+    (["extract", "--concept", "tempo", "--method", "magic", "--out", "x.safetensors"], "unknown --method"),
+])
+def test_bad_input_is_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
+    run = steerbridge(*args, cwd=tmp_path)
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_corrupt_vector_file_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    run = steerbridge("render", "--vectors", str(bad), "--out", "x.wav", cwd=tmp_path)
+    assert run.returncode == 2 and "not a readable safetensors file" in run.stderr
+
+
+def test_demo_writes_wavs_and_plots(tmp_path: Path) -> None:
+    run = steerbridge("demo", "--out", str(tmp_path / "demo"), "--seconds", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert len(summary["sweep"]) == 5
+    for row in summary["sweep"]:
+        assert (tmp_path / "demo" / row["wav"]).stat().st_size > 32000
+    for png in ("spectrograms.png", "centroid_vs_alpha.png"):
+        assert (tmp_path / "demo" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_render_45_seconds_is_45_seconds(tmp_path: Path) -> None:
+    run = steerbridge("render", "--model", "tiny", "--seconds", "45", "--out", str(tmp_path / "long.wav"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    from steering_core.audio import read_audio
+
+    audio, rate = read_audio(tmp_path / "long.wav")
+    assert rate == 32000 and audio.shape[-1] == 45 * 32000

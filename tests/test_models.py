@@ -1,0 +1,41 @@
+"""Model loading: tiny, save/load through the real loader, clear offline errors."""
+
+import pytest
+import torch
+
+from steering_core.models import ModelLoadError, load_model
+from steering_core.stream import MusicStream
+from steering_core.tiny import save_tiny
+
+
+def test_tiny_handle_shape(tiny) -> None:
+    assert (tiny.sample_rate, tiny.frame_rate, tiny.num_codebooks) == (32000, 50.0, 4)
+    assert tiny.d_model == 64 and tiny.num_layers == len(tiny.decoder_layers) == 4
+    assert tiny.model.config.audio_encoder.num_quantizers == 4
+
+
+def test_tiny_round_trip_through_folder(tiny, tmp_path) -> None:
+    folder = save_tiny(tmp_path / "tiny")
+    loaded = load_model(str(folder), device="cpu")
+    a = tiny.model.state_dict()
+    b = loaded.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.config_sha256 == tiny.config_sha256 and loaded.window_frames == tiny.window_frames
+    codes_a = MusicStream(tiny, "same prompt", seed=5).generate_frames(20)
+    codes_b = MusicStream(loaded, "same prompt", seed=5).generate_frames(20)
+    assert torch.equal(codes_a, codes_b)
+
+
+def test_offline_hub_id_is_one_clear_line() -> None:
+    with pytest.raises(ModelLoadError) as err:
+        load_model("facebook/musicgen-small", device="cpu")
+    text = str(err.value)
+    assert "--model tiny" in text and "\n" not in text
+
+
+def test_missing_folder_and_bad_device() -> None:
+    with pytest.raises(ModelLoadError, match="no model folder"):
+        load_model("./no/such/folder")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA"):
+            load_model("tiny", device="cuda")
