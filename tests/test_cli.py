@@ -83,3 +83,15 @@ def test_render_45_seconds_is_45_seconds(tmp_path: Path) -> None:
 
     audio, rate = read_audio(tmp_path / "long.wav")
     assert rate == 32000 and audio.shape[-1] == 45 * 32000
+
+
+def test_bench_prints_one_json_object_with_the_contract_keys(tmp_path: Path) -> None:
+    run = steerbridge("bench", "--model", "tiny", "--seconds", "0.5", "--repeats", "1", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.strip()]
+    result = json.loads(lines[-1])
+    for key in ("model", "device", "dtype", "engine_steps_per_s", "hf_generate_steps_per_s", "speedup", "rtf",
+                "steering_overhead", "first_audio_ms"):
+        assert key in result, key
+    assert result["engine_steps_per_s"] > 0 and result["hf_generate_steps_per_s"] > 0
+    assert abs(result["speedup"] - result["engine_steps_per_s"] / result["hf_generate_steps_per_s"]) < 0.05 * result["speedup"]
