@@ -163,8 +163,6 @@ class MusicStream:
 
     def _forward_and_sample(self, input_ids: torch.Tensor) -> None:
         use_cfg = self.settings.uses_cfg
-        if self.steerer is not None:
-            self.steerer.cfg_batch = True
         out = self.handle.model.decoder(
             input_ids=input_ids,
             encoder_hidden_states=self.encoder_states,
