@@ -15,6 +15,7 @@ from pathlib import Path
 
 from steering_core.concepts import ConceptError
 from steering_core.models import ModelLoadError
+from steering_core.sampling import SamplingSettings
 from steering_core.sites import SITES, SiteError
 from steering_core.vectors import VectorFileError, VectorMismatchError
 
@@ -24,7 +25,7 @@ log = logging.getLogger("steerbridge")
 
 #: Errors that mean "the user asked for something we cannot do", reported as one line.
 USER_ERRORS = (ModelLoadError, VectorFileError, VectorMismatchError, ConceptError, SiteError,
-               ValueError, KeyError, FileNotFoundError)
+               ValueError, KeyError, OSError)
 
 
 class CliError(Exception):
@@ -90,10 +91,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     from steering_core.audio import write_wav
     from steering_core.models import load_model
     from steering_core.render import render
-    from steering_core.sampling import SamplingSettings
     from steering_core.vectors import load_vectors
 
-    if not (args.seconds > 0 and math.isfinite(args.seconds)):
+    if args.automation:
+        return _render_automation(args)
+    seconds = 5.0 if args.seconds is None else args.seconds
+    if not (seconds > 0 and math.isfinite(seconds)):
         raise CliError("--seconds must be a positive number")
     vectors = [v for path in args.vectors for v in load_vectors(path)]
     alphas = dict(args.steer)
@@ -101,14 +104,136 @@ def cmd_render(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"--steer names {', '.join(unknown)} but no --vectors file holds "
                        f"{'it' if len(unknown) == 1 else 'them'} (loaded: {', '.join(v.concept for v in vectors) or 'none'})")
-    handle = load_model(args.model, args.device, args.dtype)
-    settings = SamplingSettings(guidance_scale=args.guidance, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p)
-    audio = render(handle, args.prompt, args.seconds, seed=args.seed, vectors=vectors, alphas=alphas,
+    handle = load_model(args.model or "tiny", args.device, args.dtype)
+    settings = _settings(args, {})
+    seed = args.seed or 0
+    audio = render(handle, args.prompt or DEFAULT_PROMPT, seconds, seed=seed, vectors=vectors, alphas=alphas,
                    settings=settings)
     out = write_wav(args.out, audio, handle.sample_rate)
     steer = ", ".join(f"{k}={v:g}" for k, v in alphas.items()) or "no steering"
-    print(f"wrote {out}: {audio.shape[-1] / handle.sample_rate:.2f} s at {handle.sample_rate} Hz, {steer}, seed {args.seed}")
+    print(f"wrote {out}: {audio.shape[-1] / handle.sample_rate:.2f} s at {handle.sample_rate} Hz, {steer}, seed {seed}")
+    return 0
+
+
+DEFAULT_PROMPT = "an energetic electronic track"
+
+
+def _settings(args: argparse.Namespace, base: dict[str, object]) -> SamplingSettings:
+    from steering_core.sampling import SamplingSettings
+
+    values = {"guidance_scale": 3.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0, **base}
+    for key, arg in (("guidance_scale", args.guidance), ("temperature", args.temperature), ("top_k", args.top_k),
+                     ("top_p", args.top_p)):
+        if arg is not None:
+            values[key] = arg
+    settings = SamplingSettings(**values)  # type: ignore[arg-type]
+    settings.validate()
+    return settings
+
+
+def _render_automation(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from steering_core.audio import write_wav
+    from steering_core.models import load_model
+    from steering_core.vectors import load_vector, load_vectors
+
+    from .replay import midi_schedule, read_log, replay
+
+    path = Path(args.automation)
+    if args.steer:
+        raise CliError("--steer and --automation do not mix: the automation sets the knobs")
+    if path.suffix.lower() in (".mid", ".midi"):
+        if not args.vectors:
+            raise CliError("a .mid automation needs --vectors for the concepts its controller map drives")
+        vectors = [v for p in args.vectors for v in load_vectors(p)]
+        handle = load_model(args.model or "tiny", args.device, args.dtype)
+        settings = _settings(args, {})
+        prompt, seed, smoothing, window = args.prompt or DEFAULT_PROMPT, args.seed or 0, 30.0, {}
+        performed = midi_schedule(path, vectors, prompt, settings, handle.frame_rate, args.midi_map,
+                                  handle.decoder_config.vocab_size)
+    else:
+        performed = read_log(path)
+        h = performed.header
+        overridden = [name for name in ("prompt", "seed") if getattr(args, name) is not None]
+        if overridden:
+            print(f"note: --{' and --'.join(overridden)} override the performance; the replay will differ from it",
+                  file=sys.stderr)
+        if args.vectors:
+            vectors = [v for p in args.vectors for v in load_vectors(p)]
+        else:
+            vectors = []
+            for entry in h.get("vectors", []):
+                vpath = Path(entry["path"])
+                if not vpath.is_file():
+                    raise CliError(f"the performance used {vpath}, which is gone; pass --vectors")
+                if hashlib.sha256(vpath.read_bytes()).hexdigest() != entry.get("sha256"):
+                    raise CliError(f"{vpath} changed since the performance; pass --vectors to use it anyway")
+                vectors.append(load_vector(vpath))
+        handle = load_model(args.model or str(h.get("model", "tiny")), args.device, args.dtype)
+        if h.get("model_config_sha256") not in (None, handle.config_sha256):
+            raise CliError("this performance was played on another model configuration; pass the same --model")
+        settings = _settings(args, dict(h.get("settings", {})))
+        prompt = args.prompt if args.prompt is not None else str(h.get("prompt", DEFAULT_PROMPT))
+        seed = args.seed if args.seed is not None else int(h.get("seed", 0))
+        smoothing = float(h.get("smoothing_ms", 30.0))
+        window = {"window_frames": h.get("window_frames"), "reprime_frames": h.get("reprime_frames")}
+    if args.seconds is not None:
+        frames = max(1, round(args.seconds * handle.frame_rate))
+    elif performed.frames:
+        frames = performed.frames
+    else:
+        raise CliError("the automation does not say how long it ran; pass --seconds")
+    result = replay(handle, vectors, performed, prompt=prompt, seed=seed, settings=settings, smoothing_ms=smoothing,
+                    frames=frames, **window)
+    out = write_wav(args.out, result.audio, handle.sample_rate)
+    print(f"wrote {out}: {frames / handle.frame_rate:.2f} s, {len(performed.schedule)} control events replayed; "
+          f"tokens sha256 {result.codes_sha256[:16]}")
+    if result.matches_log is True:
+        print("replay: tokens identical to the performance")
+    elif result.matches_log is False:
+        print("replay: tokens DIFFER from the performance (other model, vectors, torch build or device?)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .engine import EngineSettings
+    from .serve import ServeOptions, run_serve
+
+    if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
+        raise CliError("--duration must be a positive number of seconds")
+    if not 0 < args.osc_port < 65536:
+        raise CliError("--osc-port must be in 1..65535")
+    engine = EngineSettings(ring_ms=args.buffer_ms, lookahead_frames=args.lookahead)
+    options = ServeOptions(
+        model=args.model, device=args.device, dtype=args.dtype, prompt=args.prompt, seed=args.seed,
+        vectors=args.vectors, osc_host=args.osc_host, osc_port=args.osc_port, midi_in=args.midi_in,
+        midi_map=args.midi_map, midi_api=args.midi_api, audio_out=args.audio_out, chain=args.chain,
+        record=args.record, log=args.log, scenes_dir=args.scenes_dir, duration=args.duration,
+        smoothing_ms=args.smoothing_ms, guidance=args.guidance, temperature=args.temperature, top_k=args.top_k,
+        engine=engine, status_line=not args.quiet)
+    return run_serve(options)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .midi import MidiMapError, list_midi_inputs
+    from .outputs import OutputError, list_audio_devices
+
+    print("audio outputs (--audio-out <number or name>, default, none):")
+    try:
+        for line in list_audio_devices():
+            print(f"  {line}")
+    except OutputError as exc:
+        print(f"  unavailable: {exc}")
+    print("MIDI inputs (--midi-in <name or part of it>, virtual, none):")
+    try:
+        names = list_midi_inputs(args.midi_api)
+        for name in names or ["(none)"]:
+            print(f"  {name}")
+    except MidiMapError as exc:
+        print(f"  unavailable: {exc}")
     return 0
 
 
@@ -159,18 +284,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("render", help="offline generation with the streaming engine")
-    _model_args(p)
-    p.add_argument("--prompt", default="an energetic electronic track")
+    p.add_argument("--model", default=None, help="default: tiny, or the performance's model with --automation")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--prompt", default=None, help=f"default: {DEFAULT_PROMPT!r}, or the performance's")
     p.add_argument("--vectors", action="append", default=[], help="vector file or folder (repeatable)")
     p.add_argument("--steer", action="append", type=parse_steer, default=[], metavar="CONCEPT=ALPHA")
-    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--automation", default=None, help="a serve performance log (.jsonl) or a .mid file to replay")
+    p.add_argument("--midi-map", default="generic", help="controller map for a .mid automation")
+    p.add_argument("--seconds", type=float, default=None, help="default 5, or the performance's length")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--out", required=True, help="output .wav")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("serve", help="the live bridge: OSC and MIDI knobs steer the music while it plays")
+    _model_args(p)
+    p.add_argument("--prompt", default="an energetic electronic track with a steady beat")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vectors", action="append", default=[],
+                   help="vector file or folder (repeatable); default: timbre and tempo, extracted once and cached")
+    p.add_argument("--osc-host", default="127.0.0.1", help="0.0.0.0 to accept other machines")
+    p.add_argument("--osc-port", type=int, default=9000)
+    p.add_argument("--midi-in", default="none", help="port name (or part of it) | virtual | none")
+    p.add_argument("--midi-map", default="generic",
+                   help="controller map: generic, nanokontrol2, launchcontrol_xl, midimix, beatstep, or a .yaml")
+    p.add_argument("--midi-api", default="auto", help="auto | jack | alsa")
+    p.add_argument("--audio-out", default="default", help="device number or name | default | none (a silent clock)")
+    p.add_argument("--chain", default="default", help="effect chain preset or .yaml (a limiter always ends it)")
+    p.add_argument("--record", default=None, help="record the output to this .wav (valid even after Ctrl-C)")
+    p.add_argument("--log", default=None, help="performance log (.jsonl); default: beside --record")
+    p.add_argument("--scenes-dir", default=None, help="default: ~/.local/share/steerbridge/scenes")
+    p.add_argument("--duration", type=float, default=None, help="stop cleanly after this many seconds")
+    p.add_argument("--smoothing-ms", type=float, default=30.0, help="knob smoothing time constant")
+    p.add_argument("--buffer-ms", type=float, default=50.0, help="audio kept ready: more survives jitter, less reacts faster")
+    p.add_argument("--lookahead", type=int, default=4, help="frames of tokens generated ahead (rolled back on a change)")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=250)
-    p.add_argument("--top-p", type=float, default=0.0)
-    p.add_argument("--out", required=True, help="output .wav")
-    p.set_defaults(func=cmd_render)
+    p.add_argument("--quiet", action="store_true", help="no status line")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("devices", help="list audio outputs and MIDI inputs")
+    p.add_argument("--midi-api", default="auto", help="auto | jack | alsa")
+    p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("demo", help="zero-setup showcase on the built-in tiny model")
     p.add_argument("--out", default="demo_out")

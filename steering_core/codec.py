@@ -51,9 +51,10 @@ class ChunkedDecoder:
 
     def rewind(self, frame: int) -> None:
         """Drop pushed frames from ``frame`` on (the engine rolled them back). Frames
-        already emitted stay emitted."""
+        already emitted stay emitted; the next chunk crossfades out of the tentative
+        tail decoded from the old frames, so the change lands without a click."""
         if self.codes is not None:
-            self.codes = self.codes[:, :, : max(frame, self.emitted_frames + self.holdback)]
+            self.codes = self.codes[:, :, : max(frame, self.emitted_frames)]
 
     def pull(self, final: bool = False) -> np.ndarray:
         """Audio for every frame that can be finalised now: [B, C, n]. With ``final``,

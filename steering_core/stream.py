@@ -120,26 +120,28 @@ class MusicStream:
             self.step()
         return self.codes[:, :, start:start + n]
 
-    def rollback(self, frame: int) -> int:
-        """Forget everything from complete frame ``frame`` on, so it is generated again
-        under the current controls. Returns the frame actually rolled back to (never
-        before the current window, nor further back than the RNG history reaches)."""
-        frame = max(frame, self.w0 + self.num_codebooks, self._oldest_rollback_frame())
-        if frame >= self.next_frame:
-            return self.frames_complete
-        keep = frame - self.w0  # positions whose outputs are all before `frame`
+    def rollback(self, step: int) -> int:
+        """Forget every token produced by steps ``step`` onwards, so those steps run again
+        under the current controls. Step ``s`` is the one that produced codebook-0 frame
+        ``s`` (and codebook k of frame ``s - k``), so frames from ``step - K + 1`` on become
+        incomplete. Returns the step actually rolled back to: never into the current
+        window's prefix, nor further back than the RNG history reaches."""
+        step = max(step, self.w0 + 1, self._oldest_rollback_step())
+        if step >= self.next_frame:
+            return self.next_frame
+        keep = step - self.w0  # input positions whose steps stay
         # A negative crop removes that many positions (the form every transformers version accepts).
         self.cache.self_attention_cache.crop(keep - self.pos)
         self.pos = keep
-        self.filled = [min(f, frame) for f in self.filled]
-        while self._rng_history and self._rng_history[-1][0] >= frame:
+        self.filled = [min(f, max(0, step - k)) for k, f in enumerate(self.filled)]
+        while self._rng_history and self._rng_history[-1][0] >= step:
             at, state = self._rng_history.pop()
-            if at == frame:
+            if at == step:
                 self.generator.set_state(state)
-        return frame
+        return step
 
     # --- internals ------------------------------------------------------------------
-    def _oldest_rollback_frame(self) -> int:
+    def _oldest_rollback_step(self) -> int:
         return self._rng_history[0][0] if self._rng_history else self.next_frame
 
     def _new_cache(self) -> EncoderDecoderCache:
@@ -208,5 +210,6 @@ class MusicStream:
         self.cache = self._new_cache()
         self._rng_history.clear()  # no rollback across a window change
         self.reprimes += 1
-        self._rng_history.append((self.w0 + positions, self.generator.get_state()))
         self._forward_and_sample(self._inputs(0, positions))
+        # The re-prime itself cannot be redone alone; the first step after it can.
+        self._rng_history.append((self.next_frame, self.generator.get_state()))

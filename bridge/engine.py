@@ -1,0 +1,315 @@
+"""The engine thread: control events in, steered frames through the codec, audio out.
+
+One loop, on one thread that owns the model:
+
+1. drain control events; each takes effect at the first step whose tokens are all
+   still unplayed (``Performance.apply`` rolls back what was generated beyond it, so
+   a knob never waits behind the lookahead);
+2. if the ring buffer holds less than ``ring_ms``: generate the frames the next
+   decode chunk needs, decode, resample, run the effect chain, write the ring (and
+   the recorder);
+3. otherwise generate up to ``lookahead_frames`` ahead, or sleep until woken by a
+   control event or the ring draining.
+
+Latency bookkeeping: an event's first affected frame is found in the ring by its
+sample counter; when the reader passes that counter, arrival -> output is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pedalboard
+from pedalboard.io import StreamResampler
+
+from steering_core.codec import ChunkedDecoder
+from steering_core.performance import Performance
+
+from .control import ControlEvent, ControlState
+from .perflog import PerformanceLog
+from .recorder import WavRecorder
+from .ring import Ring
+
+log = logging.getLogger("steerbridge.engine")
+
+
+@dataclass
+class EngineSettings:
+    ring_ms: float = 50.0  # audio kept ready after the effects: the safety margin
+    lookahead_frames: int = 4  # tokens generated ahead of the audio; rolled back on a change
+    chunk_frames: int = 2  # frames per codec decode
+    context_frames: int = 25  # codec left context per chunk
+    fade_ms: float = 30.0  # fades on transport stop/play and panic
+
+
+class AudioPath:
+    """Model-rate PCM -> device rate -> effect chain -> ring buffer (+ recorder)."""
+
+    def __init__(self, model_rate: int, device_rate: int, ring: Ring, chain: pedalboard.Pedalboard,
+                 recorder: WavRecorder | None = None) -> None:
+        self.model_rate = model_rate
+        self.device_rate = device_rate
+        self.ring = ring
+        self.chain = chain
+        self.recorder = recorder
+        self.ratio = device_rate / model_rate
+        self.resampler = StreamResampler(model_rate, device_rate, ring.channels)
+        self.samples_in = 0  # model-rate samples pushed
+        self._gain_ramp: np.ndarray | None = None
+
+    def fade(self, up: bool, ms: float) -> None:
+        n = max(1, int(self.device_rate * ms / 1000))
+        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+        self._gain_ramp = ramp if up else ramp[::-1].copy()
+
+    def push(self, audio: np.ndarray) -> tuple[int, int]:
+        """audio [channels, n] at the model rate. Returns (ring counter of the first
+        output sample, model-rate sample index that output sample corresponds to)."""
+        if audio.shape[0] != self.ring.channels:  # mono model, stereo out: same signal both sides
+            audio = np.repeat(audio[:1], self.ring.channels, axis=0)
+        first_in = self.samples_in - round(self.resampler.input_latency)
+        self.samples_in += audio.shape[1]
+        out = self.resampler.process(np.ascontiguousarray(audio, dtype=np.float32))
+        return self._emit(out), first_in
+
+    def flush(self) -> None:
+        self._emit(self.resampler.process(None))
+
+    def _emit(self, out: np.ndarray) -> int:
+        if out.shape[1]:
+            out = self.chain.process(out, self.device_rate, reset=False)
+        block = np.ascontiguousarray(out.T)
+        ramp = self._gain_ramp
+        if ramp is not None and block.shape[0]:
+            n = min(len(ramp), block.shape[0])
+            block[:n] *= ramp[:n, None]
+            tail = ramp[n:]
+            if ramp[-1] == 0.0:  # faded out: the rest stays silent until a fade-in
+                block[n:] = 0.0
+                self._gain_ramp = tail if len(tail) else np.zeros(1, np.float32)
+            else:
+                self._gain_ramp = tail if len(tail) else None
+        start = self.ring.write(block)
+        if self.recorder is not None and block.shape[0]:
+            self.recorder.write(block)
+        return start
+
+
+class LatencyMeter:
+    """Control -> audio latency per event: arrival until its first sample left the output."""
+
+    def __init__(self, ring: Ring) -> None:
+        self.ring = ring
+        self.samples: deque[float] = deque(maxlen=20000)
+        self._waiting_frame: list[tuple[int, ControlEvent]] = []  # event, by first affected frame
+        self._waiting_sample: list[tuple[int, ControlEvent]] = []  # event, by ring counter
+
+    def expect(self, first_frame: int, event: ControlEvent) -> None:
+        self._waiting_frame.append((first_frame, event))
+
+    def placed(self, frames: tuple[int, int], ring_start: int, samples_per_frame: float) -> None:
+        """Audio for frames [a, b) starts at ring counter ``ring_start``."""
+        a, b = frames
+        keep = []
+        for frame, event in self._waiting_frame:
+            if frame < b:
+                index = ring_start + round(max(0, frame - a) * samples_per_frame)
+                self._waiting_sample.append((index, event))
+            else:
+                keep.append((frame, event))
+        self._waiting_frame = keep
+
+    def poll(self) -> None:
+        keep = []
+        for index, event in self._waiting_sample:
+            left = self.ring.time_read(index)
+            if left is None:
+                keep.append((index, event))
+            else:
+                self.samples.append(max(0.0, (left - event.arrived) * 1000.0))
+        self._waiting_sample = keep
+
+    def summary(self) -> dict[str, float | int | None]:
+        values = np.array(self.samples, dtype=np.float64)
+        if not len(values):
+            return {"p50": None, "p95": None, "n": 0}
+        return {"p50": round(float(np.percentile(values, 50)), 2), "p95": round(float(np.percentile(values, 95)), 2),
+                "n": len(values)}
+
+
+class Engine:
+    """Owns the model; see the module docstring for the loop."""
+
+    def __init__(self, performance: Performance, decoder: ChunkedDecoder, path: AudioPath, control: ControlState,
+                 *, settings: EngineSettings | None = None, perf_log: PerformanceLog | None = None) -> None:
+        self.performance = performance
+        self.stream = performance.stream
+        self.decoder = decoder
+        self.path = path
+        self.ring = path.ring
+        self.control = control
+        self.settings = settings or EngineSettings()
+        self.perf_log = perf_log
+        self.latency = LatencyMeter(self.ring)
+        self.hop = self.stream.handle.hop_length
+        self.frame_rate = self.stream.handle.frame_rate
+        self.num_codebooks = self.stream.num_codebooks
+        self.ring_target = int(self.settings.ring_ms / 1000 * path.device_rate)
+        self.pushed = 0  # frames handed to the decoder
+        self.playing = True
+        self.compute_s = 0.0  # time spent generating and decoding
+        self.steps = 0
+        self.fault: BaseException | None = None
+        self.alphas: dict[str, float] = dict(performance.current)  # published after every step
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.control.wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def frames_generated(self) -> int:
+        """Frames turned into audio (final: never rolled back)."""
+        return self.decoder.emitted_frames
+
+    @property
+    def rtf(self) -> float | None:
+        """Audio seconds generated per second of compute (the headroom)."""
+        if self.compute_s <= 0:
+            return None
+        return self.steps / self.frame_rate / self.compute_s
+
+    def codes_sha256(self) -> str:
+        codes = self.stream.codes[:, :, : self.frames_generated].cpu().contiguous()
+        return hashlib.sha256(codes.numpy().tobytes()).hexdigest()
+
+    # --- the loop --------------------------------------------------------------------
+    def _run(self) -> None:
+        steerer = self.performance.steerer
+        try:
+            with steerer.installed() if steerer is not None else nullcontext():
+                while not self._stop.is_set():
+                    self._take_events()
+                    self.latency.poll()
+                    if not self.playing:
+                        self.control.wake.wait(0.01)
+                        self.control.wake.clear()
+                    elif self.ring.fill < self.ring_target:
+                        self._produce_chunk()
+                        self.ring.expect_audio = True
+                    elif self.stream.frames_complete < self.decoder.emitted_frames + self._frames_per_chunk() \
+                            + self.settings.lookahead_frames:
+                        self._step()
+                    else:
+                        wait = (self.ring.fill - self.ring_target) / self.path.device_rate
+                        self.control.wake.wait(min(max(wait, 0.0005), 0.005))
+                        self.control.wake.clear()
+        except BaseException as exc:  # a fault must end the set cleanly, not hang it
+            self.fault = exc
+            log.exception("engine stopped by a fault: %s", exc)
+        finally:
+            self.ring.expect_audio = False
+            if self.perf_log is not None:
+                self.perf_log.end(self.frames_generated, self.codes_sha256())
+
+    def _frames_per_chunk(self) -> int:
+        return self.settings.chunk_frames + self.decoder.holdback
+
+    def _step(self) -> None:
+        t = time.perf_counter()
+        self.performance.step()
+        self.compute_s += time.perf_counter() - t
+        self.steps += 1
+        self.alphas = dict(self.performance.current)
+
+    def _produce_chunk(self) -> None:
+        need = self.decoder.emitted_frames + self._frames_per_chunk()
+        while self.stream.frames_complete < need:
+            self._step()
+        t = time.perf_counter()
+        complete = self.stream.frames_complete
+        if complete > self.pushed:
+            self.decoder.push(self.stream.codes[:, :, self.pushed:complete])
+            self.pushed = complete
+        first = self.decoder.emitted_frames
+        audio = self.decoder.pull()[0]
+        last = self.decoder.emitted_frames
+        if audio.shape[-1]:
+            ring_start, first_in = self.path.push(audio)
+            # Ring counter where frame `first` begins, accounting for the resampler's delay.
+            offset = (first * self.hop - first_in) * self.path.ratio
+            self.latency.placed((first, last), ring_start + round(max(0.0, offset)), self.hop * self.path.ratio)
+        self.compute_s += time.perf_counter() - t
+
+    def _take_events(self) -> None:
+        for event in self.control.drain():
+            if event.transport is not None:
+                self._transport(event)
+            if event.changes:
+                self._apply(event)
+
+    def _apply(self, event: ControlEvent) -> None:
+        # The first step whose tokens are all unplayed: its codebook K-1 token belongs to
+        # the first frame not yet turned into audio.
+        at = self.decoder.emitted_frames + self.num_codebooks - 1
+        try:
+            event.step = self.performance.apply(event.changes, at_step=at)
+        except (KeyError, ValueError) as exc:  # validated upstream; a last guard, never fatal
+            log.warning("dropped control change from %s: %s", event.source, exc)
+            return
+        complete = self.stream.frames_complete
+        if complete < self.pushed:
+            self.decoder.rewind(complete)
+            self.pushed = complete
+        if any(c.kind == "panic" for c in event.changes):
+            self.path.fade(up=True, ms=self.settings.fade_ms)
+        self.latency.expect(max(0, event.step - self.num_codebooks + 1), event)
+        if self.perf_log is not None:
+            self.perf_log.event(event, time.monotonic() - self.started)
+        self.alphas = dict(self.performance.current)
+
+    def _transport(self, event: ControlEvent) -> None:
+        play = event.transport == "play"
+        if play == self.playing:
+            return
+        self.ring.expect_audio = False
+        self.path.fade(up=play, ms=self.settings.fade_ms)
+        if not play:  # one last faded chunk, so the stop is a fade, not a click
+            self._produce_chunk()
+        self.playing = play
+        log.info("transport: %s at frame %d", "play" if play else "stop", self.frames_generated)
+        if self.perf_log is not None:
+            self.perf_log.event(event, time.monotonic() - self.started)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "alphas": {k: round(v, 4) for k, v in self.alphas.items()},
+            "frames_generated": self.frames_generated,
+            "rtf": None if self.rtf is None else round(self.rtf, 3),
+            "buffer_ms": round(self.ring.fill / self.path.device_rate * 1000, 1),
+            "underruns": self.ring.underruns,
+            "control_latency_ms": self.latency.summary(),
+            "step": self.performance.next_step,
+            "reprimes": self.stream.reprimes,
+            "playing": self.playing,
+        }

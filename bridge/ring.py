@@ -1,0 +1,81 @@
+"""A single-writer, single-reader audio ring buffer.
+
+The engine thread writes, the audio callback reads. Neither ever waits on the other:
+each owns one counter (``written`` / ``read``, monotonic sample counts) and only
+reads the other's, and in CPython assigning an int attribute is atomic. The writer
+checks for space before writing; the reader fills silence (and counts an underrun)
+when it finds too little.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+
+class Ring:
+    def __init__(self, capacity: int, channels: int) -> None:
+        self.capacity = int(capacity)
+        self.channels = int(channels)
+        self._data = np.zeros((self.capacity, self.channels), np.float32)
+        self.written = 0  # samples ever written (writer's counter)
+        self.read = 0  # samples ever read (reader's counter)
+        self.underruns = 0
+        #: Reader-side log of (read counter after a block, monotonic time): the engine
+        #: uses it to tell when a given sample left the callback.
+        self.reads: deque[tuple[int, float]] = deque(maxlen=4096)
+        #: Whether an empty ring counts as an underrun (not before the first audio, nor
+        #: while the transport is stopped).
+        self.expect_audio = False
+
+    @property
+    def fill(self) -> int:
+        return self.written - self.read
+
+    @property
+    def space(self) -> int:
+        return self.capacity - self.fill
+
+    # --- writer side ---------------------------------------------------------------
+    def write(self, block: np.ndarray) -> int:
+        """Append [n, channels] samples; returns the counter value of the first one.
+        The caller keeps the ring from overflowing (it writes to a target fill)."""
+        n = block.shape[0]
+        if n > self.space:
+            raise OverflowError(f"ring buffer full: {n} samples for {self.space} free")
+        start = self.written
+        i = start % self.capacity
+        first = min(n, self.capacity - i)
+        self._data[i:i + first] = block[:first]
+        self._data[: n - first] = block[first:]
+        self.written = start + n  # publish only after the data is in place
+        return start
+
+    # --- reader side (the audio callback: no locks, no allocation beyond slicing) ---
+    def read_into(self, out: np.ndarray) -> int:
+        """Fill ``out`` [frames, channels]; silence where the ring runs dry. Returns the
+        number of real samples copied."""
+        frames = out.shape[0]
+        n = min(frames, self.written - self.read)
+        i = self.read % self.capacity
+        first = min(n, self.capacity - i)
+        out[:first] = self._data[i:i + first]
+        out[first:n] = self._data[: n - first]
+        if n < frames:
+            out[n:] = 0.0
+            if self.expect_audio:
+                self.underruns += 1
+        self.read += n
+        self.reads.append((self.read, time.monotonic()))
+        return n
+
+    def time_read(self, index: int) -> float | None:
+        """When the sample with counter ``index`` left the reader (None if not yet)."""
+        if self.read <= index:
+            return None
+        for end, at in list(self.reads):
+            if end > index:
+                return at
+        return None

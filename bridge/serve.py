@@ -1,0 +1,266 @@
+"""``steerbridge serve``: wire the model, the controls and the audio path, then play.
+
+Follow a knob turn from here: ``osc.py`` / ``midi.py`` -> ``commands.py`` (validate)
+-> ``control.py`` (targets, event queue) -> ``engine.py`` (takes effect at a step,
+rolls back the lookahead) -> ``steering_core.performance`` (smoothed alpha into the
+hooks) -> codec -> ``engine.AudioPath`` (resample, effects, limiter) -> ``ring.py``
+-> ``outputs.py`` (the sound card callback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steering_core.codec import ChunkedDecoder
+from steering_core.concepts import load_concept
+from steering_core.extraction import extract_vector
+from steering_core.models import MusicGenHandle, load_model
+from steering_core.performance import Performance
+from steering_core.sampling import SamplingSettings
+from steering_core.steerer import Steerer
+from steering_core.stream import MusicStream
+from steering_core.vectors import SteeringVector, load_vectors
+
+from .chains import load_chain
+from .commands import Commands
+from .control import ConceptKnob, ControlState
+from .engine import AudioPath, Engine, EngineSettings
+from .midi import MidiInput, MidiMapper, load_map
+from .osc import OscServer
+from .outputs import open_output
+from .perflog import PerformanceLog
+from .recorder import WavRecorder
+from .ring import Ring
+from .scenes import SceneStore
+
+log = logging.getLogger("steerbridge.serve")
+
+DEFAULT_CONCEPTS = ("timbre", "tempo")
+OUT_CHANNELS = 2
+
+
+@dataclass
+class ServeOptions:
+    model: str = "tiny"
+    device: str = "auto"
+    dtype: str = "auto"
+    prompt: str = "an energetic electronic track with a steady beat"
+    seed: int = 0
+    vectors: list[str] = field(default_factory=list)
+    osc_host: str = "127.0.0.1"
+    osc_port: int = 9000
+    midi_in: str = "none"
+    midi_map: str = "generic"
+    midi_api: str = "auto"
+    audio_out: str = "default"
+    chain: str = "default"
+    record: str | None = None
+    log: str | None = None
+    scenes_dir: str | None = None
+    duration: float | None = None
+    smoothing_ms: float = 30.0
+    guidance: float = 3.0
+    temperature: float = 1.0
+    top_k: int = 250
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    status_line: bool = True
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "steerbridge"
+
+
+def default_vectors(handle: MusicGenHandle) -> list[Path]:
+    """No --vectors: extract the default concepts once per model and keep them."""
+    folder = cache_dir() / "vectors" / handle.config_sha256[:16]
+    paths = []
+    for name in DEFAULT_CONCEPTS:
+        path = folder / f"{name}.safetensors"
+        if not path.is_file():
+            log.info("no --vectors given: extracting %r for this model once (cached in %s)", name, folder)
+            extract_vector(handle, load_concept(name)).save(path)
+        paths.append(path)
+    return paths
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Server:
+    """The live bridge, startable and stoppable in-process (tests use it that way)."""
+
+    def __init__(self, options: ServeOptions, handle: MusicGenHandle | None = None) -> None:
+        self.options = o = options
+        self.handle = handle or load_model(o.model, o.device, o.dtype)
+        vector_paths = [Path(p) for p in o.vectors] or default_vectors(self.handle)
+        self.vectors: list[tuple[SteeringVector, Path]] = []
+        for path in vector_paths:
+            for vector in load_vectors(path):
+                self.vectors.append((vector, path if path.is_file() else path / f"{vector.concept}.safetensors"))
+        steerer = Steerer(self.handle)
+        for vector, _ in self.vectors:
+            steerer.add(vector, alpha=0.0)
+        settings = SamplingSettings(guidance_scale=o.guidance, temperature=o.temperature, top_k=o.top_k)
+        settings.validate()
+        stream = MusicStream(self.handle, o.prompt, seed=o.seed, settings=settings, steerer=steerer)
+        self.performance = Performance(stream, steerer, smoothing_ms=o.smoothing_ms)
+        self.control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v, _ in self.vectors], o.prompt,
+                                    settings, vocab_size=self.handle.decoder_config.vocab_size)
+        self.scenes = SceneStore(o.scenes_dir)
+        self.commands = Commands(self.control, self.scenes, self.status)
+
+        kind, rate, make_output = open_output(o.audio_out, OUT_CHANNELS)
+        self.audio_kind = kind
+        self.ring = Ring(capacity=2 * rate, channels=OUT_CHANNELS)
+        self.output = make_output(self.ring)
+        self.recorder = WavRecorder(o.record, rate, OUT_CHANNELS) if o.record else None
+        path = AudioPath(self.handle.sample_rate, rate, self.ring, load_chain(o.chain), self.recorder)
+        log_path = o.log or (str(Path(o.record).with_suffix(".performance.jsonl")) if o.record else None)
+        self.perf_log = PerformanceLog(log_path, self._log_header()) if log_path else None
+        decoder = ChunkedDecoder(self.handle, context_frames=o.engine.context_frames)
+        self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log)
+
+        self.osc = OscServer(self.commands, o.osc_host, o.osc_port)
+        self.midi: MidiInput | None = None
+        self.mapper: MidiMapper | None = None
+        if o.midi_in != "none":
+            self.mapper = MidiMapper(load_map(o.midi_map), self.commands)
+            self.midi = MidiInput(o.midi_in, self.mapper, api=o.midi_api)
+            self.commands.midi_learn = self.mapper.learn
+            if self.mapper.unbound:
+                log.info("MIDI map %r: %d controls have no concept loaded for them", self.mapper.name,
+                         len(self.mapper.unbound))
+        self.started = time.monotonic()
+        self.stop_requested = threading.Event()
+
+    def _log_header(self) -> dict[str, Any]:
+        o = self.options
+        stream = self.performance.stream
+        return {
+            "model": o.model, "model_config_sha256": self.handle.config_sha256, "seed": o.seed, "prompt": o.prompt,
+            "settings": vars(stream.settings), "smoothing_ms": o.smoothing_ms,
+            "window_frames": stream.window_frames, "reprime_frames": stream.reprime_frames,
+            "vectors": [{"concept": v.concept, "path": str(p.resolve()), "sha256": file_sha256(p)} for v, p in self.vectors],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        self.engine.start()
+        self.output.start()
+        self.osc.start()
+        concepts = ", ".join(f"{v.concept} {v.alpha_range[0]:g}..{v.alpha_range[1]:g}" for v, _ in self.vectors)
+        log.info("playing %r on %s (model %s, %d Hz out); concepts: %s", self.options.prompt, self.output.name,
+                 self.options.model, self.output.sample_rate, concepts or "none")
+        if self.midi is not None:
+            log.info("MIDI in: %s with map %r", self.midi.name, self.mapper.name if self.mapper else "?")
+        if self.recorder is not None:
+            log.info("recording to %s", self.recorder.path)
+
+    def stop(self) -> None:
+        """Inputs first, then the engine (which closes the performance log), then the
+        audio; the recording is finished last, whatever failed before it."""
+        try:
+            if self.midi is not None:
+                self.midi.close()
+            self.osc.stop()
+            self.engine.stop()
+            self.engine.path.flush()
+            time.sleep(0.05)
+            self.output.stop()
+        finally:
+            if self.recorder is not None:
+                self.recorder.close()
+            if self.perf_log is not None:
+                self.perf_log.end(self.engine.frames_generated, self.engine.codes_sha256())
+
+    def status(self) -> dict[str, Any]:
+        view = self.control.snapshot()
+        engine = self.engine.status()
+        return {
+            **engine,
+            "targets": view["targets"], "enabled": view["enabled"], "knobs": view["knobs"],
+            "prompt": view["prompt"], "settings": view["settings"], "transport": "play" if view["playing"] else "stop",
+            "model": self.options.model, "device": str(self.handle.device), "dtype": str(self.handle.dtype),
+            "sample_rate": self.output.sample_rate, "model_sample_rate": self.handle.sample_rate,
+            "errors": view["errors"], "last_error": view["last_error"],
+            "audio_out": self.output.name, "recording": str(self.recorder.path) if self.recorder else None,
+            "osc": {"host": self.osc.host, "port": self.osc.port, "packets": self.osc.packets,
+                    "subscribers": len(self.osc.subscribers)},
+            "midi": None if self.midi is None else {"port": self.midi.name, "map": self.mapper.name if self.mapper else None,
+                                                     "ignored": self.mapper.ignored if self.mapper else 0},
+            "uptime_s": round(time.monotonic() - self.started, 2),
+        }
+
+    def status_line(self) -> str:
+        s = self.engine.status()
+        lat = s["control_latency_ms"]
+        lat_text = f"p50 {lat['p50']:.0f} p95 {lat['p95']:.0f} ms" if lat["n"] else "-"
+        alphas = " ".join(f"{k} {v:+.2f}" for k, v in s["alphas"].items())
+        rtf = f"{s['rtf']:.1f}" if s["rtf"] else "-"
+        state = "▶" if s["playing"] else "■"
+        return (f"{state} {s['frames_generated'] / self.handle.frame_rate:7.1f}s  rtf {rtf}  buf {s['buffer_ms']:3.0f}ms  "
+                f"xruns {s['underruns']}  latency {lat_text}  errors {self.control.errors}  {alphas}")
+
+
+def run_serve(options: ServeOptions) -> int:
+    server = Server(options)
+    stop = server.stop_requested
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: the user means it
+            raise KeyboardInterrupt
+        log.info("%s: stopping cleanly (the recording stays valid)", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    tty = options.status_line and sys.stderr.isatty()
+    code = 0
+    try:
+        server.start()
+        deadline = None if options.duration is None else time.monotonic() + options.duration
+        last_line = 0.0
+        while not stop.is_set():
+            if not server.engine.running:
+                log.error("the engine stopped: %s", server.engine.fault)
+                code = 1
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            now = time.monotonic()
+            if tty and now - last_line >= 0.25:
+                print("\r" + server.status_line()[:200].ljust(120), end="", file=sys.stderr, flush=True)
+                last_line = now
+            elif not tty and options.status_line and now - last_line >= 10.0:
+                log.info(server.status_line())
+                last_line = now
+            stop.wait(0.05)
+    finally:
+        if tty:
+            print(file=sys.stderr)
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    final = server.status()
+    lat = final["control_latency_ms"]
+    log.info("stopped after %.1f s of audio (%d frames), %d underruns, control latency p50 %s / p95 %s ms over %d events",
+             final["frames_generated"] / server.handle.frame_rate, final["frames_generated"], final["underruns"],
+             lat["p50"], lat["p95"], lat["n"])
+    if server.recorder is not None:
+        log.info("recording: %s (%d samples at %d Hz)", server.recorder.path, server.recorder.frames,
+                 server.output.sample_rate)
+    if server.perf_log is not None:
+        log.info("performance log: %s (replay with: steerbridge render --automation %s --out replay.wav)",
+                 server.perf_log.path, server.perf_log.path)
+    return code
