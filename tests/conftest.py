@@ -26,3 +26,17 @@ def vectors_dir(tiny, tmp_path_factory):
     for name in ("timbre", "tempo"):
         extract_vector(tiny, load_concept(name), frames=10, progress=False).save(folder / f"{name}.safetensors")
     return folder
+
+
+@pytest.fixture(scope="session")
+def jack(tmp_path_factory):
+    from tests.realparts import jack_server
+
+    yield from jack_server(tmp_path_factory.mktemp("jack"))
+
+
+@pytest.fixture(scope="session")
+def pulse(tmp_path_factory):
+    from tests.realparts import pulse_server
+
+    yield from pulse_server(tmp_path_factory.mktemp("pulse"))

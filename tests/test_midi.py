@@ -1,0 +1,169 @@
+"""MIDI mapping: CC to targets through a controller map, with the behaviours real controllers need."""
+
+import json
+
+import mido
+import pytest
+
+from bridge.commands import Commands
+from bridge.control import ConceptKnob, ControlState
+from bridge.midi import MidiMapError, MidiMapper, available_maps, load_map, relative_delta
+from bridge.scenes import SceneStore
+from steering_core.sampling import SamplingSettings
+
+MAP = """
+name: test
+channel: 1
+controls:
+  - {cc: 21, target: /steer/@1/knob}
+  - {cc: 22, target: /steer/@2, range: [-2, 2]}
+  - {cc: 1, lsb: 33, target: /steer/@1/knob, takeover: jump}
+  - {cc: 30, target: /steer/@1/knob, mode: relative_twos, step: 0.1}
+  - {cc: 31, target: /steer/@1/knob, mode: relative_offset, step: 0.1}
+  - {cc: 32, target: /steer/@1/knob, mode: relative_signed, step: 0.1}
+  - {cc: 40, target: /steer/@2/on, button: true}
+  - {cc: 41, target: /panic, button: true}
+  - {cc: 23, target: /steer/@9/knob}
+  - {cc: 24, target: /gen/top_k, range: [10, 250]}
+program_change: scenes
+"""
+
+
+def cc(control: int, value: int, channel: int = 0) -> mido.Message:
+    return mido.Message("control_change", channel=channel, control=control, value=value)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    control = ControlState([ConceptKnob("timbre", (-6.0, 6.0)), ConceptKnob("tempo", (-4.0, 4.0))], "p",
+                           SamplingSettings())
+    (tmp_path / "map.yaml").write_text(MAP)
+    scenes = SceneStore(tmp_path / "scenes")
+    commands = Commands(control, scenes, lambda: {})
+    mapper = MidiMapper(load_map(str(tmp_path / "map.yaml")), commands)
+    commands.midi_learn = mapper.learn
+    return control, mapper, scenes, commands
+
+
+def test_absolute_knob_spans_the_concept_range(rig) -> None:
+    control, mapper, _, _ = rig
+    mapper.handle(cc(21, 127))
+    assert control.targets["timbre"] == 6.0
+    mapper.handle(cc(21, 0))
+    assert control.targets["timbre"] == -6.0
+    mapper.handle(cc(22, 127))
+    assert control.targets["tempo"] == 2.0  # the map's own range
+    mapper.handle(cc(24, 0))
+    assert control.settings.top_k == 10
+    assert mapper.unbound == ["/steer/@9/knob"]  # only two concepts loaded
+
+
+def test_other_channels_and_unmapped_messages_are_ignored(rig) -> None:
+    control, mapper, _, _ = rig
+    mapper.handle(cc(21, 127, channel=5))
+    mapper.handle(cc(99, 127))
+    mapper.handle(mido.Message("note_on", note=60, velocity=100))
+    mapper.handle(mido.Message("sysex", data=[1, 2, 3]))
+    mapper.handle(mido.Message("clock"))
+    assert control.targets == {"timbre": 0.0, "tempo": 0.0} and mapper.ignored == 5 and control.errors == 0
+
+
+def test_fourteen_bit_pairs(rig) -> None:
+    control, mapper, _, _ = rig
+    mapper.handle(cc(1, 64))
+    assert control.targets["timbre"] == pytest.approx(-6 + 12 * (64 << 7) / 16383)
+    mapper.handle(cc(33, 127))
+    assert control.targets["timbre"] == pytest.approx(-6 + 12 * ((64 << 7) | 127) / 16383)
+    mapper.handle(cc(1, 127))
+    mapper.handle(cc(33, 127))
+    assert control.targets["timbre"] == 6.0
+
+
+@pytest.mark.parametrize(("mode", "up", "down"), [("relative_twos", 1, 127), ("relative_offset", 65, 63),
+                                                   ("relative_signed", 1, 65)])
+def test_relative_encoder_modes(mode, up, down) -> None:
+    assert relative_delta(up, mode) == 1 and relative_delta(down, mode) == -1
+    assert relative_delta(up + 2, mode) == 3
+
+
+@pytest.mark.parametrize("control_number", [30, 31, 32])
+def test_relative_encoders_move_from_where_the_target_is(rig, control_number) -> None:
+    control, mapper, _, commands = rig
+    from bridge.commands import Origin
+
+    commands.run("/steer/timbre/knob", [0.5], Origin("osc"))
+    up = {30: 2, 31: 66, 32: 2}[control_number]
+    mapper.handle(cc(control_number, up))  # +2 ticks of 0.1
+    assert control.targets["timbre"] == pytest.approx(-6 + 12 * 0.7)
+
+
+def test_soft_takeover_waits_for_the_knob_to_reach_the_value(rig) -> None:
+    control, mapper, _, commands = rig
+    from bridge.commands import Origin
+
+    mapper.handle(cc(21, 10))  # the knob is low
+    commands.run("/steer/timbre/knob", [0.8], Origin("osc"))  # the music moved on (OSC, a scene...)
+    for v in (20, 40, 60, 90):  # turning up, still below 0.8 * 127 = 101.6
+        mapper.handle(cc(21, v))
+        assert control.targets["timbre"] == pytest.approx(-6 + 12 * 0.8)
+    mapper.handle(cc(21, 105))  # crossed the value: picked up
+    assert control.targets["timbre"] == pytest.approx(-6 + 12 * 105 / 127)
+    mapper.handle(cc(21, 50))
+    assert control.targets["timbre"] == pytest.approx(-6 + 12 * 50 / 127)
+
+
+def test_buttons_toggle_and_panic(rig) -> None:
+    control, mapper, _, _ = rig
+    mapper.handle(cc(40, 127))
+    assert control.enabled["tempo"] is False
+    mapper.handle(cc(40, 0))  # release does nothing
+    mapper.handle(cc(40, 127))
+    assert control.enabled["tempo"] is True
+    mapper.handle(cc(21, 127))
+    mapper.handle(cc(41, 127))
+    assert control.targets == {"timbre": 0.0, "tempo": 0.0}
+
+
+def test_program_change_recalls_scenes_in_name_order(rig) -> None:
+    control, mapper, scenes, _ = rig
+    scenes.save("zz_mine", {"targets": {"timbre": 1.5, "tempo": -1.0}, "enabled": {}, "prompt": "p"})
+    names = scenes.names()
+    mapper.handle(mido.Message("program_change", program=names.index("zz_mine")))
+    assert control.targets == {"timbre": 1.5, "tempo": -1.0}
+    mapper.handle(mido.Message("program_change", program=127))
+    assert control.errors == 1 and "no scene" in control.last_error
+
+
+def test_midi_learn_binds_the_next_moved_cc(rig) -> None:
+    control, mapper, _, commands = rig
+    from bridge.commands import Origin
+
+    commands.run("/midi/learn", ["/steer/tempo/knob"], Origin("osc"))
+    mapper.handle(cc(77, 127, channel=3))
+    assert control.targets["tempo"] == 4.0
+    mapper.handle(cc(77, 0, channel=3))
+    assert control.targets["tempo"] == -4.0
+
+
+def test_every_shipped_map_loads() -> None:
+    names = available_maps()
+    assert {"generic", "nanokontrol2", "launchcontrol_xl", "midimix", "beatstep"} <= set(names)
+    for name in names:
+        assert load_map(name).bindings
+
+
+@pytest.mark.parametrize("text", ["controls: 3", "controls: [{cc: 200, target: /panic}]",
+                                  "controls: [{cc: 1, target: /x, mode: weird}]", "channel: 17\ncontrols: []",
+                                  "controls: [{cc: 1, target: /steer/@1/knob, curve: wobbly}]", "{{{"])
+def test_bad_maps_are_clear_errors(tmp_path, text) -> None:
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(MidiMapError):
+        load_map(str(tmp_path / "bad.yaml"))
+    with pytest.raises(MidiMapError, match="no paths"):
+        load_map("../etc/passwd")
+
+
+def test_scene_files_are_written_whole(rig, tmp_path) -> None:
+    _, _, scenes, _ = rig
+    path = scenes.save("one", {"targets": {"timbre": 1.0}, "enabled": {}, "prompt": "p"})
+    assert json.loads(path.read_text())["targets"] == {"timbre": 1.0}

@@ -1,0 +1,188 @@
+"""``steerbridge serve`` end to end, as a performer runs it: a real process, OSC over UDP,
+MIDI through a JACK virtual port, audio into a PulseAudio null sink recorded back from
+its monitor, Ctrl-C, and the recording and performance log it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+import rtmidi
+
+from tests.oscclient import Client, message
+from tests.realparts import SINK
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAME_SAMPLES = 640  # tiny model: 32 kHz, hop 640
+MODEL_RATE = 32000
+
+
+def start_serve(tmp: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen, Client]:
+    probe = Client(0)  # find a free port for the server
+    port = probe.port
+    probe.close()
+    log = (tmp / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--osc-port", str(port),
+                             "--quiet", *args], cwd=tmp, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+                            stdout=log, stderr=subprocess.STDOUT)
+    client = Client(port)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited early:\n{(tmp / 'serve.log').read_text()}")
+        client.send("/status")
+        m = client.recv(0.5)
+        if m is not None and m.address == "/status/json" and json.loads(m.params[0])["frames_generated"] > 0:
+            return proc, client
+    proc.kill()
+    pytest.fail(f"serve never answered /status:\n{(tmp / 'serve.log').read_text()}")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> str:
+    proc.send_signal(sig)
+    proc.wait(60)
+    return proc.returncode
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path)) as w:  # the stdlib reader is strict about headers
+        data = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, w.getnchannels())
+        return data.astype(np.float32) / 32768.0, w.getframerate()
+
+
+def log_end(path: Path) -> dict:
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines[0]["type"] == "header"
+    end = [x for x in lines if x["type"] == "end"]
+    assert end, "no end line: the engine did not stop cleanly"
+    return end[0]
+
+
+def expected_samples(frames: int, rate: int) -> int:
+    return round(frames * FRAME_SAMPLES * rate / MODEL_RATE)
+
+
+def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jack, pulse) -> None:
+    env = {**jack, **pulse}
+    os.environ.update(jack)  # this process's MIDI client talks to the same JACK server
+    monitor = subprocess.Popen(["parecord", f"--device={SINK}.monitor", "--file-format=wav", "--channels=2",
+                                str(tmp_path / "monitor.wav")], env={**os.environ, **pulse})
+    proc, osc = start_serve(tmp_path, env, "--vectors", str(vectors_dir), "--audio-out", "pulse", "--midi-in",
+                            "virtual", "--midi-api", "jack", "--midi-map", "generic", "--record",
+                            str(tmp_path / "set.wav"))
+    try:
+        status = osc.status()
+        assert status["audio_out"] == "pulse" and status["midi"]["map"] == "generic"
+        # OSC over UDP
+        osc.send("/steer/timbre", 3.0)
+        assert osc.status()["targets"]["timbre"] == 3.0
+        # MIDI CC from a JACK virtual port, through the generic map: knob 1 (CC 21) -> first concept (tempo)
+        backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+        names = [n for n in backend.get_output_names() if "steerbridge" in n]
+        assert names, backend.get_output_names()
+        with backend.open_output(names[0]) as out:
+            out.send(mido.Message("control_change", control=21, value=127))
+            deadline = time.monotonic() + 5
+            while osc.status()["targets"]["tempo"] != 6.0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert osc.status()["targets"]["tempo"] == 6.0
+            # garbage MIDI: unmapped CCs, notes, sysex, clock, other channels - all ignored
+            before = osc.status()
+            for msg in [mido.Message("control_change", control=99, value=5), mido.Message("note_on", note=1),
+                        mido.Message("sysex", data=[0x7D, 1, 2]), mido.Message("clock"),
+                        mido.Message("aftertouch", value=3), mido.Message("pitchwheel", pitch=8000)]:
+                out.send(msg)
+            raw = rtmidi.MidiOut(rtmidi.API_UNIX_JACK)  # bytes no parser should accept
+            raw.open_port([i for i, n in enumerate(raw.get_ports()) if "steerbridge" in n][0])
+            for junk in ([0x10, 0x20], [0xF4], [0xB0, 0x15], [0xF7], [0xF0, 0x01, 0x90]):
+                raw.send_message(junk)
+            raw.close_port()
+            time.sleep(0.5)
+        # garbage OSC: a malformed packet and a NaN
+        osc.raw(b"\xff\xfe not osc")
+        osc.raw(message("/steer/timbre", float("nan")))
+        time.sleep(0.3)
+        after = osc.status()
+        assert proc.poll() is None
+        assert after["targets"] == before["targets"] and after["errors"] == before["errors"] + 2
+        assert after["midi"]["ignored"] >= 6
+        time.sleep(2.0)
+        status = osc.status()
+        assert status["control_latency_ms"]["n"] >= 2 and status["frames_generated"] > 100
+    finally:
+        code = stop(proc)
+        monitor.send_signal(signal.SIGINT)
+        monitor.wait(10)
+        osc.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()
+    # the recording is valid and as long as the frames generated
+    audio, rate = read_wav(tmp_path / "set.wav")
+    end = log_end(tmp_path / "set.performance.jsonl")
+    assert abs(len(audio) - expected_samples(end["frames"], rate)) <= 2
+    assert np.sqrt(np.mean(audio ** 2)) > 1e-3
+    # and sound really arrived at the sound card
+    heard, _ = read_wav(tmp_path / "monitor.wav")
+    assert len(heard) > 0.5 * rate and np.sqrt(np.mean(heard ** 2)) > 1e-3
+
+
+def test_performance_replays_bit_identically(tmp_path, vectors_dir) -> None:
+    proc, osc = start_serve(tmp_path, {}, "--vectors", str(vectors_dir), "--audio-out", "none", "--record",
+                            str(tmp_path / "set.wav"), "--seed", "3")
+    try:
+        for value in (2.0, -3.0, 5.0):
+            osc.send("/steer/timbre", value)
+            time.sleep(0.3)
+        osc.send("/prompt", "slow dark ambient pads")
+        time.sleep(0.3)
+        osc.send("/steer/tempo/knob", 0.9)
+        osc.send("/gen/temperature", 0.9)
+        time.sleep(0.5)
+    finally:
+        assert stop(proc) == 0, (tmp_path / "serve.log").read_text()
+        osc.close()
+    log = tmp_path / "set.performance.jsonl"
+    end = log_end(log)
+    events = [json.loads(x) for x in log.read_text().splitlines() if '"event"' in x]
+    assert len(events) == 6 and all("step" in e for e in events)
+    run = subprocess.run([sys.executable, "-m", "bridge.cli", "render", "--automation", str(log), "--out",
+                          str(tmp_path / "replay.wav")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr
+    assert "tokens identical to the performance" in run.stdout
+    audio, rate = read_wav(tmp_path / "replay.wav")
+    assert len(audio) == end["frames"] * FRAME_SAMPLES and rate == MODEL_RATE
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_recording_survives_sigterm_and_even_sigkill(tmp_path, vectors_dir, sig) -> None:
+    proc, osc = start_serve(tmp_path, {}, "--vectors", str(vectors_dir), "--audio-out", "none", "--record",
+                            str(tmp_path / "set.wav"))
+    time.sleep(1.5)
+    osc.close()
+    code = stop(proc, sig)
+    audio, rate = read_wav(tmp_path / "set.wav")
+    assert len(audio) > 0.5 * rate
+    if sig == signal.SIGTERM:
+        assert code == 0
+        assert abs(len(audio) - expected_samples(log_end(tmp_path / "set.performance.jsonl")["frames"], rate)) <= 2
+
+
+def test_missing_audio_device_falls_back_with_one_line(tmp_path, vectors_dir) -> None:
+    proc, osc = start_serve(tmp_path, {}, "--vectors", str(vectors_dir), "--audio-out", "no-such-card", "--duration",
+                            "30")
+    try:
+        assert osc.status()["audio_out"] == "none (clock)"
+    finally:
+        stop(proc)
+        osc.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "playing on a silent clock instead" in text and "Traceback" not in text
