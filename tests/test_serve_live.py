@@ -102,7 +102,7 @@ def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jac
                         mido.Message("aftertouch", value=3), mido.Message("pitchwheel", pitch=8000)]:
                 out.send(msg)
             raw = rtmidi.MidiOut(rtmidi.API_UNIX_JACK)  # bytes no parser should accept
-            raw.open_port([i for i, n in enumerate(raw.get_ports()) if "steerbridge" in n][0])
+            raw.open_port(next(i for i, n in enumerate(raw.get_ports()) if "steerbridge" in n))
             for junk in ([0x10, 0x20], [0xF4], [0xB0, 0x15], [0xF7], [0xF0, 0x01, 0x90]):
                 raw.send_message(junk)
             raw.close_port()
