@@ -73,6 +73,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     if args.method not in METHODS:
         raise CliError(f"unknown --method {args.method!r}; choose one of {', '.join(METHODS)}")
+    if bool(args.concept) == bool(args.data):
+        raise CliError("give --concept (a preset or .yaml) or --data (a folder per class), not both")
+    if args.data:
+        return _extract_from_audio(args)
     preset = load_concept(args.concept)
     handle = load_model(args.model, args.device, args.dtype)
     layers = parse_layers(args.layers)
@@ -84,6 +88,27 @@ def cmd_extract(args: argparse.Namespace) -> int:
     out = vector.save(args.out)
     print(f"wrote {out}: concept {vector.concept!r}, {vector.method} at {vector.site}, layers "
           f"{list(vector.layers)}, {vector.n_pos}+{vector.n_neg} prompts, alpha range {list(vector.alpha_range)}")
+    return 0
+
+
+def _extract_from_audio(args: argparse.Namespace) -> int:
+    from steering_core.models import load_model
+
+    from .analyze import AnalyzeOptions, _from_data, _vector
+
+    handle = load_model(args.model, args.device, args.dtype)
+    options = AnalyzeOptions(data=args.data, positive=args.positive, negative=args.negative, name=args.name,
+                             site=args.site, window_s=args.window)
+    acts = _from_data(handle, options)
+    layers = parse_layers(args.layers)
+    chosen = list(range(handle.num_layers)) if layers in (None, ()) else list(layers)
+    bad = [layer for layer in chosen if not 0 <= layer < handle.num_layers]
+    if bad:
+        raise CliError(f"--layers {bad} outside 0..{handle.num_layers - 1}")
+    vector = _vector(handle, acts, chosen, method=args.method)
+    out = vector.save(args.out)
+    print(f"wrote {out}: concept {vector.concept!r} ({acts.positive_label} vs {acts.negative_label}), {vector.method} "
+          f"at {vector.site}, layers {chosen}, {vector.n_pos}+{vector.n_neg} audio windows")
     return 0
 
 
@@ -213,8 +238,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         midi_map=args.midi_map, midi_api=args.midi_api, audio_out=args.audio_out, chain=args.chain,
         record=args.record, log=args.log, scenes_dir=args.scenes_dir, duration=args.duration,
         smoothing_ms=args.smoothing_ms, guidance=args.guidance, temperature=args.temperature, top_k=args.top_k,
-        engine=engine, status_line=not args.quiet)
+        engine=engine, status_line=not args.quiet, threads=args.threads)
     return run_serve(options)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import AnalyzeOptions, run_analyze
+
+    if args.seeds < 1 or args.sweep_points < 2 or not (args.seconds > 0 and math.isfinite(args.seconds)):
+        raise CliError("--seeds >= 1, --sweep-points >= 2 and a positive --seconds, please")
+    options = AnalyzeOptions(
+        model=args.model, device=args.device, dtype=args.dtype, concepts=args.concept, data=args.data,
+        positive=args.positive, negative=args.negative, name=args.name, site=args.site, frames=args.frames,
+        window_s=args.window, data_prompt=args.data_prompt, sweep_points=args.sweep_points, seeds=args.seeds,
+        seconds=args.seconds, prompt=args.prompt, clap=None if args.clap == "none" else args.clap,
+        write_back=args.write_back, cache=args.cache)
+    out = Path(args.out)
+    report = run_analyze(options, out)
+    print(f"wrote {out / 'report.json'} and plots to {out}/")
+    for name, entry in report["concepts"].items():
+        best = entry["layers"][entry["recommended_layers"][0]]
+        print(f"  {name}: recommended layers {entry['recommended_layers']} (probe accuracy {best['acc_logistic']:.2f}, "
+              f"NMI {best['nmi']:.2f}); vector {entry['vector']}" + (f", preset {entry['preset']}" if "preset" in entry else ""))
+    return 0
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -272,7 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="write a steering-vector file for a concept")
     _model_args(p)
-    p.add_argument("--concept", required=True, help="preset name (e.g. tempo) or a concept .yaml file")
+    p.add_argument("--concept", default=None, help="preset name (e.g. tempo) or a concept .yaml file")
+    p.add_argument("--data", default=None, help="labelled audio instead: one sub-folder of audio files per class")
+    p.add_argument("--positive", default=None, help="--data: the class to steer towards (default: the first)")
+    p.add_argument("--negative", default=None, help="--data: the class to steer away from (default: the next)")
+    p.add_argument("--name", default=None, help="--data: concept name (default <positive>_vs_<negative>)")
+    p.add_argument("--window", type=float, default=10.0, help="--data: window length in seconds")
     p.add_argument("--method", default="diffmean", help="diffmean | pca | probe_logistic | probe_mse")
     p.add_argument("--site", default=None, choices=SITES, help="default: the preset's")
     p.add_argument("--layers", default=None, help="e.g. 3,4,5 or 2-6 or all (default: the preset's span)")
@@ -321,12 +372,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop cleanly after this many seconds")
     p.add_argument("--smoothing-ms", type=float, default=30.0, help="knob smoothing time constant")
     p.add_argument("--buffer-ms", type=float, default=50.0, help="audio kept ready: more survives jitter, less reacts faster")
-    p.add_argument("--lookahead", type=int, default=4, help="frames of tokens generated ahead (rolled back on a change)")
+    p.add_argument("--lookahead", type=int, default=0, help="frames of tokens generated ahead (rolled back on a change)")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=250)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for tiny, else torch's)")
     p.add_argument("--quiet", action="store_true", help="no status line")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("analyze", help="where concepts live: probes, clustering, alpha sweeps, plots")
+    _model_args(p)
+    p.add_argument("--concept", action="append", default=[], help="concept preset or .yaml (repeatable)")
+    p.add_argument("--data", default=None, help="labelled audio: one sub-folder of audio files per class")
+    p.add_argument("--positive", default=None, help="--data: the class steering goes towards (default: the first)")
+    p.add_argument("--negative", default=None, help="--data: the class it goes away from (default: the next)")
+    p.add_argument("--name", default=None, help="--data: the concept's name (default: <positive>_vs_<negative>)")
+    p.add_argument("--site", default=None, choices=SITES, help="default: the preset's, or resid_post")
+    p.add_argument("--frames", type=int, default=25, help="frames generated per prompt")
+    p.add_argument("--window", type=float, default=10.0, help="--data: window length in seconds")
+    p.add_argument("--data-prompt", default=None, help="--data: text prompt while teacher-forcing (default none)")
+    p.add_argument("--cache", default=None, help="activation cache folder (default ~/.cache/steerbridge/activations)")
+    p.add_argument("--sweep-points", type=int, default=5, help="alphas across the concept's range")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=2.0, help="seconds per sweep clip")
+    p.add_argument("--prompt", default="an ambient synth piece with drums", help="prompt for the sweep")
+    p.add_argument("--clap", default="tiny", help="CLAP hub id or folder (e.g. laion/clap-htsat-unfused) | tiny | none")
+    p.add_argument("--write-back", action="store_true", help="also write <concept>.yaml with the recommended layers")
+    p.add_argument("--out", required=True, help="report folder")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("devices", help="list audio outputs and MIDI inputs")
     p.add_argument("--midi-api", default="auto", help="auto | jack | alsa")

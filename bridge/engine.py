@@ -44,9 +44,9 @@ log = logging.getLogger("steerbridge.engine")
 @dataclass
 class EngineSettings:
     ring_ms: float = 50.0  # audio kept ready after the effects: the safety margin
-    lookahead_frames: int = 4  # tokens generated ahead of the audio; rolled back on a change
-    chunk_frames: int = 2  # frames per codec decode
-    context_frames: int = 25  # codec left context per chunk
+    lookahead_frames: int = 0  # extra tokens generated ahead of the audio; rolled back on a change
+    chunk_frames: int = 1  # frames per codec decode
+    context_frames: int = 16  # codec left context per chunk
     fade_ms: float = 30.0  # fades on transport stop/play and panic
 
 
@@ -270,8 +270,11 @@ class Engine:
 
     def _apply(self, event: ControlEvent) -> None:
         # The first step whose tokens are all unplayed: its codebook K-1 token belongs to
-        # the first frame not yet turned into audio.
-        at = self.decoder.emitted_frames + self.num_codebooks - 1
+        # the first frame not yet turned into audio. When the ring is running low, the
+        # sound comes first: no rollback (and its regeneration), the change lands at the
+        # next step instead.
+        starved = self.ring.fill < self.ring_target // 2
+        at = None if starved else self.decoder.emitted_frames + self.num_codebooks - 1
         try:
             event.step = self.performance.apply(event.changes, at_step=at)
         except (KeyError, ValueError) as exc:  # validated upstream; a last guard, never fatal

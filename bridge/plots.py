@@ -45,3 +45,47 @@ def metric_curve(xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def layer_curves(scores: Sequence[dict[str, float]], recommended: Sequence[int], out: str | Path,
+                 title: str = "") -> Path:
+    """Probe accuracy (logistic, MSE), ARI and NMI per layer; recommended layers shaded."""
+    out = Path(out)
+    layers = [int(s["layer"]) for s in scores]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for key, label in (("acc_logistic", "probe acc (logistic)"), ("acc_mse", "probe acc (MSE)"),
+                       ("ari", "k-means ARI"), ("nmi", "k-means NMI")):
+        ax.plot(layers, [s[key] for s in scores], marker="o", label=label)
+    for layer in recommended:
+        ax.axvspan(layer - 0.4, layer + 0.4, color="gold", alpha=0.25)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xticks(layers)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "where the concept lives (shaded: recommended)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def metric_band(alphas: Sequence[float], values: np.ndarray, ylabel: str, out: str | Path, title: str = "") -> Path:
+    """A metric against alpha: the mean across seeds, and the spread (min..max, ±1 sd)."""
+    out = Path(out)
+    values = np.asarray(values, dtype=np.float64)  # [alphas, seeds]
+    mean, sd = values.mean(axis=1), values.std(axis=1)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.fill_between(alphas, values.min(axis=1), values.max(axis=1), alpha=0.15, label="min..max over seeds")
+    ax.fill_between(alphas, mean - sd, mean + sd, alpha=0.3, label="±1 sd")
+    ax.plot(alphas, mean, marker="o", label="mean")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

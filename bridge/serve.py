@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from steering_core.codec import ChunkedDecoder
 from steering_core.concepts import load_concept
 from steering_core.extraction import extract_vector
@@ -73,6 +75,7 @@ class ServeOptions:
     top_k: int = 250
     engine: EngineSettings = field(default_factory=EngineSettings)
     status_line: bool = True
+    threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's default
 
 
 def cache_dir() -> Path:
@@ -103,6 +106,12 @@ class Server:
     def __init__(self, options: ServeOptions, handle: MusicGenHandle | None = None) -> None:
         self.options = o = options
         self.handle = handle or load_model(o.model, o.device, o.dtype)
+        if o.threads is not None:
+            torch.set_num_threads(o.threads)
+        elif self.handle.device.type == "cpu" and self.handle.d_model <= 256:
+            # A small model is all per-op overhead: extra threads cost more than they give,
+            # and they compete with the audio and control threads on a small machine.
+            torch.set_num_threads(1)
         vector_paths = [Path(p) for p in o.vectors] or default_vectors(self.handle)
         self.vectors: list[tuple[SteeringVector, Path]] = []
         for path in vector_paths:

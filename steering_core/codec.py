@@ -40,7 +40,8 @@ class ChunkedDecoder:
         self.context = context_frames
         self.holdback = holdback_frames
         self.crossfade = crossfade_frames
-        self.codes: torch.Tensor | None = None  # [B, K, T] all frames pushed so far
+        self.codes: torch.Tensor | None = None  # [B, K, T] frames pushed, from frame `base` on
+        self.base = 0  # frames before this were dropped: they are further back than any context
         self.emitted_frames = 0
         self._tentative: np.ndarray | None = None  # previous chunk's decode of the next crossfade region
         n = crossfade_frames * self.hop
@@ -54,19 +55,19 @@ class ChunkedDecoder:
         already emitted stay emitted; the next chunk crossfades out of the tentative
         tail decoded from the old frames, so the change lands without a click."""
         if self.codes is not None:
-            self.codes = self.codes[:, :, : max(frame, self.emitted_frames)]
+            self.codes = self.codes[:, :, : max(frame, self.emitted_frames) - self.base]
 
     def pull(self, final: bool = False) -> np.ndarray:
         """Audio for every frame that can be finalised now: [B, C, n]. With ``final``,
         flush everything (end of stream)."""
         if self.codes is None:
             return np.zeros((1, self.handle.audio_channels, 0), np.float32)
-        total = self.codes.shape[2]
+        total = self.base + self.codes.shape[2]
         stop = total if final else total - self.holdback
         if stop <= self.emitted_frames:
             return np.zeros((self.codes.shape[0], self.handle.audio_channels, 0), np.float32)
         left = max(0, self.emitted_frames - self.context)
-        audio = decode(self.handle, self.codes[:, :, left:total])
+        audio = decode(self.handle, self.codes[:, :, left - self.base:])
         offset = (self.emitted_frames - left) * self.hop
         out = audio[..., offset: offset + (stop - self.emitted_frames) * self.hop].copy()
         if self._tentative is not None:
@@ -76,4 +77,9 @@ class ChunkedDecoder:
         tail_end = offset + (stop - self.emitted_frames + self.crossfade) * self.hop
         self._tentative = None if final else audio[..., offset + out.shape[-1]: tail_end].copy()
         self.emitted_frames = stop
+        # Keep only what the next chunk's left context can reach (a set can last hours).
+        drop = max(0, stop - self.context) - self.base
+        if drop > 0:
+            self.codes = self.codes[:, :, drop:].clone()
+            self.base += drop
         return out

@@ -51,6 +51,7 @@ class ConceptPreset:
     layer_span: tuple[float, float] = (0.3, 0.7)
     operator: str = "add"
     cfg_mode: str = "cond"
+    layers: tuple[int, ...] | None = None  # explicit layers (e.g. from analyze) win over layer_span
 
     def pairs(self, seed: int = 0) -> list[tuple[str, str]]:
         """``n_pairs`` (positive, negative) prompts, identical but for the concept word."""
@@ -69,7 +70,13 @@ class ConceptPreset:
         return out
 
     def layers_for(self, num_layers: int) -> tuple[int, ...]:
-        """The preset's layer span (fractions of depth) as layer indices of a model."""
+        """The preset's layers: explicit ones if it names them (checked against the model),
+        else its layer span (fractions of depth) as layer indices."""
+        if self.layers is not None:
+            bad = [layer for layer in self.layers if not 0 <= layer < num_layers]
+            if bad:
+                raise ConceptError(f"concept {self.name!r} names layers {bad}; this model has 0..{num_layers - 1}")
+            return self.layers
         lo = round(self.layer_span[0] * (num_layers - 1))
         hi = round(self.layer_span[1] * (num_layers - 1))
         return tuple(range(lo, max(lo, hi) + 1))
@@ -110,6 +117,7 @@ def load_concept(name_or_file: str | Path) -> ConceptPreset:
             layer_span=(float(raw["layer_span"][0]), float(raw["layer_span"][1])),
             operator=str(raw.get("operator", "add")),
             cfg_mode=str(raw.get("cfg_mode", "cond")),
+            layers=tuple(int(x) for x in raw["layers"]) if raw.get("layers") is not None else None,
         )
         preset.pairs()  # every template must format with its slots
     except ConceptError:

@@ -119,13 +119,30 @@ def tiny_generation_config() -> GenerationConfig:
 
 def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torch.Generator) -> None:
     """EnCodec keeps its codebooks in buffers that start at zero and come from a
-    checkpoint; with random weights every code would decode to the same sound.
-    Give each codebook entry its own random vector so tokens are audible."""
-    for layer in model.audio_encoder.quantizer.layers:
+    checkpoint; with random weights every code would decode to the same sound, and
+    every input would encode to the same code. Initialise them as EnCodec's own
+    training does, from data: each residual stage's entries are drawn from the
+    encoder's (residual) embeddings of a few probe sounds (noise, tones, clicks), so
+    different audio gets different codes and every code sounds different."""
+    codec = model.audio_encoder
+    rate = int(model.config.audio_encoder.sampling_rate)
+    t = torch.arange(rate, dtype=torch.float32) / rate
+    probes = [0.3 * torch.randn(rate, generator=generator) * (0.2 + k / 4) for k in range(4)]
+    probes += [0.3 * torch.sin(2 * torch.pi * f * t) for f in (55, 110, 220, 440, 880, 1760, 3520, 7040)]
+    clicks = torch.zeros(rate)
+    clicks[:: rate // 8] = 1.0
+    probes.append(clicks)
+    x = torch.stack(probes)[:, None].to(next(codec.parameters()).dtype)
+    x = x.expand(-1, int(model.config.audio_encoder.audio_channels), -1)
+    residual = codec.encoder(x).transpose(1, 2).reshape(-1, codec.config.hidden_size).float()
+    for layer in codec.quantizer.layers:
         embed = layer.codebook.embed
-        values = torch.randn(embed.shape, generator=generator, dtype=torch.float32)
+        pick = torch.randint(len(residual), (embed.shape[0],), generator=generator)
+        jitter = torch.randn(embed.shape, generator=generator) * (0.05 * residual.std())
+        values = residual[pick] + jitter
         embed.copy_(values.to(embed.device, embed.dtype))
         layer.codebook.embed_avg.copy_(embed)
+        residual = residual - values[torch.cdist(residual, values).argmin(dim=1)]
 
 
 def build_tiny_model(seed: int = TINY_SEED) -> MusicgenForConditionalGeneration:

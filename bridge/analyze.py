@@ -1,0 +1,211 @@
+"""``steerbridge analyze``: where a concept lives, and what steering it does to the sound.
+
+1. Activations at every layer: from a concept preset's prompt pairs, or from labelled
+   audio (a folder per class, teacher-forced, cached on disk).
+2. Per layer: probe accuracy (logistic and MSE, cross-validated), k-means ARI and NMI.
+   Cosines between directions: the methods against each other, and concepts against
+   each other, layer by layer.
+3. A layer recommendation, and a vector on those layers (``<concept>.safetensors``,
+   ready for ``serve --vectors``); ``--write-back`` also writes the preset with the
+   layers named (``<concept>.yaml``, ready for ``extract --concept``).
+4. An alpha sweep with several seeds: spectral centroid, RMS, onset rate, tempo and
+   CLAP zero-shot scores against the concept's labels.
+
+Everything lands in ``report.json`` plus PNGs: ``layers_<concept>.png``,
+``sweep_<concept>_<metric>.png`` and ``spectrograms_<concept>.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from steering_core.analysis import cosine_matrix, recommend_layers, score_layers
+from steering_core.audio import write_wav
+from steering_core.clap import ClapScorer
+from steering_core.concepts import ConceptPreset, check_name, load_concept
+from steering_core.extraction import METHODS, collect_activations, layer_stats
+from steering_core.labelled import collect_labelled
+from steering_core.metrics import describe
+from steering_core.models import MusicGenHandle, load_model
+from steering_core.render import render
+from steering_core.vectors import SteeringVector
+
+from .plots import layer_curves, metric_band, spectrogram_grid
+
+log = logging.getLogger("steerbridge.analyze")
+
+METRICS = ("centroid_hz", "rms", "onset_rate", "tempo_bpm")
+
+
+@dataclass
+class AnalyzeOptions:
+    model: str = "tiny"
+    device: str = "auto"
+    dtype: str = "auto"
+    concepts: Sequence[str] = ()
+    data: str | None = None
+    positive: str | None = None
+    negative: str | None = None
+    name: str | None = None
+    site: str | None = None
+    frames: int = 25
+    window_s: float = 10.0
+    data_prompt: str | None = None
+    sweep_points: int = 5
+    seeds: int = 2
+    seconds: float = 2.0
+    prompt: str = "an ambient synth piece with drums"
+    clap: str | None = "tiny"
+    write_back: bool = False
+    cache: str | None = None
+
+
+@dataclass
+class ConceptActivations:
+    name: str
+    positive: torch.Tensor
+    negative: torch.Tensor
+    all: torch.Tensor
+    labels: list[str]
+    positive_label: str
+    negative_label: str
+    preset: ConceptPreset | None
+    alpha_range: tuple[float, float]
+    site: str
+
+
+def _from_preset(handle: MusicGenHandle, name: str, o: AnalyzeOptions) -> ConceptActivations:
+    preset = load_concept(name)
+    site = o.site or preset.site
+    pairs = preset.pairs()
+    common = {"site": site, "frames": o.frames}
+    pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", **common)
+    neg = collect_activations(handle, [n for _, n in pairs], desc=f"{preset.name}: {preset.negative_label}", **common)
+    labels = [preset.positive_label] * len(pos) + [preset.negative_label] * len(neg)
+    return ConceptActivations(preset.name, pos, neg, torch.cat([pos, neg]), labels, preset.positive_label,
+                              preset.negative_label, preset, preset.alpha_range, site)
+
+
+def _from_data(handle: MusicGenHandle, o: AnalyzeOptions) -> ConceptActivations:
+    site = o.site or "resid_post"
+    data = collect_labelled(handle, o.data or "", site=site, window_s=o.window_s, prompt=o.data_prompt, cache=o.cache)
+    positive = o.positive or data.classes[0]
+    negative = o.negative or next(c for c in data.classes if c != positive)
+    pos, neg = data.split(positive, negative)
+    name = check_name(o.name or f"{positive}_vs_{negative}", "concept name")
+    return ConceptActivations(name, pos, neg, data.activations, data.labels, positive, negative, None, (-4.0, 4.0),
+                              site)
+
+
+def _vector(handle: MusicGenHandle, c: ConceptActivations, layers: list[int], method: str = "diffmean") -> SteeringVector:
+    directions = METHODS[method](c.positive[:, layers], c.negative[:, layers])
+    stats = layer_stats(c.positive[:, layers], c.negative[:, layers], directions)
+    p = c.preset
+    return SteeringVector(
+        concept=c.name, directions=directions, layers=tuple(layers), site=c.site, method=method,
+        operator=p.operator if p else "add", cfg_mode=p.cfg_mode if p else "cond", alpha_range=c.alpha_range,
+        model_id=handle.model_id, model_config_sha256=handle.config_sha256, aggregation="mean_over_frames",
+        n_pos=len(c.positive), n_neg=len(c.negative), prompt_sha256=p.prompt_sha256() if p else "",
+        stats=dict(zip(layers, stats, strict=True)))
+
+
+def _sweep(handle: MusicGenHandle, c: ConceptActivations, vector: SteeringVector, o: AnalyzeOptions, out: Path,
+           clap: ClapScorer | None) -> dict[str, Any]:
+    lo, hi = c.alpha_range
+    alphas = [float(a) for a in np.linspace(lo, hi, o.sweep_points)]
+    labels = [f"{c.positive_label} music", f"{c.negative_label} music"]
+    values: dict[str, np.ndarray] = {m: np.zeros((len(alphas), o.seeds)) for m in METRICS}
+    clap_pos = np.zeros((len(alphas), o.seeds))
+    grid = []
+    jobs = [(i, a, s) for i, a in enumerate(alphas) for s in range(o.seeds)]
+    for i, alpha, seed in tqdm(jobs, desc=f"{c.name}: alpha sweep", unit="clip"):
+        audio = render(handle, o.prompt, o.seconds, seed=seed, vectors=[vector], alphas={c.name: alpha})
+        for metric, value in describe(audio, handle.sample_rate).items():
+            values[metric][i, seed] = value
+        if clap is not None:
+            clap_pos[i, seed] = clap.scores([audio], handle.sample_rate, labels)[0, 0]
+        if seed == 0:
+            grid.append((f"α={alpha:+.1f}", audio))
+            write_wav(out / f"sweep_{c.name}_{alpha:+.1f}.wav", audio, handle.sample_rate)
+    if clap is not None:
+        values["clap_positive"] = clap_pos
+    plots = []
+    for metric, table in values.items():
+        plots.append(metric_band(alphas, table, metric, out / f"sweep_{c.name}_{metric}.png",
+                                 title=f"{c.name}: {metric} vs alpha ({o.seeds} seeds)").name)
+    plots.append(spectrogram_grid(grid, handle.sample_rate, out / f"spectrograms_{c.name}.png",
+                                  title=f"{c.name} sweep, seed 0").name)
+    return {
+        "alphas": alphas, "seeds": o.seeds, "seconds": o.seconds, "prompt": o.prompt,
+        "clap": None if clap is None else {"model": clap.spec, "labels": labels,
+                                            "note": "score = softmax probability of the first label"},
+        "metrics": {m: {"mean": t.mean(axis=1).round(4).tolist(), "std": t.std(axis=1).round(4).tolist(),
+                        "per_seed": t.round(4).tolist()} for m, t in values.items()},
+        "plots": plots,
+    }
+
+
+def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
+    if bool(o.concepts) == bool(o.data):
+        raise ValueError("give --concept (one or more presets) or --data <folder>, not both")
+    out.mkdir(parents=True, exist_ok=True)
+    handle = load_model(o.model, o.device, o.dtype)
+    started = time.time()
+    concepts = [_from_preset(handle, name, o) for name in o.concepts] if o.concepts else [_from_data(handle, o)]
+    clap = ClapScorer(o.clap, handle.device) if o.clap else None
+    report: dict[str, Any] = {"model": o.model, "model_config_sha256": handle.config_sha256,
+                              "num_layers": handle.num_layers, "concepts": {}}
+    best_directions: dict[int, dict[str, torch.Tensor]] = {}
+    for c in concepts:
+        scores = score_layers(c.all, c.labels)
+        recommended = recommend_layers(scores)
+        rows = [s.to_json() for s in scores]
+        layer_plot = layer_curves(rows, recommended, out / f"layers_{c.name}.png",
+                                  title=f"{c.name}: {c.positive_label} vs {c.negative_label} ({c.site})")
+        method_dirs = {m: METHODS[m](c.positive, c.negative) for m in ("diffmean", "probe_logistic", "probe_mse")}
+        method_cos = {layer: cosine_matrix({m: d[layer] for m, d in method_dirs.items()})
+                      for layer in range(handle.num_layers)}
+        for layer in range(handle.num_layers):
+            best_directions.setdefault(layer, {})[c.name] = method_dirs["diffmean"][layer]
+        vector = _vector(handle, c, recommended)
+        vector_path = vector.save(out / f"{c.name}.safetensors")
+        entry: dict[str, Any] = {
+            "positive": c.positive_label, "negative": c.negative_label, "site": c.site,
+            "n_positive": len(c.positive), "n_negative": len(c.negative), "classes": sorted(set(c.labels)),
+            "layers": rows, "recommended_layers": recommended, "vector": vector_path.name,
+            "method_cosines": {str(k): v for k, v in method_cos.items()}, "plots": [layer_plot.name],
+        }
+        if o.write_back and c.preset is not None:
+            entry["preset"] = write_back_preset(c.preset, recommended, out).name
+        log.info("%s: recommended layers %s (probe accuracy %.2f at layer %d)", c.name, recommended,
+                 scores[recommended[0]].acc_logistic, recommended[0])
+        entry["sweep"] = _sweep(handle, c, vector, o, out, clap)
+        report["concepts"][c.name] = entry
+    if len(concepts) > 1:
+        report["concept_cosines"] = {str(layer): cosine_matrix(d) for layer, d in best_directions.items()}
+    report["seconds_taken"] = round(time.time() - started, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def write_back_preset(preset: ConceptPreset, layers: Sequence[int], out: Path) -> Path:
+    """The preset as a file with the recommended layers named (``extract --concept`` it)."""
+    raw = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(preset).items()}
+    raw["slots"] = {k: list(v) for k, v in preset.slots.items()}
+    raw["layers"] = [int(x) for x in layers]
+    path = out / f"{preset.name}.yaml"
+    path.write_text("# written by steerbridge analyze: layers chosen by probe accuracy and clustering\n"
+                    + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return path

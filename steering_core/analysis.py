@@ -1,0 +1,84 @@
+"""Where a concept lives: per-layer probes and clustering, and a layer recommendation.
+
+For activations [N, L, d] with a label per row, each layer gets
+* ``acc_logistic``: cross-validated accuracy of a logistic (BCE) probe;
+* ``acc_mse``: cross-validated accuracy of a least-squares (MSE) probe, by sign;
+* ``ari`` / ``nmi``: k-means (k = number of classes) against the labels.
+
+``recommend_layers`` ranks layers by probe accuracy, breaking near-ties by NMI, and
+keeps the best and those close to it (Panda et al. pick by probe accuracy and
+clustering; TADA finds concepts in a small subset of layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    layer: int
+    acc_logistic: float
+    acc_mse: float
+    ari: float
+    nmi: float
+
+    @property
+    def score(self) -> float:
+        return 0.5 * (self.acc_logistic + self.acc_mse) + 0.1 * self.nmi
+
+    def to_json(self) -> dict[str, float | int]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def _folds(labels: np.ndarray) -> StratifiedKFold:
+    smallest = int(np.min(np.unique(labels, return_counts=True)[1]))
+    if smallest < 2:
+        raise ValueError("each class needs at least two examples for cross-validation")
+    return StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=0)
+
+
+def score_layers(activations: torch.Tensor, labels: Sequence[str], *, seed: int = 0) -> list[LayerScore]:
+    """Probe accuracy and clustering agreement at every layer."""
+    y = np.asarray(labels)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError("need at least two classes")
+    folds = _folds(y)
+    out = []
+    acts = activations.float().numpy()
+    for layer in range(acts.shape[1]):
+        x = acts[:, layer]
+        logistic = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        mse = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0))
+        acc_log = float(cross_val_score(logistic, x, y, cv=folds).mean())
+        acc_mse = float(cross_val_score(mse, x, y, cv=folds).mean())
+        scaled = StandardScaler().fit_transform(x)
+        clusters = KMeans(n_clusters=len(classes), n_init=10, random_state=seed).fit_predict(scaled)
+        out.append(LayerScore(layer, acc_log, acc_mse, float(adjusted_rand_score(y, clusters)),
+                              float(normalized_mutual_info_score(y, clusters))))
+    return out
+
+
+def recommend_layers(scores: Sequence[LayerScore], *, tolerance: float = 0.02, max_layers: int = 4) -> list[int]:
+    """The best layer first, then any within ``tolerance`` of it (at most ``max_layers``)."""
+    ranked = sorted(scores, key=lambda s: (-s.score, s.layer))
+    best = ranked[0].score
+    return [s.layer for s in ranked if s.score >= best - tolerance][:max_layers]
+
+
+def cosine_matrix(directions: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Cosine between every pair of named directions (each [d])."""
+    names = list(directions)
+    unit = {n: directions[n].float() / directions[n].float().norm().clamp_min(1e-12) for n in names}
+    return {a: {b: round(float(unit[a] @ unit[b]), 4) for b in names} for a in names}
