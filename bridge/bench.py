@@ -71,9 +71,13 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
     # Warm-up: kernels, allocator, lazily built buffers.
     _engine_seconds(handle, min(frames, 20), None, settings)
     _generate_seconds(handle, min(frames, 20), settings)
-    engine = min(_engine_seconds(handle, frames, None, settings) for _ in range(repeats))
-    steered = min(_engine_seconds(handle, frames, steerer, settings) for _ in range(repeats))
-    hf = min(_generate_seconds(handle, frames, settings) for _ in range(repeats))
+    # Interleaved, so drift in the machine (clocks, other load) hits every side alike.
+    runs: dict[str, list[float]] = {"engine": [], "steered": [], "hf": []}
+    for _ in range(repeats):
+        runs["engine"].append(_engine_seconds(handle, frames, None, settings))
+        runs["steered"].append(_engine_seconds(handle, frames, steerer, settings))
+        runs["hf"].append(_generate_seconds(handle, frames, settings))
+    engine, steered, hf = min(runs["engine"]), min(runs["steered"]), min(runs["hf"])
 
     stream = MusicStream(handle, PROMPT, seed=0, settings=settings)
     codes = stream.generate_frames(frames)

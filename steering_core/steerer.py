@@ -6,7 +6,8 @@ thread between any two frames; the hooks read the tensor at the next forward, so
 knob turn needs no re-registration and no host-device sync.
 
 Hooks exist only inside ``with steerer.installed():``, which removes them on the way
-out, error or not. Within a site, concepts are applied in the order they were added.
+out, error or not. Within a site, the plain ``add`` concepts go first (fused, see
+``_install_all``); other operators follow in the order they were added.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .models import MusicGenHandle
 from .operators import Operator, get_operator
+from .operators import add as add_operator
 from .sites import attach
 from .vectors import CFG_MODES, SteeringVector
 
@@ -44,10 +46,15 @@ class Concept:
     layers: tuple[int, ...]
     alpha: torch.Tensor
     enabled: bool = True
+    slot: int = 0  # index into the steerer's alpha table
 
     @property
     def value(self) -> float:
         return float(self.alpha.item())
+
+
+#: Knob table size: concepts one steerer holds at once.
+MAX_CONCEPTS = 64
 
 
 class Steerer:
@@ -62,6 +69,10 @@ class Steerer:
         self._handles: dict[tuple[int, str], RemovableHandle] = {}
         self._row_masks: dict[tuple[int, str], torch.Tensor] = {}
         self._lock = threading.Lock()
+        # Every knob lives in one table (each concept's alpha is a 0-d view into it), so
+        # all the plain `add` concepts at a site fuse into one matrix-vector product.
+        self._alpha_table = torch.zeros(MAX_CONCEPTS, device=handle.device, dtype=handle.dtype)
+        self._enabled_table = torch.ones(MAX_CONCEPTS, device=handle.device, dtype=handle.dtype)
 
     # --- concepts ---------------------------------------------------------------
     def add(self, vector: SteeringVector, *, alpha: float = 0.0, operator: str | None = None,
@@ -81,8 +92,12 @@ class Steerer:
         missing = [layer for layer in use_layers if layer not in vector.layers]
         if missing:
             raise ValueError(f"vector {vector.concept!r} has no direction for layers {missing}")
-        knob = torch.tensor(float(alpha), device=h.device, dtype=h.dtype)
-        concept = Concept(vector, op_name, mode, use_layers, knob)
+        if len(self.concepts) >= MAX_CONCEPTS:
+            raise ValueError(f"at most {MAX_CONCEPTS} concepts at once")
+        slot = len(self.concepts)
+        knob = self._alpha_table[slot]  # a view: fill_ on it writes the table
+        knob.fill_(float(alpha))
+        concept = Concept(vector, op_name, mode, use_layers, knob, slot=slot)
         with self._lock:
             self.concepts[name] = concept
             for layer in use_layers:
@@ -90,8 +105,9 @@ class Steerer:
                 direction = (vector.directions[i] * vector.gains[i]).to(h.device, h.dtype)
                 key = (layer, vector.site)
                 self._sites.setdefault(key, []).append(_Injection(name, direction, op, knob, mode))
-                if self._handles and key not in self._handles:
-                    self._handles[key] = self._install(key)
+            if self._handles:  # hooks live: rebuild them to include the new concept
+                self._remove_all()
+                self._install_all()
         return concept
 
     def set_alpha(self, name: str, value: float) -> None:
@@ -99,7 +115,9 @@ class Steerer:
         self._concept(name).alpha.fill_(float(value))
 
     def set_enabled(self, name: str, enabled: bool) -> None:
-        self._concept(name).enabled = bool(enabled)
+        concept = self._concept(name)
+        concept.enabled = bool(enabled)
+        self._enabled_table[concept.slot] = 1.0 if enabled else 0.0
 
     def alphas(self) -> dict[str, float]:
         return {name: c.value for name, c in self.concepts.items()}
@@ -119,24 +137,76 @@ class Steerer:
             raise RuntimeError("steering hooks are already installed")
         try:
             with self._lock:
-                for key in self._sites:
-                    self._handles[key] = self._install(key)
+                self._install_all()
             yield self
         finally:
-            for handle in self._handles.values():
-                handle.remove()
-            self._handles.clear()
+            self._remove_all()
 
     @property
     def is_installed(self) -> bool:
         return bool(self._handles)
 
-    def _install(self, key: tuple[int, str]) -> RemovableHandle:
+    # --- how the hooks work ------------------------------------------------------
+    # `add` is linear, so every plain-add concept at every site is one column block of
+    # a matrix M [concepts, groups * d_model] (a group: one site, one CFG mode). Once
+    # per forward, a pre-hook on the first decoder layer turns the knobs into every
+    # group's offset with one matrix product, (alpha * enabled) @ M, already masked to
+    # the rows it steers; each site's hook is then a single add. Other operators
+    # (renorm, ablate, ...) depend on h and run one by one after it.
+    def _install_all(self) -> None:
+        d = self.handle.d_model
+        groups: list[tuple[tuple[int, str], str, list[_Injection]]] = []
+        for key, injections in self._sites.items():
+            for mode in CFG_MODES:
+                adds = [i for i in injections if i.operator is add_operator and i.cfg_mode == mode]
+                if adds:
+                    groups.append((key, mode, adds))
+        matrix = torch.zeros(MAX_CONCEPTS, max(1, len(groups)) * d, device=self.handle.device, dtype=self.handle.dtype)
+        for g, (_, _, adds) in enumerate(groups):
+            for inj in adds:
+                matrix[self.concepts[inj.concept].slot, g * d:(g + 1) * d] += inj.direction
+        self._fused = matrix
+        self._group_modes = [mode for _, mode, _ in groups]
+        self._group_masks: dict[tuple[int, bool], torch.Tensor] = {}
+        self._row_deltas: tuple[torch.Tensor, ...] | None = None
+        if groups:
+            self._handles[(-1, "prepare")] = self.handle.decoder_layers[0].register_forward_pre_hook(self._prepare)
+        for key in self._sites:
+            mine = [g for g, (k, _, _) in enumerate(groups) if k == key]
+            self._handles[key] = self._install(key, mine)
+
+    def _remove_all(self) -> None:
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
+
+    def _prepare(self, _module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        batch = args[0].shape[0]
+        key = (batch, self.cfg_batch)
+        matrix = self._group_masks.get(key)
+        if matrix is None:  # fold the row masks into the matrix, once per batch layout
+            probe = args[0].new_zeros(batch, 1)
+            rows = [self._rows(probe, mode) for mode in self._group_modes]
+            masks = torch.stack([torch.ones_like(probe) if r is None else r.to(probe.dtype).expand_as(probe)
+                                 for r in rows])  # [groups, batch, 1]
+            d = self.handle.d_model
+            blocks = self._fused[:, : len(rows) * d].view(MAX_CONCEPTS, len(rows), 1, d)
+            matrix = (blocks * masks[None]).reshape(MAX_CONCEPTS, -1)  # [concepts, groups * batch * d]
+            self._group_masks[key] = matrix
+        knobs = self._alpha_table * self._enabled_table
+        # One product gives every site's offset for every row; unbind makes the views once.
+        self._row_deltas = (knobs @ matrix).view(len(self._group_modes), batch, 1, -1).unbind(0)
+
+    def _install(self, key: tuple[int, str], groups: list[int]) -> RemovableHandle:
         layer, site = key
-        injections = self._sites[key]
+        others = [inj for inj in self._sites[key] if inj.operator is not add_operator]
 
         def edit(h: torch.Tensor) -> torch.Tensor:
-            for inj in injections:
+            deltas = self._row_deltas
+            if deltas is not None:
+                for g in groups:
+                    h = h + deltas[g]
+            for inj in others:
                 if not self.concepts[inj.concept].enabled:
                     continue
                 steered = inj.operator(h, inj.direction, inj.alpha)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask
 
 from .models import MusicGenHandle
 from .sampling import SamplingSettings, guide, sample
@@ -68,12 +69,16 @@ class MusicStream:
         self.generator.manual_seed(int(seed))
         self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         self.batch = len(self.prompts)
+        self._decoder = handle.model.decoder.model.decoder
+        self._lm_heads = handle.model.decoder.lm_heads
         self._encode(self.prompts)
         self.codes = torch.full((self.batch, self.num_codebooks, 1024), self.bos,
                                 dtype=torch.long, device=self.device)
         self.filled = [0] * self.num_codebooks  # frames known, per codebook
         self.w0 = 0
         self.pos = 0
+        self._codebooks = torch.arange(self.num_codebooks, device=self.device)
+        self._next_ids: torch.Tensor | None = None  # the next single step's input, when known
         self.cache = self._new_cache()
         self.reprimes = 0
         # RNG state before each step, so a rollback regenerates exactly what a
@@ -109,7 +114,8 @@ class MusicStream:
             self._reprime()
         else:
             self._rng_history.append((self.next_frame, self.generator.get_state()))
-            self._forward_and_sample(self._inputs(self.pos, self.pos + 1))
+            ids = self._next_ids if self._next_ids is not None else self._inputs(self.pos, self.pos + 1)
+            self._forward_and_sample(ids)
 
     def generate_frames(self, n: int, on_frame: FrameCallback | None = None) -> torch.Tensor:
         """Step until ``n`` more frames are complete; returns them as [B, K, n]."""
@@ -133,6 +139,7 @@ class MusicStream:
         # A negative crop removes that many positions (the form every transformers version accepts).
         self.cache.self_attention_cache.crop(keep - self.pos)
         self.pos = keep
+        self._next_ids = None
         self.filled = [min(f, max(0, step - k)) for k, f in enumerate(self.filled)]
         while self._rng_history and self._rng_history[-1][0] >= step:
             at, state = self._rng_history.pop()
@@ -152,6 +159,11 @@ class MusicStream:
         # Unconditional rows: zero states, fully masked, as transformers' generate() does.
         self.encoder_states = torch.cat([states, torch.zeros_like(states)])
         self.encoder_mask = torch.cat([mask, torch.zeros_like(mask)])
+        # The cross-attention mask in the attention kernel's own form, built once per
+        # prompt by transformers' own function (fully masked rows included).
+        self._cross_mask = create_bidirectional_mask(
+            config=self._decoder.config, inputs_embeds=self.encoder_states[:, :1], attention_mask=self.encoder_mask,
+            encoder_hidden_states=self.encoder_states)
 
     def _inputs(self, start: int, stop: int) -> torch.Tensor:
         """Decoder inputs for positions [start, stop): [2B * K, stop - start]."""
@@ -163,16 +175,33 @@ class MusicStream:
         ids = torch.where(valid, gathered, torch.full_like(gathered, self.bos))
         return torch.cat([ids, ids]).reshape(2 * self.batch * self.num_codebooks, stop - start)
 
+    def _decoder_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder over new positions -> last-position logits [2B, K, V].
+
+        The same modules and weights as transformers' MusicgenForCausalLM, called
+        layer by layer (so every steering hook fires exactly as there), minus what a
+        streaming step does not need: the per-call mask building (self-attention is
+        either one query over the whole cache, or causal from an empty cache; the
+        cross-attention mask changes only with the prompt), output bookkeeping, and
+        the LM heads at every position but the last.
+        """
+        ids = input_ids.reshape(-1, self.num_codebooks, input_ids.shape[-1])
+        n = ids.shape[-1]
+        past = self.cache.get_seq_length()
+        dec = self._decoder
+        hidden = sum(dec.embed_tokens[k](ids[:, k]) for k in range(self.num_codebooks))
+        if past + n > dec.embed_positions.weights.shape[0]:
+            dec.embed_positions.make_weights(past + n, dec.embed_positions.embedding_dim)
+        hidden = hidden + dec.embed_positions.weights[past:past + n].to(hidden.dtype)
+        for layer in dec.layers:
+            hidden = layer(hidden, None, self.encoder_states, encoder_attention_mask=self._cross_mask,
+                           past_key_values=self.cache, use_cache=True)
+        last = dec.layer_norm(hidden[:, -1:])
+        return torch.stack([head(last[:, 0]) for head in self._lm_heads], dim=1)
+
     def _forward_and_sample(self, input_ids: torch.Tensor) -> None:
         use_cfg = self.settings.uses_cfg
-        out = self.handle.model.decoder(
-            input_ids=input_ids,
-            encoder_hidden_states=self.encoder_states,
-            encoder_attention_mask=self.encoder_mask,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1].reshape(2 * self.batch, self.num_codebooks, -1)
+        logits = self._decoder_logits(input_ids)
         logits = guide(logits, self.settings.guidance_scale) if use_cfg else logits[: self.batch]
         tokens = sample(logits, self.settings, self.generator)  # [B, K]
         self.pos += input_ids.shape[1]
@@ -181,12 +210,18 @@ class MusicStream:
     def _write(self, tokens: torch.Tensor) -> None:
         last = self.w0 + self.pos - 1  # the position just consumed predicts frame last - k
         self._ensure_capacity(last + 1)
-        for k in range(self.num_codebooks):
-            frame = last - k
-            if frame < 0 or frame < self.filled[k]:
-                continue  # before the start, or already known (kept after a rollback)
-            self.codes[:, k, frame] = tokens[:, k]
-            self.filled[k] = frame + 1
+        fresh = [k for k in range(self.num_codebooks) if last - k >= max(0, self.filled[k])]
+        if len(fresh) == self.num_codebooks:  # the steady state: one write for all codebooks
+            self.codes[:, self._codebooks, last - self._codebooks] = tokens
+            # ...and the next step's input is exactly these tokens (position p holds frame
+            # p - 1 - k of codebook k), so it needs no gather.
+            self._next_ids = torch.cat([tokens, tokens]).reshape(-1, 1)
+        else:  # the stream's start, or steps after a rollback that re-make kept frames
+            for k in fresh:
+                self.codes[:, k, last - k] = tokens[:, k]
+            self._next_ids = None
+        for k in fresh:
+            self.filled[k] = last - k + 1
 
     def _ensure_capacity(self, frames: int) -> None:
         if frames <= self.codes.shape[2]:

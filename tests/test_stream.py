@@ -85,3 +85,34 @@ def test_chunked_decode_matches_one_shot(tiny) -> None:
     err = out[..., edge:-edge] - ref[..., edge:-edge]
     snr = 10 * np.log10(np.sum(ref[..., edge:-edge] ** 2) / max(np.sum(err ** 2), 1e-30))
     assert snr >= 30.0, snr
+
+
+class GatherEveryStep(MusicStream):
+    """The reference: every step's input gathered from the codes, no shortcut."""
+
+    def _write(self, tokens: torch.Tensor) -> None:
+        super()._write(tokens)
+        self._next_ids = None
+
+
+def test_the_steady_state_input_shortcut_matches_the_full_gather(tiny) -> None:
+    kw = {"seed": 6, "window_frames": 50, "reprime_frames": 20}
+    fast, ref = MusicStream(tiny, "drums", **kw), GatherEveryStep(tiny, "drums", **kw)
+    for s in (fast, ref):
+        s.generate_frames(70)
+        s.rollback(60)
+        s.generate_frames(90)
+    assert fast.reprimes >= 2 and torch.equal(fast.codes[:, :, :150], ref.codes[:, :, :150])
+
+
+def test_lean_decoder_forward_matches_transformers_own(tiny) -> None:
+    class ThroughTransformers(MusicStream):
+        def _decoder_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+            out = self.handle.model.decoder(input_ids=input_ids, encoder_hidden_states=self.encoder_states,
+                                            encoder_attention_mask=self.encoder_mask, past_key_values=self.cache,
+                                            use_cache=True)
+            return out.logits[:, -1].reshape(2 * self.batch, self.num_codebooks, -1)
+
+    kw = {"seed": 8, "window_frames": 40, "reprime_frames": 20}
+    a, b = MusicStream(tiny, "drums", **kw).generate_frames(120), ThroughTransformers(tiny, "drums", **kw).generate_frames(120)
+    assert torch.equal(a, b)
