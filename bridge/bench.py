@@ -44,7 +44,7 @@ def _generate_seconds(handle: MusicGenHandle, frames: int, settings: SamplingSet
     inputs = handle.tokenizer([PROMPT], return_tensors="pt").to(handle.device)
     _sync(handle)
     start = time.perf_counter()
-    handle.model.generate(**inputs, max_new_tokens=frames + handle.num_codebooks - 1, do_sample=True,
+    handle.model.generate(**inputs, max_new_tokens=frames + handle.num_codebooks // handle.audio_channels - 1, do_sample=True,
                           guidance_scale=settings.guidance_scale, top_k=settings.top_k)
     _sync(handle)
     return time.perf_counter() - start

@@ -161,7 +161,7 @@ class Engine:
         self.latency = LatencyMeter(self.ring)
         self.hop = self.stream.handle.hop_length
         self.frame_rate = self.stream.handle.frame_rate
-        self.num_codebooks = self.stream.num_codebooks
+        self.max_delay = self.stream.max_delay  # steps from a codebook-0 token to a complete frame
         self.ring_target = int(self.settings.ring_ms / 1000 * path.device_rate)
         self.pushed = 0  # frames handed to the decoder
         self.playing = True
@@ -269,12 +269,12 @@ class Engine:
                 self._apply(event)
 
     def _apply(self, event: ControlEvent) -> None:
-        # The first step whose tokens are all unplayed: its codebook K-1 token belongs to
-        # the first frame not yet turned into audio. When the ring is running low, the
+        # The first step whose tokens are all unplayed: its last codebook's token belongs
+        # to the first frame not yet turned into audio. When the ring is running low, the
         # sound comes first: no rollback (and its regeneration), the change lands at the
         # next step instead.
         starved = self.ring.fill < self.ring_target // 2
-        at = None if starved else self.decoder.emitted_frames + self.num_codebooks - 1
+        at = None if starved else self.decoder.emitted_frames + self.max_delay
         try:
             event.step = self.performance.apply(event.changes, at_step=at)
         except (KeyError, ValueError) as exc:  # validated upstream; a last guard, never fatal
@@ -286,7 +286,7 @@ class Engine:
             self.pushed = complete
         if any(c.kind == "panic" for c in event.changes):
             self.path.fade(up=True, ms=self.settings.fade_ms)
-        self.latency.expect(max(0, event.step - self.num_codebooks + 1), event)
+        self.latency.expect(max(0, event.step - self.max_delay), event)
         if self.perf_log is not None:
             self.perf_log.event(event, time.monotonic() - self.started)
         self.alphas = dict(self.performance.current)

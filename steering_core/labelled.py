@@ -91,17 +91,18 @@ def encode_codes(handle: MusicGenHandle, audio: np.ndarray) -> torch.Tensor:
     """Mono audio at the model rate -> codes [1, K, T] from the model's own EnCodec."""
     codec = handle.model.audio_encoder
     x = torch.from_numpy(audio)[None, None].to(handle.device, next(codec.parameters()).dtype)
-    if handle.audio_channels == 2:
-        x = x.expand(1, 2, -1)
     encoded = codec.encode(x, bandwidth=handle.model.config.audio_encoder.target_bandwidths[-1])
-    codes = encoded.audio_codes[0]  # [1, K, T]
+    codes = encoded.audio_codes[0]  # [1, K per channel, T]
+    if handle.audio_channels == 2:  # mono audio into a stereo model: the same codes left and right, interleaved
+        codes = codes.repeat_interleave(2, dim=1)
     return codes.reshape(1, handle.num_codebooks, -1)
 
 
 def delayed_inputs(handle: MusicGenHandle, codes: torch.Tensor) -> torch.Tensor:
     """codes [1, K, T] -> decoder inputs [K, T + 1] in the delay layout: position p holds
-    frame p - 1 - k of codebook k, with BOS (the pad id) outside the clip."""
-    k = torch.arange(handle.num_codebooks, device=codes.device)[:, None]
+    frame p - 1 - d(k) of codebook k (d(k) = k, or k // 2 for stereo's interleaved
+    codebooks), with BOS (the pad id) outside the clip."""
+    k = torch.arange(handle.num_codebooks, device=codes.device)[:, None] // handle.audio_channels
     p = torch.arange(codes.shape[2] + 1, device=codes.device)[None, :]
     frame = p - 1 - k
     valid = (frame >= 0) & (frame < codes.shape[2])

@@ -256,8 +256,8 @@ def load_model(spec: str = "tiny", device: str | torch.device = "auto",
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     with _quiet_transformers():
-        if spec == "tiny":
-            model, tokenizer = build_tiny_model(), tiny_tokenizer()
+        if spec in ("tiny", "tiny-stereo"):
+            model, tokenizer = build_tiny_model(stereo=spec == "tiny-stereo"), tiny_tokenizer()
         elif spec in REAL_SHAPES and not Path(spec).exists():
             log.warning("%s: the real configuration with RANDOM weights (speed and plumbing, no music)", spec)
             with torch.device(dev):

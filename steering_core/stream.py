@@ -7,9 +7,10 @@
 * conditional and unconditional rows run as one CFG batch (conditional first);
 * the self-attention KV cache grows by one position per step and can be cropped,
   which is how unplayed lookahead is rolled back when a knob moves;
-* the delay pattern: codebook k runs k frames behind codebook 0, so one step emits
+* the delay pattern: codebook k runs d(k) frames behind codebook 0, so one step emits
   codebook 0 of frame f, codebook 1 of frame f-1, ... A frame is *complete* once its
-  last codebook is out;
+  last codebook is out. d(k) = k for mono models; stereo models interleave left and
+  right codebooks of each level, so d(k) = k // 2 (as transformers' delay pattern);
 * past the model's trained window it re-primes: the cache is rebuilt from the last
   ``reprime_frames`` complete frames, laid out exactly as MusicGen saw prompts in
   training, and decoding carries on with no gap in the token stream.
@@ -18,8 +19,8 @@ Tokens live in ``codes`` [B, K, T] in real frame time (no delay), so everything
 downstream (codec, recording, analysis) sees plain frames.
 
 Position/frame bookkeeping: the window starts at frame ``w0``; input position ``p``
-holds, for codebook k, frame ``w0 + p - 1 - k`` (BOS where that is before the
-window); the logits at position ``p`` predict frame ``w0 + p - k`` of codebook k.
+holds, for codebook k, frame ``w0 + p - 1 - d(k)`` (BOS where that is before the
+window); the logits at position ``p`` predict frame ``w0 + p - d(k)`` of codebook k.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class MusicStream:
         self.w0 = 0
         self.pos = 0
         self._codebooks = torch.arange(self.num_codebooks, device=self.device)
+        self.delays = [k // handle.audio_channels for k in range(self.num_codebooks)]
+        self._delays = torch.tensor(self.delays, device=self.device)
+        #: Steps from a codebook-0 token to its frame being complete.
+        self.max_delay = max(self.delays)
         self._next_ids: torch.Tensor | None = None  # the next single step's input, when known
         self.cache = self._new_cache()
         self.reprimes = 0
@@ -129,8 +134,8 @@ class MusicStream:
     def rollback(self, step: int) -> int:
         """Forget every token produced by steps ``step`` onwards, so those steps run again
         under the current controls. Step ``s`` is the one that produced codebook-0 frame
-        ``s`` (and codebook k of frame ``s - k``), so frames from ``step - K + 1`` on become
-        incomplete. Returns the step actually rolled back to: never into the current
+        ``s`` (and codebook k of frame ``s - d(k)``), so frames from ``step - max_delay``
+        on become incomplete. Returns the step actually rolled back to: never into the current
         window's prefix, nor further back than the RNG history reaches."""
         step = max(step, self.w0 + 1, self._oldest_rollback_step())
         if step >= self.next_frame:
@@ -140,7 +145,7 @@ class MusicStream:
         self.cache.self_attention_cache.crop(keep - self.pos)
         self.pos = keep
         self._next_ids = None
-        self.filled = [min(f, max(0, step - k)) for k, f in enumerate(self.filled)]
+        self.filled = [min(f, max(0, step - d)) for d, f in zip(self.delays, self.filled, strict=True)]
         while self._rng_history and self._rng_history[-1][0] >= step:
             at, state = self._rng_history.pop()
             if at == step:
@@ -167,7 +172,7 @@ class MusicStream:
 
     def _inputs(self, start: int, stop: int) -> torch.Tensor:
         """Decoder inputs for positions [start, stop): [2B * K, stop - start]."""
-        k = torch.arange(self.num_codebooks, device=self.device)[:, None]
+        k = self._delays[:, None]
         p = torch.arange(start, stop, device=self.device)[None, :]
         frame = self.w0 + p - 1 - k  # [K, n]
         valid = (p - 1 - k) >= 0
@@ -208,20 +213,21 @@ class MusicStream:
         self._write(tokens)
 
     def _write(self, tokens: torch.Tensor) -> None:
-        last = self.w0 + self.pos - 1  # the position just consumed predicts frame last - k
+        last = self.w0 + self.pos - 1  # the position just consumed predicts frame last - d(k)
         self._ensure_capacity(last + 1)
-        fresh = [k for k in range(self.num_codebooks) if last - k >= max(0, self.filled[k])]
+        d = self.delays
+        fresh = [k for k in range(self.num_codebooks) if last - d[k] >= max(0, self.filled[k])]
         if len(fresh) == self.num_codebooks:  # the steady state: one write for all codebooks
-            self.codes[:, self._codebooks, last - self._codebooks] = tokens
+            self.codes[:, self._codebooks, last - self._delays] = tokens
             # ...and the next step's input is exactly these tokens (position p holds frame
-            # p - 1 - k of codebook k), so it needs no gather.
+            # p - 1 - d(k) of codebook k), so it needs no gather.
             self._next_ids = torch.cat([tokens, tokens]).reshape(-1, 1)
         else:  # the stream's start, or steps after a rollback that re-make kept frames
             for k in fresh:
-                self.codes[:, k, last - k] = tokens[:, k]
+                self.codes[:, k, last - d[k]] = tokens[:, k]
             self._next_ids = None
         for k in fresh:
-            self.filled[k] = last - k + 1
+            self.filled[k] = last - d[k] + 1
 
     def _ensure_capacity(self, frames: int) -> None:
         if frames <= self.codes.shape[2]:

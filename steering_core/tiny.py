@@ -56,9 +56,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_config() -> MusicgenConfig:
+def tiny_config(stereo: bool = False) -> MusicgenConfig:
     """A MusicGen configuration with the real layout (T5 text encoder, 32 kHz EnCodec
-    with 4 codebooks at 50 Hz, delay-pattern decoder), scaled down to run fast on a CPU."""
+    with 4 codebooks at 50 Hz, delay-pattern decoder), scaled down to run fast on a CPU.
+    ``stereo``: as musicgen-stereo, 8 interleaved codebooks (left/right per level)
+    over the same mono codec."""
     text = T5Config(
         vocab_size=len(_SPECIAL_TOKENS) + 256,
         d_model=32,
@@ -91,7 +93,8 @@ def tiny_config() -> MusicgenConfig:
         ffn_dim=128,
         num_attention_heads=4,
         hidden_size=64,
-        num_codebooks=4,
+        num_codebooks=8 if stereo else 4,
+        audio_channels=2 if stereo else 1,
         pad_token_id=TINY_CODEBOOK_SIZE,
         bos_token_id=TINY_CODEBOOK_SIZE,
         dropout=0.0,
@@ -101,7 +104,7 @@ def tiny_config() -> MusicgenConfig:
     )
     config.decoder_start_token_id = TINY_CODEBOOK_SIZE
     config.pad_token_id = TINY_CODEBOOK_SIZE
-    config.name_or_path = "tiny"
+    config.name_or_path = "tiny-stereo" if stereo else "tiny"
     return config
 
 
@@ -145,12 +148,12 @@ def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torc
         residual = residual - values[torch.cdist(residual, values).argmin(dim=1)]
 
 
-def build_tiny_model(seed: int = TINY_SEED) -> MusicgenForConditionalGeneration:
+def build_tiny_model(seed: int = TINY_SEED, stereo: bool = False) -> MusicgenForConditionalGeneration:
     """The tiny model with seeded random weights: identical in every process."""
     devices: list[int] = []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        model = MusicgenForConditionalGeneration(tiny_config())
+        model = MusicgenForConditionalGeneration(tiny_config(stereo))
     with torch.no_grad():
         randomize_codebooks(model, torch.Generator().manual_seed(seed))
     model.generation_config = tiny_generation_config()

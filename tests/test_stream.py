@@ -1,9 +1,12 @@
 """The streaming engine: determinism, endless runs, rollback, live changes, chunked decode."""
 
 import numpy as np
+import pytest
 import torch
 
 from steering_core.codec import ChunkedDecoder, decode
+from steering_core.models import load_model
+from steering_core.sampling import SamplingSettings
 from steering_core.steerer import Steerer
 from steering_core.stream import MusicStream
 from steering_core.vectors import SteeringVector
@@ -116,3 +119,41 @@ def test_lean_decoder_forward_matches_transformers_own(tiny) -> None:
     kw = {"seed": 8, "window_frames": 40, "reprime_frames": 20}
     a, b = MusicStream(tiny, "drums", **kw).generate_frames(120), ThroughTransformers(tiny, "drums", **kw).generate_frames(120)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("spec", ["tiny", "tiny-stereo"])
+def test_greedy_stream_equals_transformers_generate(spec) -> None:
+    """An independent check of the delay pattern (mono: d(k) = k; stereo: interleaved
+    left/right, d(k) = k // 2) and of CFG: with greedy sampling our loop must produce
+    exactly the codes transformers' own generate() does."""
+    handle = load_model(spec, device="cpu")
+    n = 30
+    ours = MusicStream(handle, "drums", seed=0, settings=SamplingSettings(guidance_scale=3.0, temperature=0.0))
+    ours_codes = ours.generate_frames(n)
+    captured = []
+    codec_decode = handle.model.audio_encoder.decode
+
+    def capture(codes, *args, **kwargs):
+        captured.append(codes.clone())
+        return codec_decode(codes, *args, **kwargs)
+
+    handle.model.audio_encoder.decode = capture
+    inputs = handle.tokenizer(["drums"], return_tensors="pt")
+    handle.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=n + 12)
+    if handle.audio_channels == 2:  # generate() decodes left (::2) and right (1::2) apart
+        theirs = torch.empty((1, handle.num_codebooks, captured[0].shape[-1]), dtype=torch.long)
+        theirs[:, ::2], theirs[:, 1::2] = captured[0][0], captured[1][0]
+    else:
+        theirs = captured[0][0]
+    assert torch.equal(theirs[:, :, :n], ours_codes)
+
+
+def test_stereo_streams_endlessly_and_decodes_to_two_channels() -> None:
+    handle = load_model("tiny-stereo", device="cpu")
+    stream = MusicStream(handle, "drums", seed=1, window_frames=60, reprime_frames=30)
+    codes = stream.generate_frames(150)
+    assert stream.max_delay == 3 and codes.shape == (1, 8, 150) and (codes < 128).all() and stream.reprimes >= 2
+    target = stream.next_frame - 5
+    assert stream.rollback(target) == target and stream.frames_complete == target - 3
+    audio = decode(handle, codes)
+    assert audio.shape == (1, 2, 150 * 640)
