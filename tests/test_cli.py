@@ -95,3 +95,23 @@ def test_bench_prints_one_json_object_with_the_contract_keys(tmp_path: Path) -> 
         assert key in result, key
     assert result["engine_steps_per_s"] > 0 and result["hf_generate_steps_per_s"] > 0
     assert abs(result["speedup"] - result["engine_steps_per_s"] / result["hf_generate_steps_per_s"]) < 0.05 * result["speedup"]
+
+
+def test_render_automation_from_a_midi_file(tmp_path: Path, vectors_dir: Path) -> None:
+    import mido
+
+    song = mido.MidiFile()
+    track = mido.MidiTrack()
+    song.tracks.append(track)
+    track.append(mido.MetaMessage("set_tempo", tempo=500000))  # 120 BPM: 480 ticks = 0.5 s
+    for value in (0, 64, 127):
+        track.append(mido.Message("control_change", control=21, value=value, time=480))  # knob 1: tempo
+    song.save(tmp_path / "knobs.mid")
+    run = steerbridge("render", "--model", "tiny", "--vectors", str(vectors_dir), "--automation", "knobs.mid",
+                      "--out", "out.wav", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "3 control events replayed" in run.stdout
+    plain = steerbridge("render", "--model", "tiny", "--seconds", "1.52", "--vectors", str(vectors_dir), "--out",
+                        "plain.wav", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert (tmp_path / "out.wav").read_bytes() != (tmp_path / "plain.wav").read_bytes()
