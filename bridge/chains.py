@@ -18,13 +18,13 @@ Whatever the preset says, the chain ends with a ``Limiter``: random knob traffic
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pedalboard
-import yaml
 
-from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
+from steering_core.concepts import PRESETS_DIR
+
+from .presetfiles import read_preset
 
 CHAINS_DIR = PRESETS_DIR / "chains"
 #: Built-in effects a preset may name (plugins load by path instead).
@@ -46,19 +46,7 @@ def available_chains() -> list[str]:
 
 def load_chain(spec: str) -> pedalboard.Pedalboard:
     """A chain preset by name or a .yaml file -> a Pedalboard ending in a Limiter."""
-    path = Path(spec)
-    if path.suffix not in (".yaml", ".yml"):
-        try:
-            check_name(spec, "chain name")
-        except ConceptError as exc:
-            raise ChainError(str(exc)) from None
-        path = CHAINS_DIR / f"{spec}.yaml"
-        if not path.is_file():
-            raise ChainError(f"no chain preset {spec!r} (available: {', '.join(available_chains())})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ChainError(f"cannot read chain {path}: {exc}") from None
+    path, raw = read_preset(spec, CHAINS_DIR, "chain preset", ChainError)
     entries = raw.get("effects", []) if isinstance(raw, dict) else None
     if not isinstance(entries, list):
         raise ChainError(f"chain {path.name}: expected a mapping with an 'effects' list")

@@ -29,16 +29,15 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import mido
-import yaml
 
-from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
+from steering_core.concepts import PRESETS_DIR, check_name
 
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent
+from .presetfiles import read_preset
 
 log = logging.getLogger("steerbridge.midi")
 
@@ -109,19 +108,7 @@ def available_maps() -> list[str]:
 
 def load_map(spec: str) -> ControllerMap:
     """A map preset by name or a .yaml path."""
-    path = Path(spec)
-    if path.suffix not in (".yaml", ".yml"):
-        try:
-            check_name(spec, "controller map name")
-        except ConceptError as exc:
-            raise MidiMapError(str(exc)) from None
-        path = MAPPINGS_DIR / f"{spec}.yaml"
-        if not path.is_file():
-            raise MidiMapError(f"no controller map {spec!r} (available: {', '.join(available_maps())})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise MidiMapError(f"cannot read controller map {path}: {exc}") from None
+    path, raw = read_preset(spec, MAPPINGS_DIR, "controller map", MidiMapError)
     if not isinstance(raw, dict) or not isinstance(raw.get("controls"), list):
         raise MidiMapError(f"controller map {path.name}: expected a mapping with a 'controls' list")
     channel = _channel(raw.get("channel"), path.name)

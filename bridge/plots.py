@@ -12,6 +12,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def _save(fig: plt.Figure, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def spectrogram_grid(clips: Sequence[tuple[str, np.ndarray]], sample_rate: int, out: str | Path,
                      title: str = "") -> Path:
     """One log-magnitude spectrogram per clip, side by side, same colour scale."""
@@ -25,10 +32,7 @@ def spectrogram_grid(clips: Sequence[tuple[str, np.ndarray]], sample_rate: int, 
     axes[0][0].set_ylabel("Hz")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def metric_curve(xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: str, out: str | Path,
@@ -41,10 +45,7 @@ def metric_curve(xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: 
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def layer_curves(scores: Sequence[dict[str, float]], recommended: Sequence[int], out: str | Path,
@@ -64,10 +65,7 @@ def layer_curves(scores: Sequence[dict[str, float]], recommended: Sequence[int],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title or "where the concept lives (shaded: recommended)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def metric_band(alphas: Sequence[float], values: np.ndarray, ylabel: str, out: str | Path, title: str = "") -> Path:
@@ -85,7 +83,4 @@ def metric_band(alphas: Sequence[float], values: np.ndarray, ylabel: str, out: s
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)

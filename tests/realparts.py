@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -36,6 +37,16 @@ def _wait(check, timeout: float) -> bool:
     return False
 
 
+def _stop(proc: subprocess.Popen, log: IO[str]) -> None:
+    """Stop a server this fixture started (and only that one)."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 def jack_server(tmp: Path) -> Iterator[dict[str, str]]:
     if not shutil.which("jackd") or not shutil.which("jack_lsp"):
         unavailable("jackd is not installed (apt-get install jackd2)")
@@ -51,12 +62,7 @@ def jack_server(tmp: Path) -> Iterator[dict[str, str]]:
     try:
         yield {"JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        _stop(proc, log)
 
 
 def pulse_server(tmp: Path) -> Iterator[dict[str, str]]:
@@ -81,9 +87,4 @@ def pulse_server(tmp: Path) -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        _stop(proc, log)
