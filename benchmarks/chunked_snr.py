@@ -37,7 +37,7 @@ def main() -> None:
     codes = torch.randint(0, vocab, (1, handle.num_codebooks, frames), generator=g)
     ref = decode(handle, codes)[0, 0]
     edge = 50 * handle.hop_length
-    for context, holdback, crossfade in ((16, 4, 2), (25, 4, 2), (50, 4, 2), (50, 8, 4)):
+    for context, holdback, crossfade in ((16, 4, 2), (25, 4, 2), (50, 4, 2), (16, 8, 4), (50, 8, 4), (16, 12, 4), (50, 12, 6)):
         dec = ChunkedDecoder(handle, context_frames=context, holdback_frames=holdback, crossfade_frames=crossfade)
         parts = []
         for i in range(0, frames, args.chunk):

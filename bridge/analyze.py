@@ -79,6 +79,7 @@ class ConceptActivations:
     negative: torch.Tensor
     all: torch.Tensor
     labels: list[str]
+    groups: list[int]  # rows that belong together in cross-validation (a prompt pair, a file)
     positive_label: str
     negative_label: str
     preset: ConceptPreset | None
@@ -94,7 +95,8 @@ def _from_preset(handle: MusicGenHandle, name: str, o: AnalyzeOptions) -> Concep
     pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", **common)
     neg = collect_activations(handle, [n for _, n in pairs], desc=f"{preset.name}: {preset.negative_label}", **common)
     labels = [preset.positive_label] * len(pos) + [preset.negative_label] * len(neg)
-    return ConceptActivations(preset.name, pos, neg, torch.cat([pos, neg]), labels, preset.positive_label,
+    pairs_index = list(range(len(pos))) + list(range(len(neg)))  # pair i: positive i and negative i
+    return ConceptActivations(preset.name, pos, neg, torch.cat([pos, neg]), labels, pairs_index, preset.positive_label,
                               preset.negative_label, preset, preset.alpha_range, site)
 
 
@@ -105,8 +107,8 @@ def _from_data(handle: MusicGenHandle, o: AnalyzeOptions) -> ConceptActivations:
     negative = o.negative or next(c for c in data.classes if c != positive)
     pos, neg = data.split(positive, negative)
     name = check_name(o.name or f"{positive}_vs_{negative}", "concept name")
-    return ConceptActivations(name, pos, neg, data.activations, data.labels, positive, negative, None, (-4.0, 4.0),
-                              site)
+    return ConceptActivations(name, pos, neg, data.activations, data.labels, data.files, positive, negative, None,
+                              (-4.0, 4.0), site)
 
 
 def _vector(handle: MusicGenHandle, c: ConceptActivations, layers: list[int], method: str = "diffmean") -> SteeringVector:
@@ -169,7 +171,7 @@ def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
                               "num_layers": handle.num_layers, "concepts": {}}
     best_directions: dict[int, dict[str, torch.Tensor]] = {}
     for c in concepts:
-        scores = score_layers(c.all, c.labels)
+        scores = score_layers(c.all, c.labels, groups=c.groups)
         recommended = recommend_layers(scores)
         rows = [s.to_json() for s in scores]
         layer_plot = layer_curves(rows, recommended, out / f"layers_{c.name}.png",

@@ -20,7 +20,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import BaseCrossValidator, StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -41,28 +41,39 @@ class LayerScore:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def _folds(labels: np.ndarray) -> StratifiedKFold:
+def _folds(labels: np.ndarray, groups: np.ndarray | None) -> tuple[BaseCrossValidator, np.ndarray | None]:
     smallest = int(np.min(np.unique(labels, return_counts=True)[1]))
     if smallest < 2:
         raise ValueError("each class needs at least two examples for cross-validation")
-    return StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=0)
+    if groups is None:
+        return StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=0), None
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError("need at least two groups (prompt pairs or source files) for cross-validation")
+    return StratifiedGroupKFold(n_splits=min(5, n_groups), shuffle=True, random_state=0), groups
 
 
-def score_layers(activations: torch.Tensor, labels: Sequence[str], *, seed: int = 0) -> list[LayerScore]:
-    """Probe accuracy and clustering agreement at every layer."""
+def score_layers(activations: torch.Tensor, labels: Sequence[str], *, groups: Sequence[int] | None = None,
+                 seed: int = 0) -> list[LayerScore]:
+    """Probe accuracy and clustering agreement at every layer.
+
+    ``groups`` keeps related rows in the same fold: the two prompts of a contrastive
+    pair (which differ by one word), or the windows of one file. Without it a probe
+    can score by recognising the pair partner it saw in training, which with paired
+    prompts drives accuracy far *below* chance."""
     y = np.asarray(labels)
     classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError("need at least two classes")
-    folds = _folds(y)
+    folds, group_ids = _folds(y, None if groups is None else np.asarray(groups))
     out = []
     acts = activations.float().numpy()
     for layer in range(acts.shape[1]):
         x = acts[:, layer]
         logistic = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
         mse = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0))
-        acc_log = float(cross_val_score(logistic, x, y, cv=folds).mean())
-        acc_mse = float(cross_val_score(mse, x, y, cv=folds).mean())
+        acc_log = float(cross_val_score(logistic, x, y, groups=group_ids, cv=folds).mean())
+        acc_mse = float(cross_val_score(mse, x, y, groups=group_ids, cv=folds).mean())
         scaled = StandardScaler().fit_transform(x)
         clusters = KMeans(n_clusters=len(classes), n_init=10, random_state=seed).fit_predict(scaled)
         out.append(LayerScore(layer, acc_log, acc_mse, float(adjusted_rand_score(y, clusters)),

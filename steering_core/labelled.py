@@ -45,6 +45,7 @@ class LabelledActivations:
     labels: list[str]  # class per window
     classes: list[str]
     sources: list[str]  # "file#window" per row
+    files: list[int]  # source file index per row (windows of one file share a fold)
 
     def split(self, positive: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
         for name in (positive, negative):
@@ -144,9 +145,10 @@ def collect_labelled(handle: MusicGenHandle, folder: str | Path, *, site: str = 
     rows: list[torch.Tensor] = []
     labels: list[str] = []
     sources: list[str] = []
+    file_ids: list[int] = []
     files = [(label, path) for label, paths in classes.items() for path in paths]
     hits = 0
-    for label, path in tqdm(files, desc="labelled audio", unit="file", disable=not progress):
+    for index, (label, path) in enumerate(tqdm(files, desc="labelled audio", unit="file", disable=not progress)):
         key = hashlib.sha256(setting + path.read_bytes()).hexdigest()
         cached = cache_dir / f"{key}.npy"
         if cached.is_file():
@@ -165,11 +167,12 @@ def collect_labelled(handle: MusicGenHandle, folder: str | Path, *, site: str = 
         rows.append(acts)
         labels += [label] * len(acts)
         sources += [f"{path.name}#{i}" for i in range(len(acts))]
+        file_ids += [index] * len(acts)
     if hits:
         log.info("activations: %d of %d files from the cache (%s)", hits, len(files), cache_dir)
     if not rows:
         raise DataError(f"--data {folder}: no usable audio")
-    return LabelledActivations(torch.cat(rows), labels, list(classes), sources)
+    return LabelledActivations(torch.cat(rows), labels, list(classes), sources, file_ids)
 
 
 def classes_in(data: LabelledActivations, wanted: Sequence[str] | None) -> list[str]:

@@ -138,6 +138,20 @@ def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torc
     x = torch.stack(probes)[:, None].to(next(codec.parameters()).dtype)
     x = x.expand(-1, int(model.config.audio_encoder.audio_channels), -1)
     residual = codec.encoder(x).transpose(1, 2).reshape(-1, codec.config.hidden_size).float()
+    # Random encoder weights give tiny embeddings that all point one way, which the random
+    # decoder turns into near-identical sound whatever the code. Standardise the encoder's
+    # last (linear) conv per output channel, so embeddings are centred with unit spread per
+    # dimension, as trained ones roughly are.
+    last = codec.encoder.layers[-1].conv
+    mean, std = residual.mean(dim=0), residual.std(dim=0).clamp_min(1e-8)
+    magnitudes = [p for n, p in last.named_parameters() if n.endswith("original0")]
+    for param in magnitudes or [last.weight]:  # weight-normed: scale each channel's magnitude
+        param.div_(std.view(-1, *([1] * (param.ndim - 1))).to(param.dtype))
+    if last.bias is not None:
+        last.bias.sub_(mean.to(last.bias.dtype)).div_(std.to(last.bias.dtype))
+    else:
+        raise ValueError("codec encoder has no output bias to centre")
+    residual = (residual - mean) / std
     for layer in codec.quantizer.layers:
         embed = layer.codebook.embed
         pick = torch.randint(len(residual), (embed.shape[0],), generator=generator)
@@ -146,6 +160,31 @@ def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torc
         embed.copy_(values.to(embed.device, embed.dtype))
         layer.codebook.embed_avg.copy_(embed)
         residual = residual - values[torch.cdist(residual, values).argmin(dim=1)]
+    _standardise_decoder(codec, generator)
+
+
+def _standardise_decoder(codec: torch.nn.Module, generator: torch.Generator) -> None:
+    """A random decoder's output is mostly one fixed waveform (its biases, pushed
+    through every layer) with the codes moving it by a hair. Zero its biases and
+    rescale its last (linear) conv so the code-driven sound sits at 0.1 RMS: different
+    codes, different sound, which is what steering on a random model needs to be heard."""
+    for name, param in codec.decoder.named_parameters():
+        if name.endswith("bias") or "bias_" in name:  # conv and LSTM biases: the fixed waveform
+            param.zero_()
+    size = int(codec.config.codebook_size)
+    stages = len(codec.quantizer.layers)
+    codes = torch.randint(0, size, (1, 8, stages, 50), generator=generator)
+    outs = torch.stack([codec.decode(codes[:, i:i + 1].transpose(0, 1), [None]).audio_values.float().flatten()
+                        for i in range(codes.shape[1])])
+    offset = outs.mean()
+    spread = (outs - outs.mean(dim=0)).std().clamp_min(1e-8)
+    scale = float(0.1 / spread)
+    last = codec.decoder.layers[-1].conv
+    magnitudes = [p for n, p in last.named_parameters() if n.endswith("original0")]
+    for param in magnitudes or [last.weight]:
+        param.mul_(scale)
+    if last.bias is not None:
+        last.bias.sub_(offset.to(last.bias.dtype)).mul_(scale)
 
 
 def build_tiny_model(seed: int = TINY_SEED, stereo: bool = False) -> MusicgenForConditionalGeneration:

@@ -148,10 +148,28 @@ def test_analyze_and_extract_from_labelled_audio(tmp_path) -> None:
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     entry = report["concepts"]["bright_vs_dark"]
     assert entry["n_positive"] == 6 and entry["classes"] == ["bright", "dark"]
-    assert max(row["acc_logistic"] for row in entry["layers"]) > 0.8  # sines this different are separable
+    # Folds hold whole files out (windows of one file never straddle train and test), so
+    # these scores say whether the model generalises across files; the random tiny model
+    # need not, so only their form is checked here (the planted-layer test checks sense).
+    assert all(0.0 <= row["acc_logistic"] <= 1.0 and -1.0 <= row["ari"] <= 1.0 for row in entry["layers"])
     run = steerbridge("extract", "--model", "tiny", "--data", "data", "--window", "1.5", "--layers", "1,2",
                       "--out", "v.safetensors", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert load_vector(tmp_path / "v.safetensors").layers == (1, 2)
     run = steerbridge("analyze", "--model", "tiny", "--data", "nowhere", "--out", "r2", cwd=tmp_path)
     assert run.returncode == 2 and "no such folder" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_prompt_pairs_stay_in_one_fold() -> None:
+    """Paired prompts differ by one word; with no concept at all, a probe that sees one
+    member of a pair in training predicts the *other* label for its partner. Grouped
+    folds keep pairs together, so "no concept" scores near chance, not far below it."""
+    g = torch.Generator().manual_seed(1)
+    pairs, layers, d = 20, 2, 16
+    base = torch.randn(pairs, layers, d, generator=g) * 3
+    acts = torch.cat([base + 0.01 * torch.randn(base.shape, generator=g),
+                      base + 0.01 * torch.randn(base.shape, generator=g)])
+    labels = ["pos"] * pairs + ["neg"] * pairs
+    leaky = score_layers(acts, labels)[0].acc_logistic
+    grouped = score_layers(acts, labels, groups=list(range(pairs)) * 2)[0].acc_logistic
+    assert leaky < 0.2 and 0.3 <= grouped <= 0.7

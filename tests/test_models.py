@@ -39,3 +39,22 @@ def test_missing_folder_and_bad_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ModelLoadError, match="no CUDA"):
             load_model("tiny", device="cuda")
+
+
+def test_tiny_codec_tells_sounds_apart_both_ways(tiny) -> None:
+    """Random codec weights must still give different codes for different audio (for
+    labelled-audio analysis) and different audio for different codes (so steering is
+    audible): the codebooks are initialised from the encoder's own embeddings."""
+    import numpy as np
+
+    from steering_core.codec import decode
+    from steering_core.labelled import encode_codes
+
+    t = np.arange(32000) / 32000
+    low, high = (encode_codes(tiny, (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)) for f in (150, 3000))
+    assert (low != high).float().mean() > 0.3
+    g = torch.Generator().manual_seed(0)
+    a, b = (decode(tiny, torch.randint(0, 128, (1, 4, 50), generator=g)) for _ in range(2))
+    assert np.abs(a - b).mean() > 0.3 * np.abs(a).mean()
+    embed = tiny.model.audio_encoder.quantizer.layers[0].codebook.embed
+    assert (embed - embed.mean(0)).norm(dim=1).mean() > 0.5 * embed.norm(dim=1).mean()
