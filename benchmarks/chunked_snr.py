@@ -18,6 +18,9 @@ import torch
 from steering_core.codec import ChunkedDecoder, decode
 from steering_core.models import load_model
 
+#: (context, holdback, crossfade) frames
+SETTINGS = ((16, 4, 2), (50, 4, 2), (8, 6, 3), (16, 6, 3), (8, 8, 4), (16, 8, 4), (50, 8, 4), (50, 12, 6))
+
 
 def snr_db(ref: np.ndarray, out: np.ndarray) -> float:
     err = np.sum((ref - out) ** 2)
@@ -29,7 +32,10 @@ def main() -> None:
     p.add_argument("--model", default="musicgen-small")
     p.add_argument("--seconds", type=float, default=12.0)
     p.add_argument("--chunk", type=int, default=1, help="frames pushed per pull (the engine uses 1)")
+    p.add_argument("--settings", default=None, help="context/holdback/crossfade triples, e.g. 16/6/3,50/6/3")
     args = p.parse_args()
+    settings = SETTINGS if not args.settings else tuple(
+        tuple(int(x) for x in triple.split("/")) for triple in args.settings.split(","))
     handle = load_model(args.model, "cpu", "float32")
     frames = round(args.seconds * handle.frame_rate)
     g = torch.Generator().manual_seed(0)
@@ -37,7 +43,7 @@ def main() -> None:
     codes = torch.randint(0, vocab, (1, handle.num_codebooks, frames), generator=g)
     ref = decode(handle, codes)[0, 0]
     edge = 50 * handle.hop_length
-    for context, holdback, crossfade in ((16, 4, 2), (25, 4, 2), (50, 4, 2), (16, 8, 4), (50, 8, 4), (16, 12, 4), (50, 12, 6)):
+    for context, holdback, crossfade in settings:
         dec = ChunkedDecoder(handle, context_frames=context, holdback_frames=holdback, crossfade_frames=crossfade)
         parts = []
         for i in range(0, frames, args.chunk):

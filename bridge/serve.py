@@ -9,6 +9,7 @@ hooks) -> codec -> ``engine.AudioPath`` (resample, effects, limiter) -> ``ring.p
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -166,6 +167,11 @@ class Server:
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
+        # Everything loaded so far (the model's modules, tensors, tokenizer) lives for the
+        # whole set: take it out of the garbage collector's sight, so a collection never
+        # walks it mid-set and stalls the engine.
+        gc.collect()
+        gc.freeze()
         self.engine.start()
         self.output.start()
         self.osc.start()
@@ -189,6 +195,7 @@ class Server:
             time.sleep(0.05)
             self.output.stop()
         finally:
+            gc.unfreeze()
             if self.recorder is not None:
                 self.recorder.close()
             if self.perf_log is not None:

@@ -31,8 +31,8 @@ def decode(handle: MusicGenHandle, codes: torch.Tensor) -> np.ndarray:
 class ChunkedDecoder:
     """Feed complete frames in, take audio out; the joined output tracks a one-shot decode."""
 
-    def __init__(self, handle: MusicGenHandle, *, context_frames: int = 50, holdback_frames: int = 8,
-                 crossfade_frames: int = 4) -> None:
+    def __init__(self, handle: MusicGenHandle, *, context_frames: int = 50, holdback_frames: int = 6,
+                 crossfade_frames: int = 3) -> None:
         if crossfade_frames > holdback_frames:
             raise ValueError("crossfade_frames must fit inside holdback_frames")
         self.handle = handle

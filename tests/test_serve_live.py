@@ -72,6 +72,14 @@ def expected_samples(frames: int, rate: int) -> int:
 
 
 def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jack, pulse) -> None:
+    try:
+        live_set(tmp_path, vectors_dir, jack, pulse)
+    except AssertionError as exc:  # a failure on CI must say what the server saw
+        log = tmp_path / "serve.log"
+        raise AssertionError(f"{exc}\n--- serve.log ---\n{log.read_text() if log.exists() else '(none)'}") from exc
+
+
+def live_set(tmp_path: Path, vectors_dir: Path, jack: dict[str, str], pulse: dict[str, str]) -> None:
     env = {**jack, **pulse}
     os.environ.update(jack)  # this process's MIDI client talks to the same JACK server
     monitor = subprocess.Popen(["parecord", f"--device={SINK}.monitor", "--file-format=wav", "--channels=2",
