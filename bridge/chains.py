@@ -37,7 +37,7 @@ EFFECTS: dict[str, type[pedalboard.Plugin]] = {
 
 
 class ChainError(ValueError):
-    pass
+    """An effect chain preset that cannot be built."""
 
 
 def available_chains() -> list[str]:

@@ -29,7 +29,7 @@ USER_ERRORS = (ModelLoadError, VectorFileError, VectorMismatchError, ConceptErro
 
 
 class CliError(Exception):
-    pass
+    """A command-line mistake the user can fix; printed as one line."""
 
 
 def parse_steer(text: str) -> tuple[str, float]:

@@ -48,7 +48,7 @@ ORIGIN = Origin("midi")
 
 
 class MidiMapError(ValueError):
-    pass
+    """A controller map that cannot be used, or a MIDI system that is not there."""
 
 
 def _curve(name: str) -> Callable[[float], float]:

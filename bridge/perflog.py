@@ -27,7 +27,7 @@ MAX_LOG_BYTES = 512 * 1024 * 1024
 
 
 class PerformanceLogError(ValueError):
-    pass
+    """A file that is not a readable performance log."""
 
 
 class PerformanceLog:

@@ -77,8 +77,8 @@ class WavRecorder:
             try:
                 self._patch(data_bytes)
                 self._file.close()
-            except OSError:
-                pass
+            except OSError as exc:  # the disk is gone; the header from the last block still stands
+                log.error("could not finish %s: %s", self.path, exc)
 
     def _patch(self, data_bytes: int) -> None:
         f = self._file

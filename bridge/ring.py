@@ -25,7 +25,7 @@ class Ring:
         self.underruns = 0
         #: Reader-side log of (read counter after a block, monotonic time): the engine
         #: uses it to tell when a given sample left the callback.
-        self.reads: deque[tuple[int, float]] = deque(maxlen=4096)
+        self.reads: deque[tuple[int, float]] = deque(maxlen=512)
         #: Whether an empty ring counts as an underrun (not before the first audio, nor
         #: while the transport is stopped).
         self.expect_audio = False

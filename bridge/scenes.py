@@ -21,7 +21,7 @@ MAX_SCENE_BYTES = 64 * 1024
 
 
 class SceneError(ValueError):
-    pass
+    """An invalid scene name, a scene that does not exist, or an unreadable scene file."""
 
 
 def default_scene_dir() -> Path:

@@ -36,7 +36,7 @@ MIN_WINDOW_S = 1.0
 
 
 class DataError(ValueError):
-    pass
+    """A labelled-audio folder that cannot be used."""
 
 
 @dataclass

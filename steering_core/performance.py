@@ -61,7 +61,10 @@ class Change:
 
 
 class Performance:
-    """Drive a ``MusicStream`` step by step, with smoothed knobs and rollback-safe changes."""
+    """Drive a ``MusicStream`` step by step, with smoothed knobs and rollback-safe changes.
+
+    While it runs, the performance owns the steerer's knobs: change them with ``apply``,
+    not ``Steerer.set_alpha``, or the log and the replay will not see the change."""
 
     def __init__(self, stream: MusicStream, steerer: Steerer | None = None, *, smoothing_ms: float = 30.0,
                  history_steps: int = 512) -> None:
@@ -76,6 +79,7 @@ class Performance:
         self.current: dict[str, float] = dict(self.targets)
         self.enabled: dict[str, bool] = {n: c.enabled for n, c in steerer.concepts.items()} if steerer else {}
         self.last_change_step = 0
+        self._written: dict[str, float] = dict(self.current)  # what each knob tensor holds now
         # Smoothed values before each recent step, for rollback.
         self._history: deque[tuple[int, dict[str, float]]] = deque(maxlen=history_steps)
 
@@ -116,11 +120,13 @@ class Performance:
         self._history.append((self.next_step, dict(self.current)))
         a = self.smoothing
         for name, target in self.targets.items():
-            value = self.current[name]
-            value = target if abs(target - value) < 1e-6 else value + a * (target - value)
+            before = self.current[name]
+            value = target if abs(target - before) < 1e-6 else before + a * (target - before)
             self.current[name] = value
-            if self.steerer is not None:
+            # Write the knob only when it moves: a fill_ per concept per step is a GPU op.
+            if self.steerer is not None and self._written.get(name) != value:
                 self.steerer.set_alpha(name, value)
+                self._written[name] = value
         self.stream.step()
 
     def run_to_frames(self, frames: int, schedule: Iterable[tuple[int, Sequence[Change]]] = ()) -> None:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mido
@@ -71,75 +73,78 @@ def expected_samples(frames: int, rate: int) -> int:
     return round(frames * FRAME_SAMPLES * rate / MODEL_RATE)
 
 
-def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jack, pulse) -> None:
+@contextmanager
+def server_log_on_failure(tmp: Path) -> Iterator[None]:
+    """A failure on CI must say what the server saw."""
     try:
-        live_set(tmp_path, vectors_dir, jack, pulse)
-    except AssertionError as exc:  # a failure on CI must say what the server saw
-        log = tmp_path / "serve.log"
+        yield
+    except AssertionError as exc:
+        log = tmp / "serve.log"
         raise AssertionError(f"{exc}\n--- serve.log ---\n{log.read_text() if log.exists() else '(none)'}") from exc
 
 
-def live_set(tmp_path: Path, vectors_dir: Path, jack: dict[str, str], pulse: dict[str, str]) -> None:
-    env = {**jack, **pulse}
-    os.environ.update(jack)  # this process's MIDI client talks to the same JACK server
-    monitor = subprocess.Popen(["parecord", f"--device={SINK}.monitor", "--file-format=wav", "--channels=2",
-                                str(tmp_path / "monitor.wav")], env={**os.environ, **pulse})
-    proc, osc = start_serve(tmp_path, env, "--vectors", str(vectors_dir), "--audio-out", "pulse", "--midi-in",
-                            "virtual", "--midi-api", "jack", "--midi-map", "generic", "--record",
-                            str(tmp_path / "set.wav"))
-    try:
-        status = osc.status()
-        assert status["audio_out"] == "pulse" and status["midi"]["map"] == "generic"
-        # OSC over UDP
-        osc.send("/steer/timbre", 3.0)
-        assert osc.status()["targets"]["timbre"] == 3.0
-        # MIDI CC from a JACK virtual port, through the generic map: knob 1 (CC 21) -> first concept (tempo)
-        backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
-        names = [n for n in backend.get_output_names() if "steerbridge" in n]
-        assert names, backend.get_output_names()
-        with backend.open_output(names[0]) as out:
-            out.send(mido.Message("control_change", control=21, value=127))
-            deadline = time.monotonic() + 5
-            while osc.status()["targets"]["tempo"] != 6.0 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert osc.status()["targets"]["tempo"] == 6.0
-            # garbage MIDI: unmapped CCs, notes, sysex, clock, other channels - all ignored
-            before = osc.status()
-            for msg in [mido.Message("control_change", control=99, value=5), mido.Message("note_on", note=1),
-                        mido.Message("sysex", data=[0x7D, 1, 2]), mido.Message("clock"),
-                        mido.Message("aftertouch", value=3), mido.Message("pitchwheel", pitch=8000)]:
-                out.send(msg)
-            raw = rtmidi.MidiOut(rtmidi.API_UNIX_JACK)  # bytes no parser should accept
-            raw.open_port(next(i for i, n in enumerate(raw.get_ports()) if "steerbridge" in n))
-            for junk in ([0x10, 0x20], [0xF4], [0xB0, 0x15], [0xF7], [0xF0, 0x01, 0x90]):
-                raw.send_message(junk)
-            raw.close_port()
-            time.sleep(0.5)
-        # garbage OSC: a malformed packet and a NaN
-        osc.raw(b"\xff\xfe not osc")
-        osc.raw(message("/steer/timbre", float("nan")))
-        time.sleep(0.3)
-        after = osc.status()
-        assert proc.poll() is None
-        assert after["targets"] == before["targets"] and after["errors"] == before["errors"] + 2
-        assert after["midi"]["ignored"] >= 6
-        time.sleep(2.0)
-        status = osc.status()
-        assert status["control_latency_ms"]["n"] >= 2 and status["frames_generated"] > 100
-    finally:
-        code = stop(proc)
-        monitor.send_signal(signal.SIGINT)
-        monitor.wait(10)
-        osc.close()
-    assert code == 0, (tmp_path / "serve.log").read_text()
-    # the recording is valid and as long as the frames generated
-    audio, rate = read_wav(tmp_path / "set.wav")
-    end = log_end(tmp_path / "set.performance.jsonl")
-    assert abs(len(audio) - expected_samples(end["frames"], rate)) <= 2
-    assert np.sqrt(np.mean(audio ** 2)) > 1e-3
-    # and sound really arrived at the sound card
-    heard, _ = read_wav(tmp_path / "monitor.wav")
-    assert len(heard) > 0.5 * rate and np.sqrt(np.mean(heard ** 2)) > 1e-3
+def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jack, pulse) -> None:
+    with server_log_on_failure(tmp_path):
+        env = {**jack, **pulse}
+        os.environ.update(jack)  # this process's MIDI client talks to the same JACK server
+        monitor = subprocess.Popen(["parecord", f"--device={SINK}.monitor", "--file-format=wav", "--channels=2",
+                                    str(tmp_path / "monitor.wav")], env={**os.environ, **pulse})
+        proc, osc = start_serve(tmp_path, env, "--vectors", str(vectors_dir), "--audio-out", "pulse", "--midi-in",
+                                "virtual", "--midi-api", "jack", "--midi-map", "generic", "--record",
+                                str(tmp_path / "set.wav"))
+        try:
+            status = osc.status()
+            assert status["audio_out"] == "pulse" and status["midi"]["map"] == "generic"
+            # OSC over UDP
+            osc.send("/steer/timbre", 3.0)
+            assert osc.status()["targets"]["timbre"] == 3.0
+            # MIDI CC from a JACK virtual port, through the generic map: knob 1 (CC 21) -> first concept (tempo)
+            backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+            names = [n for n in backend.get_output_names() if "steerbridge" in n]
+            assert names, backend.get_output_names()
+            with backend.open_output(names[0]) as out:
+                out.send(mido.Message("control_change", control=21, value=127))
+                deadline = time.monotonic() + 5
+                while osc.status()["targets"]["tempo"] != 6.0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert osc.status()["targets"]["tempo"] == 6.0
+                # garbage MIDI: unmapped CCs, notes, sysex, clock, other channels - all ignored
+                before = osc.status()
+                for msg in [mido.Message("control_change", control=99, value=5), mido.Message("note_on", note=1),
+                            mido.Message("sysex", data=[0x7D, 1, 2]), mido.Message("clock"),
+                            mido.Message("aftertouch", value=3), mido.Message("pitchwheel", pitch=8000)]:
+                    out.send(msg)
+                raw = rtmidi.MidiOut(rtmidi.API_UNIX_JACK)  # bytes no parser should accept
+                raw.open_port(next(i for i, n in enumerate(raw.get_ports()) if "steerbridge" in n))
+                for junk in ([0x10, 0x20], [0xF4], [0xB0, 0x15], [0xF7], [0xF0, 0x01, 0x90]):
+                    raw.send_message(junk)
+                raw.close_port()
+                time.sleep(0.5)
+            # garbage OSC: a malformed packet and a NaN
+            osc.raw(b"\xff\xfe not osc")
+            osc.raw(message("/steer/timbre", float("nan")))
+            time.sleep(0.3)
+            after = osc.status()
+            assert proc.poll() is None
+            assert after["targets"] == before["targets"] and after["errors"] == before["errors"] + 2
+            assert after["midi"]["ignored"] >= 6
+            time.sleep(2.0)
+            status = osc.status()
+            assert status["control_latency_ms"]["n"] >= 2 and status["frames_generated"] > 100
+        finally:
+            code = stop(proc)
+            monitor.send_signal(signal.SIGINT)
+            monitor.wait(10)
+            osc.close()
+        assert code == 0, (tmp_path / "serve.log").read_text()
+        # the recording is valid and as long as the frames generated
+        audio, rate = read_wav(tmp_path / "set.wav")
+        end = log_end(tmp_path / "set.performance.jsonl")
+        assert abs(len(audio) - expected_samples(end["frames"], rate)) <= 2
+        assert np.sqrt(np.mean(audio ** 2)) > 1e-3
+        # and sound really arrived at the sound card
+        heard, _ = read_wav(tmp_path / "monitor.wav")
+        assert len(heard) > 0.5 * rate and np.sqrt(np.mean(heard ** 2)) > 1e-3
 
 
 def test_performance_replays_bit_identically(tmp_path, vectors_dir) -> None:
