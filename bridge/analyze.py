@@ -87,7 +87,7 @@ class ConceptActivations:
     site: str
 
 
-def _from_preset(handle: MusicGenHandle, name: str, o: AnalyzeOptions) -> ConceptActivations:
+def activations_from_preset(handle: MusicGenHandle, name: str, o: AnalyzeOptions) -> ConceptActivations:
     preset = load_concept(name)
     site = o.site or preset.site
     pairs = preset.pairs()
@@ -100,7 +100,7 @@ def _from_preset(handle: MusicGenHandle, name: str, o: AnalyzeOptions) -> Concep
                               preset.negative_label, preset, preset.alpha_range, site)
 
 
-def _from_data(handle: MusicGenHandle, o: AnalyzeOptions) -> ConceptActivations:
+def activations_from_data(handle: MusicGenHandle, o: AnalyzeOptions) -> ConceptActivations:
     site = o.site or "resid_post"
     data = collect_labelled(handle, o.data or "", site=site, window_s=o.window_s, prompt=o.data_prompt, cache=o.cache)
     positive = o.positive or data.classes[0]
@@ -111,7 +111,8 @@ def _from_data(handle: MusicGenHandle, o: AnalyzeOptions) -> ConceptActivations:
                               (-4.0, 4.0), site)
 
 
-def _vector(handle: MusicGenHandle, c: ConceptActivations, layers: list[int], method: str = "diffmean") -> SteeringVector:
+def vector_on_layers(handle: MusicGenHandle, c: ConceptActivations, layers: list[int],
+                     method: str = "diffmean") -> SteeringVector:
     directions = METHODS[method](c.positive[:, layers], c.negative[:, layers])
     stats = layer_stats(c.positive[:, layers], c.negative[:, layers], directions)
     p = c.preset
@@ -165,7 +166,10 @@ def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     handle = load_model(o.model, o.device, o.dtype)
     started = time.time()
-    concepts = [_from_preset(handle, name, o) for name in o.concepts] if o.concepts else [_from_data(handle, o)]
+    if o.concepts:
+        concepts = [activations_from_preset(handle, name, o) for name in o.concepts]
+    else:
+        concepts = [activations_from_data(handle, o)]
     clap = ClapScorer(o.clap, handle.device) if o.clap else None
     report: dict[str, Any] = {"model": o.model, "model_config_sha256": handle.config_sha256,
                               "num_layers": handle.num_layers, "concepts": {}}
@@ -181,7 +185,7 @@ def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
                       for layer in range(handle.num_layers)}
         for layer in range(handle.num_layers):
             best_directions.setdefault(layer, {})[c.name] = method_dirs["diffmean"][layer]
-        vector = _vector(handle, c, recommended)
+        vector = vector_on_layers(handle, c, recommended)
         vector_path = vector.save(out / f"{c.name}.safetensors")
         entry: dict[str, Any] = {
             "positive": c.positive_label, "negative": c.negative_label, "site": c.site,

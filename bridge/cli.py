@@ -94,18 +94,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def _extract_from_audio(args: argparse.Namespace) -> int:
     from steering_core.models import load_model
 
-    from .analyze import AnalyzeOptions, _from_data, _vector
+    from .analyze import AnalyzeOptions, activations_from_data, vector_on_layers
 
     handle = load_model(args.model, args.device, args.dtype)
     options = AnalyzeOptions(data=args.data, positive=args.positive, negative=args.negative, name=args.name,
                              site=args.site, window_s=args.window)
-    acts = _from_data(handle, options)
+    acts = activations_from_data(handle, options)
     layers = parse_layers(args.layers)
     chosen = list(range(handle.num_layers)) if layers in (None, ()) else list(layers)
     bad = [layer for layer in chosen if not 0 <= layer < handle.num_layers]
     if bad:
         raise CliError(f"--layers {bad} outside 0..{handle.num_layers - 1}")
-    vector = _vector(handle, acts, chosen, method=args.method)
+    vector = vector_on_layers(handle, acts, chosen, method=args.method)
     out = vector.save(args.out)
     print(f"wrote {out}: concept {vector.concept!r} ({acts.positive_label} vs {acts.negative_label}), {vector.method} "
           f"at {vector.site}, layers {chosen}, {vector.n_pos}+{vector.n_neg} audio windows")

@@ -62,7 +62,9 @@ class AudioPath:
         self.recorder = recorder
         self.ratio = device_rate / model_rate
         self.resampler = StreamResampler(model_rate, device_rate, ring.channels)
-        self.samples_in = 0  # model-rate samples pushed
+        # The resampler holds back this many output samples: where a pushed block's first
+        # sample lands in the ring, behind what it emits now.
+        self.delay = round(self.resampler.input_latency * self.ratio)
         self._gain_ramp: np.ndarray | None = None
 
     def fade(self, up: bool, ms: float) -> None:
@@ -70,15 +72,13 @@ class AudioPath:
         ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
         self._gain_ramp = ramp if up else ramp[::-1].copy()
 
-    def push(self, audio: np.ndarray) -> tuple[int, int]:
-        """audio [channels, n] at the model rate. Returns (ring counter of the first
-        output sample, model-rate sample index that output sample corresponds to)."""
+    def push(self, audio: np.ndarray) -> int:
+        """audio [channels, n] at the model rate. Returns the ring counter at which its
+        first sample will be (the resampler delays it by ``delay`` samples)."""
         if audio.shape[0] != self.ring.channels:  # mono model, stereo out: same signal both sides
             audio = np.repeat(audio[:1], self.ring.channels, axis=0)
-        first_in = self.samples_in - round(self.resampler.input_latency)
-        self.samples_in += audio.shape[1]
         out = self.resampler.process(np.ascontiguousarray(audio, dtype=np.float32))
-        return self._emit(out), first_in
+        return self._emit(out) + self.delay
 
     def flush(self) -> None:
         self._emit(self.resampler.process(None))
@@ -255,10 +255,7 @@ class Engine:
         audio = self.decoder.pull()[0]
         last = self.decoder.emitted_frames
         if audio.shape[-1]:
-            ring_start, first_in = self.path.push(audio)
-            # Ring counter where frame `first` begins, accounting for the resampler's delay.
-            offset = (first * self.hop - first_in) * self.path.ratio
-            self.latency.placed((first, last), ring_start + round(max(0.0, offset)), self.hop * self.path.ratio)
+            self.latency.placed((first, last), self.path.push(audio), self.hop * self.path.ratio)
         self.compute_s += time.perf_counter() - t
 
     def _take_events(self) -> None:

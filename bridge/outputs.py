@@ -70,15 +70,12 @@ class DeviceOutput:
         self._blocksize = blocksize
         self._sd = sd
         self._stream: Any = None
-        self.status_flags = 0  # PortAudio's own under/overflow reports
 
     def start(self) -> None:
         ring = self.ring
 
-        def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        def callback(outdata: np.ndarray, frames: int, _time: Any, _status: Any) -> None:
             # PortAudio's thread: copy, never raise, never lock.
-            if status:
-                self.status_flags += 1
             ring.read_into(outdata)
 
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +173,3 @@ def collect_labelled(handle: MusicGenHandle, folder: str | Path, *, site: str = 
         raise DataError(f"--data {folder}: no usable audio")
     return LabelledActivations(torch.cat(rows), labels, list(classes), sources, file_ids)
 
-
-def classes_in(data: LabelledActivations, wanted: Sequence[str] | None) -> list[str]:
-    return list(wanted) if wanted else data.classes
