@@ -30,11 +30,8 @@ def _engine_seconds(handle: MusicGenHandle, frames: int, steerer: Steerer | None
     stream = MusicStream(handle, PROMPT, seed=0, settings=settings, steerer=steerer)
     _sync(handle)
     start = time.perf_counter()
-    if steerer is None:
+    with stream.steering():
         stream.generate_frames(frames)
-    else:
-        with steerer.installed():
-            stream.generate_frames(frames)
     _sync(handle)
     return time.perf_counter() - start
 

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections import deque
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,9 +204,8 @@ class Engine:
 
     # --- the loop --------------------------------------------------------------------
     def _run(self) -> None:
-        steerer = self.performance.steerer
         try:
-            with steerer.installed() if steerer is not None else nullcontext():
+            with self.stream.steering():
                 while not self._stop.is_set():
                     self._take_events()
                     self.latency.poll()

@@ -78,7 +78,7 @@ def replay(handle: MusicGenHandle, vectors: Sequence[SteeringVector], performed:
                          window_frames=window_frames, reprime_frames=reprime_frames)
     performance = Performance(stream, steerer, smoothing_ms=smoothing_ms)
     schedule: list[tuple[int, Sequence[Change]]] = performed.schedule
-    with steerer.installed():
+    with stream.steering():
         performance.run_to_frames(frames, schedule)
     codes = stream.codes[:, :, :frames].cpu().contiguous()
     sha = hashlib.sha256(codes.numpy().tobytes()).hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -33,6 +32,6 @@ def render(handle: MusicGenHandle, prompt: str, seconds: float, *, seed: int = 0
         raise KeyError(f"no vector loaded for {', '.join(sorted(alphas))}")
     frames = max(1, round(seconds * handle.frame_rate))
     stream = MusicStream(handle, prompt, seed=seed, settings=settings, steerer=steerer)
-    with steerer.installed() if steerer is not None else nullcontext():
+    with stream.steering():
         codes = stream.generate_frames(frames, on_frame=on_frame)
     return decode(handle, codes)[0]

@@ -39,6 +39,16 @@ class _Injection:
 
 
 @dataclass
+class _Folded:
+    """The fused add matrix for one batch layout, and the buffer its product lands in."""
+
+    matrix_t: torch.Tensor  # [sites * batch * d_model, concepts], row masks folded in
+    out: torch.Tensor  # [sites * batch * d_model], rewritten every forward
+    site_deltas: tuple[torch.Tensor, ...]  # per add site: a [batch, 1, d_model] view of out
+    layer_offsets: list[torch.Tensor | None]  # per decoder layer, for resid_inline mode
+
+
+@dataclass
 class Concept:
     vector: SteeringVector
     operator: str
@@ -68,6 +78,8 @@ class Steerer:
         self._sites: dict[tuple[int, str], list[_Injection]] = {}
         self._handles: dict[tuple[int, str], RemovableHandle] = {}
         self._row_masks: dict[tuple[int, str], torch.Tensor] = {}
+        #: True inside ``installed(resid_inline=True)``: the decode loop adds ``layer_offsets()``.
+        self.resid_inline = False
         self._lock = threading.Lock()
         # Every knob lives in one table (each concept's alpha is a 0-d view into it), so
         # all the plain `add` concepts at a site fuse into one matrix-vector product.
@@ -105,9 +117,10 @@ class Steerer:
                 direction = (vector.directions[i] * vector.gains[i]).to(h.device, h.dtype)
                 key = (layer, vector.site)
                 self._sites.setdefault(key, []).append(_Injection(name, direction, op, knob, mode))
-            if self._handles:  # hooks live: rebuild them to include the new concept
+            if self.is_installed:  # hooks live: rebuild them to include the new concept
+                inline = self.resid_inline
                 self._remove_all()
-                self._install_all()
+                self._install_all(inline)
         return concept
 
     def set_alpha(self, name: str, value: float) -> None:
@@ -131,81 +144,113 @@ class Steerer:
 
     # --- hooks --------------------------------------------------------------------
     @contextmanager
-    def installed(self) -> Iterator[Steerer]:
-        """Hooks in place for the duration of the block, and gone after it, always."""
-        if self._handles:
+    def installed(self, *, resid_inline: bool = False) -> Iterator[Steerer]:
+        """Hooks in place for the duration of the block, and gone after it, always.
+
+        ``resid_inline=True`` is for a decode loop that calls the decoder layers itself
+        (``MusicStream``): the plain ``add`` offsets on the residual stream get no hook,
+        and the loop adds ``layer_offsets()`` to each layer's output instead. On a small
+        model the hook calls were most of what steering cost. Every other site and
+        operator is still a hook, so the result is the same to the bit.
+        """
+        if self._handles or self.resid_inline:
             raise RuntimeError("steering hooks are already installed")
         try:
             with self._lock:
-                self._install_all()
+                self._install_all(resid_inline)
             yield self
         finally:
             self._remove_all()
 
     @property
     def is_installed(self) -> bool:
-        return bool(self._handles)
+        return bool(self._handles) or self.resid_inline
+
+    def layer_offsets(self, batch: int) -> list[torch.Tensor | None]:
+        """Once per forward, before the first layer, in ``resid_inline`` mode: what to add
+        to each decoder layer's output ([batch, 1, d_model], or None for no offset)."""
+        if not self.resid_inline:
+            raise RuntimeError("layer_offsets() is for installed(resid_inline=True)")
+        return self._compute_deltas(batch).layer_offsets
 
     # --- how the hooks work ------------------------------------------------------
     # `add` is linear, so every plain-add concept at every site is one column block of
-    # a matrix M [concepts, groups * d_model] (a group: one site, one CFG mode). Once
-    # per forward, a pre-hook on the first decoder layer turns the knobs into every
-    # group's offset with one matrix product, (alpha * enabled) @ M, already masked to
-    # the rows it steers; each site's hook is then a single add. Other operators
-    # (renorm, ablate, ...) depend on h and run one by one after it.
-    def _install_all(self) -> None:
+    # a matrix M [concepts, sites * batch * d_model], with each concept's CFG row mask
+    # folded in. Once per forward (a pre-hook on the first decoder layer, or the decode
+    # loop itself in resid_inline mode), one product (alpha * enabled) @ M, written into
+    # a fixed buffer, gives every site's offset for every row; each site is then a single
+    # add of a view into that buffer. Fixed buffers and in-place knobs keep it CUDA-graph
+    # safe. Other operators (renorm, ablate, ...) depend on h and run one by one after it.
+    def _install_all(self, resid_inline: bool = False) -> None:
         d = self.handle.d_model
-        groups: list[tuple[tuple[int, str], str, list[_Injection]]] = []
-        for key, injections in self._sites.items():
-            for mode in CFG_MODES:
-                adds = [i for i in injections if i.operator is add_operator and i.cfg_mode == mode]
-                if adds:
-                    groups.append((key, mode, adds))
-        matrix = torch.zeros(MAX_CONCEPTS, max(1, len(groups)) * d, device=self.handle.device, dtype=self.handle.dtype)
-        for g, (_, _, adds) in enumerate(groups):
-            for inj in adds:
-                matrix[self.concepts[inj.concept].slot, g * d:(g + 1) * d] += inj.direction
-        self._fused = matrix
-        self._group_modes = [mode for _, mode, _ in groups]
-        self._group_masks: dict[tuple[int, bool], torch.Tensor] = {}
-        self._row_deltas: tuple[torch.Tensor, ...] | None = None
-        if groups:
+        add_sites = [key for key, injections in self._sites.items()
+                     if any(i.operator is add_operator for i in injections)]
+        n = len(self.concepts)
+        matrix = torch.zeros(n, len(CFG_MODES), len(add_sites), d, device=self.handle.device, dtype=self.handle.dtype)
+        for s, key in enumerate(add_sites):
+            for inj in self._sites[key]:
+                if inj.operator is add_operator:
+                    matrix[self.concepts[inj.concept].slot, CFG_MODES.index(inj.cfg_mode), s] += inj.direction
+        self._fused = matrix  # [concepts, cfg modes, sites, d]
+        self._knobs = (self._alpha_table[:n], self._enabled_table[:n], torch.empty_like(self._alpha_table[:n]))
+        self._folded: dict[tuple[int, bool], _Folded] = {}
+        self._row_deltas: tuple[torch.Tensor, ...] = ()
+        # A site goes inline only if plain adds are all it has: adds come first at a site.
+        inline = {key for key in add_sites if resid_inline and key[1] == "resid_post"
+                  and all(i.operator is add_operator for i in self._sites[key])}
+        self._inline_sites: list[int | None] = [
+            add_sites.index((layer, "resid_post")) if (layer, "resid_post") in inline else None
+            for layer in range(self.handle.num_layers)]
+        self.resid_inline = resid_inline
+        if add_sites and not resid_inline:
             self._handles[(-1, "prepare")] = self.handle.decoder_layers[0].register_forward_pre_hook(self._prepare)
         for key in self._sites:
-            mine = [g for g, (k, _, _) in enumerate(groups) if k == key]
-            self._handles[key] = self._install(key, mine)
+            if key not in inline:
+                self._handles[key] = self._install(key, add_sites.index(key) if key in add_sites else None)
 
     def _remove_all(self) -> None:
         for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
+        self.resid_inline = False
 
     def _prepare(self, _module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        batch = args[0].shape[0]
-        key = (batch, self.cfg_batch)
-        matrix = self._group_masks.get(key)
-        if matrix is None:  # fold the row masks into the matrix, once per batch layout
-            probe = args[0].new_zeros(batch, 1)
-            rows = [self._rows(probe, mode) for mode in self._group_modes]
-            masks = torch.stack([torch.ones_like(probe) if r is None else r.to(probe.dtype).expand_as(probe)
-                                 for r in rows])  # [groups, batch, 1]
-            d = self.handle.d_model
-            blocks = self._fused[:, : len(rows) * d].view(MAX_CONCEPTS, len(rows), 1, d)
-            matrix = (blocks * masks[None]).reshape(MAX_CONCEPTS, -1)  # [concepts, groups * batch * d]
-            self._group_masks[key] = matrix
-        knobs = self._alpha_table * self._enabled_table
-        # One product gives every site's offset for every row; unbind makes the views once.
-        self._row_deltas = (knobs @ matrix).view(len(self._group_modes), batch, 1, -1).unbind(0)
+        self._compute_deltas(args[0].shape[0])
 
-    def _install(self, key: tuple[int, str], groups: list[int]) -> RemovableHandle:
-        layer, site = key
+    def _compute_deltas(self, batch: int) -> _Folded:
+        folded = self._folded.get((batch, self.cfg_batch))
+        if folded is None:
+            folded = self._fold(batch)
+        alpha, enabled, knobs = self._knobs
+        torch.mul(alpha, enabled, out=knobs)
+        torch.mv(folded.matrix_t, knobs, out=folded.out)
+        self._row_deltas = folded.site_deltas
+        return folded
+
+    def _fold(self, batch: int) -> _Folded:
+        """The row masks folded into the matrix, and its output buffer: once per batch layout."""
+        # Built as ordinary tensors even inside inference mode: the buffer is written in place.
+        with torch.inference_mode(False):
+            probe = torch.zeros(batch, 1, device=self.handle.device, dtype=self.handle.dtype)
+            masks = torch.stack([torch.ones_like(probe) if r is None else r.to(probe.dtype).expand_as(probe)
+                                 for r in (self._rows(probe, mode) for mode in CFG_MODES)])  # [modes, batch, 1]
+            # [concepts, modes, sites, 1, d] * [1, modes, 1, batch, 1], summed over the modes
+            matrix = (self._fused[:, :, :, None, :] * masks[None, :, None, :, :]).sum(dim=1)
+            matrix_t = matrix.reshape(matrix.shape[0], -1).T.contiguous()  # [sites * batch * d, concepts]
+            out = torch.zeros(matrix_t.shape[0], device=matrix_t.device, dtype=matrix_t.dtype)
+        site_deltas = out.view(-1, batch, 1, self.handle.d_model).unbind(0)
+        layer_offsets = [None if s is None else site_deltas[s] for s in self._inline_sites]
+        folded = _Folded(matrix_t, out, site_deltas, layer_offsets)
+        self._folded[(batch, self.cfg_batch)] = folded
+        return folded
+
+    def _install(self, key: tuple[int, str], site: int | None) -> RemovableHandle:
+        layer, site_name = key
         others = [inj for inj in self._sites[key] if inj.operator is not add_operator]
 
         def edit(h: torch.Tensor) -> torch.Tensor:
-            deltas = self._row_deltas
-            if deltas is not None:
-                for g in groups:
-                    h = h + deltas[g]
+            if site is not None:
+                h = h + self._row_deltas[site]
             for inj in others:
                 if not self.concepts[inj.concept].enabled:
                     continue
@@ -214,7 +259,7 @@ class Steerer:
                 h = steered if rows is None else torch.where(rows, steered, h)
             return h
 
-        return attach(self.handle.decoder_layers[layer], site, edit)
+        return attach(self.handle.decoder_layers[layer], site_name, edit)
 
     def _rows(self, h: torch.Tensor, mode: str) -> torch.Tensor | None:
         """Which batch rows a concept steers: conditional rows come first in a CFG batch."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -111,6 +112,15 @@ class MusicStream:
         self.cache.cross_attention_cache.reset()
         for layer in list(self.cache.is_updated):
             self.cache.is_updated[layer] = False
+
+    def steering(self) -> AbstractContextManager[object]:
+        """The stream's steerer installed for this loop (a no-op without one).
+
+        The plain ``add`` offsets on the residual stream are added by ``_decoder_logits``
+        itself rather than by a hook per layer; everything else is hooked as usual. Use
+        this rather than ``steerer.installed()`` around a stream: same tokens, less overhead.
+        """
+        return self.steerer.installed(resid_inline=True) if self.steerer is not None else nullcontext()
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -198,9 +208,13 @@ class MusicStream:
         if past + n > dec.embed_positions.weights.shape[0]:
             dec.embed_positions.make_weights(past + n, dec.embed_positions.embedding_dim)
         hidden = hidden + dec.embed_positions.weights[past:past + n].to(hidden.dtype)
-        for layer in dec.layers:
+        steerer = self.steerer
+        offsets = steerer.layer_offsets(hidden.shape[0]) if steerer is not None and steerer.resid_inline else None
+        for i, layer in enumerate(dec.layers):
             hidden = layer(hidden, None, self.encoder_states, encoder_attention_mask=self._cross_mask,
                            past_key_values=self.cache, use_cache=True)
+            if offsets is not None and (offset := offsets[i]) is not None:
+                hidden = hidden + offset
         last = dec.layer_norm(hidden[:, -1:])
         return torch.stack([head(last[:, 0]) for head in self._lm_heads], dim=1)
 

@@ -157,3 +157,58 @@ def test_stereo_streams_endlessly_and_decodes_to_two_channels() -> None:
     assert stream.rollback(target) == target and stream.frames_complete == target - 3
     audio = decode(handle, codes)
     assert audio.shape == (1, 2, 150 * 640)
+
+
+def test_inline_residual_steering_equals_the_hooks(tiny) -> None:
+    """``stream.steering()`` adds resid_post offsets in the decode loop, not by hook: the
+    tokens must be identical to steering through hooks alone, with a mix of sites,
+    operators, CFG modes and a live knob move."""
+    g = torch.Generator().manual_seed(1)
+
+    def vec(concept: str, layers: tuple[int, ...], site: str = "resid_post") -> SteeringVector:
+        return SteeringVector(concept=concept, directions=torch.randn(len(layers), tiny.d_model, generator=g),
+                              layers=layers, site=site)
+
+    vectors = [vec("a", (0, 1, 2)), vec("b", (1, 3)), vec("c", (2,)), vec("d", (0, 3), site="mlp_out")]
+
+    def run(inline: bool) -> tuple[torch.Tensor, int]:
+        steerer = Steerer(tiny)
+        steerer.add(vectors[0], alpha=2.0, cfg_mode="cond")
+        steerer.add(vectors[1], alpha=-1.5, cfg_mode="both")
+        steerer.add(vectors[2], alpha=3.0, operator="renorm")  # layer 2 keeps its hook: not a plain add
+        steerer.add(vectors[3], alpha=1.0)
+        stream = MusicStream(tiny, "drums", seed=11, steerer=steerer)
+
+        def on_frame(frame: int) -> None:
+            if frame == 25:
+                steerer.set_alpha("b", 4.0)
+                steerer.set_enabled("a", False)
+
+        with stream.steering() if inline else steerer.installed():
+            hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny.model.decoder.modules())
+            codes = stream.generate_frames(60, on_frame=on_frame).clone()
+        return codes, hooks
+
+    (inline, inline_hooks), (hooked, hooked_hooks) = run(True), run(False)
+    assert torch.equal(inline, hooked)
+    # Hooked: layers 0-3 resid_post, 2 mlp_out, the knob pre-hook. Inline: layer 2 and the mlp_outs only.
+    assert (inline_hooks, hooked_hooks) == (3, 7)
+    plain = MusicStream(tiny, "drums", seed=11).generate_frames(60)
+    assert not torch.equal(inline, plain)
+
+
+def test_inline_steering_is_removed_and_not_nested(tiny) -> None:
+    g = torch.Generator().manual_seed(2)
+    steerer = Steerer(tiny)
+    steerer.add(SteeringVector(concept="c", directions=torch.randn(1, tiny.d_model, generator=g), layers=(1,)),
+                alpha=5.0)
+    stream = MusicStream(tiny, "drums", seed=3, steerer=steerer)
+    with pytest.raises(RuntimeError, match="resid_inline"):
+        steerer.layer_offsets(2)
+    with stream.steering():
+        assert steerer.is_installed and steerer.resid_inline
+        with pytest.raises(RuntimeError, match="already installed"), steerer.installed():
+            pass
+    assert not steerer.is_installed and not steerer.resid_inline
+    # Outside the block the loop adds nothing: the stream plays as if unsteered.
+    assert torch.equal(stream.generate_frames(20), MusicStream(tiny, "drums", seed=3).generate_frames(20))
