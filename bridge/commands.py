@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pythonosc.dispatcher import Dispatcher
@@ -20,6 +21,7 @@ from steering_core.concepts import ConceptError, check_name
 from steering_core.performance import Change
 
 from .control import ControlError, ControlState, changes_from_view
+from .midimaps import MidiMapError
 from .scenes import SceneError, SceneStore, morph
 
 MAX_PROMPT_CHARS = 500
@@ -56,6 +58,7 @@ class Commands:
         #: Set by the OSC server and the MIDI input when they exist.
         self.subscribe: Callable[[str, int, Origin, bool], None] | None = None
         self.midi_learn: Callable[[str], None] | None = None
+        self.midi_save: Callable[[str], Path] | None = None
         self._dispatcher = Dispatcher()
         self._handlers: dict[str, Handler] = {}
         for name in control.concepts:
@@ -73,6 +76,7 @@ class Commands:
         self._add("/transport/stop", self._transport("stop"))
         self._add("/panic", self._panic)
         self._add("/midi/learn", self._learn)
+        self._add("/midi/save", self._midi_save)
         self._add("/subscribe", self._subscription(True))
         self._add("/unsubscribe", self._subscription(False))
         self._add("/status", self._status)
@@ -174,6 +178,20 @@ class Commands:
         if learn is None:
             raise ControlError("MIDI learn needs a MIDI input (start serve with --midi-in)")
         return Plan(effect=lambda: learn(target))
+
+    def _midi_save(self, args: Sequence[Any], _o: Origin) -> Plan:
+        name = check_name(_str(args, 0, 1, MAX_NAME_CHARS), "controller map name")
+        save = self.midi_save
+        if save is None:
+            raise ControlError("saving a MIDI map needs a MIDI input (start serve with --midi-in)")
+
+        def effect() -> None:
+            try:
+                save(name)
+            except MidiMapError as exc:  # the disk, not the message: still an /error reply
+                raise ControlError(str(exc)) from None
+
+        return Plan(effect=effect, replies=[("/midi/saved", [name])])
 
     def _subscription(self, on: bool) -> Handler:
         def handler(args: Sequence[Any], origin: Origin) -> Plan:

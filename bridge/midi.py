@@ -1,67 +1,33 @@
-"""MIDI in: controller maps, soft takeover, relative encoders, 14-bit CCs, learn.
-
-A controller map (``presets/mappings/<name>.yaml``) binds CCs to the same addresses
-OSC uses, so a knob and a fader in a DAW go through one validation path::
-
-    channel: 1                 # 1-16, or omitted for any channel
-    controls:
-      - cc: 16                 # knob 1
-        target: /steer/@1/knob # @N: the N-th loaded concept
-        range: [0, 1]          # optional: the target's values the knob spans
-        curve: linear          # linear | exp | log | scurve
-        mode: absolute         # absolute | relative_twos | relative_offset | relative_signed
-        step: 0.01             # relative modes: change per encoder tick (of the 0..1 span)
-        lsb: 48                # optional: 14-bit pair, this CC carries the low 7 bits
-        takeover: pickup       # pickup (default for absolute) | jump
-      - cc: 41
-        target: /transport/play
-        button: true           # fires on press (value >= 64)
-    program_change: scenes     # program N recalls the N-th scene (sorted), or a {N: name} map
+"""MIDI in: soft takeover, relative encoders, 14-bit CCs, learn (maps: ``midimaps.py``).
 
 ``MidiMapper`` is pure (mido messages in, command calls out) so it is testable without
-ports; ``MidiInput`` feeds it from an rtmidi port on rtmidi's callback thread.
+ports; ``MidiInput`` feeds it from an rtmidi port on rtmidi's callback thread. What
+MIDI learn binds can be saved as a map of its own (``/midi/save <name>``) and loaded
+next time with ``serve --midi-map <name>``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import mido
 
-from steering_core.concepts import PRESETS_DIR, check_name
-
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent
-from .presetfiles import read_preset
+from .midimaps import Binding, ControllerMap, MidiMapError, curve, load_map, save_map
+
+__all__ = ["Binding", "ControllerMap", "MidiInput", "MidiMapError", "MidiMapper", "list_midi_inputs", "load_map",
+           "midi_backend", "relative_delta"]
 
 log = logging.getLogger("steerbridge.midi")
 
-MAPPINGS_DIR = PRESETS_DIR / "mappings"
-MODES = ("absolute", "relative_twos", "relative_offset", "relative_signed")
 PICKUP_TOLERANCE = 0.02
 ORIGIN = Origin("midi")
-
-
-class MidiMapError(ValueError):
-    """A controller map that cannot be used, or a MIDI system that is not there."""
-
-
-def _curve(name: str) -> Callable[[float], float]:
-    k = 3.0
-    curves: dict[str, Callable[[float], float]] = {
-        "linear": lambda x: x,
-        "exp": lambda x: (math.exp(k * x) - 1) / (math.exp(k) - 1),
-        "log": lambda x: math.log1p((math.exp(k) - 1) * x) / k,
-        "scurve": lambda x: x * x * (3 - 2 * x),
-    }
-    if name not in curves:
-        raise MidiMapError(f"unknown curve {name!r} (choose {', '.join(curves)})")
-    return curves[name]
 
 
 def relative_delta(value: int, mode: str) -> int:
@@ -75,89 +41,6 @@ def relative_delta(value: int, mode: str) -> int:
     raise MidiMapError(f"not a relative mode: {mode}")
 
 
-@dataclass
-class Binding:
-    cc: int
-    target: str
-    range: tuple[float, float] | None = None
-    curve: str = "linear"
-    mode: str = "absolute"
-    step: float = 0.01
-    lsb: int | None = None
-    takeover: str = "pickup"
-    button: bool = False
-    channel: int | None = None  # 0-15, None = any
-    # live state
-    position: float | None = None  # where this control believes the target is (0..1)
-    picked_up: bool = True
-    last_raw: float | None = None
-    msb: int | None = None
-
-
-@dataclass
-class ControllerMap:
-    name: str
-    bindings: list[Binding]
-    program_change: str | dict[int, str] | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def available_maps() -> list[str]:
-    return sorted(p.stem for p in MAPPINGS_DIR.glob("*.yaml"))
-
-
-def load_map(spec: str) -> ControllerMap:
-    """A map preset by name or a .yaml path."""
-    path, raw = read_preset(spec, MAPPINGS_DIR, "controller map", MidiMapError)
-    if not isinstance(raw, dict) or not isinstance(raw.get("controls"), list):
-        raise MidiMapError(f"controller map {path.name}: expected a mapping with a 'controls' list")
-    channel = _channel(raw.get("channel"), path.name)
-    bindings = [_binding(entry, channel, path.name) for entry in raw["controls"]]
-    pc = raw.get("program_change")
-    if pc is not None and pc != "scenes" and not isinstance(pc, dict):
-        raise MidiMapError(f"controller map {path.name}: program_change must be 'scenes' or a number->scene map")
-    if isinstance(pc, dict):
-        pc = {int(k): check_name(str(v), "scene name") for k, v in pc.items()}
-    return ControllerMap(str(raw.get("name", path.stem)), bindings, pc)
-
-
-def _channel(value: Any, where: str) -> int | None:
-    if value is None or value == "any":
-        return None
-    if isinstance(value, int) and 1 <= value <= 16:
-        return value - 1
-    raise MidiMapError(f"controller map {where}: channel must be 1-16 or 'any', got {value!r}")
-
-
-def _binding(entry: Any, channel: int | None, where: str) -> Binding:
-    if not isinstance(entry, dict):
-        raise MidiMapError(f"controller map {where}: each control must be a mapping, got {entry!r}")
-    try:
-        cc = int(entry["cc"])
-        target = str(entry["target"])
-    except (KeyError, TypeError, ValueError):
-        raise MidiMapError(f"controller map {where}: each control needs 'cc' and 'target': {entry!r}") from None
-    lsb = entry.get("lsb")
-    if not 0 <= cc <= 127 or (lsb is not None and not 0 <= int(lsb) <= 127):
-        raise MidiMapError(f"controller map {where}: CC numbers are 0-127: {entry!r}")
-    mode = str(entry.get("mode", "absolute"))
-    if mode not in MODES:
-        raise MidiMapError(f"controller map {where}: unknown mode {mode!r} (choose {', '.join(MODES)})")
-    rng = entry.get("range")
-    if rng is not None:
-        if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, int | float) for v in rng)):
-            raise MidiMapError(f"controller map {where}: range must be [low, high]: {entry!r}")
-        rng = (float(rng[0]), float(rng[1]))
-    curve = str(entry.get("curve", "linear"))
-    _curve(curve)
-    takeover = str(entry.get("takeover", "pickup"))
-    if takeover not in ("pickup", "jump"):
-        raise MidiMapError(f"controller map {where}: takeover is 'pickup' or 'jump', got {takeover!r}")
-    return Binding(cc=cc, target=target, range=rng, curve=curve, mode=mode, step=float(entry.get("step", 0.01)),
-                   lsb=None if lsb is None else int(lsb), takeover=takeover, button=bool(entry.get("button", False)),
-                   channel=_channel(entry["channel"], where) if "channel" in entry else channel)
-
-
 class MidiMapper:
     """Turns MIDI messages into commands. Call ``handle`` from any one thread."""
 
@@ -169,13 +52,15 @@ class MidiMapper:
         self.program_change = controller.program_change
         self.scene_names = scene_names or commands.scenes.names
         self.bindings: list[Binding] = []
-        self.unbound: list[str] = []
+        #: Controls for concepts that are not loaded (``@N`` past the last, or a concept
+        #: a saved map names that this set does not load): kept for ``save``.
+        self.unbound_bindings: list[Binding] = []
         for b in controller.bindings:
             target = self._resolve(b.target)
             if target is None:
-                self.unbound.append(b.target)
+                self.unbound_bindings.append(b)
             else:
-                self.bindings.append(replace(b, target=target))
+                self.bindings.append(replace(b, target=target, map_target=b.target))
         self._learning: str | None = None
         self._lock = threading.Lock()
         self.ignored = 0
@@ -183,7 +68,9 @@ class MidiMapper:
 
     # --- map resolution ------------------------------------------------------------
     def _resolve(self, target: str) -> str | None:
-        """``@N`` -> the N-th loaded concept; None if the map asks for more than is loaded."""
+        """``@N`` -> the N-th loaded concept; None if the map asks for a concept that is not
+        loaded (more than are loaded, or one named by a saved map); an error for anything
+        else that is not a control address."""
         parts = target.split("/")
         for i, part in enumerate(parts):
             if part.startswith("@"):
@@ -196,9 +83,23 @@ class MidiMapper:
                     return None
                 parts[i] = names[n - 1]
         resolved = "/".join(parts)
+        if len(parts) >= 3 and parts[1] == "steer" and parts[2] not in self.control.concepts:
+            return None
         if resolved not in self.commands.addresses:
             raise MidiMapError(f"controller map target {target!r} is not a control address")
         return resolved
+
+    @property
+    def unbound(self) -> list[str]:
+        return [b.target for b in self.unbound_bindings]
+
+    def save(self, name: str) -> Path:
+        """Every binding, learned ones included, as the map ``name`` in the user's map folder."""
+        with self._lock:
+            bindings = [*self.bindings, *self.unbound_bindings]
+        path = save_map(name, bindings, self.program_change)
+        log.info("MIDI map saved: %s (%d controls); next time: serve --midi-map %s", path, len(bindings), name)
+        return path
 
     def learn(self, target: str) -> None:
         with self._lock:
@@ -267,7 +168,7 @@ class MidiMapper:
 
     def _send(self, b: Binding, position: float) -> None:
         b.position = position
-        shaped = _curve(b.curve)(position)
+        shaped = curve(b.curve)(position)
         lo, hi = b.range or self._default_range(b.target)
         value = lo + shaped * (hi - lo)
         if b.target == "/gen/top_k" or b.target == "/gen/seed":

@@ -148,9 +148,10 @@ class Server:
             self.mapper = MidiMapper(load_map(o.midi_map), self.commands)
             self.midi = MidiInput(o.midi_in, self.mapper, api=o.midi_api)
             self.commands.midi_learn = self.mapper.learn
+            self.commands.midi_save = self.mapper.save
             if self.mapper.unbound:
-                log.info("MIDI map %r: %d controls have no concept loaded for them", self.mapper.name,
-                         len(self.mapper.unbound))
+                log.info("MIDI map %r: %d controls have no concept loaded for them (%s)", self.mapper.name,
+                         len(self.mapper.unbound), ", ".join(self.mapper.unbound))
         self.started = time.monotonic()
         self.stop_requested = threading.Event()
 

@@ -7,7 +7,8 @@ import pytest
 
 from bridge.commands import Commands
 from bridge.control import ConceptKnob, ControlState
-from bridge.midi import MidiMapError, MidiMapper, available_maps, load_map, relative_delta
+from bridge.midi import MidiMapper, relative_delta
+from bridge.midimaps import MidiMapError, available_maps, load_map, save_map
 from bridge.scenes import SceneStore
 from steering_core.sampling import SamplingSettings
 
@@ -143,6 +144,77 @@ def test_midi_learn_binds_the_next_moved_cc(rig) -> None:
     assert control.targets["tempo"] == 4.0
     mapper.handle(cc(77, 0, channel=3))
     assert control.targets["tempo"] == -4.0
+
+
+def test_learned_bindings_save_as_a_map_that_serve_can_load(rig, tmp_path, monkeypatch) -> None:
+    _, mapper, _, commands = rig
+    from bridge.commands import Origin
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    commands.midi_save = mapper.save
+    commands.run("/midi/learn", ["/steer/tempo/knob"], Origin("osc"))
+    mapper.handle(cc(77, 127, channel=3))
+    assert commands.run("/midi/save", ["my-set"], Origin("osc")) == [("/midi/saved", ["my-set"])]
+    path = tmp_path / "data" / "steerbridge" / "mappings" / "my-set.yaml"
+    text = path.read_text()
+    assert "/steer/@1/knob" in text and "/steer/@9/knob" in text  # the map's own slots kept as written
+    assert "my-set" in available_maps()
+
+    saved = load_map("my-set")
+    original = load_map(str(tmp_path / "map.yaml"))
+    assert len(saved.bindings) == len(original.bindings) + 1 and saved.program_change == "scenes"
+    (learned,) = [b for b in saved.bindings if b.cc == 77]
+    assert (learned.cc, learned.channel, learned.target, learned.takeover) == (77, 3, "/steer/tempo/knob", "jump")
+
+    # A fresh set, started with the saved map, answers the learned control at once.
+    fresh = ControlState([ConceptKnob("timbre", (-6.0, 6.0)), ConceptKnob("tempo", (-4.0, 4.0))], "p",
+                         SamplingSettings())
+    again = MidiMapper(saved, Commands(fresh, SceneStore(tmp_path / "scenes"), lambda: {}))
+    again.handle(cc(77, 0, channel=3))
+    assert fresh.targets["tempo"] == -4.0
+    # A set that loads other concepts keeps the learned control unbound, not an error.
+    other = ControlState([ConceptKnob("mood", (-1.0, 1.0))], "p", SamplingSettings())
+    assert "/steer/tempo/knob" in MidiMapper(saved, Commands(other, SceneStore(tmp_path / "s2"), lambda: {})).unbound
+
+
+def test_every_binding_field_survives_a_save(tmp_path) -> None:
+    original = load_map_text(tmp_path, MAP)
+    path = save_map("roundtrip", original.bindings, original.program_change, folder=tmp_path / "maps")
+    again = load_map(str(path))
+    assert again.bindings == original.bindings and again.program_change == original.program_change
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", "x" * 300])
+def test_midi_save_refuses_paths_and_bad_names(rig, tmp_path, monkeypatch, name) -> None:
+    _, mapper, _, commands = rig
+    from bridge.commands import Origin
+    from bridge.control import ControlError
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    commands.midi_save = mapper.save
+    with pytest.raises(ControlError):
+        commands.run("/midi/save", [name], Origin("osc"))
+    assert not (tmp_path / "data").exists()
+
+
+def test_midi_save_without_midi_or_writable_folder_is_a_clear_error(rig, tmp_path, monkeypatch) -> None:
+    _, mapper, _, commands = rig
+    from bridge.commands import Origin
+    from bridge.control import ControlError
+
+    with pytest.raises(ControlError, match="needs a MIDI input"):
+        commands.run("/midi/save", ["x"], Origin("osc"))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_DATA_HOME", str(blocker))
+    commands.midi_save = mapper.save
+    with pytest.raises(ControlError, match="cannot save controller map"):
+        commands.run("/midi/save", ["x"], Origin("osc"))
+
+
+def load_map_text(tmp_path, text: str):
+    (tmp_path / "src.yaml").write_text(text)
+    return load_map(str(tmp_path / "src.yaml"))
 
 
 def test_every_shipped_map_loads() -> None:

@@ -85,7 +85,7 @@ def server_log_on_failure(tmp: Path) -> Iterator[None]:
 
 def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jack, pulse) -> None:
     with server_log_on_failure(tmp_path):
-        env = {**jack, **pulse}
+        env = {**jack, **pulse, "XDG_DATA_HOME": str(tmp_path / "data")}
         os.environ.update(jack)  # this process's MIDI client talks to the same JACK server
         monitor = subprocess.Popen(["parecord", f"--device={SINK}.monitor", "--file-format=wav", "--channels=2",
                                     str(tmp_path / "monitor.wav")], env={**os.environ, **pulse})
@@ -108,6 +108,20 @@ def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jac
                 while osc.status()["targets"]["tempo"] != 6.0 and time.monotonic() < deadline:
                     time.sleep(0.05)
                 assert osc.status()["targets"]["tempo"] == 6.0
+                # MIDI learn asked over OSC, a knob moved, the map saved for the next set
+                osc.send("/midi/learn", "/steer/timbre/knob")
+                time.sleep(0.2)
+                out.send(mido.Message("control_change", channel=2, control=77, value=0))
+                deadline = time.monotonic() + 5
+                while osc.status()["targets"]["timbre"] == 3.0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert osc.status()["targets"]["timbre"] != 3.0
+                osc.send("/midi/save", "live-learned")
+                saved = tmp_path / "data" / "steerbridge" / "mappings" / "live-learned.yaml"
+                while not saved.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                text = saved.read_text()
+                assert "cc: 77" in text and "/steer/timbre/knob" in text and "/steer/@1/knob" in text
                 # garbage MIDI: unmapped CCs, notes, sysex, clock, other channels - all ignored
                 before = osc.status()
                 for msg in [mido.Message("control_change", control=99, value=5), mido.Message("note_on", note=1),

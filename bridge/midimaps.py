@@ -1,0 +1,197 @@
+"""Controller maps: the YAML files that bind a controller's CCs to control addresses.
+
+A map (``presets/mappings/<name>.yaml``, or one saved by ``/midi/save`` in
+``~/.local/share/steerbridge/mappings``) binds CCs to the same addresses OSC uses, so a
+knob and a fader in a DAW go through one validation path::
+
+    channel: 1                 # 1-16, or omitted for any channel
+    controls:
+      - cc: 16                 # knob 1
+        target: /steer/@1/knob # @N: the N-th loaded concept
+        range: [0, 1]          # optional: the target's values the knob spans
+        curve: linear          # linear | exp | log | scurve
+        mode: absolute         # absolute | relative_twos | relative_offset | relative_signed
+        step: 0.01             # relative modes: change per encoder tick (of the 0..1 span)
+        lsb: 48                # optional: 14-bit pair, this CC carries the low 7 bits
+        takeover: pickup       # pickup (default for absolute) | jump
+      - cc: 41
+        target: /transport/play
+        button: true           # fires on press (value >= 64)
+    program_change: scenes     # program N recalls the N-th scene (sorted), or a {N: name} map
+
+A saved map of the same name as a shipped one wins, as with scenes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
+
+from .presetfiles import preset_names, read_preset
+
+MAPPINGS_DIR = PRESETS_DIR / "mappings"
+MODES = ("absolute", "relative_twos", "relative_offset", "relative_signed")
+
+
+class MidiMapError(ValueError):
+    """A controller map that cannot be used, or a MIDI system that is not there."""
+
+
+def curve(name: str) -> Callable[[float], float]:
+    k = 3.0
+    curves: dict[str, Callable[[float], float]] = {
+        "linear": lambda x: x,
+        "exp": lambda x: (math.exp(k * x) - 1) / (math.exp(k) - 1),
+        "log": lambda x: math.log1p((math.exp(k) - 1) * x) / k,
+        "scurve": lambda x: x * x * (3 - 2 * x),
+    }
+    if name not in curves:
+        raise MidiMapError(f"unknown curve {name!r} (choose {', '.join(curves)})")
+    return curves[name]
+
+
+
+
+@dataclass
+class Binding:
+    cc: int
+    target: str
+    range: tuple[float, float] | None = None
+    curve: str = "linear"
+    mode: str = "absolute"
+    step: float = 0.01
+    lsb: int | None = None
+    takeover: str = "pickup"
+    button: bool = False
+    channel: int | None = None  # 0-15, None = any
+    map_target: str | None = None  # the target as its map wrote it (``@N`` kept); None: learned
+    # live state
+    position: float | None = None  # where this control believes the target is (0..1)
+    picked_up: bool = True
+    last_raw: float | None = None
+    msb: int | None = None
+
+
+@dataclass
+class ControllerMap:
+    name: str
+    bindings: list[Binding]
+    program_change: str | dict[int, str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def user_maps_dir() -> Path:
+    """Where ``/midi/save`` writes maps: beside the saved scenes."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "steerbridge" / "mappings"
+
+
+def available_maps() -> list[str]:
+    return preset_names([user_maps_dir(), MAPPINGS_DIR])
+
+
+def load_map(spec: str) -> ControllerMap:
+    """A map by name (a saved one first, then the shipped presets) or a .yaml path."""
+    path, raw = read_preset(spec, [user_maps_dir(), MAPPINGS_DIR], "controller map", MidiMapError)
+    if not isinstance(raw, dict) or not isinstance(raw.get("controls"), list):
+        raise MidiMapError(f"controller map {path.name}: expected a mapping with a 'controls' list")
+    channel = _channel(raw.get("channel"), path.name)
+    bindings = [_binding(entry, channel, path.name) for entry in raw["controls"]]
+    pc = raw.get("program_change")
+    if pc is not None and pc != "scenes" and not isinstance(pc, dict):
+        raise MidiMapError(f"controller map {path.name}: program_change must be 'scenes' or a number->scene map")
+    if isinstance(pc, dict):
+        pc = {int(k): check_name(str(v), "scene name") for k, v in pc.items()}
+    return ControllerMap(str(raw.get("name", path.stem)), bindings, pc)
+
+
+def _channel(value: Any, where: str) -> int | None:
+    if value is None or value == "any":
+        return None
+    if isinstance(value, int) and 1 <= value <= 16:
+        return value - 1
+    raise MidiMapError(f"controller map {where}: channel must be 1-16 or 'any', got {value!r}")
+
+
+def _binding(entry: Any, channel: int | None, where: str) -> Binding:
+    if not isinstance(entry, dict):
+        raise MidiMapError(f"controller map {where}: each control must be a mapping, got {entry!r}")
+    try:
+        cc = int(entry["cc"])
+        target = str(entry["target"])
+    except (KeyError, TypeError, ValueError):
+        raise MidiMapError(f"controller map {where}: each control needs 'cc' and 'target': {entry!r}") from None
+    lsb = entry.get("lsb")
+    if not 0 <= cc <= 127 or (lsb is not None and not 0 <= int(lsb) <= 127):
+        raise MidiMapError(f"controller map {where}: CC numbers are 0-127: {entry!r}")
+    mode = str(entry.get("mode", "absolute"))
+    if mode not in MODES:
+        raise MidiMapError(f"controller map {where}: unknown mode {mode!r} (choose {', '.join(MODES)})")
+    rng = entry.get("range")
+    if rng is not None:
+        if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, int | float) for v in rng)):
+            raise MidiMapError(f"controller map {where}: range must be [low, high]: {entry!r}")
+        rng = (float(rng[0]), float(rng[1]))
+    shape = str(entry.get("curve", "linear"))
+    curve(shape)
+    takeover = str(entry.get("takeover", "pickup"))
+    if takeover not in ("pickup", "jump"):
+        raise MidiMapError(f"controller map {where}: takeover is 'pickup' or 'jump', got {takeover!r}")
+    return Binding(cc=cc, target=target, range=rng, curve=shape, mode=mode, step=float(entry.get("step", 0.01)),
+                   lsb=None if lsb is None else int(lsb), takeover=takeover, button=bool(entry.get("button", False)),
+                   channel=_channel(entry["channel"], where) if "channel" in entry else channel)
+
+
+def map_entries(bindings: Iterable[Binding]) -> list[dict[str, Any]]:
+    """Bindings as map-file entries: only what differs from the defaults, so the file reads
+    like one written by hand."""
+    entries = []
+    for b in bindings:
+        entry: dict[str, Any] = {"cc": b.cc, "target": b.map_target or b.target}
+        if b.lsb is not None:
+            entry["lsb"] = b.lsb
+        if b.range is not None:
+            entry["range"] = list(b.range)
+        for key, default in (("curve", "linear"), ("mode", "absolute"), ("step", 0.01), ("takeover", "pickup"),
+                             ("button", False)):
+            if getattr(b, key) != default:
+                entry[key] = getattr(b, key)
+        if b.channel is not None:
+            entry["channel"] = b.channel + 1
+        entries.append(entry)
+    return entries
+
+
+def save_map(name: str, bindings: Iterable[Binding], program_change: str | dict[int, str] | None = None,
+             folder: Path | None = None) -> Path:
+    """Write a map that ``load_map(name)`` (and ``serve --midi-map name``) reads back.
+
+    Written to a temporary file and renamed, so a crash never leaves half a map."""
+    try:
+        check_name(name, "controller map name")
+    except ConceptError as exc:
+        raise MidiMapError(str(exc)) from None
+    folder = folder or user_maps_dir()
+    raw: dict[str, Any] = {"name": name, "controls": map_entries(bindings)}
+    if program_change is not None:
+        raw["program_change"] = program_change
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write("# Saved by steerbridge (/midi/save), MIDI learn included. Edit freely.\n")
+            yaml.safe_dump(raw, f, sort_keys=False, default_flow_style=None)
+        path = folder / f"{name}.yaml"
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise MidiMapError(f"cannot save controller map {name!r} in {folder}: {exc}") from None
+    return path
