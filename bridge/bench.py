@@ -60,7 +60,41 @@ def random_concepts(handle: MusicGenHandle, concepts: int = 4, layers: int = 8) 
     return steerer
 
 
-def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "auto", repeats: int = 3) -> dict[str, Any]:
+def batched_rtf(handle: MusicGenHandle, streams: int, frames: int, settings: SamplingSettings) -> float:
+    """Real-time factor of each of ``streams`` steered streams run as one batch: audio
+    seconds per stream over the wall time to generate and decode them all."""
+    steerer = random_concepts(handle)
+    stream = MusicStream(handle, [PROMPT] * streams, seed=0, settings=settings, steerer=steerer)
+    with stream.steering():
+        stream.generate_frames(min(frames, 10))  # warm-up at this batch size
+        _sync(handle)
+        start = time.perf_counter()
+        codes = stream.generate_frames(frames)
+        decode(handle, codes)
+        _sync(handle)
+    return frames / handle.frame_rate / (time.perf_counter() - start)
+
+
+def streams_sweep(handle: MusicGenHandle, frames: int, settings: SamplingSettings,
+                  max_streams: int = 256) -> dict[str, Any]:
+    """Batch 1, 2, 4, ... streams until one batch no longer keeps real time (rtf < 1)
+    per stream, or ``max_streams``. Returns each batch's per-stream rtf and the largest
+    batch measured in real time."""
+    sweep: list[dict[str, float]] = []
+    n = 1
+    while n <= max_streams:
+        rtf = batched_rtf(handle, n, frames, settings)
+        sweep.append({"streams": n, "rtf_per_stream": round(rtf, 3)})
+        if rtf < 1.0:
+            break
+        n *= 2
+    realtime = [row["streams"] for row in sweep if row["rtf_per_stream"] >= 1.0]
+    return {"streams_sweep": sweep, "max_realtime_streams": int(max(realtime)) if realtime else 0}
+
+
+def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "auto", repeats: int = 3,
+              max_streams: int = 0) -> dict[str, Any]:
+    """The figures ``steerbridge bench`` prints; ``max_streams`` > 0 adds the batched-streams sweep."""
     handle = load_model(model, device, dtype)
     frames = max(8, round(seconds * handle.frame_rate))
     settings = SamplingSettings(guidance_scale=3.0, top_k=250)
@@ -97,6 +131,7 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
     first_audio_ms = (time.perf_counter() - start) * 1000
 
     audio_s = frames / handle.frame_rate
+    sweep = streams_sweep(handle, frames, settings, max_streams) if max_streams > 0 else {}
     return {
         "model": model,
         "device": str(handle.device),
@@ -113,4 +148,5 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
         "steering_overhead": round(steered / engine - 1, 4),
         "first_audio_ms": round(first_audio_ms, 1),
         "torch": torch.__version__,
+        **sweep,
     }
