@@ -2,7 +2,9 @@
 
 1. Activations at every layer: from a concept preset's prompt pairs, or from labelled
    audio (a folder per class, teacher-forced, cached on disk).
-2. Per layer: probe accuracy (logistic and MSE, cross-validated), k-means ARI and NMI.
+2. Per layer: probe accuracy (logistic and MSE, cross-validated), k-means ARI and NMI,
+   and influence: how far steering that layer alone moves the next-token predictions
+   (``steering_core/influence.py``).
    Cosines between directions: the methods against each other, and concepts against
    each other, layer by layer.
 3. A layer recommendation, and a vector on those layers (``<concept>.safetensors``,
@@ -11,7 +13,7 @@
 4. An alpha sweep with several seeds: spectral centroid, RMS, onset rate, tempo and
    CLAP zero-shot scores against the concept's labels.
 
-Everything lands in ``report.json`` plus PNGs: ``layers_<concept>.png``,
+Everything lands in ``report.json`` plus PNGs: ``layers_<concept>.png``, ``influence_<concept>.png``,
 ``sweep_<concept>_<metric>.png`` and ``spectrograms_<concept>.png``.
 """
 
@@ -36,13 +38,14 @@ from steering_core.audio import write_wav
 from steering_core.clap import ClapScorer
 from steering_core.concepts import ConceptPreset, check_name, load_concept
 from steering_core.extraction import METHODS, collect_activations, layer_stats
+from steering_core.influence import layer_influence
 from steering_core.labelled import collect_labelled
 from steering_core.metrics import describe
 from steering_core.models import MusicGenHandle, load_model
 from steering_core.render import render
 from steering_core.vectors import SteeringVector
 
-from .plots import layer_curves, metric_band, spectrogram_grid
+from .plots import influence_bars, layer_curves, metric_band, spectrogram_grid
 
 log = logging.getLogger("steerbridge.analyze")
 
@@ -66,6 +69,7 @@ class AnalyzeOptions:
     sweep_points: int = 5
     seeds: int = 2
     seconds: float = 2.0
+    influence_frames: int = 50
     prompt: str = "an ambient synth piece with drums"
     clap: str | None = "tiny"
     write_back: bool = False
@@ -185,13 +189,23 @@ def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
                       for layer in range(handle.num_layers)}
         for layer in range(handle.num_layers):
             best_directions.setdefault(layer, {})[c.name] = method_dirs["diffmean"][layer]
+        influence_alpha = max(abs(a) for a in c.alpha_range)
+        influence = layer_influence(handle, method_dirs["diffmean"], influence_alpha, prompt=o.prompt,
+                                    frames=o.influence_frames, seeds=range(o.seeds), site=c.site)
+        influence_plot = influence_bars(
+            influence, recommended, out / f"influence_{c.name}.png",
+            title=f"{c.name}: KL when one layer alone is steered, α={influence_alpha:g} (gold: recommended)")
         vector = vector_on_layers(handle, c, recommended)
         vector_path = vector.save(out / f"{c.name}.safetensors")
         entry: dict[str, Any] = {
             "positive": c.positive_label, "negative": c.negative_label, "site": c.site,
             "n_positive": len(c.positive), "n_negative": len(c.negative), "classes": sorted(set(c.labels)),
             "layers": rows, "recommended_layers": recommended, "vector": vector_path.name,
-            "method_cosines": {str(k): v for k, v in method_cos.items()}, "plots": [layer_plot.name],
+            "method_cosines": {str(k): v for k, v in method_cos.items()},
+            "influence": {"alpha": influence_alpha, "kl_per_layer": [round(v, 6) for v in influence],
+                          "note": "mean KL(steered || plain) of next-token distributions, teacher-forced, "
+                                  "the diffmean direction at one layer alone"},
+            "plots": [layer_plot.name, influence_plot.name],
         }
         if o.write_back and c.preset is not None:
             entry["preset"] = write_back_preset(c.preset, recommended, out).name

@@ -68,6 +68,21 @@ def layer_curves(scores: Sequence[dict[str, float]], recommended: Sequence[int],
     return _save(fig, out)
 
 
+def influence_bars(kl_per_layer: Sequence[float], recommended: Sequence[int], out: str | Path,
+                   title: str = "") -> Path:
+    """Influence per layer (KL when that layer alone is steered); recommended layers in gold."""
+    out = Path(out)
+    layers = list(range(len(kl_per_layer)))
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.bar(layers, kl_per_layer, color=["goldenrod" if layer in recommended else "steelblue" for layer in layers])
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("mean KL (nats)")
+    ax.set_xticks(layers)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title or "where steering acts (gold: recommended by the probes)")
+    return _save(fig, out)
+
+
 def metric_band(alphas: Sequence[float], values: np.ndarray, ylabel: str, out: str | Path, title: str = "") -> Path:
     """A metric against alpha: the mean across seeds, and the spread (min..max, ±1 sd)."""
     out = Path(out)

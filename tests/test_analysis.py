@@ -134,6 +134,9 @@ def test_analyze_cli_on_a_concept_preset(tmp_path) -> None:
         assert len(entry["sweep"]["metrics"][metric]["mean"]) == 3
         assert (out / f"sweep_timbre_{metric}.png").is_file()
     assert (out / "layers_timbre.png").is_file() and (out / "spectrograms_timbre.png").is_file()
+    assert (out / "influence_timbre.png").is_file()
+    kl = entry["influence"]["kl_per_layer"]
+    assert len(kl) == 4 and all(v > 0 for v in kl)  # random weights: every layer acts, none is dead
     assert load_vector(out / "timbre.safetensors").layers == tuple(entry["recommended_layers"])
     preset = load_concept(str(out / "timbre.yaml"))
     assert preset.layers == tuple(entry["recommended_layers"])
@@ -173,3 +176,23 @@ def test_prompt_pairs_stay_in_one_fold() -> None:
     leaky = score_layers(acts, labels)[0].acc_logistic
     grouped = score_layers(acts, labels, groups=list(range(pairs)) * 2)[0].acc_logistic
     assert leaky < 0.2 and 0.3 <= grouped <= 0.7
+
+
+def test_layer_influence_is_zero_for_what_layernorm_removes_and_grows_as_alpha_squared(tiny) -> None:
+    from steering_core.influence import layer_influence
+
+    d = tiny.d_model
+    kw = dict(prompt="drums", frames=20, seeds=(0,), progress=False)
+    # A constant vector on the residual stream is subtracted by every pre-LayerNorm that reads
+    # it (and by the final one): an architectural fact, so its influence must be ~0 everywhere.
+    constant = torch.ones(tiny.num_layers, d) / d ** 0.5
+    assert max(layer_influence(tiny, constant, 4.0, **kw)) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    random = torch.randn(tiny.num_layers, d, generator=g)
+    random = random - random.mean(dim=1, keepdim=True)  # nothing for LayerNorm to remove
+    small, double = layer_influence(tiny, random, 0.05, **kw), layer_influence(tiny, random, 0.1, **kw)
+    assert min(small) > 0
+    # KL is second order in a small perturbation: twice the alpha, four times the influence.
+    for a, b in zip(small, double, strict=True):
+        assert 3.5 < b / a < 4.5, (small, double)
+    assert layer_influence(tiny, random, 0.0, **kw) == [0.0] * tiny.num_layers
