@@ -60,6 +60,25 @@ def random_concepts(handle: MusicGenHandle, concepts: int = 4, layers: int = 8) 
     return steerer
 
 
+def reprime_ms(handle: MusicGenHandle, settings: SamplingSettings) -> dict[str, float]:
+    """The longest step an endless stream takes: one re-prime at the real re-prime length
+    (half the trained window), a prefill of that many positions. The window is set just
+    past it, so the stream reaches its first re-prime after ``reprime`` frames, not 2x."""
+    reprime = handle.window_frames // 2
+    stream = MusicStream(handle, PROMPT, seed=2, settings=settings, steerer=random_concepts(handle),
+                         window_frames=reprime + handle.num_codebooks + 1, reprime_frames=reprime)
+    with stream.steering():
+        while stream.pos < stream.window_frames:
+            stream.step()
+        _sync(handle)
+        start = time.perf_counter()
+        stream.step()
+        _sync(handle)
+        took = time.perf_counter() - start
+    assert stream.reprimes == 1, "the timed step was not the re-prime"
+    return {"reprime_frames": reprime, "reprime_ms": round(took * 1000, 2)}
+
+
 def batched_rtf(handle: MusicGenHandle, streams: int, frames: int, settings: SamplingSettings) -> float:
     """Real-time factor of each of ``streams`` steered streams run as one batch: audio
     seconds per stream over the wall time to generate and decode them all."""
@@ -93,8 +112,9 @@ def streams_sweep(handle: MusicGenHandle, frames: int, settings: SamplingSetting
 
 
 def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "auto", repeats: int = 3,
-              max_streams: int = 0) -> dict[str, Any]:
-    """The figures ``steerbridge bench`` prints; ``max_streams`` > 0 adds the batched-streams sweep."""
+              max_streams: int = 0, reprime: bool = False) -> dict[str, Any]:
+    """The figures ``steerbridge bench`` prints; ``max_streams`` > 0 adds the batched-streams
+    sweep, ``reprime`` the time of one re-prime."""
     handle = load_model(model, device, dtype)
     frames = max(8, round(seconds * handle.frame_rate))
     settings = SamplingSettings(guidance_scale=3.0, top_k=250)
@@ -132,6 +152,7 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
 
     audio_s = frames / handle.frame_rate
     sweep = streams_sweep(handle, frames, settings, max_streams) if max_streams > 0 else {}
+    reprime_figures = reprime_ms(handle, settings) if reprime else {}
     return {
         "model": model,
         "device": str(handle.device),
@@ -149,4 +170,5 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
         "first_audio_ms": round(first_audio_ms, 1),
         "torch": torch.__version__,
         **sweep,
+        **reprime_figures,
     }

@@ -298,7 +298,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not (args.seconds > 0 and math.isfinite(args.seconds)):
         raise CliError("--seconds must be a positive number")
     result = run_bench(args.model, args.seconds, args.device, args.dtype, repeats=args.repeats,
-                       max_streams=args.max_streams if args.streams else 0)
+                       max_streams=args.max_streams if args.streams else 0, reprime=args.reprime)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 
@@ -419,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", action="store_true",
                    help="also batch 1, 2, 4, ... steered streams until one batch no longer keeps real time")
     p.add_argument("--max-streams", type=int, default=256, help="where --streams stops if real time never breaks")
+    p.add_argument("--reprime", action="store_true",
+                   help="also time one re-prime at half the trained window (generates that many frames first)")
     p.add_argument("--json", action="store_true", help="one JSON object on one line")
     p.set_defaults(func=cmd_bench)
 

@@ -229,7 +229,8 @@ class Steerer:
 
     def _fold(self, batch: int) -> _Folded:
         """The row masks folded into the matrix, and its output buffer: once per batch layout."""
-        # Built as ordinary tensors even inside inference mode: the buffer is written in place.
+        # Built as ordinary tensors (and views) even inside inference mode: the buffer is
+        # rewritten in place every forward, and may be read outside inference mode too.
         with torch.inference_mode(False):
             probe = torch.zeros(batch, 1, device=self.handle.device, dtype=self.handle.dtype)
             masks = torch.stack([torch.ones_like(probe) if r is None else r.to(probe.dtype).expand_as(probe)
@@ -238,7 +239,7 @@ class Steerer:
             matrix = (self._fused[:, :, :, None, :] * masks[None, :, None, :, :]).sum(dim=1)
             matrix_t = matrix.reshape(matrix.shape[0], -1).T.contiguous()  # [sites * batch * d, concepts]
             out = torch.zeros(matrix_t.shape[0], device=matrix_t.device, dtype=matrix_t.dtype)
-        site_deltas = out.view(-1, batch, 1, self.handle.d_model).unbind(0)
+            site_deltas = out.view(-1, batch, 1, self.handle.d_model).unbind(0)
         layer_offsets = [None if s is None else site_deltas[s] for s in self._inline_sites]
         folded = _Folded(matrix_t, out, site_deltas, layer_offsets)
         self._folded[(batch, self.cfg_batch)] = folded

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from steering_core.models import load_model
 from steering_core.vectors import load_vector
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -97,9 +98,9 @@ def test_bench_prints_one_json_object_with_the_contract_keys(tmp_path: Path) -> 
     assert abs(result["speedup"] - result["engine_steps_per_s"] / result["hf_generate_steps_per_s"]) < 0.05 * result["speedup"]
 
 
-def test_bench_streams_sweep_doubles_until_real_time_breaks(tmp_path: Path) -> None:
+def test_bench_streams_sweep_and_reprime_time(tmp_path: Path) -> None:
     run = steerbridge("bench", "--model", "tiny", "--seconds", "0.3", "--repeats", "1", "--streams", "--max-streams",
-                      "4", "--json", cwd=tmp_path)
+                      "4", "--reprime", "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[-1])
     rows = result["streams_sweep"]
@@ -108,6 +109,7 @@ def test_bench_streams_sweep_doubles_until_real_time_breaks(tmp_path: Path) -> N
     assert len(rows) == 3 or rows[-1]["rtf_per_stream"] < 1.0
     realtime = [r["streams"] for r in rows if r["rtf_per_stream"] >= 1.0]
     assert result["max_realtime_streams"] == (max(realtime) if realtime else 0)
+    assert result["reprime_frames"] == load_model("tiny").window_frames // 2 and result["reprime_ms"] > 0
 
 
 def test_render_automation_from_a_midi_file(tmp_path: Path, vectors_dir: Path) -> None:
