@@ -11,6 +11,11 @@ One loop, on one thread that owns the model:
 3. otherwise generate up to ``lookahead_frames`` ahead, or sleep until woken by a
    control event or the ring draining.
 
+The longest step is a re-prime (``MusicStream`` starting a new window: a prefill of
+half the window). Its cost is measured once at start and again at every re-prime; as
+one comes near, the ring's goal rises by that much (times ``reprime_margin``), so the
+audio already buffered covers it.
+
 Latency bookkeeping: an event's first affected frame is found in the ring by its
 sample counter; when the reader passes that counter, arrival -> output is recorded.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -47,6 +53,9 @@ class EngineSettings:
     chunk_frames: int = 1  # frames per codec decode
     context_frames: int = 16  # codec left context per chunk
     fade_ms: float = 30.0  # fades on transport stop/play and panic
+    # Before each re-prime (a long prefill every half window), the ring is topped up by
+    # this multiple of the longest re-prime seen, so the sound rides through it. 0: off.
+    reprime_margin: float = 1.5
 
 
 class AudioPath:
@@ -166,6 +175,7 @@ class Engine:
         self.playing = True
         self.compute_s = 0.0  # time spent generating and decoding
         self.steps = 0
+        self.reprime_s = 0.0  # the longest re-prime so far: a probe at start, then each real one
         self.fault: BaseException | None = None
         self.alphas: dict[str, float] = dict(performance.current)  # published after every step
         self.started = time.monotonic()
@@ -206,20 +216,22 @@ class Engine:
     def _run(self) -> None:
         try:
             with self.stream.steering():
+                self._probe_reprime()
                 while not self._stop.is_set():
                     self._take_events()
                     self.latency.poll()
+                    goal = self._ring_goal()
                     if not self.playing:
                         self.control.wake.wait(0.01)
                         self.control.wake.clear()
-                    elif self.ring.fill < self.ring_target:
+                    elif self.ring.fill < goal:
                         self._produce_chunk()
                         self.ring.expect_audio = True
                     elif self.stream.frames_complete < self.decoder.emitted_frames + self._frames_per_chunk() \
                             + self.settings.lookahead_frames:
                         self._step()
                     else:
-                        wait = (self.ring.fill - self.ring_target) / self.path.device_rate
+                        wait = (self.ring.fill - goal) / self.path.device_rate
                         self.control.wake.wait(min(max(wait, 0.0005), 0.005))
                         self.control.wake.clear()
         except BaseException as exc:  # a fault must end the set cleanly, not hang it
@@ -234,11 +246,42 @@ class Engine:
         return self.settings.chunk_frames + self.decoder.holdback
 
     def _step(self) -> None:
+        reprimes = self.stream.reprimes
         t = time.perf_counter()
         self.performance.step()
-        self.compute_s += time.perf_counter() - t
+        took = time.perf_counter() - t
+        self.compute_s += took
         self.steps += 1
         self.alphas = dict(self.performance.current)
+        if self.stream.reprimes != reprimes and took > self.reprime_s:
+            if took > 1.2 * self.reprime_s:  # worth a line only when it grew by much
+                log.info("re-prime took %.1f ms (longest yet): the ring now tops up by %.0f ms before each",
+                         took * 1000, self._reprime_reserve(took) / self.path.device_rate * 1000)
+            self.reprime_s = took
+
+    # --- riding through re-primes ----------------------------------------------------
+    def _probe_reprime(self) -> None:
+        if self.settings.reprime_margin <= 0:
+            return
+        self.reprime_s = self.stream.measure_reprime()
+        log.info("a re-prime (every %.1f s) takes %.1f ms here; the ring tops up by %.0f ms before each",
+                 (self.stream.window_frames - self.stream.reprime_frames) / self.frame_rate, self.reprime_s * 1000,
+                 self._reprime_reserve(self.reprime_s) / self.path.device_rate * 1000)
+
+    def _reprime_reserve(self, seconds: float) -> int:
+        """Extra ring samples to hold when a re-prime of ``seconds`` comes; what the ring has room for."""
+        want = int(seconds * self.settings.reprime_margin * self.path.device_rate)
+        return max(0, min(want, self.ring.capacity - 2 * self.ring_target))
+
+    def _ring_goal(self) -> int:
+        """The ring's fill goal: ``ring_ms``, plus the re-prime reserve while one is near. Near
+        means: close enough that the frames still to come before it can carry the reserve."""
+        reserve = self._reprime_reserve(self.reprime_s)
+        if reserve == 0:
+            return self.ring_target
+        samples_per_frame = self.hop * self.path.ratio
+        lead = math.ceil(reserve / samples_per_frame) + self._frames_per_chunk() + self.max_delay + 1
+        return self.ring_target + reserve if self.stream.steps_until_reprime <= lead else self.ring_target
 
     def _produce_chunk(self) -> None:
         need = self.decoder.emitted_frames + self._frames_per_chunk()

@@ -25,6 +25,7 @@ window); the logits at position ``p`` predict frame ``w0 + p - d(k)`` of codeboo
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -100,6 +101,32 @@ class MusicStream:
     def next_frame(self) -> int:
         """The codebook-0 frame the next step produces."""
         return self.w0 + self.pos
+
+    @property
+    def steps_until_reprime(self) -> int:
+        """Normal steps left in this window; 0: the next step re-primes."""
+        return max(0, self.window_frames - self.pos)
+
+    @torch.inference_mode()
+    def measure_reprime(self) -> float:
+        """Seconds a re-prime's prefill takes here, timed on a scratch cache (the stream's
+        tokens, cache and RNG are untouched), so a player can buffer ahead of one."""
+        saved = self.cache
+        self.cache = self._new_cache()
+        ids = torch.full((2 * self.batch * self.num_codebooks, self.reprime_frames + self.max_delay + 1), self.bos,
+                         dtype=torch.long, device=self.device)
+        try:
+            self._sync()
+            start = time.perf_counter()
+            self._decoder_logits(ids)
+            self._sync()
+            return time.perf_counter() - start
+        finally:
+            self.cache = saved
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def set_prompt(self, prompts: Sequence[str] | str) -> None:
         """New text from the next frame on: new encoder states, new cross-attention cache;
