@@ -352,5 +352,6 @@ class Engine:
             "control_latency_ms": self.latency.summary(),
             "step": self.performance.next_step,
             "reprimes": self.stream.reprimes,
+            "reprime_ms": round(self.reprime_s * 1000, 1),
             "playing": self.playing,
         }

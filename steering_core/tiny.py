@@ -121,6 +121,18 @@ def tiny_generation_config() -> GenerationConfig:
 
 
 def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torch.Generator) -> None:
+    """As ``_randomize_codebooks``, on one CPU thread: a float sum's order depends on the
+    thread count, and these weights must come out the same in every process (a serve
+    with one torch thread, a test run with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _randomize_codebooks(model, generator)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torch.Generator) -> None:
     """EnCodec keeps its codebooks in buffers that start at zero and come from a
     checkpoint; with random weights every code would decode to the same sound, and
     every input would encode to the same code. Initialise them as EnCodec's own

@@ -58,3 +58,19 @@ def test_tiny_codec_tells_sounds_apart_both_ways(tiny) -> None:
     assert np.abs(a - b).mean() > 0.3 * np.abs(a).mean()
     embed = tiny.model.audio_encoder.quantizer.layers[0].codebook.embed
     assert (embed - embed.mean(0)).norm(dim=1).mean() > 0.5 * embed.norm(dim=1).mean()
+
+
+def test_tiny_weights_do_not_depend_on_the_thread_count() -> None:
+    """serve runs small models on one torch thread; tests and tools on more. The tiny
+    model must be the same model in all of them (its codebooks come from float sums)."""
+    from steering_core.tiny import build_tiny_model
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = build_tiny_model().state_dict()
+        torch.set_num_threads(2)
+        two = build_tiny_model().state_dict()
+    finally:
+        torch.set_num_threads(before)
+    assert [k for k in one if not torch.equal(one[k], two[k])] == []
