@@ -74,6 +74,7 @@ class AudioPath:
         # sample lands in the ring, behind what it emits now.
         self.delay = round(self.resampler.input_latency * self.ratio)
         self._gain_ramp: np.ndarray | None = None
+        self._pushed = False  # pedalboard's resampler cannot flush before its first block
 
     def fade(self, up: bool, ms: float) -> None:
         n = max(1, int(self.device_rate * ms / 1000))
@@ -86,10 +87,13 @@ class AudioPath:
         if audio.shape[0] != self.ring.channels:  # mono model, stereo out: same signal both sides
             audio = np.repeat(audio[:1], self.ring.channels, axis=0)
         out = self.resampler.process(np.ascontiguousarray(audio, dtype=np.float32))
+        self._pushed = True
         return self._emit(out) + self.delay
 
     def flush(self) -> None:
-        self._emit(self.resampler.process(None))
+        """Whatever the resampler still holds, out through the chain (at the end of a set)."""
+        if self._pushed:
+            self._emit(self.resampler.process(None))
 
     def _emit(self, out: np.ndarray) -> int:
         if out.shape[1]:

@@ -79,3 +79,17 @@ def test_devices_lists_audio_and_midi() -> None:
     run = subprocess.run([sys.executable, "-m", "bridge.cli", "devices"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "audio outputs" in run.stdout and "MIDI inputs" in run.stdout and "Traceback" not in run.stderr
+
+
+def test_audio_path_flushes_before_its_first_block_and_after() -> None:
+    """A set stopped before any audio came out (Ctrl-C during start-up) must stop cleanly."""
+    from bridge.engine import AudioPath
+
+    ring = Ring(48000, 2)
+    path = AudioPath(32000, 48000, ring, load_chain("clean"))
+    path.flush()  # nothing pushed yet: nothing to do, and no error
+    assert ring.fill == 0
+    path.push(np.full((1, 3200), 0.1, np.float32))
+    before = ring.fill
+    path.flush()  # what the resampler held back comes out
+    assert ring.fill > before
