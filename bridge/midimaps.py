@@ -28,7 +28,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,6 @@ class ControllerMap:
     name: str
     bindings: list[Binding]
     program_change: str | dict[int, str] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def user_maps_dir() -> Path:
