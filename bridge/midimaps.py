@@ -25,8 +25,6 @@ A saved map of the same name as a shipped one wins, as with scenes.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ import yaml
 
 from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
 
-from .presetfiles import preset_names, read_preset
+from .presetfiles import preset_names, read_preset, user_data_dir, write_atomically
 
 MAPPINGS_DIR = PRESETS_DIR / "mappings"
 MODES = ("absolute", "relative_twos", "relative_offset", "relative_signed")
@@ -90,8 +88,7 @@ class ControllerMap:
 
 def user_maps_dir() -> Path:
     """Where ``/midi/save`` writes maps: beside the saved scenes."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "steerbridge" / "mappings"
+    return user_data_dir("mappings")
 
 
 def available_maps() -> list[str]:
@@ -174,7 +171,7 @@ def save_map(name: str, bindings: Iterable[Binding], program_change: str | dict[
              folder: Path | None = None) -> Path:
     """Write a map that ``load_map(name)`` (and ``serve --midi-map name``) reads back.
 
-    Written to a temporary file and renamed, so a crash never leaves half a map."""
+    Written atomically, so a crash never leaves half a map."""
     try:
         check_name(name, "controller map name")
     except ConceptError as exc:
@@ -183,14 +180,10 @@ def save_map(name: str, bindings: Iterable[Binding], program_change: str | dict[
     raw: dict[str, Any] = {"name": name, "controls": map_entries(bindings)}
     if program_change is not None:
         raw["program_change"] = program_change
+    path = folder / f"{name}.yaml"
+    header = "# Saved by steerbridge (/midi/save), MIDI learn included. Edit freely.\n"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write("# Saved by steerbridge (/midi/save), MIDI learn included. Edit freely.\n")
-            yaml.safe_dump(raw, f, sort_keys=False, default_flow_style=None)
-        path = folder / f"{name}.yaml"
-        os.replace(tmp, path)
+        write_atomically(path, header + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
     except OSError as exc:
         raise MidiMapError(f"cannot save controller map {name!r} in {folder}: {exc}") from None
     return path

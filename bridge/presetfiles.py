@@ -1,7 +1,10 @@
-"""Reading a YAML preset named by the user: a preset name (never a path) or a .yaml file."""
+"""User files: reading a YAML preset named by the user (a preset name, never a path, or
+a .yaml file), and where and how the user's own scenes and maps are saved."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,6 +12,25 @@ from typing import Any
 import yaml
 
 from steering_core.concepts import ConceptError, check_name
+
+
+def user_data_dir(kind: str) -> Path:
+    """``~/.local/share/steerbridge/<kind>`` (or under ``$XDG_DATA_HOME``): saved scenes, maps."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "steerbridge" / kind
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write-then-rename: a crash mid-save never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def preset_names(folders: Sequence[Path]) -> list[str]:

@@ -8,13 +8,13 @@ in ``presets/scenes`` can be recalled too; a saved scene of the same name wins.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
+
+from .presetfiles import user_data_dir, write_atomically
 
 SHIPPED_SCENES = PRESETS_DIR / "scenes"
 MAX_SCENE_BYTES = 64 * 1024
@@ -25,8 +25,7 @@ class SceneError(ValueError):
 
 
 def default_scene_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "steerbridge" / "scenes"
+    return user_data_dir("scenes")
 
 
 class SceneStore:
@@ -39,12 +38,7 @@ class SceneStore:
 
     def save(self, name: str, view: Mapping[str, Any]) -> Path:
         path = self.folder / f"{_name(name)}.json"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        # Write-then-rename: a crash mid-save never leaves half a scene behind.
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"name": name, **view}, f, indent=2)
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps({"name": name, **view}, indent=2))
         return path
 
     def load(self, name: str) -> dict[str, Any]:
