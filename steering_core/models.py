@@ -250,14 +250,27 @@ def _read_pretrained(spec: str, dtype: torch.dtype, local_files_only: bool) -> t
     return model, tokenizer
 
 
-def load_model(spec: str = "tiny", device: str | torch.device = "auto",
+def _load_toy(dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+    """The trained toy model shipped in the package, read like any saved checkpoint."""
+    from .toy import TOY_MODEL_DIR
+
+    if not (TOY_MODEL_DIR / "model.safetensors").is_file():
+        raise ModelLoadError(f"the toy model's weights are missing from {TOY_MODEL_DIR}; "
+                             "rebuild them with `steerbridge toy train` (about an hour on 2 CPU cores).")
+    return _read_pretrained(str(TOY_MODEL_DIR), dtype, local_files_only=True)
+
+
+def load_model(spec: str = "toy", device: str | torch.device = "auto",
                dtype: str | torch.dtype = "auto") -> MusicGenHandle:
-    """Load ``tiny``, ``musicgen-small|medium|large`` (random weights), a folder or a hub id."""
+    """Load ``toy`` (trained, built in), ``tiny`` (random, built in), ``musicgen-small|medium|large``
+    (random weights), a folder or a hub id."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     with _quiet_transformers():
         if spec in ("tiny", "tiny-stereo"):
             model, tokenizer = build_tiny_model(stereo=spec == "tiny-stereo"), tiny_tokenizer()
+        elif spec == "toy" and not Path(spec).exists():
+            model, tokenizer = _load_toy(dt)
         elif spec in REAL_SHAPES and not Path(spec).exists():
             log.warning("%s: the real configuration with RANDOM weights (speed and plumbing, no music)", spec)
             with torch.device(dev):

@@ -1,10 +1,14 @@
 """Injection operators: how a direction ``v`` (unit length) changes an activation ``h``.
 
-Each is a plain function ``(h, v, alpha) -> h'`` over the last dimension, so a new
-operator is one more function in ``OPERATORS``. ``alpha`` is a 0-d tensor, so a knob
-can change it in place between frames without re-registering anything.
+Each is a plain function ``(h, v, a) -> h'`` over the last dimension, so a new
+operator is one more function in ``OPERATORS``. ``v`` is always unit length; ``a`` is
+the strength, a 0-d tensor: the knob's alpha times the vector's gain at that layer
+(the algebra ``fast * 0.5`` or ``a + b`` keeps rows unit length and moves magnitude into
+the gain). So a gain of 2 acts exactly as the same knob turned twice as far, for every
+operator: ``add`` moves by ``a``, ``ablate`` at ``a = 1`` removes the component, ``clamp``
+sets the projection to ``a``. The steerer computes ``a``; an operator never sees a gain.
 
-With ``alpha == 0`` every operator but ``clamp`` returns ``h`` exactly, bit for bit:
+With ``a == 0`` every operator but ``clamp`` returns ``h`` exactly, bit for bit:
 that is what makes "knob at zero" the same as "no steering at all".
 """
 
@@ -33,8 +37,11 @@ def add_norm_scaled(h: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor) -> to
 
 
 def mix(h: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """(h + α·‖h‖·v) / (1 + α): Panda et al.'s norm-preserving mix, as in their code."""
-    return (h + alpha * h.norm(dim=-1, keepdim=True) * v) / (1 + alpha)
+    """(h + α·‖h‖·v) / (1 + |α|): Panda et al.'s norm-preserving mix. They define it for
+    α ≥ 0, where this is their (h + α‖h‖v)/(1 + α); for α < 0 their denominator reaches
+    zero at α = −1 and flips sign past it, so the mix divides by 1 + |α|: the result
+    never grows past ‖h‖ and the knob's whole range is safe."""
+    return (h + alpha * h.norm(dim=-1, keepdim=True) * v) / (1 + alpha.abs())
 
 
 def renorm(h: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

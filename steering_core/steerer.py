@@ -32,7 +32,8 @@ class _Injection:
     """One concept at one layer: what a hook applies."""
 
     concept: str
-    direction: torch.Tensor  # [d_model] on the model's device and dtype, times the layer gain
+    direction: torch.Tensor  # [d_model] unit length, on the model's device and dtype
+    gain: float  # the vector's gain at this layer: operators act with strength alpha * gain
     operator: Operator
     alpha: torch.Tensor  # shared with the concept's knob: 0-d, updated in place
     cfg_mode: str
@@ -114,9 +115,9 @@ class Steerer:
             self.concepts[name] = concept
             for layer in use_layers:
                 i = vector.layers.index(layer)
-                direction = (vector.directions[i] * vector.gains[i]).to(h.device, h.dtype)
+                direction = vector.directions[i].to(h.device, h.dtype)
                 key = (layer, vector.site)
-                self._sites.setdefault(key, []).append(_Injection(name, direction, op, knob, mode))
+                self._sites.setdefault(key, []).append(_Injection(name, direction, float(vector.gains[i]), op, knob, mode))
             if self.is_installed:  # hooks live: rebuild them to include the new concept
                 inline = self.resid_inline
                 self._remove_all()
@@ -190,7 +191,7 @@ class Steerer:
         for s, key in enumerate(add_sites):
             for inj in self._sites[key]:
                 if inj.operator is add_operator:
-                    matrix[self.concepts[inj.concept].slot, CFG_MODES.index(inj.cfg_mode), s] += inj.direction
+                    matrix[self.concepts[inj.concept].slot, CFG_MODES.index(inj.cfg_mode), s] += inj.direction * inj.gain
         self._fused = matrix  # [concepts, cfg modes, sites, d]
         self._knobs = (self._alpha_table[:n], self._enabled_table[:n], torch.empty_like(self._alpha_table[:n]))
         self._folded: dict[tuple[int, bool], _Folded] = {}
@@ -255,7 +256,8 @@ class Steerer:
             for inj in others:
                 if not self.concepts[inj.concept].enabled:
                     continue
-                steered = inj.operator(h, inj.direction, inj.alpha)
+                strength = inj.alpha if inj.gain == 1.0 else inj.alpha * inj.gain
+                steered = inj.operator(h, inj.direction, strength)
                 rows = self._rows(h, inj.cfg_mode)
                 h = steered if rows is None else torch.where(rows, steered, h)
             return h

@@ -1,0 +1,430 @@
+"""A synthetic musical world whose concepts are known by construction.
+
+The ``toy`` model (``toy.py``) is trained on this world, so that steering can be shown,
+by numbers, to move what it should. A clip is a *score*: four codebooks of frame codes
+at 50 frames/s, one code per 20 ms frame, as MusicGen's codec would produce:
+
+=========  ===================================================================
+codebook   what a code means
+=========  ===================================================================
+0 drums    silence, or (kick | snare | hat, frames since the hit)
+1 lead     rest, or (pitch, brightness): an additive tone, 7 harmonic roll-offs
+2 piano    silence, or (major | minor chord, frames since it was struck)
+3 bass     silence, or (pitch, frames since it was plucked; the tail sustains)
+=========  ===================================================================
+
+and the audio is the sum, frame by frame, of one 640-sample waveform per codebook code
+(``FrameTables``). Every pitch is a multiple of 50 Hz, so every partial completes whole
+cycles in a frame and a held note is the same waveform frame after frame; every
+waveform starts and ends at zero, so frames join without clicks. That makes the audio
+an exact function of the codes, which is what lets a small EnCodec learn to encode and
+decode it (``toytrain.py``), and makes each concept measurable on the audio:
+
+* **tempo** (60-180 BPM): one drum hit per eighth note, so the onset rate is BPM / 30;
+* **brightness** (0-6): the lead's harmonic roll-off, so the spectral centroid follows it;
+* **mood**: major (G B D) or minor (B D F#) pitch sets for lead, piano and bass;
+* **piano** and **bass** presence.
+
+``Params`` holds one clip's settings; ``caption`` words them with the shipped concept
+presets' own words (``presets/concepts``), so ``extract --concept tempo`` asks the toy
+model exactly what it was trained to hear; ``write_labelled_folders`` renders labelled
+clips for ``extract --data`` and ``analyze --data``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 32000
+FRAME_RATE = 50
+HOP = SAMPLE_RATE // FRAME_RATE  # 640 samples per frame
+CODEBOOK_SIZE = 64
+NUM_CODEBOOKS = 4
+DRUMS, LEAD, PIANO, BASS = range(NUM_CODEBOOKS)
+
+BPM_RANGE = (60.0, 180.0)
+FAST_BPM = (140.0, 180.0)
+SLOW_BPM = (60.0, 90.0)
+BRIGHTNESS_LEVELS = 7
+BRIGHT_LEVELS = (5, 6)
+DARK_LEVELS = (0, 1)
+
+# --- the code vocabulary ------------------------------------------------------------------
+#: Drum voices and how many frames each sounds (codes 1.. of codebook 0).
+DRUM_FRAMES = {"kick": 16, "snare": 12, "hat": 8}
+#: Lead pitches (Hz): G4 B4 D5 F#5 G5 B5 D6 F#6 in just intonation over 50 Hz.
+LEAD_PITCHES = (400, 500, 600, 750, 800, 1000, 1200, 1500)
+MAJOR_LEAD = (400, 500, 600, 800, 1000, 1200)
+MINOR_LEAD = (500, 600, 750, 1000, 1200, 1500)
+#: Piano chords (Hz): G major and B minor, struck and left to decay.
+PIANO_CHORDS = {"major": (400, 500, 600), "minor": (500, 600, 750)}
+PIANO_FRAMES = 24
+#: Bass pitches (Hz): G2 D3 G3 B3; a pluck decays for BASS_FRAMES - 1 frames, then sustains.
+BASS_PITCHES = (100, 150, 200, 250)
+MAJOR_BASS = (100, 150, 200)
+MINOR_BASS = (150, 250)
+BASS_FRAMES = 12
+#: Keeps the loudest mix (kick, bass, chord and a bright lead at once) below full scale.
+MASTER_GAIN = 0.42
+
+
+def drum_code(voice: str, age: int) -> int:
+    base = 1
+    for name, frames in DRUM_FRAMES.items():
+        if name == voice:
+            return base + age
+        base += frames
+    raise KeyError(voice)
+
+
+def lead_code(pitch: int, brightness: int) -> int:
+    return 1 + LEAD_PITCHES.index(pitch) * BRIGHTNESS_LEVELS + brightness
+
+
+def piano_code(chord: str, age: int) -> int:
+    return 1 + list(PIANO_CHORDS).index(chord) * PIANO_FRAMES + age
+
+
+def bass_code(pitch: int, age: int) -> int:
+    return 1 + BASS_PITCHES.index(pitch) * BASS_FRAMES + min(age, BASS_FRAMES - 1)
+
+
+def lead_brightness(code: int) -> int | None:
+    """The brightness a lead code plays at (None for a rest)."""
+    return None if code == 0 else (code - 1) % BRIGHTNESS_LEVELS
+
+
+# --- the sounds ---------------------------------------------------------------------------
+def _t(frames: int) -> np.ndarray:
+    return np.arange(frames * HOP) / SAMPLE_RATE
+
+
+def _frames(x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1, HOP)
+
+
+def _harmonic(freq: float, t: np.ndarray, rolloff: float, max_partials: int = 24) -> np.ndarray:
+    """Sum of sine partials h·freq (below 15 kHz) with amplitude h^-rolloff, unit RMS."""
+    n = max(1, min(max_partials, int(15000 // freq)))
+    h = np.arange(1, n + 1)
+    amp = h.astype(np.float64) ** -rolloff
+    wave = (amp[:, None] * np.sin(2 * np.pi * freq * h[:, None] * t[None, :])).sum(axis=0)
+    return wave / math.sqrt(0.5 * float((amp ** 2).sum()))
+
+
+def _drum(voice: str, rng: np.random.Generator) -> np.ndarray:
+    frames = DRUM_FRAMES[voice]
+    t = _t(frames)
+    if voice == "kick":  # a pitch sweep from 160 to 50 Hz (phase = integral of frequency)
+        freq = 50 + 110 * np.exp(-t / 0.03)
+        phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
+        x = 0.9 * np.sin(phase) * np.exp(-t / 0.12)
+    elif voice == "snare":  # frozen noise, low-passed by a 12-tap smoother, plus a 200 Hz body
+        noise = np.convolve(rng.standard_normal(t.size), np.hanning(12) / np.hanning(12).sum() * 3.0, mode="same")
+        x = 0.35 * noise * np.exp(-t / 0.07) + 0.5 * np.sin(2 * np.pi * 200 * t) * np.exp(-t / 0.05)
+    else:  # hat: frozen noise, band-passed (difference of smoothers), quiet and short
+        noise = rng.standard_normal(t.size + 8)
+        smooth, smoother = (np.convolve(noise, np.ones(n) / n, mode="valid")[:t.size] for n in (2, 8))
+        band = smooth - smoother
+        x = 0.12 * band * np.exp(-t / 0.035)
+    x *= np.minimum(1.0, (frames * HOP - np.arange(t.size)) / (2 * HOP))  # fade out over the last 2 frames
+    return x
+
+
+@dataclass(frozen=True)
+class FrameTables:
+    """One 640-sample waveform per code of each codebook: [NUM_CODEBOOKS, CODEBOOK_SIZE, HOP]."""
+
+    table: np.ndarray
+
+    def render(self, codes: np.ndarray) -> np.ndarray:
+        """Codes [K, T] -> mono audio [T * HOP]: each frame is the sum of its codes' waveforms."""
+        codes = np.asarray(codes)
+        frames = sum(self.table[k][codes[k]] for k in range(NUM_CODEBOOKS))
+        return np.asarray(frames, dtype=np.float32).reshape(-1)
+
+
+@lru_cache(maxsize=1)
+def frame_tables() -> FrameTables:
+    """The world's sounds, built once (seeded: the same in every process)."""
+    rng = np.random.default_rng(20261121)
+    table = np.zeros((NUM_CODEBOOKS, CODEBOOK_SIZE, HOP))
+    for voice, frames in DRUM_FRAMES.items():
+        x = _frames(_drum(voice, rng))
+        for age in range(frames):
+            table[DRUMS, drum_code(voice, age)] = x[age]
+    t1 = _t(1)
+    for pitch in LEAD_PITCHES:
+        for b in range(BRIGHTNESS_LEVELS):
+            rolloff = 2.6 - 2.2 * b / (BRIGHTNESS_LEVELS - 1)  # 2.6: nearly a sine ... 0.4: buzzy
+            table[LEAD, lead_code(pitch, b)] = 0.22 * _frames(_harmonic(pitch, t1, rolloff))[0]
+    for chord, pitches in PIANO_CHORDS.items():
+        t = _t(PIANO_FRAMES)
+        x = sum(_harmonic(p, t, 1.6, 8) for p in pitches) * np.exp(-t / 0.18)
+        x *= np.minimum(1.0, (PIANO_FRAMES * HOP - np.arange(t.size)) / (3 * HOP))
+        x = _frames(0.07 * x)
+        for age in range(PIANO_FRAMES):
+            table[PIANO, piano_code(chord, age)] = x[age]
+    for pitch in BASS_PITCHES:
+        t = _t(BASS_FRAMES)
+        env = 0.45 + 0.55 * np.exp(-t / 0.06)
+        env[(BASS_FRAMES - 1) * HOP:] = env[(BASS_FRAMES - 1) * HOP]  # the sustain frame is level
+        x = _frames(0.22 * _harmonic(pitch, t, 1.8, 6) * env)
+        for age in range(BASS_FRAMES):
+            table[BASS, bass_code(pitch, age)] = x[age]
+    return FrameTables((MASTER_GAIN * table).astype(np.float32))
+
+
+# --- clips ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Params:
+    """One clip's musical settings."""
+
+    bpm: float
+    brightness: int  # 0 (dark) .. 6 (bright)
+    major: bool
+    piano: bool
+    bass: bool
+
+    @staticmethod
+    def random(rng: random.Random) -> Params:
+        return Params(bpm=rng.uniform(*BPM_RANGE), brightness=rng.randrange(BRIGHTNESS_LEVELS),
+                      major=rng.random() < 0.5, piano=rng.random() < 0.5, bass=rng.random() < 0.5)
+
+
+#: Eighth-note drum pattern over a bar: kick, hat, snare, hat, kick, hat, snare, hat.
+_PATTERN = ("kick", "hat", "snare", "hat", "kick", "hat", "snare", "hat")
+
+
+def score(params: Params, frames: int, rng: random.Random) -> np.ndarray:
+    """Codes [NUM_CODEBOOKS, frames] for ``params``, starting at a random point of a bar."""
+    codes = np.zeros((NUM_CODEBOOKS, frames), dtype=np.int64)
+    eighth = 30.0 * FRAME_RATE / params.bpm  # frames per eighth note
+    start = rng.uniform(0, 8 * eighth)  # where in the music the clip starts, in frames
+    first = math.floor(start / eighth)
+    hits = []  # (frame, eighth index) of every eighth note that reaches into the clip
+    i = first - 4
+    while (f := round(i * eighth - start)) < frames:
+        hits.append((f, i))
+        i += 1
+    lead_pitches = MAJOR_LEAD if params.major else MINOR_LEAD
+    bass_pitches = MAJOR_BASS if params.major else MINOR_BASS
+    chord = "major" if params.major else "minor"
+    note = rng.choice(lead_pitches)
+    shade = params.brightness
+    for n, (f, i) in enumerate(hits):
+        stop = hits[n + 1][0] if n + 1 < len(hits) else frames
+        voice = _PATTERN[i % 8]
+        for age in range(DRUM_FRAMES[voice]):
+            if 0 <= f + age < min(stop, frames):
+                codes[DRUMS, f + age] = drum_code(voice, age)
+        if i % 2 == 0 or rng.random() < 0.3:  # the lead moves on quarter notes, sometimes eighths
+            note = rng.choice(lead_pitches)
+            # Each note is voiced a shade around the clip's brightness, so every note is a fresh
+            # choice that the caption informs (not one choice at the start, then copies).
+            shade = min(BRIGHTNESS_LEVELS - 1, max(0, params.brightness + rng.choice((-1, 0, 0, 1))))
+        lead_stop = stop if rng.random() < 0.85 else f + max(1, (stop - f) // 2)  # a few staccato notes
+        for g in range(max(f, 0), min(lead_stop, frames)):
+            codes[LEAD, g] = lead_code(note, shade)
+        if params.piano and i % 8 in (0, 5):
+            for age in range(PIANO_FRAMES):
+                if 0 <= f + age < frames:
+                    codes[PIANO, f + age] = piano_code(chord, age)
+        if params.bass and i % 2 == 0:
+            pitch = bass_pitches[(i // 2) % len(bass_pitches)]
+            bass_stop = hits[n + 2][0] if n + 2 < len(hits) else frames
+            for age in range(bass_stop - f):
+                if 0 <= f + age < frames:
+                    codes[BASS, f + age] = bass_code(pitch, age)
+    return codes
+
+
+def render_clip(params: Params, seconds: float, seed: int) -> np.ndarray:
+    """Mono audio [1, samples] of one clip."""
+    codes = score(params, round(seconds * FRAME_RATE), random.Random(seed))
+    return frame_tables().render(codes)[None]
+
+
+# --- captions -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaptionWords:
+    """The words each concept is spoken of with, read from the shipped concept presets."""
+
+    fast: tuple[str, ...]
+    slow: tuple[str, ...]
+    bright: tuple[str, ...]
+    dark: tuple[str, ...]
+    happy: tuple[str, ...]
+    sad: tuple[str, ...]
+    with_piano: tuple[str, ...]
+    without_piano: tuple[str, ...]
+    templates: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...]  # (concept, template, slots)
+
+
+_BASS_ON = ("with a deep bass line", "with bass", "over a bass groove", "with a walking bass")
+_BASS_OFF = ("with no bass", "without bass", "with no low end")
+_GENERIC = ("music", "a track", "an instrumental piece", "a loop", "a groove", "a tune")
+
+
+@lru_cache(maxsize=1)
+def caption_words() -> CaptionWords:
+    from .concepts import load_concept
+
+    presets = {name: load_concept(name) for name in ("tempo", "timbre", "mood", "piano")}
+    templates = tuple((name, t, p.slots) for name, p in presets.items() for t in p.templates)
+    return CaptionWords(
+        fast=presets["tempo"].positive_words, slow=presets["tempo"].negative_words,
+        bright=presets["timbre"].positive_words, dark=presets["timbre"].negative_words,
+        happy=presets["mood"].positive_words, sad=presets["mood"].negative_words,
+        with_piano=presets["piano"].positive_words, without_piano=presets["piano"].negative_words,
+        templates=templates)
+
+
+@dataclass(frozen=True)
+class Said:
+    """Which of a clip's settings its caption states (the others it leaves open)."""
+
+    tempo: bool = False
+    brightness: bool = False
+    mood: bool = False
+    piano: bool = False
+    bass: bool = False
+
+
+def _word(params: Params, concept: str, rng: random.Random) -> str:
+    w = caption_words()
+    if concept == "tempo":
+        return rng.choice(w.fast if params.bpm >= FAST_BPM[0] else w.slow)
+    if concept == "timbre":
+        return rng.choice(w.bright if params.brightness in BRIGHT_LEVELS else w.dark)
+    if concept == "mood":
+        return rng.choice(w.happy if params.major else w.sad)
+    if concept == "piano":
+        return rng.choice(w.with_piano if params.piano else w.without_piano)
+    return rng.choice(_BASS_ON if params.bass else _BASS_OFF)
+
+
+def caption(params: Params, said: Said, rng: random.Random) -> str:
+    """A caption that states what ``said`` marks, in a shipped preset's template when one fits.
+
+    Slot fillers (genre, instrument, mood words of the piano preset) are free text the
+    world does not act on, as in real captions; only the concept words carry meaning.
+    """
+    w = caption_words()
+    stated = [c for c, on in (("tempo", said.tempo), ("timbre", said.brightness), ("mood", said.mood),
+                              ("piano", said.piano), ("bass", said.bass)) if on]
+    if not stated:
+        return "" if rng.random() < 0.3 else rng.choice(_GENERIC)
+    lead = rng.choice([c for c in stated if c != "bass"] or stated)
+    fitting = [(t, slots) for c, t, slots in w.templates if c == lead]
+    parts = []
+    if fitting:
+        template, slots = rng.choice(fitting)
+        fills = {name: rng.choice(values) for name, values in slots.items() if "{" + name + "}" in template}
+        parts.append(template.format(word=_word(params, lead, rng), **fills))
+    else:
+        parts.append(f"{rng.choice(_GENERIC)} {_word(params, lead, rng)}")
+    rest = [c for c in stated if c != lead]
+    rng.shuffle(rest)
+    parts += [_word(params, c, rng) for c in rest]
+    return ", ".join(parts)
+
+
+def training_example(rng: random.Random, frames: int) -> tuple[str, np.ndarray, Params]:
+    """A random clip for the language model: (caption, codes [K, frames], params).
+
+    Each concept is stated with probability 0.55; a stated tempo or brightness is drawn
+    from its labelled range, so the words mean what the presets say; an unstated one is
+    drawn from the whole range, so a neutral prompt leaves it open.
+    """
+    said = Said(*(rng.random() < 0.55 for _ in range(5)))
+    p = Params.random(rng)
+    if said.tempo:
+        p = replace(p, bpm=rng.uniform(*(FAST_BPM if rng.random() < 0.5 else SLOW_BPM)))
+    if said.brightness:
+        p = replace(p, brightness=rng.choice(BRIGHT_LEVELS if rng.random() < 0.5 else DARK_LEVELS))
+    return caption(p, said, rng), score(p, frames, rng), p
+
+
+# --- labelled folders -------------------------------------------------------------------------
+#: For ``write_labelled_folders``: a concept's two classes as parameter changes.
+CLASSES: dict[str, tuple[tuple[str, dict[str, object]], tuple[str, dict[str, object]]]] = {
+    "tempo": (("fast", {"bpm": FAST_BPM}), ("slow", {"bpm": SLOW_BPM})),
+    "timbre": (("bright", {"brightness": BRIGHT_LEVELS}), ("dark", {"brightness": DARK_LEVELS})),
+    "mood": (("happy", {"major": (True,)}), ("sad", {"major": (False,)})),
+    "piano": (("with_piano", {"piano": (True,)}), ("without_piano", {"piano": (False,)})),
+}
+
+
+def labelled_params(concept: str, label: str, rng: random.Random) -> Params:
+    for name, changes in CLASSES[concept]:
+        if name == label:
+            p = Params.random(rng)
+            for key, choices in changes.items():
+                value = rng.uniform(*choices) if key == "bpm" else rng.choice(choices)  # type: ignore[arg-type]
+                p = replace(p, **{key: value})
+            return p
+    raise KeyError(f"{concept!r} has no class {label!r}")
+
+
+def write_labelled_folders(out: Path, concept: str, per_class: int = 16, seconds: float = 4.0,
+                           seed: int = 0) -> list[Path]:
+    """``out/<label>/*.wav`` for both classes of ``concept``; everything else random."""
+    from .audio import write_wav
+
+    if concept not in CLASSES:
+        raise KeyError(f"no labelled world for {concept!r}; choose one of {', '.join(CLASSES)}")
+    rng = random.Random(seed)
+    folders = []
+    for label, _ in CLASSES[concept]:
+        folder = out / label
+        for i in range(per_class):
+            clip_seed = rng.randrange(2**31)
+            p = labelled_params(concept, label, random.Random(clip_seed))
+            write_wav(folder / f"{label}_{i:03d}.wav", render_clip(p, seconds, clip_seed), SAMPLE_RATE)
+        folders.append(folder)
+    return folders
+
+
+def describe_codes(codes: np.ndarray) -> dict[str, float]:
+    """What a score plays, read off its codes: drum hits per second, mean brightness, ...
+
+    For tests and diagnostics: the toy model's output can be judged on its codes as
+    well as on its audio.
+    """
+    codes = np.asarray(codes)
+    frames = codes.shape[-1]
+    hits = int(sum((codes[DRUMS] == drum_code(v, 0)).sum() for v in DRUM_FRAMES))
+    bright = [b for c in codes[LEAD] if (b := lead_brightness(int(c))) is not None]
+    return {
+        "hits_per_second": hits * FRAME_RATE / frames,
+        "brightness": float(np.mean(bright)) if bright else float("nan"),
+        "piano_fraction": float((codes[PIANO] > 0).mean()),
+        "bass_fraction": float((codes[BASS] > 0).mean()),
+    }
+
+
+def vocabulary_words(extra: Sequence[str] = ()) -> list[str]:
+    """Every word the toy tokenizer knows: all words of the shipped concept presets and of
+    the caption generator, lower-cased."""
+    import re
+
+    from .concepts import available_concepts, load_concept
+
+    texts = list(_BASS_ON + _BASS_OFF + _GENERIC) + list(extra)
+    for name in available_concepts():
+        p = load_concept(name)
+        texts += list(p.positive_words + p.negative_words + p.templates)
+        texts += [v for vs in p.slots.values() for v in vs]
+        texts += [p.positive_label, p.negative_label, p.description]
+    words = set()
+    for text in texts:
+        words.update(re.findall(r"\w+|[^\w\s]", text.lower().replace("{", " ").replace("}", " ")))
+    return sorted(words)
