@@ -54,7 +54,7 @@ METRICS = ("centroid_hz", "rms", "onset_rate", "tempo_bpm")
 
 @dataclass
 class AnalyzeOptions:
-    model: str = "tiny"
+    model: str = "toy"
     device: str = "auto"
     dtype: str = "auto"
     concepts: Sequence[str] = ()
@@ -209,8 +209,17 @@ def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
         }
         if o.write_back and c.preset is not None:
             entry["preset"] = write_back_preset(c.preset, recommended, out).name
+        best = scores[recommended[0]]
         log.info("%s: recommended layers %s (probe accuracy %.2f at layer %d)", c.name, recommended,
-                 scores[recommended[0]].acc_logistic, recommended[0])
+                 max(best.acc_logistic, best.acc_mse), recommended[0])
+        chance_layers = [s.layer for s in scores if s.at_chance]
+        if best.at_chance:
+            entry["caveat"] = (f"no layer reads {c.name} above chance ({best.chance:.2f}): the recommendation "
+                               "is arbitrary and the vector likely steers nothing")
+            log.warning("%s: %s", c.name, entry["caveat"])
+        elif chance_layers:
+            entry["layers_at_chance"] = chance_layers
+            log.info("%s: layers %s read it no better than chance (%.2f)", c.name, chance_layers, best.chance)
         entry["sweep"] = _sweep(handle, c, vector, o, out, clap)
         report["concepts"][c.name] = entry
     if len(concepts) > 1:

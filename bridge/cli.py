@@ -61,7 +61,9 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="tiny | musicgen-small|medium|large (random weights) | hub id | folder")
+    p.add_argument("--model", default="toy",
+                   help="toy (trained, built in) | tiny (random, built in) | musicgen-small|medium|large "
+                        "(random weights) | hub id | folder (default: toy)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
 
@@ -129,7 +131,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"--steer names {', '.join(unknown)} but no --vectors file holds "
                        f"{'it' if len(unknown) == 1 else 'them'} (loaded: {', '.join(v.concept for v in vectors) or 'none'})")
-    handle = load_model(args.model or "tiny", args.device, args.dtype)
+    handle = load_model(args.model or "toy", args.device, args.dtype)
     settings = _settings(args, {})
     seed = args.seed or 0
     audio = render(handle, args.prompt or DEFAULT_PROMPT, seconds, seed=seed, vectors=vectors, alphas=alphas,
@@ -172,7 +174,7 @@ def _render_automation(args: argparse.Namespace) -> int:
         if not args.vectors:
             raise CliError("a .mid automation needs --vectors for the concepts its controller map drives")
         vectors = [v for p in args.vectors for v in load_vectors(p)]
-        handle = load_model(args.model or "tiny", args.device, args.dtype)
+        handle = load_model(args.model or "toy", args.device, args.dtype)
         settings = _settings(args, {})
         prompt, seed, smoothing, window = args.prompt or DEFAULT_PROMPT, args.seed or 0, 30.0, {}
         performed = midi_schedule(path, vectors, prompt, settings, handle.frame_rate, args.midi_map,
@@ -195,7 +197,7 @@ def _render_automation(args: argparse.Namespace) -> int:
                 if hashlib.sha256(vpath.read_bytes()).hexdigest() != entry.get("sha256"):
                     raise CliError(f"{vpath} changed since the performance; pass --vectors to use it anyway")
                 vectors.append(load_vector(vpath))
-        handle = load_model(args.model or str(h.get("model", "tiny")), args.device, args.dtype)
+        handle = load_model(args.model or str(h.get("model", "toy")), args.device, args.dtype)
         if h.get("model_config_sha256") not in (None, handle.config_sha256):
             raise CliError("this performance was played on another model configuration; pass the same --model")
         settings = _settings(args, dict(h.get("settings", {})))
@@ -286,7 +288,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), seconds=args.seconds, seed=args.seed)
+    run_demo(Path(args.out), model=args.model, seconds=args.seconds, seed=args.seed)
     return 0
 
 
@@ -406,10 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--midi-api", default="auto", help="auto | jack | alsa")
     p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("demo", help="zero-setup showcase on the built-in tiny model")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=7)
+    p = sub.add_parser("demo", help="zero-setup showcase: tempo and timbre steering on the built-in toy model")
+    p.add_argument("--model", default="toy", help="model to steer (default: the built-in trained toy)")
+    p.add_argument("--out", default="demo_out", help="folder for the WAVs, plots and demo.json (default: demo_out)")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of each render (default: 4)")
+    p.add_argument("--seed", type=int, default=7, help="first random seed (default: 7)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="engine speed beside transformers' generate(), same run")
@@ -423,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time one re-prime at half the trained window (generates that many frames first)")
     p.add_argument("--json", action="store_true", help="one JSON object on one line")
     p.set_defaults(func=cmd_bench)
+
+    from .toycmd import add_toy_parser
+
+    add_toy_parser(sub)
 
     p = sub.add_parser("save-tiny", help="write the built-in tiny model to a folder")
     p.add_argument("folder")

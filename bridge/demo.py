@@ -1,59 +1,68 @@
-"""``steerbridge demo``: the whole pipeline on the built-in tiny model, no set-up.
+"""``steerbridge demo``: steering you can hear, on the built-in ``toy`` model, no set-up.
 
-Extract a timbre vector, render an alpha sweep with one seed, and write the WAVs, a
-spectrogram grid and a centroid-versus-alpha plot. The tiny model has random weights,
-so the audio is noise, not music; the demo shows the mechanics a real model uses.
+For tempo and timbre: extract the concept's vector from its preset's prompt pairs,
+render an alpha sweep over several seeds on a neutral prompt, and measure what a
+listener would (onset rate for tempo, spectral centroid for timbre). Writes one WAV per
+alpha, a spectrogram grid and a metric-versus-alpha plot with the spread across seeds
+for each concept, ``demo.json`` with every number, and prints one line per concept.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from steering_core.audio import spectral_centroid, write_wav
+import numpy as np
+from tqdm.auto import tqdm
+
+from steering_core.audio import write_wav
 from steering_core.concepts import load_concept
+from steering_core.effects import CONCEPT_METRIC, steering_sweep
 from steering_core.extraction import extract_vector
 from steering_core.models import load_model
-from steering_core.render import render
 
-from .plots import metric_curve, spectrogram_grid
+from .plots import metric_band, spectrogram_grid
 
 log = logging.getLogger("steerbridge.demo")
 
-SWEEP = (-6.0, -3.0, 0.0, 3.0, 6.0)
+NEUTRAL_PROMPT = "an instrumental piece with drums and a lead synth"
+UNITS = {"onset_rate": "onsets per second", "centroid_hz": "spectral centroid (Hz)"}
 
 
-def run_demo(out: Path, seconds: float = 4.0, seed: int = 7, concept: str = "timbre") -> dict[str, object]:
+def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo", "timbre"), seconds: float = 4.0,
+             seeds: int = 3, points: int = 5, seed: int = 7, prompt: str = NEUTRAL_PROMPT) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
-    handle = load_model("tiny")
-    log.info("model: built-in tiny MusicGen (random weights: expect noise, not music), %d layers, d_model %d",
-             handle.num_layers, handle.d_model)
-    preset = load_concept(concept)
-    vector = extract_vector(handle, preset, frames=25)
-    vector_path = vector.save(out / f"{concept}.safetensors")
-    log.info("extracted %r (%s vs %s) at layers %s -> %s", concept, preset.positive_label,
-             preset.negative_label, list(vector.layers), vector_path)
-    prompt = "an ambient synth piece"
-    clips, rows = [], []
-    for alpha in SWEEP:
-        audio = render(handle, prompt, seconds, seed=seed, vectors=[vector], alphas={concept: alpha})
-        path = write_wav(out / f"{concept}_{alpha:+.0f}.wav", audio, handle.sample_rate)
-        centroid = spectral_centroid(audio, handle.sample_rate)
-        clips.append((f"{concept} α={alpha:+g}", audio))
-        rows.append({"alpha": alpha, "wav": path.name, "spectral_centroid_hz": round(centroid, 1)})
-        log.info("rendered α=%+.1f -> %s (spectral centroid %.0f Hz)", alpha, path.name, centroid)
-    spectrogram_grid(clips, handle.sample_rate, out / "spectrograms.png", title=f"{concept} sweep, seed {seed}")
-    metric_curve([r["alpha"] for r in rows], [r["spectral_centroid_hz"] for r in rows], "alpha",
-                 "spectral centroid (Hz)", out / "centroid_vs_alpha.png", title=f"{concept}: brightness vs alpha")
-    summary = {"model": "tiny", "concept": concept, "prompt": prompt, "seed": seed, "seconds": seconds,
-               "vector": vector_path.name, "sweep": rows}
+    handle = load_model(model)
+    log.info("model %s: %d layers, d_model %d", model, handle.num_layers, handle.d_model)
+    summary: dict[str, object] = {"model": model, "prompt": prompt, "seconds": seconds, "seeds": seeds,
+                                  "concepts": {}}
+    lines = []
+    for name in concepts:
+        preset = load_concept(name)
+        vector = extract_vector(handle, preset, frames=50, progress=True)
+        vector_path = vector.save(out / f"{name}.safetensors")
+        lo, hi = preset.alpha_range
+        alphas = [float(a) for a in np.linspace(lo, hi, points)]
+        with tqdm(total=len(alphas), desc=f"{name}: alpha sweep", unit="alpha") as bar:
+            sweep, clips = steering_sweep(handle, vector, prompt, alphas, metric=CONCEPT_METRIC.get(name),
+                                          seeds=seeds, seconds=seconds, seed=seed, progress=lambda _a: bar.update(1))
+        wavs = [write_wav(out / f"{name}_{a:+.1f}.wav", row[0], handle.sample_rate).name
+                for a, row in zip(alphas, clips, strict=True)]
+        ylabel = UNITS.get(sweep.metric, sweep.metric)
+        metric_band(alphas, sweep.values, ylabel, out / f"{name}_{sweep.metric}_vs_alpha.png",
+                    title=f"{name} ({preset.positive_label} +, {preset.negative_label} −): {seeds} seeds")
+        spectrogram_grid([(f"{name} α={a:+.1f}", row[0]) for a, row in zip(alphas, clips, strict=True)],
+                         handle.sample_rate, out / f"{name}_spectrograms.png", title=f"{name} sweep, first seed")
+        summary["concepts"][name] = {**sweep.to_json(), "vector": vector_path.name, "layers": list(vector.layers),
+                                     "wavs": wavs}
+        lines.append(sweep.summary())
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nsteerbridge demo: wrote to {out}/")
-    print(f"  {vector_path.name}: {concept} steering vector ({vector.method}, layers {list(vector.layers)})")
-    for r in rows:
-        print(f"  {r['wav']}: alpha {r['alpha']:+g}, spectral centroid {r['spectral_centroid_hz']:.0f} Hz")
-    print("  spectrograms.png, centroid_vs_alpha.png: the sweep, as pictures")
-    print("  The tiny model has random weights, so this is steered noise; with --model facebook/musicgen-small")
-    print("  the same commands steer music (steerbridge extract / render).")
+    print(f"\nsteerbridge demo on {model}: wrote WAVs, plots and demo.json to {out}/")
+    for line in lines:
+        print("  " + line)
+    if model == "toy":
+        print("  toy is a small MusicGen trained on synthetic music (drums, a lead, piano, bass): it shows")
+        print("  what steering does, not MusicGen's sound. With real weights: --model facebook/musicgen-small.")
     return summary

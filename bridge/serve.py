@@ -53,7 +53,7 @@ OUT_CHANNELS = 2
 
 @dataclass
 class ServeOptions:
-    model: str = "tiny"
+    model: str = "toy"
     device: str = "auto"
     dtype: str = "auto"
     prompt: str = "an energetic electronic track with a steady beat"

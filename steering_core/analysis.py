@@ -3,7 +3,12 @@
 For activations [N, L, d] with a label per row, each layer gets
 * ``acc_logistic``: cross-validated accuracy of a logistic (BCE) probe;
 * ``acc_mse``: cross-validated accuracy of a least-squares (MSE) probe, by sign;
-* ``ari`` / ``nmi``: k-means (k = number of classes) against the labels.
+* ``ari`` / ``nmi``: k-means (k = number of classes) against the labels;
+* ``chance`` and ``at_chance``: the majority-class rate, and whether the better probe
+  is within the one-sided 95 % binomial margin of it (then the layer tells nothing).
+
+Probes see standardised activations and choose their regularisation by inner
+cross-validation, so their accuracy does not depend on the activations' units.
 
 ``recommend_layers`` ranks layers by probe accuracy, breaking near-ties by NMI, and
 keeps the best and those close to it (Panda et al. pick by probe accuracy and
@@ -12,13 +17,14 @@ clustering; TADA finds concepts in a small subset of layers).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
-from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.linear_model import LogisticRegressionCV, RidgeClassifierCV
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import BaseCrossValidator, StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -32,6 +38,8 @@ class LayerScore:
     acc_mse: float
     ari: float
     nmi: float
+    chance: float = 0.5
+    at_chance: bool = False
 
     @property
     def score(self) -> float:
@@ -39,6 +47,14 @@ class LayerScore:
 
     def to_json(self) -> dict[str, float | int]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def chance_margin(labels: np.ndarray) -> tuple[float, float]:
+    """(majority-class rate, the accuracy a classifier must beat to be above it): the
+    one-sided 95 % binomial margin over the number of rows."""
+    counts = np.unique(labels, return_counts=True)[1]
+    p = float(counts.max() / counts.sum())
+    return p, p + 1.645 * float(np.sqrt(p * (1 - p) / counts.sum()))
 
 
 def _folds(labels: np.ndarray, groups: np.ndarray | None) -> tuple[BaseCrossValidator, np.ndarray | None]:
@@ -68,16 +84,22 @@ def score_layers(activations: torch.Tensor, labels: Sequence[str], *, groups: Se
     folds, group_ids = _folds(y, None if groups is None else np.asarray(groups))
     out = []
     acts = activations.float().numpy()
+    chance, above = chance_margin(y)
+    inner = max(2, min(3, int(np.min(np.unique(y, return_counts=True)[1])) // 2))
     for layer in range(acts.shape[1]):
         x = acts[:, layer]
-        logistic = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-        mse = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0))
-        acc_log = float(cross_val_score(logistic, x, y, groups=group_ids, cv=folds).mean())
-        acc_mse = float(cross_val_score(mse, x, y, groups=group_ids, cv=folds).mean())
-        scaled = StandardScaler().fit_transform(x)
-        clusters = KMeans(n_clusters=len(classes), n_init=10, random_state=seed).fit_predict(scaled)
+        logistic = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 2, 7), cv=inner, max_iter=3000,
+                                                                        scoring="neg_log_loss"))
+        mse = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=np.logspace(-3, 5, 9)))
+        with warnings.catch_warnings():  # sklearn's deprecation notices and non-converged folds on noise layers
+            warnings.simplefilter("ignore")
+            acc_log = float(cross_val_score(logistic, x, y, groups=group_ids, cv=folds, scoring="accuracy").mean())
+            acc_mse = float(cross_val_score(mse, x, y, groups=group_ids, cv=folds, scoring="accuracy").mean())
+            scaled = StandardScaler().fit_transform(x)
+            clusters = KMeans(n_clusters=len(classes), n_init=10, random_state=seed).fit_predict(scaled)
         out.append(LayerScore(layer, acc_log, acc_mse, float(adjusted_rand_score(y, clusters)),
-                              float(normalized_mutual_info_score(y, clusters))))
+                              float(normalized_mutual_info_score(y, clusters)), chance=chance,
+                              at_chance=max(acc_log, acc_mse) < above))
     return out
 
 

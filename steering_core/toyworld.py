@@ -7,7 +7,8 @@ at 50 frames/s, one code per 20 ms frame, as MusicGen's codec would produce:
 =========  ===================================================================
 codebook   what a code means
 =========  ===================================================================
-0 drums    silence, or (kick | snare | hat, frames since the hit)
+0 drums    (kick | snare | hat, frames since the hit), then silence counting frames
+           since the last hit (a drummer's count: silent codes that all sound the same)
 1 lead     rest, or (pitch, brightness): an additive tone, 7 harmonic roll-offs
 2 piano    silence, or (major | minor chord, frames since it was struck)
 3 bass     silence, or (pitch, frames since it was plucked; the tail sustains)
@@ -59,6 +60,13 @@ DARK_LEVELS = (0, 1)
 # --- the code vocabulary ------------------------------------------------------------------
 #: Drum voices and how many frames each sounds (codes 1.. of codebook 0).
 DRUM_FRAMES = {"kick": 16, "snare": 12, "hat": 8}
+#: After a voice dies away, the codes count on through the silence (up to the slowest tempo's
+#: gap between eighths, 25 frames): "no drum sounding, a frames since the last hit". They all
+#: render as silence. With the count in the code, when the next hit falls is a function of
+#: the count and the tempo, which a small model learns from captions; without it, it has to
+#: count positions through attention, and it learned to copy the last gap instead.
+SILENCE_FROM = min(DRUM_FRAMES.values())
+SILENCE_UNTIL = 34
 #: Lead pitches (Hz): G4 B4 D5 F#5 G5 B5 D6 F#6 in just intonation over 50 Hz.
 LEAD_PITCHES = (400, 500, 600, 750, 800, 1000, 1200, 1500)
 MAJOR_LEAD = (400, 500, 600, 800, 1000, 1200)
@@ -82,6 +90,11 @@ def drum_code(voice: str, age: int) -> int:
             return base + age
         base += frames
     raise KeyError(voice)
+
+
+def silence_code(since_hit: int) -> int:
+    """Codebook 0 with no drum sounding, ``since_hit`` frames after the last hit."""
+    return 1 + sum(DRUM_FRAMES.values()) + min(max(since_hit, SILENCE_FROM), SILENCE_UNTIL) - SILENCE_FROM
 
 
 def lead_code(pitch: int, brightness: int) -> int:
@@ -222,9 +235,9 @@ def score(params: Params, frames: int, rng: random.Random) -> np.ndarray:
     for n, (f, i) in enumerate(hits):
         stop = hits[n + 1][0] if n + 1 < len(hits) else frames
         voice = _PATTERN[i % 8]
-        for age in range(DRUM_FRAMES[voice]):
-            if 0 <= f + age < min(stop, frames):
-                codes[DRUMS, f + age] = drum_code(voice, age)
+        for age in range(stop - f):
+            if 0 <= f + age < frames:
+                codes[DRUMS, f + age] = drum_code(voice, age) if age < DRUM_FRAMES[voice] else silence_code(age)
         if i % 2 == 0 or rng.random() < 0.3:  # the lead moves on quarter notes, sometimes eighths
             note = rng.choice(lead_pitches)
             # Each note is voiced a shade around the clip's brightness, so every note is a fresh

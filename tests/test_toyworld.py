@@ -1,0 +1,93 @@
+"""The synthetic world the toy model learns: its concepts must be there by construction,
+measured on its audio with the same metrics the known-effect check uses."""
+
+import itertools
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from steering_core import toyworld as w
+from steering_core.audio import read_audio, spectral_centroid
+from steering_core.concepts import load_concept
+from steering_core.metrics import onset_rate
+
+
+def clips(seeds=range(4), seconds=6.0, **changes):
+    out = []
+    for s in seeds:
+        p = replace(w.Params.random(random.Random(s)), **changes)
+        out.append(w.render_clip(p, seconds, s))
+    return out
+
+
+def test_onset_rate_follows_tempo_and_fast_is_well_above_slow() -> None:
+    rates = [np.mean([onset_rate(a, w.SAMPLE_RATE) for a in clips(bpm=bpm)]) for bpm in (65, 100, 135, 170)]
+    assert all(b > a for a, b in itertools.pairwise(rates)), rates
+    fast = np.mean([onset_rate(a, w.SAMPLE_RATE) for a in clips(bpm=160)])
+    slow = np.mean([onset_rate(a, w.SAMPLE_RATE) for a in clips(bpm=75)])
+    assert fast >= 1.5 * slow
+
+
+def test_centroid_follows_brightness_and_bright_is_well_above_dark() -> None:
+    centroids = [np.mean([spectral_centroid(a, w.SAMPLE_RATE) for a in clips(brightness=b)])
+                 for b in range(w.BRIGHTNESS_LEVELS)]
+    assert all(b > a for a, b in itertools.pairwise(centroids)), centroids
+    assert centroids[6] >= 1.5 * centroids[0]
+
+
+def test_audio_is_a_frame_by_frame_function_of_the_codes_and_stays_below_full_scale() -> None:
+    rng = random.Random(3)
+    codes = w.score(w.Params.random(rng), 120, rng)
+    tables = w.frame_tables()
+    whole = tables.render(codes)
+    halves = np.concatenate([tables.render(codes[:, :50]), tables.render(codes[:, 50:])])
+    assert np.array_equal(whole, halves)
+    assert codes.min() >= 0 and codes.max() < w.CODEBOOK_SIZE
+    loudest = max(np.abs(a).max() for a in clips(range(12), piano=True, bass=True, brightness=6))
+    assert loudest < 1.0
+
+
+def test_drum_count_runs_through_silence_and_tells_when_the_next_hit_falls() -> None:
+    p = replace(w.Params.random(random.Random(0)), bpm=60.0)
+    codes = w.score(p, 200, random.Random(1))[w.DRUMS]
+    hits = [i for i, c in enumerate(codes) if c in {w.drum_code(v, 0) for v in w.DRUM_FRAMES}]
+    gaps = np.diff(hits)
+    assert set(gaps) <= {25}, gaps  # 60 BPM: an eighth is 25 frames
+    _first, second = hits[0], hits[1]
+    assert codes[second - 1] == w.silence_code(24)  # the frame before a hit knows how long it has been
+
+
+@pytest.mark.parametrize("concept", ["tempo", "timbre", "mood", "piano"])
+def test_every_preset_word_is_in_the_toy_vocabulary(concept: str) -> None:
+    from steering_core.toy import toy_tokenizer
+
+    tok = toy_tokenizer()
+    preset = load_concept(concept)
+    for pos, neg in preset.pairs():
+        for prompt in (pos, neg):
+            assert tok.unk_token_id not in tok(prompt)["input_ids"], prompt
+
+
+def test_captions_say_what_the_clip_plays() -> None:
+    words = w.caption_words()
+    rng = random.Random(5)
+    for _ in range(300):
+        text, _codes, p = w.training_example(rng, 40)
+        said_fast = any(f" {x}" in f" {text}" for x in words.fast)
+        said_slow = any(f" {x}" in f" {text}" for x in words.slow)
+        if said_fast and not said_slow:
+            assert p.bpm >= w.FAST_BPM[0], text
+        if said_slow and not said_fast:
+            assert p.bpm <= w.SLOW_BPM[1], text
+
+
+def test_labelled_folders_hold_both_classes(tmp_path) -> None:
+    folders = w.write_labelled_folders(tmp_path, "tempo", per_class=2, seconds=2.0)
+    assert [f.name for f in folders] == ["fast", "slow"]
+    for folder in folders:
+        files = sorted(folder.glob("*.wav"))
+        assert len(files) == 2
+        audio, rate = read_audio(files[0])
+        assert rate == w.SAMPLE_RATE and audio.shape[-1] == 2 * w.SAMPLE_RATE
