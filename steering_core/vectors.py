@@ -7,7 +7,7 @@ rows unit length and moves magnitude into the gains, so ``(fast - slow) * 0.5`` 
 
 On disk it is a ``.safetensors`` file (never pickle): tensors ``directions`` (float32
 [L, d_model]) and ``layers`` (int64 [L]), and JSON metadata under the key
-``steerbridge`` (see DESIGN.md). Loading checks everything and refuses a file built
+``steerbridge`` (see docs/VECTORS.md in the repository). Loading checks everything and refuses a file built
 for another model or width.
 """
 
