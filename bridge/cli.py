@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -183,9 +184,18 @@ def check_vector_paths(paths: Sequence[str]) -> None:
 
 
 def check_output_file(path: str, option: str) -> None:
-    parent = Path(path).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise CliError(f"{option} {path}: the folder {parent} does not exist")
+    """The file can be written: it is not a folder, and its nearest existing ancestor is a
+    folder we may write into (missing folders below it are created when writing)."""
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise CliError(f"{option} {path} is a folder; give a file name")
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CliError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {path}: no permission to write in {ancestor}")
 
 
 def check_udp_port_free(host: str, port: int) -> None:

@@ -95,7 +95,7 @@ FAST_MISTAKES = [
     (["extract", "--concept", "nope", "--out", "x.safetensors"], "unknown concept"),
     (["extract", "--concept", "tempo", "--frames", "0", "--out", "x.safetensors"], "must be 1 or more"),
     (["extract", "--data", "no/such/folder", "--out", "x.safetensors"], "no such folder"),
-    (["extract", "--concept", "tempo", "--out", "no/such/dir/x.safetensors"], "does not exist"),
+    (["extract", "--concept", "tempo", "--out", "/dev/null/x.safetensors"], "is a file, not a folder"),
     (["demo", "--seconds", "-1"], "must be more than 0"),
     (["render", "--seconds", "0", "--out", "x.wav"], "must be more than 0"),
     (["render", "--seconds", "nan", "--out", "x.wav"], "not a finite number"),
@@ -182,9 +182,19 @@ def test_layers_the_model_does_not_have_name_its_layer_count(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_a_probe_that_finds_no_direction_names_the_layer_and_a_fix(tmp_path: Path) -> None:
     run = steerbridge("extract", "--model", "tiny", "--concept", "tempo", "--method", "probe_logistic", "--site",
-                      "cross_attn_out", "--frames", "5", "--out", "x.safetensors", cwd=tmp_path)
+                      "cross_attn_out", "--frames", "1", "--out", "x.safetensors", cwd=tmp_path)
     if run.returncode == 0:
         pytest.skip("this torch build found a direction at cross_attn_out; nothing to report")
     assert run.returncode == 2 and "Traceback" not in run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert "layer" in last and "--method diffmean" in last, last
+
+
+def test_bench_flags_repeats_that_disagree() -> None:
+    from bridge.bench import repeat_warnings, spread
+
+    assert spread([1.0, 1.0, 1.0]) == 0.0
+    assert spread([1.0, 1.1]) == pytest.approx(0.1)
+    assert repeat_warnings({"engine": 0.05, "hf": 0.19}) == []
+    (line,) = repeat_warnings({"engine": 0.05, "hf": 0.5})
+    assert "hf 50%" in line and "engine" not in line.split("(")[1].split(")")[0]
