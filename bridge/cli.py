@@ -464,7 +464,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
     print("audio outputs (--audio-out <number or name>, default, none):")
     try:
-        for line in list_audio_devices():
+        for line in list_audio_devices() or ["(none)"]:
             print(f"  {line}")
     except OutputError as exc:
         print(f"  unavailable: {exc}")
@@ -499,9 +499,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_save_tiny(args: argparse.Namespace) -> int:
+    check_output_file(str(Path(args.folder) / "config.json"), "save-tiny")
+    from steering_core.models import _quiet_transformers
     from steering_core.tiny import save_tiny
 
-    folder = save_tiny(args.folder)
+    with _quiet_transformers():  # pad = bos = vocab_size is MusicGen's design, not a fault to warn about
+        folder = save_tiny(args.folder)
     print(f"wrote the tiny model to {folder}; load it with --model {folder}")
     return 0
 

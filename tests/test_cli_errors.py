@@ -198,3 +198,14 @@ def test_bench_flags_repeats_that_disagree() -> None:
     assert repeat_warnings({"engine": 0.05, "hf": 0.19}) == []
     (line,) = repeat_warnings({"engine": 0.05, "hf": 0.5})
     assert "hf 50%" in line and "engine" not in line.split("(")[1].split(")")[0]
+
+
+def test_devices_without_midi_is_one_summary_with_a_fix_and_no_library_noise(tmp_path: Path) -> None:
+    run = steerbridge("devices", "--midi-api", "alsa", cwd=tmp_path)
+    assert run.returncode == 0 and "Traceback" not in run.stderr
+    audio, midi = run.stdout.split("MIDI inputs")
+    assert len(audio.strip().splitlines()) >= 2  # the heading and at least "(none)"
+    if "unavailable" not in midi:
+        pytest.skip("this machine has an ALSA sequencer: nothing to summarise")
+    assert "Fix:" in midi and "--midi-in none" in midi
+    assert "ALSA lib" not in run.stderr and "JackShm" not in run.stderr
