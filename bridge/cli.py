@@ -296,6 +296,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         if not Path(args.automation).is_file():
             raise CliError(f"--automation {args.automation}: no such file (a serve performance log .jsonl or a .mid)")
         return _render_automation(args)
+    if args.steer and not args.vectors:
+        raise CliError(f"--steer {args.steer[0][0]}=... needs the --vectors file that holds {args.steer[0][0]!r}")
     seconds = 5.0 if args.seconds is None else args.seconds
     from steering_core.audio import write_wav
     from steering_core.models import load_model
