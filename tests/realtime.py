@@ -13,6 +13,7 @@ is the same at every speed.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -90,7 +91,8 @@ class CpuHogs:
 
 
 def _spin(stop: threading.Event) -> None:
+    parent = os.getppid()
     x = 0
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:  # a killed pytest must not leave hogs behind
         for _ in range(100_000):
             x = (x * 1103515245 + 12345) & 0xFFFFFFFF

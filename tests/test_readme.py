@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,19 +124,22 @@ def test_readme_commands_work_as_written(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     root.mkdir()
     _fake_venv(root)
-    found = readme_commands()
-    for command in found:
-        if command.skip:
-            print(f"skipped ({command.skip}): {command.text.splitlines()[0]}")
-    script = ["set -euo pipefail"]
-    for command in (c for c in found if c.skip is None):
-        script += [f"echo {shlex.quote('>>> ' + command.text.splitlines()[0])} >&2", command.text]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     env.pop("VIRTUAL_ENV", None)
-    run = subprocess.run(["bash", "-c", "\n".join(script)], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=1500)
-    assert run.returncode == 0, f"a README command failed:\n{run.stderr[-4000:]}"
-    assert "Traceback" not in run.stderr
+    activated = False  # once the README sources .venv/bin/activate, later commands run in that shell state
+    for command in readme_commands():
+        first = command.text.splitlines()[0]
+        if command.skip:
+            print(f"skipped ({command.skip}): {first}")
+            continue
+        start = time.monotonic()
+        prefix = ". .venv/bin/activate\n" if activated else ""
+        run = subprocess.run(["bash", "-c", f"set -euo pipefail\n{prefix}{command.text}"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=1200)
+        print(f"ran in {time.monotonic() - start:.0f} s: {first}", flush=True)
+        assert run.returncode == 0, f"README command failed: {command.text}\n{run.stderr[-3000:]}"
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]
+        activated = activated or re.match(r"^(\.|source) \.venv/bin/activate", command.text) is not None
     left = {p.name for p in root.iterdir()}
     assert left <= ALLOWED_IN_ROOT, f"README commands left files in the repository root: {sorted(left - ALLOWED_IN_ROOT)}"
     ignored = (REPO / ".gitignore").read_text().split()
