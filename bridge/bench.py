@@ -6,6 +6,7 @@ each is warmed up once before it is timed. Figures are measured, never assumed.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -19,6 +20,8 @@ from steering_core.stream import MusicStream
 from steering_core.vectors import SteeringVector
 
 PROMPT = "an energetic electronic track with punchy drums"
+
+log = logging.getLogger("steerbridge.bench")
 
 
 def _sync(handle: MusicGenHandle) -> None:
@@ -112,6 +115,25 @@ def streams_sweep(handle: MusicGenHandle, frames: int, settings: SamplingSetting
     return {"streams_sweep": sweep, "max_realtime_streams": int(max(realtime)) if realtime else 0}
 
 
+#: Repeats that disagree by more than this (slowest over fastest, minus one) mean a busy machine.
+SPREAD_WARNING = 0.20
+
+
+def spread(times: list[float]) -> float:
+    """(slowest − fastest) / fastest: 0 when every repeat took the same time."""
+    return (max(times) - min(times)) / min(times) if times and min(times) > 0 else 0.0
+
+
+def repeat_warnings(spreads: dict[str, float], limit: float = SPREAD_WARNING) -> list[str]:
+    """One line per timed side whose repeats disagree by more than ``limit``."""
+    noisy = {name: value for name, value in spreads.items() if value > limit}
+    if not noisy:
+        return []
+    detail = ", ".join(f"{name} {value:.0%}" for name, value in noisy.items())
+    return [f"repeats disagree by more than {limit:.0%} ({detail}): the machine is busy or its clock varies, so "
+            "speedup, rtf and steering_overhead are not to be trusted; rerun on a quiet machine or with more --repeats"]
+
+
 def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "auto", repeats: int = 3,
               max_streams: int = 0, reprime: bool = False) -> dict[str, Any]:
     """The figures ``steerbridge bench`` prints; ``max_streams`` > 0 adds the batched-streams
@@ -130,6 +152,10 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
         runs["steered"].append(_engine_seconds(handle, frames, steerer, settings))
         runs["hf"].append(_generate_seconds(handle, frames, settings))
     engine, steered, hf = min(runs["engine"]), min(runs["steered"]), min(runs["hf"])
+    spreads = {name: spread(times) for name, times in runs.items()}
+    warnings = repeat_warnings(spreads)
+    for line in warnings:
+        log.warning("%s", line)
 
     stream = MusicStream(handle, PROMPT, seed=0, settings=settings)
     codes = stream.generate_frames(frames)
@@ -170,6 +196,9 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
         "steering_overhead": round(steered / engine - 1, 4),
         "first_audio_ms": round(first_audio_ms, 1),
         "torch": torch.__version__,
+        "repeats": repeats,
+        **{f"{name}_spread": round(value, 3) for name, value in spreads.items()},
+        "warnings": warnings,
         **sweep,
         **reprime_figures,
     }

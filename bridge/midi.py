@@ -8,9 +8,13 @@ next time with ``serve --midi-map <name>``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -234,26 +238,56 @@ class MidiMapper:
 # --- ports ----------------------------------------------------------------------------
 _MIDO_API_NAMES = {"jack": "UNIX_JACK", "alsa": "LINUX_ALSA", "core": "MACOSX_CORE", "winmm": "WINDOWS_MM"}
 
+@contextlib.contextmanager
+def _c_stderr_captured() -> Iterator[list[str]]:
+    """Collect what C libraries write straight to file descriptor 2 (JACK and ALSA print a
+    dozen lines for every failed probe), so the caller can summarise it in one line."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded, pytest capture): nothing to hide
+        yield lines
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
+MIDI_FIXES = ("start a JACK server (e.g. `jackd -d dummy &`, then --midi-api jack), or load the ALSA sequencer "
+              "(`sudo modprobe snd-seq`, then --midi-api alsa); or play without MIDI (--midi-in none) and steer over OSC")
+
+
 def midi_backend(api: str = "auto") -> Any:
     """mido's rtmidi backend on a working API: JACK when a JACK server runs (there may
-    be no ALSA sequencer), else ALSA, else whatever rtmidi has."""
+    be no ALSA sequencer), else ALSA, else whatever rtmidi has. When none works: one
+    ``MidiMapError`` line with each API's reason and a fix, not the libraries' noise."""
     import rtmidi
 
     names = {rtmidi.get_api_name(a): a for a in rtmidi.get_compiled_api()}
-    order = [api] if api != "auto" else ["jack", "alsa", *names]
+    order = [api] if api != "auto" else list(dict.fromkeys(["jack", "alsa", *names]))
     errors = []
     for name in order:
         if name not in names:
             continue
-        try:
-            probe = rtmidi.MidiIn(names[name], "steerbridge-probe")
-            probe.get_ports()
-            probe.delete()
-        except Exception as exc:  # rtmidi raises its own SystemError/DriverError family
-            errors.append(f"{name}: {exc}")
-            continue
+        with _c_stderr_captured() as noise:
+            try:
+                probe = rtmidi.MidiIn(names[name], "steerbridge-probe")
+                probe.get_ports()
+                probe.delete()
+            except Exception as exc:  # rtmidi raises its own SystemError/DriverError family
+                errors.append(f"{name}: {exc}")
+                continue
+        log.debug("MIDI probe of %s said: %s", name, " | ".join(noise))
         return mido.Backend(f"mido.backends.rtmidi/{_MIDO_API_NAMES.get(name, name)}")
-    raise MidiMapError(f"no MIDI system available ({'; '.join(errors) or 'rtmidi has no APIs'})")
+    tried = "; ".join(errors) or (f"rtmidi has no {api} API" if api != "auto" else "rtmidi has no APIs")
+    raise MidiMapError(f"no MIDI system available ({tried}). Fix: {MIDI_FIXES}")
 
 
 def list_midi_inputs(api: str = "auto") -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from transformers import (
     T5Config,
 )
 
+from .model_names import BUILTIN_MODELS, RANDOM_WEIGHT_MODELS, ModelLoadError, check_model_spec, download_fixes
 from .tiny import build_tiny_model, randomize_codebooks, tiny_tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,14 @@ _T5_BASE = {"d_model": 768, "d_ff": 3072, "d_kv": 64, "num_heads": 12, "num_laye
 _T5_LARGE = {"d_model": 1024, "d_ff": 4096, "d_kv": 64, "num_heads": 16, "num_layers": 24}
 
 
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message is one line a performer can act on."""
+#: How each built-in model (``model_names.BUILTIN_MODELS``) is built.
+_BUILTIN_BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, Any]]] = {
+    "toy": lambda: _load_toy(torch.float32),  # load_model casts to the asked dtype after
+    "tiny": lambda: (build_tiny_model(stereo=False), tiny_tokenizer()),
+    "tiny-stereo": lambda: (build_tiny_model(stereo=True), tiny_tokenizer()),
+}
+assert set(_BUILTIN_BUILDERS) == set(BUILTIN_MODELS), "each built-in model name needs a builder here"
+assert set(REAL_SHAPES) == set(RANDOM_WEIGHT_MODELS), "model_names.RANDOM_WEIGHT_MODELS lists REAL_SHAPES"
 
 
 @dataclass
@@ -211,14 +218,8 @@ def _real_generation_config() -> GenerationConfig:
                             do_sample=True, guidance_scale=3.0, max_length=1500, top_k=250)
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or Path(spec).exists() or spec.count("/") > 1
-
-
 def _from_pretrained(spec: str, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
-    if _looks_like_path(spec) and not Path(spec).expanduser().is_dir():
-        raise ModelLoadError(f"no model folder at {spec!r}. Use --model tiny, a folder written by "
-                             "save_pretrained (or `steerbridge save-tiny DIR`), or a hub id like facebook/musicgen-small.")
+    check_model_spec(spec)  # a missing folder, a typo, or offline without the files: one line, at once
     try:
         # The local cache first: an offline machine with the files should not wait on retries.
         return _read_pretrained(spec, dtype, local_files_only=True)
@@ -232,9 +233,7 @@ def _from_pretrained(spec: str, dtype: torch.dtype) -> tuple[PreTrainedModel, An
         where = "folder" if Path(spec).exists() else "hub id"
         raise ModelLoadError(
             f"cannot load MusicGen {where} {spec!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
-            "Fixes: use --model tiny (built in, no download); point --model at a local folder "
-            "saved with save_pretrained; or download it once while online "
-            "(huggingface-cli download facebook/musicgen-small)."
+            + download_fixes(spec if where == "hub id" else "facebook/musicgen-small")
         ) from exc
 
 
@@ -267,10 +266,8 @@ def load_model(spec: str = "toy", device: str | torch.device = "auto",
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     with _quiet_transformers():
-        if spec in ("tiny", "tiny-stereo"):
-            model, tokenizer = build_tiny_model(stereo=spec == "tiny-stereo"), tiny_tokenizer()
-        elif spec == "toy" and not Path(spec).exists():
-            model, tokenizer = _load_toy(dt)
+        if spec in _BUILTIN_BUILDERS:
+            model, tokenizer = _BUILTIN_BUILDERS[spec]()
         elif spec in REAL_SHAPES and not Path(spec).exists():
             log.warning("%s: the real configuration with RANDOM weights (speed and plumbing, no music)", spec)
             with torch.device(dev):

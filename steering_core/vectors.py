@@ -7,7 +7,7 @@ rows unit length and moves magnitude into the gains, so ``(fast - slow) * 0.5`` 
 
 On disk it is a ``.safetensors`` file (never pickle): tensors ``directions`` (float32
 [L, d_model]) and ``layers`` (int64 [L]), and JSON metadata under the key
-``steerbridge`` (see DESIGN.md). Loading checks everything and refuses a file built
+``steerbridge`` (see docs/VECTORS.md in the repository). Loading checks everything and refuses a file built
 for another model or width.
 """
 
@@ -79,7 +79,9 @@ class SteeringVector:
             raise VectorFileError("directions contain NaN or inf")
         norms = d.float().norm(dim=-1)
         if (norms < 1e-8).any():
-            raise VectorFileError("a direction has zero length")
+            empty = [layer for layer, norm in zip(self.layers, norms.tolist(), strict=True) if norm < 1e-8]
+            raise VectorFileError(f"the direction for layer{'s' if len(empty) > 1 else ''} "
+                                  f"{', '.join(map(str, empty))} has zero length")
         if (norms - 1).abs().max() > 1e-6:  # keep already-unit rows bit-exact through save/load
             d = d.float() / norms[:, None]
         object.__setattr__(self, "directions", d.float().contiguous())

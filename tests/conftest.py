@@ -11,6 +11,39 @@ from steering_core.models import MusicGenHandle, load_model
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--cpu-hog", type=int, default=0, metavar="N",
+                     help="run N busy processes beside the tests (CI checks the realtime tests under load)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_hogs(request):
+    n = request.config.getoption("--cpu-hog")
+    if n <= 0:
+        yield None
+        return
+    from tests.realtime import CpuHogs
+
+    hogs = CpuHogs(n)
+    try:
+        yield hogs
+    finally:
+        hogs.stop()
+
+
+@pytest.fixture
+def audio_clock(tiny, monkeypatch) -> float:
+    """``--audio-out none`` on a clock this machine can keep up with now; returns its speed
+    (1.0 is real time). See tests/realtime.py."""
+    from bridge import outputs
+    from tests.realtime import ScaledClock, clock_speed
+
+    speed = clock_speed(tiny)
+    monkeypatch.setattr(ScaledClock, "speed", speed)
+    monkeypatch.setattr(outputs, "ClockOutput", ScaledClock)
+    return speed
+
+
 @pytest.fixture(scope="session")
 def tiny() -> MusicGenHandle:
     return load_model("tiny", device="cpu")

@@ -47,7 +47,7 @@ def test_render_alpha_zero_is_bit_identical_to_no_vectors(tempo_file: Path, tmp_
 
 @pytest.mark.parametrize("args, message", [
     (["render", "--steer", "tempo=nan", "--out", "x.wav"], "concept=number"),
-    (["render", "--steer", "tempo=1", "--out", "x.wav"], "no --vectors file holds it"),
+    (["render", "--steer", "tempo=1", "--out", "x.wav"], "needs the --vectors file"),
     (["render", "--model", "./missing", "--out", "x.wav"], "no model folder"),
     (["extract", "--concept", "../../etc/passwd", "--out", "x.safetensors"], "no paths"),
     (["extract", "--concept", "tempo", "--method", "magic", "--out", "x.safetensors"], "unknown --method"),

@@ -23,6 +23,8 @@ import rtmidi
 from tests.oscclient import Client, message
 from tests.realparts import SINK
 
+pytestmark = pytest.mark.realtime
+
 ROOT = Path(__file__).resolve().parent.parent
 FRAME_SAMPLES = 640  # tiny model: 32 kHz, hop 640
 MODEL_RATE = 32000
@@ -142,9 +144,16 @@ def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jac
             assert proc.poll() is None
             assert after["targets"] == before["targets"] and after["errors"] == before["errors"] + 2
             assert after["midi"]["ignored"] >= 6
+            flowing = osc.status()
             time.sleep(2.0)
             status = osc.status()
-            assert status["control_latency_ms"]["n"] >= 2 and status["frames_generated"] > 100
+            assert status["control_latency_ms"]["n"] >= 2
+            # The music keeps flowing: at least half of what this machine generates in that time right now
+            # (the engine's own rtf, real time at most), so a busy machine slows the check, not fails it.
+            elapsed = status["uptime_s"] - flowing["uptime_s"]
+            can = elapsed * MODEL_RATE / FRAME_SAMPLES * min(1.0, status["rtf"] or 0.0)
+            generated = status["frames_generated"] - flowing["frames_generated"]
+            assert generated >= max(1.0, 0.5 * can), {"generated": generated, "could": can, "rtf": status["rtf"]}
         finally:
             code = stop(proc)
             monitor.send_signal(signal.SIGINT)
