@@ -570,7 +570,7 @@ class StaticStream(MusicStream):
             restore()
             eager = run(self._device_step)
             restore()
-        except Exception as exc:  # noqa: BLE001 - any failure to capture means eager
+        except Exception as exc:  # any failure to capture means eager
             restore()
             self._fall_back(f"capture failed ({type(exc).__name__}: {exc})")
             return
