@@ -608,5 +608,25 @@ def open_stream(handle: MusicGenHandle, prompts: Sequence[str] | str, *, engine:
     return StaticStream(handle, prompts, cuda_graphs=cuda_graphs, **kwargs)  # type: ignore[arg-type]
 
 
+def count_graph_breaks(stream: StaticStream) -> int:
+    """Graph breaks ``torch._dynamo.explain`` finds in one static step (0: it traces whole).
+    Traces one step from the stream's current state, then restores that state."""
+    saved_pos, saved_tok, saved_rng = stream._pos_t.clone(), stream._tok.clone(), stream.generator.get_state()
+    stream._prepare_step()
+
+    def one_step() -> None:
+        with torch.no_grad():
+            stream._device_step()
+
+    try:
+        explained = torch._dynamo.explain(one_step)()
+    finally:
+        stream._pos_t.copy_(saved_pos)
+        stream._tok.copy_(saved_tok)
+        stream.generator.set_state(saved_rng)
+        torch._dynamo.reset()
+    return int(explained.graph_break_count)
+
+
 __all__ = ["CUDA_GRAPHS_MODES", "CudaGraphRunner", "GraphRunner", "StaticStream", "UnsupportedSteering",
-           "open_stream", "static_step_supports"]
+           "count_graph_breaks", "open_stream", "static_step_supports"]
