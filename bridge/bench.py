@@ -142,12 +142,12 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
     _generate_seconds(handle, min(frames, 20), settings)
     # Interleaved, so drift in the machine (clocks, other load) hits every side alike.
     runs: dict[str, list[float]] = {"engine": [], "steered": [], "static": [], "hf": []}
-    codes: dict[str, torch.Tensor] = {}
+    run_codes: dict[str, torch.Tensor] = {}
     for _ in range(repeats):
         runs["engine"].append(_engine_seconds(handle, frames, None, settings)[0])
-        took, codes["steered"] = _engine_seconds(handle, frames, steerer, settings)
+        took, run_codes["steered"] = _engine_seconds(handle, frames, steerer, settings)
         runs["steered"].append(took)
-        took, codes["static"] = _engine_seconds(handle, frames, steerer, settings, static=True, cuda_graphs=cuda_graphs)
+        took, run_codes["static"] = _engine_seconds(handle, frames, steerer, settings, static=True, cuda_graphs=cuda_graphs)
         runs["static"].append(took)
         runs["hf"].append(_generate_seconds(handle, frames, settings))
     engine, steered, static, hf = min(runs["engine"]), min(runs["steered"]), min(runs["static"]), min(runs["hf"])
@@ -190,7 +190,7 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
         "rtf_unsteered": round(audio_s / (engine + decode_s), 3),
         "steering_overhead": round(steered / engine - 1, 4),
         "static_step": {
-            "tokens_identical": bool(torch.equal(codes["steered"], codes["static"])),
+            "tokens_identical": bool(torch.equal(run_codes["steered"], run_codes["static"])),
             **static_step_figures(handle, settings),
             "steered_steps_per_s": round(frames / static, 2),
             "loop_steered_steps_per_s": round(frames / steered, 2),
