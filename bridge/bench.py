@@ -15,6 +15,7 @@ import torch
 from steering_core.codec import ChunkedDecoder, decode
 from steering_core.models import MusicGenHandle, load_model
 from steering_core.sampling import SamplingSettings
+from steering_core.static_step import StaticStream, count_graph_breaks
 from steering_core.steerer import Steerer
 from steering_core.stream import MusicStream
 from steering_core.vectors import SteeringVector
@@ -29,14 +30,20 @@ def _sync(handle: MusicGenHandle) -> None:
         torch.cuda.synchronize()
 
 
-def _engine_seconds(handle: MusicGenHandle, frames: int, steerer: Steerer | None, settings: SamplingSettings) -> float:
-    stream = MusicStream(handle, PROMPT, seed=0, settings=settings, steerer=steerer)
+def _engine_seconds(handle: MusicGenHandle, frames: int, steerer: Steerer | None, settings: SamplingSettings,
+                    static: bool = False, cuda_graphs: str = "off") -> tuple[float, torch.Tensor]:
+    """Seconds for ``frames`` frames of today's loop (or the static step), and the codes."""
+    if static:
+        stream: MusicStream = StaticStream(handle, PROMPT, seed=0, settings=settings, steerer=steerer,
+                                           cuda_graphs=cuda_graphs)  # type: ignore[arg-type]
+    else:
+        stream = MusicStream(handle, PROMPT, seed=0, settings=settings, steerer=steerer)
     _sync(handle)
     start = time.perf_counter()
     with stream.steering():
-        stream.generate_frames(frames)
+        codes = stream.generate_frames(frames)
     _sync(handle)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, codes
 
 
 @torch.inference_mode()
@@ -134,24 +141,38 @@ def repeat_warnings(spreads: dict[str, float], limit: float = SPREAD_WARNING) ->
             "speedup, rtf and steering_overhead are not to be trusted; rerun on a quiet machine or with more --repeats"]
 
 
+def static_step_figures(handle: MusicGenHandle, settings: SamplingSettings) -> dict[str, Any]:
+    """Graph breaks of the static step (``torch._dynamo.explain``), steered, after a few steps."""
+    stream = StaticStream(handle, PROMPT, seed=0, settings=settings, steerer=random_concepts(handle))
+    with stream.steering():
+        stream.generate_frames(2)
+        return {"graph_breaks": count_graph_breaks(stream)}
+
+
 def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "auto", repeats: int = 3,
-              max_streams: int = 0, reprime: bool = False) -> dict[str, Any]:
+              max_streams: int = 0, reprime: bool = False, cuda_graphs: str = "auto") -> dict[str, Any]:
     """The figures ``steerbridge bench`` prints; ``max_streams`` > 0 adds the batched-streams
-    sweep, ``reprime`` the time of one re-prime."""
+    sweep, ``reprime`` the time of one re-prime. The static step (``StaticStream``, with
+    ``cuda_graphs``) is timed steered beside today's loop, same settings, same seed."""
     handle = load_model(model, device, dtype)
     frames = max(8, round(seconds * handle.frame_rate))
     settings = SamplingSettings(guidance_scale=3.0, top_k=250)
     steerer = random_concepts(handle)
     # Warm-up: kernels, allocator, lazily built buffers.
     _engine_seconds(handle, min(frames, 20), None, settings)
+    _engine_seconds(handle, min(frames, 20), steerer, settings, static=True, cuda_graphs=cuda_graphs)
     _generate_seconds(handle, min(frames, 20), settings)
     # Interleaved, so drift in the machine (clocks, other load) hits every side alike.
-    runs: dict[str, list[float]] = {"engine": [], "steered": [], "hf": []}
+    runs: dict[str, list[float]] = {"engine": [], "steered": [], "static": [], "hf": []}
+    run_codes: dict[str, torch.Tensor] = {}
     for _ in range(repeats):
-        runs["engine"].append(_engine_seconds(handle, frames, None, settings))
-        runs["steered"].append(_engine_seconds(handle, frames, steerer, settings))
+        runs["engine"].append(_engine_seconds(handle, frames, None, settings)[0])
+        took, run_codes["steered"] = _engine_seconds(handle, frames, steerer, settings)
+        runs["steered"].append(took)
+        took, run_codes["static"] = _engine_seconds(handle, frames, steerer, settings, static=True, cuda_graphs=cuda_graphs)
+        runs["static"].append(took)
         runs["hf"].append(_generate_seconds(handle, frames, settings))
-    engine, steered, hf = min(runs["engine"]), min(runs["steered"]), min(runs["hf"])
+    engine, steered, static, hf = min(runs["engine"]), min(runs["steered"]), min(runs["static"]), min(runs["hf"])
     spreads = {name: spread(times) for name, times in runs.items()}
     warnings = repeat_warnings(spreads)
     for line in warnings:
@@ -194,6 +215,15 @@ def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "au
         "rtf": round(audio_s / (steered + decode_s), 3),
         "rtf_unsteered": round(audio_s / (engine + decode_s), 3),
         "steering_overhead": round(steered / engine - 1, 4),
+        "static_step": {
+            "tokens_identical": bool(torch.equal(run_codes["steered"], run_codes["static"])),
+            **static_step_figures(handle, settings),
+            "steered_steps_per_s": round(frames / static, 2),
+            "loop_steered_steps_per_s": round(frames / steered, 2),
+            "speedup_vs_loop": round(steered / static, 3),
+            "rtf": round(audio_s / (static + decode_s), 3),
+            "cuda_graphs": cuda_graphs,
+        },
         "first_audio_ms": round(first_audio_ms, 1),
         "torch": torch.__version__,
         "repeats": repeats,

@@ -222,6 +222,12 @@ def _model_args(p: argparse.ArgumentParser, model_default: str | None = DEFAULT_
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16")
 
 
+def _cuda_graphs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
+                   help="static decode step: replay it as a CUDA graph, checked against eager at start "
+                        "(auto: on CUDA only; off: eager)")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from steering_core.concepts import load_concept
 
@@ -315,7 +321,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     settings = _settings(args, {})
     seed = args.seed or 0
     audio = render(handle, args.prompt or DEFAULT_PROMPT, seconds, seed=seed, vectors=vectors, alphas=alphas,
-                   settings=settings)
+                   settings=settings, cuda_graphs=args.cuda_graphs)
     out = write_wav(args.out, audio, handle.sample_rate)
     steer = ", ".join(f"{k}={v:g}" for k, v in alphas.items()) or "no steering"
     print(f"wrote {out}: {audio.shape[-1] / handle.sample_rate:.2f} s at {handle.sample_rate} Hz, {steer}, seed {seed}")
@@ -427,7 +433,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         midi_map=args.midi_map, midi_api=args.midi_api, audio_out=args.audio_out, chain=args.chain,
         record=args.record, log=args.log, scenes_dir=args.scenes_dir, duration=args.duration,
         smoothing_ms=args.smoothing_ms, guidance=args.guidance, temperature=args.temperature, top_k=args.top_k,
-        engine=engine, status_line=not args.quiet, threads=args.threads)
+        engine=engine, status_line=not args.quiet, threads=args.threads, cuda_graphs=args.cuda_graphs)
     return run_serve(options)
 
 
@@ -496,7 +502,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     result = run_bench(args.model, args.seconds, args.device, args.dtype, repeats=args.repeats,
-                       max_streams=args.max_streams if args.streams else 0, reprime=args.reprime)
+                       max_streams=args.max_streams if args.streams else 0, reprime=args.reprime,
+                       cuda_graphs=args.cuda_graphs)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 
@@ -578,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: 0, or the performance's)")
     _sampling_args(p, defaults=False)
     p.add_argument("--out", required=True, help="output .wav")
+    _cuda_graphs_arg(p)
     p.set_defaults(func=cmd_render)
 
     p = _command(sub, "serve", "the live bridge: OSC and MIDI knobs steer the music while it plays",
@@ -615,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: 1 for the built-in models, else torch's)")
     p.add_argument("--quiet", action="store_true", help="no status line")
+    _cuda_graphs_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = _command(sub, "analyze", "where concepts live: probes, clustering, influence, alpha sweeps, plots",
@@ -671,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reprime", action="store_true",
                    help="also time one re-prime at half the trained window (generates that many frames first)")
     p.add_argument("--json", action="store_true", help="one JSON object on one line")
+    _cuda_graphs_arg(p)
     p.set_defaults(func=cmd_bench)
 
     from .toycmd import add_toy_parser

@@ -29,6 +29,7 @@ from steering_core.extraction import extract_vector
 from steering_core.models import MusicGenHandle, load_model
 from steering_core.performance import Performance
 from steering_core.sampling import SamplingSettings
+from steering_core.static_step import open_stream
 from steering_core.steerer import Steerer
 from steering_core.stream import MusicStream
 from steering_core.vectors import SteeringVector, load_vectors
@@ -77,6 +78,7 @@ class ServeOptions:
     engine: EngineSettings = field(default_factory=EngineSettings)
     status_line: bool = True
     threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's default
+    cuda_graphs: str | None = None  # None: today's decode loop; auto|on|off: the static step (steering_core.static_step)
 
 
 def cache_dir() -> Path:
@@ -123,7 +125,11 @@ class Server:
             steerer.add(vector, alpha=0.0)
         settings = SamplingSettings(guidance_scale=o.guidance, temperature=o.temperature, top_k=o.top_k)
         settings.validate()
-        stream = MusicStream(self.handle, o.prompt, seed=o.seed, settings=settings, steerer=steerer)
+        if o.cuda_graphs is None:
+            stream = MusicStream(self.handle, o.prompt, seed=o.seed, settings=settings, steerer=steerer)
+        else:
+            stream = open_stream(self.handle, o.prompt, cuda_graphs=o.cuda_graphs,  # type: ignore[arg-type]
+                                 seed=o.seed, settings=settings, steerer=steerer)
         self.performance = Performance(stream, steerer, smoothing_ms=o.smoothing_ms)
         self.control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v, _ in self.vectors], o.prompt,
                                     settings, vocab_size=self.handle.decoder_config.vocab_size)

@@ -9,6 +9,7 @@ import numpy as np
 from .codec import decode
 from .models import MusicGenHandle
 from .sampling import SamplingSettings
+from .static_step import CudaGraphsMode, open_stream
 from .steerer import Steerer
 from .stream import FrameCallback, MusicStream
 from .vectors import SteeringVector
@@ -17,7 +18,7 @@ from .vectors import SteeringVector
 def render(handle: MusicGenHandle, prompt: str, seconds: float, *, seed: int = 0,
            vectors: Sequence[SteeringVector] = (), alphas: Mapping[str, float] | None = None,
            settings: SamplingSettings | None = None, on_frame: FrameCallback | None = None,
-           steerer: Steerer | None = None) -> np.ndarray:
+           steerer: Steerer | None = None, cuda_graphs: CudaGraphsMode | None = None) -> np.ndarray:
     """Audio [channels, samples] for ``seconds`` of ``prompt`` with each concept at its alpha.
 
     With no vectors the model runs unhooked; with vectors at alpha 0 the result is
@@ -31,7 +32,10 @@ def render(handle: MusicGenHandle, prompt: str, seconds: float, *, seed: int = 0
     if alphas:
         raise KeyError(f"no vector loaded for {', '.join(sorted(alphas))}")
     frames = max(1, round(seconds * handle.frame_rate))
-    stream = MusicStream(handle, prompt, seed=seed, settings=settings, steerer=steerer)
+    if cuda_graphs is None:  # today's loop
+        stream = MusicStream(handle, prompt, seed=seed, settings=settings, steerer=steerer)
+    else:  # the static step (same tokens), unless its steering cannot apply the concepts
+        stream = open_stream(handle, prompt, cuda_graphs=cuda_graphs, seed=seed, settings=settings, steerer=steerer)
     with stream.steering():
         codes = stream.generate_frames(frames, on_frame=on_frame)
     return decode(handle, codes)[0]

@@ -13,7 +13,8 @@ out, error or not. Within a site, the plain ``add`` concepts go first (fused, se
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -67,6 +68,9 @@ class Concept:
 #: Knob table size: concepts one steerer holds at once.
 MAX_CONCEPTS = 64
 
+#: Told of each knob turn: (concept slot, new alpha or None, new enabled or None).
+KnobListener = Callable[[int, "float | None", "bool | None"], None]
+
 
 class Steerer:
     """Several concepts at once, each with its own layers, site, operator, CFG mode and alpha."""
@@ -86,6 +90,8 @@ class Steerer:
         # all the plain `add` concepts at a site fuse into one matrix-vector product.
         self._alpha_table = torch.zeros(MAX_CONCEPTS, device=handle.device, dtype=handle.dtype)
         self._enabled_table = torch.ones(MAX_CONCEPTS, device=handle.device, dtype=handle.dtype)
+        # Streams that keep their own knob table (StaticStream) follow every knob turn here.
+        self._knob_listeners: list[weakref.WeakMethod[KnobListener]] = []
 
     # --- concepts ---------------------------------------------------------------
     def add(self, vector: SteeringVector, *, alpha: float = 0.0, operator: str | None = None,
@@ -126,12 +132,29 @@ class Steerer:
 
     def set_alpha(self, name: str, value: float) -> None:
         """Knob turn: takes effect at the next forward pass, from any thread."""
-        self._concept(name).alpha.fill_(float(value))
+        concept = self._concept(name)
+        concept.alpha.fill_(float(value))
+        self._notify(concept.slot, float(value), None)
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         concept = self._concept(name)
         concept.enabled = bool(enabled)
         self._enabled_table[concept.slot] = 1.0 if enabled else 0.0
+        self._notify(concept.slot, None, bool(enabled))
+
+    def add_knob_listener(self, listener: KnobListener) -> None:
+        """Call ``listener(slot, alpha, enabled)`` (None for what did not change) after every
+        ``set_alpha``/``set_enabled``, on the caller's thread. ``listener`` must be a bound
+        method; it is held weakly, so a stream that is gone stops being called."""
+        self._knob_listeners.append(weakref.WeakMethod(listener))  # type: ignore[arg-type]
+
+    def _notify(self, slot: int, alpha: float | None, enabled: bool | None) -> None:
+        for ref in tuple(self._knob_listeners):
+            listener = ref()
+            if listener is None:
+                self._knob_listeners = [r for r in self._knob_listeners if r is not ref]
+            else:
+                listener(slot, alpha, enabled)
 
     def alphas(self) -> dict[str, float]:
         return {name: c.value for name, c in self.concepts.items()}

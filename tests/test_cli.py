@@ -96,6 +96,8 @@ def test_bench_prints_one_json_object_with_the_contract_keys(tmp_path: Path) -> 
         assert key in result, key
     assert result["engine_steps_per_s"] > 0 and result["hf_generate_steps_per_s"] > 0
     assert abs(result["speedup"] - result["engine_steps_per_s"] / result["hf_generate_steps_per_s"]) < 0.05 * result["speedup"]
+    static = result["static_step"]  # the static step, steered, beside the loop in the same run
+    assert static["tokens_identical"] is True and static["graph_breaks"] == 0 and static["steered_steps_per_s"] > 0
 
 
 def test_bench_streams_sweep_and_reprime_time(tmp_path: Path) -> None:

@@ -121,15 +121,9 @@ def test_lean_decoder_forward_matches_transformers_own(tiny) -> None:
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("spec", ["tiny", "tiny-stereo"])
-def test_greedy_stream_equals_transformers_generate(spec) -> None:
-    """An independent check of the delay pattern (mono: d(k) = k; stereo: interleaved
-    left/right, d(k) = k // 2) and of CFG: with greedy sampling our loop must produce
-    exactly the codes transformers' own generate() does."""
-    handle = load_model(spec, device="cpu")
-    n = 30
-    ours = MusicStream(handle, "drums", seed=0, settings=SamplingSettings(guidance_scale=3.0, temperature=0.0))
-    ours_codes = ours.generate_frames(n)
+def transformers_greedy_codes(handle, prompt: str, n: int, guidance: float = 3.0) -> torch.Tensor:
+    """The first ``n`` frames transformers' own greedy ``generate()`` makes for ``prompt``,
+    as [1, K, n] in real frame time (captured where generate() hands them to the codec)."""
     captured = []
     codec_decode = handle.model.audio_encoder.decode
 
@@ -138,14 +132,29 @@ def test_greedy_stream_equals_transformers_generate(spec) -> None:
         return codec_decode(codes, *args, **kwargs)
 
     handle.model.audio_encoder.decode = capture
-    inputs = handle.tokenizer(["drums"], return_tensors="pt")
-    handle.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=n + 12)
+    try:
+        inputs = handle.tokenizer([prompt], return_tensors="pt").to(handle.device)
+        handle.model.generate(**inputs, do_sample=False, guidance_scale=guidance,
+                              max_new_tokens=n + handle.num_codebooks // handle.audio_channels + 8)
+    finally:
+        del handle.model.audio_encoder.decode  # back to the class's own method
     if handle.audio_channels == 2:  # generate() decodes left (::2) and right (1::2) apart
         theirs = torch.empty((1, handle.num_codebooks, captured[0].shape[-1]), dtype=torch.long)
         theirs[:, ::2], theirs[:, 1::2] = captured[0][0], captured[1][0]
     else:
         theirs = captured[0][0]
-    assert torch.equal(theirs[:, :, :n], ours_codes)
+    return theirs[:, :, :n]
+
+
+@pytest.mark.parametrize("spec", ["tiny", "tiny-stereo"])
+def test_greedy_stream_equals_transformers_generate(spec) -> None:
+    """An independent check of the delay pattern (mono: d(k) = k; stereo: interleaved
+    left/right, d(k) = k // 2) and of CFG: with greedy sampling our loop must produce
+    exactly the codes transformers' own generate() does."""
+    handle = load_model(spec, device="cpu")
+    n = 30
+    ours = MusicStream(handle, "drums", seed=0, settings=SamplingSettings(guidance_scale=3.0, temperature=0.0))
+    assert torch.equal(transformers_greedy_codes(handle, "drums", n), ours.generate_frames(n))
 
 
 def test_stereo_streams_endlessly_and_decodes_to_two_channels() -> None:
