@@ -88,11 +88,14 @@ class ReplyBudget:
 
     def __init__(self, per_s: float = REPLIES_PER_S, bytes_per_s: float = REPLY_BYTES_PER_S) -> None:
         self.per_s, self.bytes_per_s = per_s, bytes_per_s
-        self._buckets: dict[tuple[str, int], tuple[float, float, float]] = {}  # dest -> (time, count, bytes)
+        self._buckets: dict[tuple[str, int, str], tuple[float, float, float]] = {}  # -> (time, count, bytes)
         self.refused = 0
 
-    def allow(self, dest: tuple[str, int], size: int, now: float) -> bool:
-        then, count, nbytes = self._buckets.get(dest, (now, self.per_s / 2, self.bytes_per_s / 2))
+    def allow(self, dest: tuple[str, int], size: int, now: float, kind: str = "reply") -> bool:
+        """Whether a reply of ``size`` bytes may go to ``dest`` now. Each kind has its own
+        bucket, so a flood of ``/error`` replies never starves that sender's ``/status``."""
+        key = (dest[0], dest[1], kind)
+        then, count, nbytes = self._buckets.get(key, (now, self.per_s / 2, self.bytes_per_s / 2))
         elapsed = now - then
         count = min(self.per_s / 2, count + elapsed * self.per_s)
         nbytes = min(self.bytes_per_s / 2, nbytes + elapsed * self.bytes_per_s)
@@ -101,9 +104,9 @@ class ReplyBudget:
             count, nbytes = count - 1, nbytes - size
         else:
             self.refused += 1
-        if dest not in self._buckets and len(self._buckets) >= MAX_REPLY_DESTINATIONS:
+        if key not in self._buckets and len(self._buckets) >= MAX_REPLY_DESTINATIONS:
             self._buckets.clear()  # a spray of spoofed sources: start over rather than grow
-        self._buckets[dest] = (now, count, nbytes)
+        self._buckets[key] = (now, count, nbytes)
         return ok
 
 
@@ -309,17 +312,18 @@ class OscServer:
         address = short(address)
         if self.control is not None:
             self.control.reject(f"{address}: {reason}")
-        self._send(origin.address, "/error", [short(f"{address}: {reason}", 300)])
+        self._send(origin.address, "/error", [short(f"{address}: {reason}", 300)], kind="error")
         self.logs.warning(kind, "OSC %s from %s rejected: %s", address, origin.label.removeprefix("osc "), reason)
 
-    def _send(self, addr: tuple[str, int] | None, address: str, args: list[Any], *, budgeted: bool = True) -> None:
+    def _send(self, addr: tuple[str, int] | None, address: str, args: list[Any], *, budgeted: bool = True,
+              kind: str = "reply") -> None:
         if addr is None:
             return
         data = encode(address, args)
-        if budgeted and not self._budget.allow(addr, len(data), time.monotonic()):
+        if budgeted and not self._budget.allow(addr, len(data), time.monotonic(), kind):
             self.dropped_replies += 1
-            self.logs.warning("reply budget", "OSC replies to %s:%d exceed %d/s: some are dropped",
-                              addr[0], addr[1], int(REPLIES_PER_S))
+            self.logs.warning("reply budget", "OSC %s replies to %s:%d exceed %d/s: some are dropped",
+                              kind, addr[0], addr[1], int(REPLIES_PER_S))
             return
         try:
             self.sock.sendto(data, addr)
