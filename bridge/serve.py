@@ -293,8 +293,7 @@ def run_serve(options: ServeOptions) -> int:
              final["frames_generated"] / server.handle.frame_rate, final["frames_generated"], final["underruns"],
              latency_summary(final["control_latency_ms"]))
     if server.recorder is not None:
-        log.info("recording: %s (%d samples at %d Hz)", server.recorder.path, server.recorder.frames,
-                 server.output.sample_rate)
+        log.info("recording: %s", server.recorder.summary())
     if server.perf_log is not None:
         log.info("performance log: %s (replay with: steerbridge render --automation %s --out replay.wav)",
                  server.perf_log.path, server.perf_log.path)
