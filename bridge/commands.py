@@ -20,7 +20,7 @@ from steering_core.performance import Change
 
 from .control import ControlError, ControlState, changes_from_view
 from .midimaps import MidiMapError
-from .oscmatch import AddressMatcher, PatternError
+from .oscmatch import AddressMatcher, PatternError, describe_unknown
 from .oscwire import short
 from .scenes import SceneError, SceneStore, morph
 
@@ -122,11 +122,7 @@ class Commands:
         self._matcher.add(address)
 
     def _unknown(self, address: str) -> str:
-        if address.startswith("/steer/"):
-            name = short(address.split("/")[2], 32)
-            known = ", ".join(self.control.concepts) or "none loaded"
-            return f"unknown concept {name!r} in {short(address)} (loaded: {known})"
-        return f"unknown address {short(address)}"
+        return describe_unknown(address, self.control.concepts)
 
     def _steer(self, name: str) -> Handler:
         return lambda args, _o: Plan([self.control.alpha_change(name, _float(args, 0, 1))])

@@ -132,9 +132,10 @@ class ControlState:
             listener(event)
         return event
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` refused messages; ``reason`` is the last one's."""
         with self._lock:
-            self.errors += 1
+            self.errors += count
             # Cut long reasons: the text goes into /status, which must stay one datagram.
             self.last_error = reason if len(reason) <= MAX_ERROR_CHARS else reason[:MAX_ERROR_CHARS] + "..."
 

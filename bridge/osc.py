@@ -1,22 +1,19 @@
-"""OSC over UDP: one blocking receive loop on its own thread, so messages keep their order.
+"""OSC over UDP: the socket, the command table and feedback, in the server process.
 
-Every datagram is decoded by ``oscwire`` (strict, bounded work per byte) and matched by
-``oscmatch`` (linear time), never trusted: an undecodable packet, a wrong type, NaN, an
-unknown concept... is counted in ``errors``, answered with ``/error s`` to the sender,
-logged (rate-limited per kind), and changes nothing.
+The per-packet work happens in another process, ``oscfront`` (see there why): it reads
+every datagram, refuses what is malformed, unknown, too far in the future or too fast
+with ``/error``, and passes the rest here, in order, over a local socket. Here each
+message is run through the command table (values validated: a wrong type, NaN, an
+out-of-range alpha is counted in ``errors``, answered with ``/error s`` and changes
+nothing) and answered on the same UDP socket.
 
-The socket is bound before the model loads (``serve`` takes a while to start): until
-``attach`` hands over the command table, ``/status`` answers ``{"state": "loading"}``
-and other messages are held (a bounded number) and run once the server is ready, so
-nothing sent during start-up is silently lost.
+The socket is bound, and the front started, before the model loads (``serve`` takes a
+while to start): until ``attach`` hands over the command table, the front answers
+``/status`` with ``{"state": "loading"}`` and holds other messages, which run once the
+server is ready, so nothing sent during start-up is silently lost.
 
-Bundles with a future timetag (TouchDesigner sends them) are queued and fired by this
-same loop when due; the loop never sleeps on them, so ``/status`` still answers at
-once. The queue is bounded in time (``MAX_FUTURE_S``), count and bytes; what does not
-fit is refused with ``/error``.
-
-Replies are budgeted per destination (count and bytes per second), and one packet gets
-at most one ``/status`` reply, so the server cannot be used to amplify traffic.
+Replies are budgeted per destination (count and bytes per second; ``/error`` and other
+replies separately), so the server cannot be used to amplify traffic.
 
 ``/subscribe host port`` adds a feedback destination: target changes go back, at most
 ``FEEDBACK_HZ`` times a second per address, to every subscriber except the one that
@@ -24,44 +21,42 @@ made the change (so a fader being dragged is not yanked back by its own echo). T
 is a numeric address or ``localhost`` (no DNS lookup on the receive thread), by default
 the sender's own host, and a subscription lapses after ``SUBSCRIPTION_TTL_S`` unless
 it is renewed by sending ``/subscribe`` again.
+
+Threads: ``osc`` reads the front's records and runs commands; ``osc-feedback`` sends
+feedback and expires subscriptions. ``subscribers`` is guarded by its lock; the reply
+budget belongs to ``osc`` alone (feedback is throttled by its own period instead).
 """
 
 from __future__ import annotations
 
-import heapq
+import contextlib
 import ipaddress
-import itertools
 import json
 import logging
+import os
 import socket
-import struct
+import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-
-from pythonosc.osc_message_builder import OscMessageBuilder
 
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent, ControlState
-from .oscwire import OscWireError, WireMessage, decode_packet, short
+from .oscbudget import TokenBuckets
+from .oscfront import _COUNTS_HEAD, _MESSAGE_HEAD, RECORD_ADDRESSES, RECORD_COUNTS, RECORD_MESSAGE
+from .oscwire import OscWireError, decode_packet, encode_message, short
 from .ratelog import RateLimitedLog
 
 log = logging.getLogger("steerbridge.osc")
 
-MAX_FUTURE_S = 10.0
-MAX_SCHEDULED = 1024  # future-timetag messages waiting at once
-MAX_SCHEDULED_BYTES = 256 * 1024
-MAX_HELD_WHILE_LOADING = 256
 FEEDBACK_HZ = 25.0
 MAX_SUBSCRIBERS = 16
 SUBSCRIPTION_TTL_S = 60.0
-REPLIES_PER_S = 200.0  # per destination; a burst of half a second's worth is allowed
+REPLIES_PER_S = 200.0  # per destination and kind of reply; a burst of half a second's worth is allowed
 REPLY_BYTES_PER_S = 256 * 1024.0
-MAX_REPLY_DESTINATIONS = 1024
-_SO_TIMESTAMPNS = 35  # Linux: kernel receive time of each datagram, as a struct timespec
 
 
 @dataclass(frozen=True)
@@ -77,37 +72,7 @@ class Subscriber:
 
 
 def encode(address: str, args: list[Any]) -> bytes:
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg)
-    return builder.build().dgram
-
-
-class ReplyBudget:
-    """A token bucket per destination, in replies and in bytes per second."""
-
-    def __init__(self, per_s: float = REPLIES_PER_S, bytes_per_s: float = REPLY_BYTES_PER_S) -> None:
-        self.per_s, self.bytes_per_s = per_s, bytes_per_s
-        self._buckets: dict[tuple[str, int, str], tuple[float, float, float]] = {}  # -> (time, count, bytes)
-        self.refused = 0
-
-    def allow(self, dest: tuple[str, int], size: int, now: float, kind: str = "reply") -> bool:
-        """Whether a reply of ``size`` bytes may go to ``dest`` now. Each kind has its own
-        bucket, so a flood of ``/error`` replies never starves that sender's ``/status``."""
-        key = (dest[0], dest[1], kind)
-        then, count, nbytes = self._buckets.get(key, (now, self.per_s / 2, self.bytes_per_s / 2))
-        elapsed = now - then
-        count = min(self.per_s / 2, count + elapsed * self.per_s)
-        nbytes = min(self.bytes_per_s / 2, nbytes + elapsed * self.bytes_per_s)
-        ok = count >= 1 and nbytes >= size
-        if ok:
-            count, nbytes = count - 1, nbytes - size
-        else:
-            self.refused += 1
-        if key not in self._buckets and len(self._buckets) >= MAX_REPLY_DESTINATIONS:
-            self._buckets.clear()  # a spray of spoofed sources: start over rather than grow
-        self._buckets[key] = (now, count, nbytes)
-        return ok
+    return encode_message(address, args)
 
 
 def subscriber_host(host: str, sender_host: str, *, any_host: bool) -> str:
@@ -133,33 +98,26 @@ class OscServer:
         try:
             self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((host, port))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # ride out bursts in the front
         except OSError as exc:
             raise OSError(f"cannot listen for OSC on {host}:{port}: {exc.strerror or exc}") from None
-        self._kernel_timestamps = False
-        if sys.platform == "linux":
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-                self._kernel_timestamps = True
-            except OSError:
-                pass
-        self.sock.settimeout(0.05)
         self.host, self.port = self.sock.getsockname()[:2]
+        self.link, self._front_link = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.link.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._front_link.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self.front: subprocess.Popen[bytes] | None = None
         self.feedback_any_host = feedback_any_host
         self.packets = 0
         self.dropped_replies = 0
+        self._front_dropped = 0
         self.subscribers: dict[tuple[str, int], Subscriber] = {}
-        self._subscribers_lock = threading.Lock()  # receive thread adds, feedback thread expires
+        self._subscribers_lock = threading.Lock()  # osc adds, osc-feedback expires
         self.commands: Commands | None = None
         self.control: ControlState | None = None
-        self._scheduled: list[tuple[float, int, WireMessage, Origin]] = []
-        self._scheduled_bytes = 0
-        self._held: deque[tuple[WireMessage, Origin]] = deque()
-        self._held_lock = threading.Lock()
-        self._seq = itertools.count()
         self._stop = threading.Event()
         self._pending: dict[str, tuple[list[Any], str]] = {}  # feedback address -> (args, origin label)
         self._pending_lock = threading.Lock()
-        self._budget = ReplyBudget()
+        self._budget = TokenBuckets(REPLIES_PER_S, REPLY_BYTES_PER_S)
         self.logs = RateLimitedLog(log)
         self._receiver = threading.Thread(target=self._serve, name="osc", daemon=True)
         self._feedbacker = threading.Thread(target=self._feedback, name="osc-feedback", daemon=True)
@@ -168,17 +126,27 @@ class OscServer:
 
     # --- lifecycle ---------------------------------------------------------------------
     def listen(self) -> None:
-        """Start receiving (before the model is loaded, if ``attach`` has not happened yet)."""
-        if not self._receiver.is_alive():
-            self._receiver.start()
-            log.info("OSC listening on %s:%d (send /status for the full state)", self.host, self.port)
+        """Start the front (before the model is loaded, if ``attach`` has not happened yet)."""
+        if self.front is not None:
+            return
+        fds = (self.sock.fileno(), self._front_link.fileno())
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        self.front = subprocess.Popen([sys.executable, "-m", "bridge.oscfront", str(fds[0]), str(fds[1]), level],
+                                      pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+        self._front_link.close()  # the front holds its end now; its exit is our end-of-file
+        self._receiver.start()
+        log.info("OSC listening on %s:%d (send /status for the full state)", self.host, self.port)
 
     def attach(self, commands: Commands) -> None:
-        """Hand over the command table; messages held during loading run now, in order."""
+        """Hand over the command table; the front then passes on what it held during loading."""
         self.commands = commands
         self.control = commands.control
         commands.subscribe = self._subscribe
         self.control.add_listener(self._on_event)
+        table = {"addresses": commands.addresses, "concepts": list(commands.control.concepts)}
+        self.link.send(RECORD_ADDRESSES + json.dumps(table).encode())
 
     def start(self) -> None:
         if self.commands is None:
@@ -189,124 +157,76 @@ class OscServer:
 
     def stop(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self.link.shutdown(socket.SHUT_RDWR)  # the front sees end-of-file and exits
+        if self.front is not None:
+            try:
+                self.front.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.front.kill()
+                self.front.wait()
         for t in (self._receiver, self._feedbacker):
             if t.is_alive():
                 t.join(timeout=2)
+        self._front_link.close()  # still ours if the front never started
+        self.link.close()
         self.sock.close()
         self.logs.flush()
 
-    # --- receive loop ----------------------------------------------------------------
-    def _receive(self) -> tuple[bytes, tuple[str, int], float]:
-        """One datagram, its sender, and when it reached the socket (``time.monotonic``)."""
-        if not self._kernel_timestamps:
-            data, addr = self.sock.recvfrom(65536)
-            return data, (addr[0], addr[1]), time.monotonic()
-        data, ancdata, _flags, addr = self.sock.recvmsg(65536, 64)
-        now_mono, now_wall = time.monotonic(), time.time()
-        arrived = now_mono
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= 16:
-                seconds, nanos = struct.unpack_from("qq", payload)
-                waited = now_wall - (seconds + nanos * 1e-9)
-                if 0.0 <= waited < 60.0:  # a wall clock step would make nonsense of it
-                    arrived = now_mono - waited
-        return data, (addr[0], addr[1]), arrived
-
+    # --- from the front ---------------------------------------------------------------
     def _serve(self) -> None:
+        self.link.settimeout(0.1)
         while not self._stop.is_set():
-            if self.commands is not None:
-                self._run_held()
-                self._fire_due()
-            timeout = 0.05
-            if self._scheduled:
-                timeout = min(timeout, max(0.0005, self._scheduled[0][0] - time.time()))
-            self.sock.settimeout(timeout)
             try:
-                data, addr, arrived = self._receive()
-            except (TimeoutError, BlockingIOError):
+                record = self.link.recv(1 << 17)
+            except TimeoutError:
                 continue
             except OSError:
-                if self._stop.is_set():
-                    break
-                continue
+                break
+            if not record:
+                if not self._stop.is_set():
+                    log.error("the OSC front process ended (exit code %s): OSC is off until restart",
+                              self.front.poll() if self.front else None)
+                break
             try:
-                self._packet(data, addr, arrived)
+                self._record(record)
             except Exception as exc:  # a bug must not take the server down mid-set
-                self.logs.log(logging.ERROR, "handler crash", "OSC packet from %s:%d crashed its handler: %r",
-                              addr[0], addr[1], exc)
+                self.logs.log(logging.ERROR, "handler crash", "OSC record crashed its handler: %r", exc)
                 if self.control is not None:
                     self.control.reject(f"internal error: {exc!r}")
 
-    def _packet(self, data: bytes, addr: tuple[str, int], arrived: float) -> None:
-        self.packets += 1
-        origin = Origin(f"osc {addr[0]}:{addr[1]}", addr, arrived)
-        try:
-            messages = decode_packet(data)
-        except OscWireError as exc:
-            self._reject(origin, "(packet)", f"undecodable OSC packet ({len(data)} bytes): {exc}", "undecodable")
-            return
-        now = time.time()
-        status_answered = False
-        for msg in messages:
-            if msg.address == "/status":
-                if status_answered:  # a bundle of /status must not multiply the reply
-                    continue
-                status_answered = True
-            if msg.timetag is not None and msg.timetag > now + MAX_FUTURE_S:
-                self._reject(origin, msg.address, f"bundle timetag is {msg.timetag - now:.0f} s ahead (limit "
-                             f"{MAX_FUTURE_S:.0f} s); is the sender's clock right?", "timetag")
-            elif msg.timetag is not None and msg.timetag > now + 0.001:
-                self._schedule(msg, origin)
-            else:
-                self._dispatch(msg, origin)
+    def _record(self, record: bytes) -> None:
+        kind = record[:1]
+        if kind == RECORD_COUNTS:
+            packets, errors, dropped = _COUNTS_HEAD.unpack_from(record, 1)
+            self.packets, self._front_dropped = packets, dropped
+            if errors and self.control is not None:
+                self.control.reject(record[1 + _COUNTS_HEAD.size:].decode("utf-8", "replace"), count=errors)
+        elif kind == RECORD_MESSAGE:
+            arrived, port, host_len = _MESSAGE_HEAD.unpack_from(record, 1)
+            offset = 1 + _MESSAGE_HEAD.size
+            host = record[offset:offset + host_len].decode("ascii")
+            raw = record[offset + host_len:]
+            try:
+                (msg,) = decode_packet(raw)
+            except (OscWireError, ValueError):  # the front checked it; a mismatch is a bug
+                raise RuntimeError("the OSC front passed on a message that does not decode") from None
+            self._dispatch(msg.address, list(msg.args), Origin(f"osc {host}:{port}", (host, port), arrived))
 
-    def _schedule(self, msg: WireMessage, origin: Origin) -> None:
-        if len(self._scheduled) >= MAX_SCHEDULED or self._scheduled_bytes + msg.size > MAX_SCHEDULED_BYTES:
-            self._reject(origin, msg.address, f"too many future-timetag messages waiting (limit {MAX_SCHEDULED} "
-                         f"messages, {MAX_SCHEDULED_BYTES // 1024} KiB)", "future queue full")
-            return
-        self._scheduled_bytes += msg.size
-        heapq.heappush(self._scheduled, (msg.timetag or 0.0, next(self._seq), msg, origin))
-
-    def _fire_due(self) -> None:
-        now = time.time()
-        while self._scheduled and self._scheduled[0][0] <= now:
-            _, _, msg, origin = heapq.heappop(self._scheduled)
-            self._scheduled_bytes -= msg.size
-            self._dispatch(msg, origin)
-
-    def _run_held(self) -> None:
-        with self._held_lock:
-            held, self._held = list(self._held), deque()
-        for msg, origin in held:
-            self._dispatch(msg, origin)
-
-    def _dispatch(self, msg: WireMessage, origin: Origin) -> None:
+    def _dispatch(self, address: str, args: list[Any], origin: Origin) -> None:
         commands = self.commands
         if commands is None:
-            self._while_loading(msg, origin)
-            return
+            raise RuntimeError("the OSC front passed on a message before attach")
         try:
-            replies = commands.run(msg.address, list(msg.args), origin)
+            replies = commands.run(address, args, origin)
         except ControlError as exc:
-            self._reject(origin, msg.address, str(exc), "rejected")
+            self._reject(origin, address, str(exc), "rejected")
             return
         except OSError as exc:  # e.g. a scene could not be written
-            self._reject(origin, msg.address, f"could not complete: {exc}", "could not complete")
+            self._reject(origin, address, f"could not complete: {exc}", "could not complete")
             return
         for reply_address, reply_args in replies:
             self._send(origin.address, reply_address, reply_args)
-
-    def _while_loading(self, msg: WireMessage, origin: Origin) -> None:
-        if msg.address == "/status":
-            self._send(origin.address, "/status/json", [json.dumps({"state": "loading"})])
-            return
-        with self._held_lock:
-            if len(self._held) < MAX_HELD_WHILE_LOADING:
-                self._held.append((msg, origin))
-                return
-        self._reject(origin, msg.address, f"the server is still loading and already holds {MAX_HELD_WHILE_LOADING} "
-                     "messages; send again when /status says it is running", "loading")
 
     def _reject(self, origin: Origin, address: str, reason: str, kind: str) -> None:
         address = short(address)
@@ -320,7 +240,7 @@ class OscServer:
         if addr is None:
             return
         data = encode(address, args)
-        if budgeted and not self._budget.allow(addr, len(data), time.monotonic(), kind):
+        if budgeted and not self._budget.allow((addr, kind), time.monotonic(), len(data)):
             self.dropped_replies += 1
             self.logs.warning("reply budget", "OSC %s replies to %s:%d exceed %d/s: some are dropped",
                               kind, addr[0], addr[1], int(REPLIES_PER_S))
@@ -329,6 +249,11 @@ class OscServer:
             self.sock.sendto(data, addr)
         except OSError as exc:
             log.debug("OSC reply to %s failed: %s", addr, exc)
+
+    @property
+    def replies_dropped(self) -> int:
+        """Replies refused by either budget (the front's for its /error, ours for the rest)."""
+        return self.dropped_replies + self._front_dropped
 
     # --- feedback ------------------------------------------------------------------------
     def _subscribe(self, host: str, port: int, origin: Origin, on: bool) -> None:

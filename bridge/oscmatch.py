@@ -18,14 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from steering_core.errors import UserError
-
 WILDCARDS = frozenset("?*[]{}")
 MAX_ALTERNATIVES = 16
 
 
-class PatternError(UserError):
-    """An address pattern that is not valid OSC."""
+class PatternError(ValueError):
+    """An address pattern that is not valid OSC. (A plain ``ValueError``: this module runs
+    in the OSC front process, which must start without importing torch.)"""
 
 
 @dataclass(frozen=True)
@@ -150,6 +149,18 @@ def _part_matches(tokens: list[_Token], text: str) -> bool:
             return False
         states = _closure(moved, tokens)
     return any(index == len(tokens) for index, _, _ in states)
+
+
+def describe_unknown(address: str, concepts: Iterable[str]) -> str:
+    """One sentence for an address that names nothing, never echoing a long input."""
+    def short(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+    if address.startswith("/steer/"):
+        name = short(address.split("/")[2], 32)
+        known = ", ".join(concepts) or "none loaded"
+        return f"unknown concept {name!r} in {short(address, 64)} (loaded: {known})"
+    return f"unknown address {short(address, 64)}"
 
 
 class AddressMatcher:

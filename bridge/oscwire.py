@@ -22,8 +22,6 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from steering_core.errors import UserError
-
 MAX_ADDRESS_CHARS = 256
 MAX_ARGS = 16
 MAX_BUNDLE_DEPTH = 4
@@ -37,8 +35,11 @@ IMMEDIATELY = 1  # the OSC timetag that means "now"
 OscArg = int | float | str | bytes | bool | None
 
 
-class OscWireError(UserError):
-    """A datagram that is not a well-formed OSC packet within the server's limits."""
+class OscWireError(ValueError):
+    """A datagram that is not a well-formed OSC packet within the server's limits.
+
+    A plain ``ValueError`` (not ``steering_core.errors.UserError``) on purpose: this
+    module runs in the OSC front process, which must start without importing torch."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,12 @@ class WireMessage:
     address: str
     args: tuple[OscArg, ...]
     timetag: float | None = None
-    size: int = 0  # bytes on the wire, for queue accounting
+    raw: bytes = b""  # the message exactly as it arrived (forwarded to the main process)
+
+    @property
+    def size(self) -> int:
+        """Bytes on the wire, for queue accounting."""
+        return len(self.raw)
 
 
 def decode_packet(data: bytes) -> list[WireMessage]:
@@ -114,7 +120,7 @@ def _message(data: memoryview, timetag: float | None) -> WireMessage:
         raise OscWireError("the address must be printable ASCII without spaces")
     address = raw_address.decode("ascii")
     if offset == len(data):  # OSC 1.0 allows an old-style message without type tags
-        return WireMessage(address, (), timetag, len(data))
+        return WireMessage(address, (), timetag, bytes(data))
     tags, offset = _string(data, offset, f"type tag string (at most {MAX_ARGS} arguments)", MAX_ARGS + 1)
     if tags[:1] != b",":
         raise OscWireError(f"{_short(address)}: type tag string must start with ','")
@@ -124,7 +130,7 @@ def _message(data: memoryview, timetag: float | None) -> WireMessage:
         args.append(arg)
     if offset != len(data):
         raise OscWireError(f"{_short(address)}: {len(data) - offset} bytes left over after the arguments")
-    return WireMessage(address, tuple(args), timetag, len(data))
+    return WireMessage(address, tuple(args), timetag, bytes(data))
 
 
 _FIXED = {"i": (">i", 4), "f": (">f", 4), "d": (">d", 8), "h": (">q", 8)}
@@ -171,6 +177,31 @@ def short(text: str, limit: int = 64) -> str:
     return _short(text, limit)
 
 
-def wire_size(address: str, args: tuple[Any, ...] | list[Any]) -> int:
-    """An upper estimate of a message's bytes, for queue accounting."""
-    return len(address) + 8 + sum(len(a) + 4 if isinstance(a, str | bytes) else 8 for a in args)
+def _padded(raw: bytes) -> bytes:
+    return raw + b"\x00" * (4 - len(raw) % 4)
+
+
+def encode_message(address: str, args: list[Any] | tuple[Any, ...]) -> bytes:
+    """An OSC message from str, int (32-bit, else 64-bit), float (32-bit), bool, bytes."""
+    tags, body = [","], []
+    for arg in args:
+        if isinstance(arg, bool):
+            tags.append("T" if arg else "F")
+        elif isinstance(arg, int):
+            small = -2**31 <= arg < 2**31
+            tags.append("i" if small else "h")
+            body.append(struct.pack(">i" if small else ">q", arg))
+        elif isinstance(arg, float):
+            tags.append("f")
+            body.append(struct.pack(">f", arg))
+        elif isinstance(arg, str):
+            tags.append("s")
+            body.append(_padded(arg.encode("utf-8")))
+        elif isinstance(arg, bytes):
+            tags.append("b")
+            body.append(struct.pack(">i", len(arg)) + arg + b"\x00" * (-len(arg) % 4))
+        elif arg is None:
+            tags.append("N")
+        else:
+            raise TypeError(f"cannot encode {type(arg).__name__} as an OSC argument")
+    return _padded(address.encode("ascii")) + _padded("".join(tags).encode("ascii")) + b"".join(body)

@@ -226,7 +226,7 @@ class Server:
             "errors": view["errors"], "last_error": view["last_error"],
             "audio_out": self.output.name, "recording": str(self.recorder.path) if self.recorder else None,
             "osc": {"host": self.osc.host, "port": self.osc.port, "packets": self.osc.packets,
-                    "subscribers": len(self.osc.subscribers), "dropped_replies": self.osc.dropped_replies},
+                    "subscribers": len(self.osc.subscribers), "dropped_replies": self.osc.replies_dropped},
             "midi": None if self.midi is None else {"port": self.midi.name, "map": self.mapper.name if self.mapper else None,
                                                      "ignored": self.mapper.ignored if self.mapper else 0},
             "uptime_s": round(time.monotonic() - self.started, 2),

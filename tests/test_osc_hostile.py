@@ -15,8 +15,10 @@ import time
 import pytest
 
 from bridge import osc as osc_module
+from bridge import oscfront
 from bridge.commands import Commands, status_json
 from bridge.control import ConceptKnob, ControlState
+from bridge.oscbudget import TokenBuckets
 from bridge.oscmatch import AddressMatcher
 from bridge.oscwire import MAX_BUNDLE_DEPTH, OscWireError, decode_packet
 from bridge.ratelog import RateLimitedLog
@@ -128,12 +130,19 @@ def test_truncated_knob_is_answered_with_an_error_and_changes_nothing(server, cl
 
 def test_the_future_queue_is_bounded_and_refuses_the_excess(server, client) -> None:
     due = time.time() + 5
-    for _ in range(osc_module.MAX_SCHEDULED // 32 + 2):
+    for _ in range(oscfront.MAX_SCHEDULED // 32 + 2):
         client.raw(bundle(due, *[message("/steer/timbre", 1.0)] * 32))
     errors = [m for m in client.drain(0.3) if m.address == "/error"]
     assert errors and "too many future-timetag" in errors[0].params[0]
-    assert len(server._scheduled) <= osc_module.MAX_SCHEDULED
-    assert server._scheduled_bytes <= osc_module.MAX_SCHEDULED_BYTES
+    assert client.status()["errors"] == 64  # the two bundles past the limit, message by message
+
+
+def test_the_future_queue_is_bounded_in_bytes(front) -> None:
+    f, udp, _ = front
+    due = time.time() + 5
+    big = message("/prompt", "p" * 480)
+    pump(f, udp, [bundle(due, *[big] * 16)] * 40)
+    assert f.scheduled_bytes <= oscfront.MAX_SCHEDULED_BYTES and len(f.scheduled) < 16 * 40
 
 
 def test_a_bundle_of_status_requests_gets_one_reply(server, client) -> None:
@@ -156,11 +165,26 @@ def test_a_long_unknown_address_does_not_silence_status(server, client) -> None:
 
 
 def test_replies_to_one_sender_are_rate_limited() -> None:
-    budget = osc_module.ReplyBudget(per_s=100, bytes_per_s=1e6)
-    granted = sum(budget.allow(("127.0.0.1", 1), 100, now=0.0) for _ in range(1000))
+    budget = TokenBuckets(per_s=100, bytes_per_s=1e6)
+    granted = sum(budget.allow(("127.0.0.1", 1), 0.0, 100) for _ in range(1000))
     assert granted == 50  # the burst: half a second's worth
-    assert budget.allow(("127.0.0.1", 1), 100, now=0.02)  # refilled at 100/s
-    assert budget.allow(("127.0.0.1", 2), 100, now=0.0)  # another destination has its own budget
+    assert budget.allow(("127.0.0.1", 1), 0.02, 100)  # refilled at 100/s
+    assert budget.allow(("127.0.0.1", 2), 0.0, 100)  # another destination has its own budget
+
+
+def test_error_replies_from_the_front_are_budgeted(front) -> None:
+    f, udp, _ = front
+    t = time.monotonic()
+    pump(f, udp, [b"\xff" * 12] * 500)
+    refill = oscfront.ERROR_REPLIES_PER_S * (time.monotonic() - t)  # the budget refills while we send
+    udp.settimeout(0.2)
+    replies = 0
+    with pytest.raises(TimeoutError):
+        while True:
+            udp.recvfrom(65536)
+            replies += 1
+    burst = int(oscfront.ERROR_REPLIES_PER_S / 2)
+    assert burst <= replies <= burst + refill + 1 and f.dropped_replies == 500 - replies
 
 
 def test_subscribe_takes_numeric_or_localhost_for_the_senders_own_host(server, client) -> None:
@@ -188,16 +212,58 @@ def test_subscriptions_lapse_unless_renewed(server, client, monkeypatch) -> None
     assert not server.subscribers
 
 
-def test_bad_input_is_logged_rate_limited_and_without_tracebacks(server, client, caplog) -> None:
+@pytest.fixture
+def front():
+    """The front's logic in this process, on real sockets, driven by hand."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    f = oscfront.Front(sock, theirs)
+    ours.send(oscfront.RECORD_ADDRESSES + json.dumps({"addresses": ["/steer/timbre", "/status", "/prompt"],
+                                                      "concepts": ["timbre"]}).encode())
+    f.read_link()
+    yield f, udp, ours
+    for s in (sock, ours, theirs, udp):
+        s.close()
+
+
+def pump(f: oscfront.Front, udp: socket.socket, packets: list[bytes]) -> None:
+    """Send ``packets`` to the front and let it read them, a few at a time (so the
+    socket buffer never overflows), with a bound on the time it may take."""
+    deadline = time.monotonic() + 10
+    for i in range(0, len(packets), 8):
+        want = f.packets + len(packets[i:i + 8])
+        for packet in packets[i:i + 8]:
+            udp.sendto(packet, f.sock.getsockname())
+        while f.packets < want:
+            assert time.monotonic() < deadline, "the front did not read what was sent"
+            f.read_udp()
+
+
+def test_bad_input_is_logged_rate_limited_and_without_tracebacks(front, caplog) -> None:
+    f, udp, _ = front
     caplog.set_level(logging.DEBUG)
-    for i in range(200):
-        client.raw([b"\xff" * 12, nested_bundle(9), b"/x\x00\x00,q\x00\x00",
-                    message("/prompt", "x")[:-4] + b"\xff\xfe\x00\x00"][i % 4])
-    client.status()
+    pump(f, udp, [[b"\xff" * 12, nested_bundle(9), b"/x\x00\x00,q\x00\x00",
+                   message("/prompt", "x")[:-4] + b"\xff\xfe\x00\x00"][i % 4] for i in range(200)])
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert 0 < len(warnings) <= 10
     assert not [r for r in caplog.records if r.exc_info]
     assert not [r for r in caplog.records if r.name == "root"]  # python-osc's root-logger noise
+
+
+def test_the_front_passes_on_only_known_addresses_in_order_with_counts(front) -> None:
+    f, udp, ours = front
+    pump(f, udp, [message("/nowhere", 1.0), message("/steer/timbre", 1.0), message("/steer/t*", 2.0)])
+    ours.settimeout(1)
+    records = [ours.recv(65536) for _ in range(4)]
+    assert [r[:1] for r in records] == [b"C", b"M", b"C", b"M"]  # counts always before the next message
+    first_counts = records[0]
+    packets, errors, _ = oscfront._COUNTS_HEAD.unpack_from(first_counts, 1)
+    assert packets == 2
+    assert errors == 1 and b"unknown address /nowhere" in first_counts
+    assert records[1].endswith(message("/steer/timbre", 1.0))
 
 
 def test_rate_limited_log_counts_what_it_suppressed(caplog) -> None:
@@ -212,17 +278,19 @@ def test_rate_limited_log_counts_what_it_suppressed(caplog) -> None:
     assert caplog.records[-1].getMessage() == "bad again (3 more like this suppressed)"
 
 
-def test_latency_counts_from_arrival_at_the_socket(tmp_path) -> None:
-    srv = osc_module.OscServer(None, "127.0.0.1", 0)  # bound, not yet reading
+def test_latency_counts_from_arrival_at_the_socket() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
     try:
+        assert oscfront.enable_kernel_timestamps(sock)
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sender.sendto(message("/status"), ("127.0.0.1", srv.port))
+        sender.sendto(message("/status"), sock.getsockname())
         sender.close()
         time.sleep(0.3)  # the datagram waits in the socket
-        _, _, arrived = srv._receive()
+        _, _, arrived = oscfront.receive(sock)
         assert time.monotonic() - arrived >= 0.25
     finally:
-        srv.stop()
+        sock.close()
 
 
 def test_messages_sent_while_loading_are_answered_or_held(tmp_path) -> None:
