@@ -46,7 +46,7 @@ from typing import Any
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent, ControlState
 from .oscbudget import TokenBuckets
-from .oscfront import _COUNTS_HEAD, _MESSAGE_HEAD, RECORD_ADDRESSES, RECORD_COUNTS, RECORD_MESSAGE
+from .oscfront import RECORD_ADDRESSES, RECORD_COUNTS, RECORD_MESSAGE, unpack_counts, unpack_message
 from .oscwire import OscWireError, decode_packet, encode_message, short
 from .ratelog import RateLimitedLog
 
@@ -197,21 +197,19 @@ class OscServer:
 
     def _record(self, record: bytes) -> None:
         kind = record[:1]
-        if kind == RECORD_COUNTS:
-            packets, errors, dropped = _COUNTS_HEAD.unpack_from(record, 1)
-            self.packets, self._front_dropped = packets, dropped
-            if errors and self.control is not None:
-                self.control.reject(record[1 + _COUNTS_HEAD.size:].decode("utf-8", "replace"), count=errors)
-        elif kind == RECORD_MESSAGE:
-            arrived, port, host_len = _MESSAGE_HEAD.unpack_from(record, 1)
-            offset = 1 + _MESSAGE_HEAD.size
-            host = record[offset:offset + host_len].decode("ascii")
-            raw = record[offset + host_len:]
+        if kind not in (RECORD_COUNTS, RECORD_MESSAGE):
+            raise RuntimeError(f"unknown record {kind!r} from the OSC front")
+        packets, errors, dropped, last_error, offset = unpack_counts(record, 1)
+        self.packets, self._front_dropped = packets, dropped
+        if errors and self.control is not None:
+            self.control.reject(last_error, count=errors)
+        if kind == RECORD_MESSAGE:
+            arrived, sender, raw = unpack_message(record, offset)
             try:
                 (msg,) = decode_packet(raw)
             except (OscWireError, ValueError):  # the front checked it; a mismatch is a bug
                 raise RuntimeError("the OSC front passed on a message that does not decode") from None
-            self._dispatch(msg.address, list(msg.args), Origin(f"osc {host}:{port}", (host, port), arrived))
+            self._dispatch(msg.address, list(msg.args), Origin(f"osc {sender[0]}:{sender[1]}", sender, arrived))
 
     def _dispatch(self, address: str, args: list[Any], origin: Origin) -> None:
         commands = self.commands

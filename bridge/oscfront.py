@@ -17,11 +17,13 @@ which needs nothing heavy (no torch) and does all the per-packet work:
 The server answers (``/status``, ``/error`` for values) on the same UDP socket.
 Records on the local socket, one per SEQPACKET datagram:
 
-- front -> server ``M`` + ``>dHB`` (arrival, ``time.monotonic`` in this machine's shared
-  clock; sender port; host length) + host + the message bytes exactly as received;
-- front -> server ``C`` + ``>QQQ`` (packets so far, errors since the last ``C``, replies
-  dropped so far) + the last error text. A ``C`` always precedes the next ``M``, so
-  counts are in order with messages;
+- counts: ``>QQQH`` (packets so far, errors since the last counts, replies dropped so
+  far, length of the last error's text) + that text;
+- front -> server ``C`` + counts (on a timer, while errors come and no message goes);
+- front -> server ``M`` + counts + ``>dHB`` (arrival, ``time.monotonic`` in this
+  machine's shared clock; sender port; host length) + host + the message bytes exactly
+  as received. Counts ride with each message, so they are in order with messages at
+  the cost of one local send per message;
 - server -> front ``A`` + JSON ``{"addresses": [...], "concepts": [...]}``.
 
 The process ends when the server closes its end.
@@ -34,6 +36,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import selectors
 import signal
 import socket
@@ -53,7 +56,8 @@ MAX_FUTURE_S = 10.0
 MAX_SCHEDULED = 1024  # future-timetag messages waiting at once
 MAX_SCHEDULED_BYTES = 256 * 1024
 MAX_HELD_WHILE_LOADING = 256
-FORWARD_PER_S = 1000.0  # messages per sender per second passed to the server
+FORWARD_PER_S = 500.0  # messages per sender per second passed to the server (16 faders at 30 Hz fit)
+STATUS_PER_S = 20.0  # /status per sender per second: each one costs the server a full snapshot
 ERROR_REPLIES_PER_S = 100.0
 ERROR_REPLY_BYTES_PER_S = 64 * 1024.0
 COUNTS_EVERY_S = 0.02
@@ -64,7 +68,30 @@ RECORD_MESSAGE = b"M"
 RECORD_COUNTS = b"C"
 RECORD_ADDRESSES = b"A"
 _MESSAGE_HEAD = struct.Struct(">dHB")
-_COUNTS_HEAD = struct.Struct(">QQQ")
+_COUNTS_HEAD = struct.Struct(">QQQH")
+
+
+def pack_counts(packets: int, errors: int, dropped: int, last_error: str) -> bytes:
+    text = last_error.encode("utf-8")[:1024] if errors else b""
+    return _COUNTS_HEAD.pack(packets, errors, dropped, len(text)) + text
+
+
+def unpack_counts(record: bytes, offset: int) -> tuple[int, int, int, str, int]:
+    """(packets, errors, dropped, last error, offset after the counts)."""
+    packets, errors, dropped, length = _COUNTS_HEAD.unpack_from(record, offset)
+    start = offset + _COUNTS_HEAD.size
+    return packets, errors, dropped, record[start:start + length].decode("utf-8", "replace"), start + length
+
+
+def pack_message(arrived: float, sender: tuple[str, int], raw: bytes) -> bytes:
+    host = sender[0].encode("ascii")
+    return _MESSAGE_HEAD.pack(arrived, sender[1], len(host)) + host + raw
+
+
+def unpack_message(record: bytes, offset: int) -> tuple[float, tuple[str, int], bytes]:
+    arrived, port, host_len = _MESSAGE_HEAD.unpack_from(record, offset)
+    start = offset + _MESSAGE_HEAD.size
+    return arrived, (record[start:start + host_len].decode("ascii"), port), record[start + host_len:]
 
 
 def enable_kernel_timestamps(sock: socket.socket) -> bool:
@@ -113,6 +140,7 @@ class Front:
         self._seq = itertools.count()
         self.held: deque[tuple[WireMessage, tuple[str, int], float]] = deque()
         self._forward = TokenBuckets(FORWARD_PER_S)
+        self._status = TokenBuckets(STATUS_PER_S)
         self._replies = TokenBuckets(ERROR_REPLIES_PER_S, ERROR_REPLY_BYTES_PER_S)
         self.logs = RateLimitedLog(log)
         self.closed = False
@@ -132,7 +160,7 @@ class Front:
             if "udp" in ready and not self.closed:
                 self.read_udp()
             self.fire_due()
-            self.flush_counts(force=False)
+            self.flush_counts()
         selector.close()
         self.logs.flush()
 
@@ -222,19 +250,28 @@ class Front:
         if not known:
             self.reject(sender, msg.address, describe_unknown(msg.address, self.concepts), "unknown address")
             return
+        if any(isinstance(a, float) and not math.isfinite(a) for a in msg.args):  # no address takes NaN or inf
+            self.reject(sender, msg.address, "arguments must be finite numbers (NaN or inf sent)", "not finite")
+            return
         if not self._forward.allow(sender, time.monotonic()):
             self.reject(sender, msg.address, f"more than {FORWARD_PER_S:.0f} messages a second from one sender",
                         "too fast")
             return
-        self.flush_counts(force=True)
-        host = sender[0].encode("ascii")
-        record = RECORD_MESSAGE + _MESSAGE_HEAD.pack(arrived, sender[1], len(host)) + host + msg.raw
+        if msg.address == "/status" and not self._status.allow(sender, time.monotonic()):
+            self.reject(sender, msg.address, f"more than {STATUS_PER_S:.0f} /status a second from one sender",
+                        "status too fast")
+            return
+        record = (RECORD_MESSAGE + pack_counts(self.packets, self._errors, self.dropped_replies, self._last_error)
+                  + pack_message(arrived, sender, msg.raw))
         try:
             self.link.send(record)
         except BlockingIOError:
             self.reject(sender, msg.address, "the server is busy; message dropped", "busy")
+            return
         except OSError:
             self.closed = True
+            return
+        self._errors, self._counts_dirty, self._counts_sent_at = 0, False, time.monotonic()
 
     # --- out -----------------------------------------------------------------------------
     def reject(self, sender: tuple[str, int], address: str, reason: str, kind: str) -> None:
@@ -256,12 +293,11 @@ class Front:
         with contextlib.suppress(OSError):  # a full buffer or an unreachable sender: replies are best-effort
             self.sock.sendto(data, dest)
 
-    def flush_counts(self, *, force: bool) -> None:
+    def flush_counts(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not self._counts_dirty or (not force and now - self._counts_sent_at < COUNTS_EVERY_S):
             return
-        record = (RECORD_COUNTS + _COUNTS_HEAD.pack(self.packets, self._errors, self.dropped_replies)
-                  + self._last_error.encode("utf-8"))
+        record = RECORD_COUNTS + pack_counts(self.packets, self._errors, self.dropped_replies, self._last_error)
         try:
             self.link.send(record)
         except BlockingIOError:

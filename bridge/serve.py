@@ -31,7 +31,7 @@ from steering_core.performance import Performance
 from steering_core.sampling import SamplingSettings
 from steering_core.steerer import Steerer
 from steering_core.stream import MusicStream
-from steering_core.vectors import SteeringVector, load_vectors
+from steering_core.vectors import SteeringVector, VectorFileError, load_vector, load_vectors
 
 from .chains import load_chain
 from .commands import Commands
@@ -97,6 +97,25 @@ def default_vectors(handle: MusicGenHandle) -> list[Path]:
     return paths
 
 
+def vector_files(paths: list[Path]) -> list[tuple[SteeringVector, Path]]:
+    """Each vector with the file it came from (a folder's files keep their own names,
+    whatever concept they hold). Two files for one concept are refused: one knob each."""
+    out: list[tuple[SteeringVector, Path]] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        if not files:
+            load_vectors(path)  # raises the usual "folder holds no vector files"
+        for file in files:
+            vector = load_vector(file)
+            if vector.concept in seen:
+                raise VectorFileError(f"{file} and {seen[vector.concept]} both hold concept {vector.concept!r}; "
+                                      "pass one of them")
+            seen[vector.concept] = file
+            out.append((vector, file))
+    return out
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -129,10 +148,7 @@ class Server:
             # and they compete with the audio and control threads on a small machine.
             torch.set_num_threads(1)
         vector_paths = [Path(p) for p in o.vectors] or default_vectors(self.handle)
-        self.vectors: list[tuple[SteeringVector, Path]] = []
-        for path in vector_paths:
-            for vector in load_vectors(path):
-                self.vectors.append((vector, path if path.is_file() else path / f"{vector.concept}.safetensors"))
+        self.vectors: list[tuple[SteeringVector, Path]] = vector_files(vector_paths)
         steerer = Steerer(self.handle)
         for vector, _ in self.vectors:
             steerer.add(vector, alpha=0.0)

@@ -257,13 +257,13 @@ def test_the_front_passes_on_only_known_addresses_in_order_with_counts(front) ->
     f, udp, ours = front
     pump(f, udp, [message("/nowhere", 1.0), message("/steer/timbre", 1.0), message("/steer/t*", 2.0)])
     ours.settimeout(1)
-    records = [ours.recv(65536) for _ in range(4)]
-    assert [r[:1] for r in records] == [b"C", b"M", b"C", b"M"]  # counts always before the next message
-    first_counts = records[0]
-    packets, errors, _ = oscfront._COUNTS_HEAD.unpack_from(first_counts, 1)
-    assert packets == 2
-    assert errors == 1 and b"unknown address /nowhere" in first_counts
-    assert records[1].endswith(message("/steer/timbre", 1.0))
+    records = [ours.recv(65536) for _ in range(2)]
+    assert [r[:1] for r in records] == [b"M", b"M"]
+    packets, errors, _, last_error, offset = oscfront.unpack_counts(records[0], 1)
+    assert (packets, errors) == (2, 1) and "unknown address /nowhere" in last_error  # in order with the message
+    _, sender, raw = oscfront.unpack_message(records[0], offset)
+    assert sender == udp.getsockname() and raw == message("/steer/timbre", 1.0)
+    assert oscfront.unpack_counts(records[1], 1)[:2] == (3, 0)
 
 
 def test_rate_limited_log_counts_what_it_suppressed(caplog) -> None:
