@@ -70,7 +70,7 @@ def main() -> int:
         first = None
         for _ in range(240):
             first = status(sock, server, 0.5)
-            if first and first["frames_generated"] > 0:
+            if first and first.get("frames_generated", 0) > 0:  # {"state": "loading"} while the model loads
                 break
         if not first:
             print(proc.stderr.read() if proc.poll() is not None else "no /status", file=sys.stderr)

@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pythonosc.dispatcher import Dispatcher
-
 from steering_core.concepts import ConceptError, check_name
 from steering_core.performance import Change
 
 from .control import ControlError, ControlState, changes_from_view
 from .midimaps import MidiMapError
+from .oscmatch import AddressMatcher, PatternError, describe_unknown
+from .oscwire import short
 from .scenes import SceneError, SceneStore, morph
 
 MAX_PROMPT_CHARS = 500
 MAX_NAME_CHARS = 64
 MAX_HOST_CHARS = 253
+#: /status/json stays one UDP datagram (65,507 bytes at most on IPv4), with room for the OSC framing.
+MAX_STATUS_BYTES = 32_000
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Origin:
 
     label: str
     address: tuple[str, int] | None = None
+    #: ``time.monotonic()`` when the packet reached the socket: control latency counts from here.
+    arrived: float | None = None
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Commands:
         self.subscribe: Callable[[str, int, Origin, bool], None] | None = None
         self.midi_learn: Callable[[str], None] | None = None
         self.midi_save: Callable[[str], Path] | None = None
-        self._dispatcher = Dispatcher()
+        self._matcher = AddressMatcher(())
         self._handlers: dict[str, Handler] = {}
         for name in control.concepts:
             self._add(f"/steer/{name}", self._steer(name))
@@ -91,7 +95,10 @@ class Commands:
 
     def run(self, address: str, args: Sequence[Any], origin: Origin) -> list[tuple[str, list[Any]]]:
         """Validate, then apply. Raises ``ControlError`` (having changed nothing)."""
-        handlers = [self._handlers[h.args[0]] for h in self._dispatcher.handlers_for_address(address)]
+        try:
+            handlers = [self._handlers[a] for a in self._matcher.match(address)]
+        except PatternError as exc:
+            raise ControlError(f"bad address pattern: {exc}") from None
         if not handlers:
             raise ControlError(self._unknown(address))
         try:
@@ -101,7 +108,7 @@ class Commands:
         changes = [c for plan in plans for c in plan.changes]
         transport = next((p.transport for p in plans if p.transport), None)
         if changes or transport:
-            self.control.submit(changes, origin.label, address, transport=transport)
+            self.control.submit(changes, origin.label, address, transport=transport, arrived=origin.arrived)
         replies: list[tuple[str, list[Any]]] = []
         for plan in plans:
             if plan.effect is not None:
@@ -112,14 +119,10 @@ class Commands:
     # --- handlers ----------------------------------------------------------------
     def _add(self, address: str, handler: Handler) -> None:
         self._handlers[address] = handler
-        self._dispatcher.map(address, lambda *_: None, address)  # used for pattern matching only
+        self._matcher.add(address)
 
     def _unknown(self, address: str) -> str:
-        if address.startswith("/steer/"):
-            name = address.split("/")[2]
-            known = ", ".join(self.control.concepts) or "none loaded"
-            return f"unknown concept {name!r} in {address} (loaded: {known})"
-        return f"unknown address {address}"
+        return describe_unknown(address, self.control.concepts)
 
     def _steer(self, name: str) -> Handler:
         return lambda args, _o: Plan([self.control.alpha_change(name, _float(args, 0, 1))])
@@ -207,7 +210,22 @@ class Commands:
 
     def _status(self, args: Sequence[Any], _o: Origin) -> Plan:
         _arity(args, 0)
-        return Plan(replies=[("/status/json", [json.dumps(self.status())])])
+        return Plan(replies=[("/status/json", [status_json(self.status())])])
+
+
+def status_json(status: dict[str, Any], limit: int = MAX_STATUS_BYTES) -> str:
+    """``/status`` as JSON that always fits one datagram: the error text is cut first,
+    then the per-concept tables are dropped (``"truncated": true`` says so)."""
+    text = json.dumps(status)
+    if len(text.encode()) <= limit:
+        return text
+    status = {**status, "last_error": short(str(status.get("last_error", "")), 200), "truncated": True}
+    text = json.dumps(status)
+    if len(text.encode()) <= limit:
+        return text
+    small = {k: v for k, v in status.items() if not isinstance(v, dict | list)}
+    small["truncated"] = True
+    return json.dumps(small)[:limit]
 
 
 # --- argument checks: one clear sentence per mistake ---------------------------------

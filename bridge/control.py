@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from steering_core.errors import UserError
 from steering_core.performance import Change
 from steering_core.sampling import SamplingSettings
 
 #: A listener sees every submitted event (controller feedback, MIDI pickup).
 Listener = Callable[["ControlEvent"], None]
+MAX_ERROR_CHARS = 300
 
 
-class ControlError(ValueError):
+class ControlError(UserError):
     """A control message that cannot be applied; it changed nothing."""
 
 
@@ -130,10 +132,12 @@ class ControlState:
             listener(event)
         return event
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` refused messages; ``reason`` is the last one's."""
         with self._lock:
-            self.errors += 1
-            self.last_error = reason
+            self.errors += count
+            # Cut long reasons: the text goes into /status, which must stay one datagram.
+            self.last_error = reason if len(reason) <= MAX_ERROR_CHARS else reason[:MAX_ERROR_CHARS] + "..."
 
     def add_listener(self, listener: Listener) -> None:
         with self._lock:

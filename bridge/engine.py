@@ -38,6 +38,7 @@ from pedalboard.io import StreamResampler
 from steering_core.codec import ChunkedDecoder
 from steering_core.performance import Performance
 
+from .chains import ceiling, enforce_ceiling
 from .control import ControlEvent, ControlState
 from .perflog import PerformanceLog
 from .recorder import WavRecorder
@@ -67,6 +68,7 @@ class AudioPath:
         self.device_rate = device_rate
         self.ring = ring
         self.chain = chain
+        self.ceiling = ceiling(chain)
         self.recorder = recorder
         self.ratio = device_rate / model_rate
         self.resampler = StreamResampler(model_rate, device_rate, ring.channels)
@@ -98,7 +100,7 @@ class AudioPath:
     def _emit(self, out: np.ndarray) -> int:
         if out.shape[1]:
             out = self.chain.process(out, self.device_rate, reset=False)
-        block = np.ascontiguousarray(out.T)
+        block = enforce_ceiling(np.ascontiguousarray(out.T), self.ceiling)  # the limiter alone overshoots
         ramp = self._gain_ramp
         if ramp is not None and block.shape[0]:
             n = min(len(ramp), block.shape[0])

@@ -24,6 +24,7 @@ import mido
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent
 from .midimaps import Binding, ControllerMap, MidiMapError, curve, load_map, save_map
+from .ratelog import RateLimitedLog
 
 __all__ = ["Binding", "ControllerMap", "MidiInput", "MidiMapError", "MidiMapper", "list_midi_inputs", "load_map",
            "midi_backend", "relative_delta"]
@@ -46,7 +47,9 @@ def relative_delta(value: int, mode: str) -> int:
 
 
 class MidiMapper:
-    """Turns MIDI messages into commands. Call ``handle`` from any one thread."""
+    """Turns MIDI messages into commands. ``handle`` runs on rtmidi's thread, ``learn``
+    and ``save`` on the OSC thread, ``_on_event`` on whichever thread submitted a change;
+    all of them hold ``_lock`` while they read or change a binding."""
 
     def __init__(self, controller: ControllerMap, commands: Commands, *,
                  scene_names: Callable[[], list[str]] | None = None) -> None:
@@ -66,7 +69,8 @@ class MidiMapper:
             else:
                 self.bindings.append(replace(b, target=target, map_target=b.target))
         self._learning: str | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self.logs = RateLimitedLog(log)
         self.ignored = 0
         self.control.add_listener(self._on_event)
 
@@ -112,16 +116,20 @@ class MidiMapper:
 
     # --- messages ----------------------------------------------------------------
     def handle(self, msg: mido.Message) -> None:
-        try:
-            if msg.type == "control_change":
-                self._cc(msg.channel, msg.control, msg.value)
-            elif msg.type == "program_change":
-                self._program(msg.program)
-            else:
-                self.ignored += 1  # notes, clock, sysex...: not ours
-        except ControlError as exc:
-            self.control.reject(str(exc))
-            log.warning("MIDI %s rejected: %s", msg, exc)
+        # One lock for every binding field (position, picked_up, msb, last_raw): rtmidi's
+        # thread runs this, the OSC thread runs ``_on_event`` on the same bindings. It is
+        # re-entrant because a command run here tells the listeners, ``_on_event`` included.
+        with self._lock:
+            try:
+                if msg.type == "control_change":
+                    self._cc(msg.channel, msg.control, msg.value)
+                elif msg.type == "program_change":
+                    self._program(msg.program)
+                else:
+                    self.ignored += 1  # notes, clock, sysex...: not ours
+            except ControlError as exc:
+                self.control.reject(str(exc))
+                self.logs.warning(msg.type, "MIDI %s rejected: %s", msg, exc)
 
     def _cc(self, channel: int, cc: int, value: int) -> None:
         with self._lock:
@@ -225,6 +233,10 @@ class MidiMapper:
         touched = {c.concept for c in event.changes if c.concept} | {
             f"/gen/{c.kind}" for c in event.changes if c.kind in ("guidance", "temperature", "top_k", "top_p")}
         panic = any(c.kind == "panic" for c in event.changes)
+        with self._lock:
+            self._release(touched, panic)
+
+    def _release(self, touched: set[str], panic: bool) -> None:
         for b in self.bindings:
             parts = b.target.split("/")
             hit = panic or b.target in touched or (b.target.startswith("/steer/") and parts[2] in touched)

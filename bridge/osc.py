@@ -1,42 +1,62 @@
-"""OSC over UDP: one blocking receive loop on its own thread, so messages keep their order.
+"""OSC over UDP: the socket, the command table and feedback, in the server process.
 
-Every datagram is parsed here (python-osc's parser), never trusted: an undecodable
-packet, a wrong type, NaN, an unknown concept... is counted in ``errors``, answered
-with ``/error s`` to the sender, logged, and changes nothing.
+The per-packet work happens in another process, ``oscfront`` (see there why): it reads
+every datagram, refuses what is malformed, unknown, too far in the future or too fast
+with ``/error``, and passes the rest here, in order, over a local socket. Here each
+message is run through the command table (values validated: a wrong type, NaN, an
+out-of-range alpha is counted in ``errors``, answered with ``/error s`` and changes
+nothing) and answered on the same UDP socket.
 
-Bundles with a future timetag (TouchDesigner sends them) are queued and fired by this
-same loop when due; the loop never sleeps on them, so ``/status`` still answers at
-once. Timetags further ahead than ``MAX_FUTURE_S`` are refused: a sender whose clock is
-that far off would otherwise schedule knob moves for next week.
+The socket is bound, and the front started, before the model loads (``serve`` takes a
+while to start): until ``attach`` hands over the command table, the front answers
+``/status`` with ``{"state": "loading"}`` and holds other messages, which run once the
+server is ready, so nothing sent during start-up is silently lost.
+
+Replies are budgeted per destination (count and bytes per second; ``/error`` and other
+replies separately), so the server cannot be used to amplify traffic.
 
 ``/subscribe host port`` adds a feedback destination: target changes go back, at most
 ``FEEDBACK_HZ`` times a second per address, to every subscriber except the one that
-made the change (so a fader being dragged is not yanked back by its own echo).
+made the change (so a fader being dragged is not yanked back by its own echo). The host
+is a numeric address or ``localhost`` (no DNS lookup on the receive thread), by default
+the sender's own host, and a subscription lapses after ``SUBSCRIPTION_TTL_S`` unless
+it is renewed by sending ``/subscribe`` again.
+
+Threads: ``osc`` reads the front's records and runs commands; ``osc-feedback`` sends
+feedback and expires subscriptions. ``subscribers`` is guarded by its lock; the reply
+budget belongs to ``osc`` alone (feedback is throttled by its own period instead).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import contextlib
+import ipaddress
+import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-
-from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.osc_packet import OscPacket, ParseError
 
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent, ControlState
+from .oscbudget import TokenBuckets
+from .oscfront import RECORD_ADDRESSES, RECORD_COUNTS, RECORD_MESSAGE, unpack_counts, unpack_message
+from .oscwire import OscWireError, decode_packet, encode_message, short
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger("steerbridge.osc")
 
-MAX_FUTURE_S = 10.0
 FEEDBACK_HZ = 25.0
 MAX_SUBSCRIBERS = 16
-ERROR_LOGS_PER_S = 5
+SUBSCRIPTION_TTL_S = 60.0
+REPLIES_PER_S = 200.0  # per destination and kind of reply; a burst of half a second's worth is allowed
+REPLY_BYTES_PER_S = 256 * 1024.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,7 @@ class Subscriber:
     host: str
     port: int
     sender: str  # the origin label of whoever subscribed: their own moves are not echoed
+    expires: float = 0.0  # time.monotonic()
 
     @property
     def label(self) -> str:
@@ -51,146 +72,216 @@ class Subscriber:
 
 
 def encode(address: str, args: list[Any]) -> bytes:
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg)
-    return builder.build().dgram
+    return encode_message(address, args)
+
+
+def subscriber_host(host: str, sender_host: str, *, any_host: bool) -> str:
+    """The numeric address feedback goes to. No DNS: a name other than ``localhost`` is
+    refused, because resolving it could stall the receive thread for seconds."""
+    if host == "localhost":
+        host = "::1" if ":" in sender_host else "127.0.0.1"
+    try:
+        numeric = ipaddress.ip_address(host)
+    except ValueError:
+        raise ControlError(f"subscriber host must be a numeric address or localhost, got {short(host, 40)!r}") from None
+    if not any_host:
+        sender = ipaddress.ip_address(sender_host)
+        same = numeric == sender or (numeric.is_loopback and sender.is_loopback)
+        if not same:
+            raise ControlError(f"feedback goes to your own host ({sender_host}) only; {host} was refused")
+    return str(numeric)
 
 
 class OscServer:
-    def __init__(self, commands: Commands, host: str = "127.0.0.1", port: int = 9000) -> None:
-        self.commands = commands
-        self.control: ControlState = commands.control
+    def __init__(self, commands: Commands | None = None, host: str = "127.0.0.1", port: int = 9000, *,
+                 feedback_any_host: bool = False) -> None:
         try:
             self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((host, port))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # ride out bursts in the front
         except OSError as exc:
             raise OSError(f"cannot listen for OSC on {host}:{port}: {exc.strerror or exc}") from None
-        self.sock.settimeout(0.05)
         self.host, self.port = self.sock.getsockname()[:2]
+        self.link, self._front_link = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.link.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._front_link.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self.front: subprocess.Popen[bytes] | None = None
+        self.feedback_any_host = feedback_any_host
         self.packets = 0
+        self.dropped_replies = 0
+        self._front_dropped = 0
         self.subscribers: dict[tuple[str, int], Subscriber] = {}
-        self._scheduled: list[tuple[float, int, str, list[Any], Origin]] = []
-        self._seq = itertools.count()
+        self._subscribers_lock = threading.Lock()  # osc adds, osc-feedback expires
+        self.commands: Commands | None = None
+        self.control: ControlState | None = None
         self._stop = threading.Event()
         self._pending: dict[str, tuple[list[Any], str]] = {}  # feedback address -> (args, origin label)
         self._pending_lock = threading.Lock()
-        self._error_window = (0.0, 0)
+        self._budget = TokenBuckets(REPLIES_PER_S, REPLY_BYTES_PER_S)
+        self.logs = RateLimitedLog(log)
+        self._receiver = threading.Thread(target=self._serve, name="osc", daemon=True)
+        self._feedbacker = threading.Thread(target=self._feedback, name="osc-feedback", daemon=True)
+        if commands is not None:
+            self.attach(commands)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def listen(self) -> None:
+        """Start the front (before the model is loaded, if ``attach`` has not happened yet)."""
+        if self.front is not None:
+            return
+        fds = (self.sock.fileno(), self._front_link.fileno())
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        self.front = subprocess.Popen([sys.executable, "-m", "bridge.oscfront", str(fds[0]), str(fds[1]), level],
+                                      pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+        self._front_link.close()  # the front holds its end now; its exit is our end-of-file
+        self._receiver.start()
+        log.info("OSC listening on %s:%d (send /status for the full state)", self.host, self.port)
+
+    def attach(self, commands: Commands) -> None:
+        """Hand over the command table; the front then passes on what it held during loading."""
+        self.commands = commands
+        self.control = commands.control
         commands.subscribe = self._subscribe
         self.control.add_listener(self._on_event)
-        self._threads = [threading.Thread(target=self._serve, name="osc", daemon=True),
-                         threading.Thread(target=self._feedback, name="osc-feedback", daemon=True)]
+        table = {"addresses": commands.addresses, "concepts": list(commands.control.concepts)}
+        self.link.send(RECORD_ADDRESSES + json.dumps(table).encode())
 
     def start(self) -> None:
-        for t in self._threads:
-            t.start()
-        log.info("OSC listening on %s:%d (send /status for the full state)", self.host, self.port)
+        if self.commands is None:
+            raise RuntimeError("OscServer.start before attach")
+        self.listen()
+        if not self._feedbacker.is_alive():
+            self._feedbacker.start()
 
     def stop(self) -> None:
         self._stop.set()
-        for t in self._threads:
+        with contextlib.suppress(OSError):
+            self.link.shutdown(socket.SHUT_RDWR)  # the front sees end-of-file and exits
+        if self.front is not None:
+            try:
+                self.front.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.front.kill()
+                self.front.wait()
+        for t in (self._receiver, self._feedbacker):
             if t.is_alive():
                 t.join(timeout=2)
+        self._front_link.close()  # still ours if the front never started
+        self.link.close()
         self.sock.close()
+        self.logs.flush()
 
-    # --- receive loop ----------------------------------------------------------------
+    # --- from the front ---------------------------------------------------------------
     def _serve(self) -> None:
+        self.link.settimeout(0.1)
         while not self._stop.is_set():
-            self._fire_due()
-            timeout = 0.05
-            if self._scheduled:
-                timeout = min(timeout, max(0.0005, self._scheduled[0][0] - time.time()))
-            self.sock.settimeout(timeout)
             try:
-                data, addr = self.sock.recvfrom(65536)
-            except (TimeoutError, BlockingIOError):
+                record = self.link.recv(1 << 17)
+            except TimeoutError:
                 continue
             except OSError:
-                if self._stop.is_set():
-                    break
-                continue
+                break
+            if not record:
+                if not self._stop.is_set():
+                    log.error("the OSC front process ended (exit code %s): OSC is off until restart",
+                              self.front.poll() if self.front else None)
+                break
             try:
-                self._packet(data, (addr[0], addr[1]))
+                self._record(record)
             except Exception as exc:  # a bug must not take the server down mid-set
-                log.exception("OSC packet from %s:%d crashed its handler: %s", addr[0], addr[1], exc)
-                self.control.reject(f"internal error: {exc}")
+                self.logs.log(logging.ERROR, "handler crash", "OSC record crashed its handler: %r", exc)
+                if self.control is not None:
+                    self.control.reject(f"internal error: {exc!r}")
 
-    def _packet(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.packets += 1
-        origin = Origin(f"osc {addr[0]}:{addr[1]}", addr)
-        try:
-            packet = OscPacket(data)
-        except ParseError:
-            self._reject(origin, "(packet)", f"undecodable OSC packet ({len(data)} bytes)")
-            return
-        now = time.time()
-        for timed in packet.messages:
-            msg = timed.message
-            if timed.time > now + MAX_FUTURE_S:
-                self._reject(origin, msg.address, f"bundle timetag is {timed.time - now:.0f} s ahead (limit "
-                             f"{MAX_FUTURE_S:.0f} s); is the sender's clock right?")
-            elif timed.time > now + 0.001:
-                heapq.heappush(self._scheduled, (timed.time, next(self._seq), msg.address, list(msg.params), origin))
-            else:
-                self._dispatch(msg.address, list(msg.params), origin)
-
-    def _fire_due(self) -> None:
-        now = time.time()
-        while self._scheduled and self._scheduled[0][0] <= now:
-            _, _, address, args, origin = heapq.heappop(self._scheduled)
-            self._dispatch(address, args, origin)
+    def _record(self, record: bytes) -> None:
+        kind = record[:1]
+        if kind not in (RECORD_COUNTS, RECORD_MESSAGE):
+            raise RuntimeError(f"unknown record {kind!r} from the OSC front")
+        packets, errors, dropped, last_error, offset = unpack_counts(record, 1)
+        self.packets, self._front_dropped = packets, dropped
+        if errors and self.control is not None:
+            self.control.reject(last_error, count=errors)
+        if kind == RECORD_MESSAGE:
+            arrived, sender, raw = unpack_message(record, offset)
+            try:
+                (msg,) = decode_packet(raw)
+            except (OscWireError, ValueError):  # the front checked it; a mismatch is a bug
+                raise RuntimeError("the OSC front passed on a message that does not decode") from None
+            self._dispatch(msg.address, list(msg.args), Origin(f"osc {sender[0]}:{sender[1]}", sender, arrived))
 
     def _dispatch(self, address: str, args: list[Any], origin: Origin) -> None:
+        commands = self.commands
+        if commands is None:
+            raise RuntimeError("the OSC front passed on a message before attach")
         try:
-            replies = self.commands.run(address, args, origin)
+            replies = commands.run(address, args, origin)
         except ControlError as exc:
-            self._reject(origin, address, str(exc))
+            self._reject(origin, address, str(exc), "rejected")
             return
         except OSError as exc:  # e.g. a scene could not be written
-            self._reject(origin, address, f"could not complete: {exc}")
+            self._reject(origin, address, f"could not complete: {exc}", "could not complete")
             return
         for reply_address, reply_args in replies:
             self._send(origin.address, reply_address, reply_args)
 
-    def _reject(self, origin: Origin, address: str, reason: str) -> None:
-        self.control.reject(f"{address}: {reason}")
-        self._send(origin.address, "/error", [f"{address}: {reason}"])
-        # At most a few lines a second: a misconfigured patch must not bury the log.
-        second, count = self._error_window
-        now = time.monotonic()
-        if now - second >= 1.0:
-            second, count = now, 0
-        if count < ERROR_LOGS_PER_S:
-            log.warning("OSC %s from %s rejected: %s", address, origin.label.removeprefix("osc "), reason)
-        self._error_window = (second, count + 1)
+    def _reject(self, origin: Origin, address: str, reason: str, kind: str) -> None:
+        address = short(address)
+        if self.control is not None:
+            self.control.reject(f"{address}: {reason}")
+        self._send(origin.address, "/error", [short(f"{address}: {reason}", 300)], kind="error")
+        self.logs.warning(kind, "OSC %s from %s rejected: %s", address, origin.label.removeprefix("osc "), reason)
 
-    def _send(self, addr: tuple[str, int] | None, address: str, args: list[Any]) -> None:
+    def _send(self, addr: tuple[str, int] | None, address: str, args: list[Any], *, budgeted: bool = True,
+              kind: str = "reply") -> None:
         if addr is None:
             return
+        data = encode(address, args)
+        if budgeted and not self._budget.allow((addr, kind), time.monotonic(), len(data)):
+            self.dropped_replies += 1
+            self.logs.warning("reply budget", "OSC %s replies to %s:%d exceed %d/s: some are dropped",
+                              kind, addr[0], addr[1], int(REPLIES_PER_S))
+            return
         try:
-            self.sock.sendto(encode(address, args), addr)
+            self.sock.sendto(data, addr)
         except OSError as exc:
             log.debug("OSC reply to %s failed: %s", addr, exc)
 
+    @property
+    def replies_dropped(self) -> int:
+        """Replies refused by either budget (the front's for its /error, ours for the rest)."""
+        return self.dropped_replies + self._front_dropped
+
     # --- feedback ------------------------------------------------------------------------
     def _subscribe(self, host: str, port: int, origin: Origin, on: bool) -> None:
-        try:
-            resolved = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]
-        except (OSError, UnicodeError) as exc:
-            raise ControlError(f"cannot resolve subscriber host {host!r}: {exc}") from None
-        key = (str(resolved), port)
-        if not on:
-            self.subscribers.pop(key, None)
+        sender_host = origin.address[0] if origin.address else "127.0.0.1"
+        key = (subscriber_host(host, sender_host, any_host=self.feedback_any_host), port)
+        with self._subscribers_lock:
+            if not on:
+                self.subscribers.pop(key, None)
+                return
+            renewal = key in self.subscribers
+            if not renewal and len(self.subscribers) >= MAX_SUBSCRIBERS:
+                raise ControlError(f"too many subscribers (limit {MAX_SUBSCRIBERS})")
+            self.subscribers[key] = Subscriber(key[0], port, origin.label, time.monotonic() + SUBSCRIPTION_TTL_S)
+        if renewal:
             return
-        if key not in self.subscribers and len(self.subscribers) >= MAX_SUBSCRIBERS:
-            raise ControlError(f"too many subscribers (limit {MAX_SUBSCRIBERS})")
-        sub = Subscriber(key[0], port, origin.label)
-        self.subscribers[key] = sub
-        log.info("OSC feedback to %s:%d", key[0], port)
+        log.info("OSC feedback to %s:%d (renew with /subscribe within %.0f s)", key[0], port, SUBSCRIPTION_TTL_S)
         for address, args in self._full_state():  # bring the new surface up to date at once
-            self._send(key, address, args)
+            self._send(key, address, args, budgeted=False)
+
+    def _expire_subscribers(self) -> None:
+        now = time.monotonic()
+        with self._subscribers_lock:
+            lapsed = [key for key, sub in self.subscribers.items() if sub.expires <= now]
+            gone = [self.subscribers.pop(key) for key in lapsed]
+        for sub in gone:
+            log.info("OSC feedback to %s:%d lapsed: not renewed within %.0f s", sub.host, sub.port,
+                         SUBSCRIPTION_TTL_S)
 
     def _full_state(self) -> list[tuple[str, list[Any]]]:
+        assert self.control is not None
         view = self.control.snapshot()
         out: list[tuple[str, list[Any]]] = []
         for name, alpha in view["targets"].items():  # type: ignore[attr-defined]
@@ -203,6 +294,7 @@ class OscServer:
         return out
 
     def _on_event(self, event: ControlEvent) -> None:
+        assert self.control is not None
         updates: list[tuple[str, list[Any]]] = []
         concepts = self.control.concepts
         for change in event.changes:
@@ -228,6 +320,7 @@ class OscServer:
     def _feedback(self) -> None:
         period = 1.0 / FEEDBACK_HZ
         while not self._stop.wait(period):
+            self._expire_subscribers()
             with self._pending_lock:
                 pending, self._pending = self._pending, {}
             if not pending or not self.subscribers:
@@ -235,4 +328,4 @@ class OscServer:
             for sub in list(self.subscribers.values()):
                 for address, (args, source) in pending.items():
                     if source not in (sub.sender, sub.label):
-                        self._send((sub.host, sub.port), address, args)
+                        self._send((sub.host, sub.port), address, args, budgeted=False)

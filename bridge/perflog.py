@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,16 +88,80 @@ def read_log(path: str | Path) -> Performed:
             if n == len(lines):  # a set killed mid-line: keep what is whole
                 break
             raise PerformanceLogError(f"{path}:{n}: not a JSON line") from None
-    if not records or records[0].get("type") != "header" or records[0].get("format") != LOG_FORMAT:
+    if not records or not isinstance(records[0], dict) or records[0].get("type") != "header" \
+            or records[0].get("format") != LOG_FORMAT:
         raise PerformanceLogError(f"{path} is not a steerbridge performance log (no header line)")
     out = Performed(header=records[0])
-    try:
-        for record in records[1:]:
+    _check_header(records[0], path)
+    last_step = 0
+    for n, record in enumerate(records[1:], 2):
+        try:
+            if not isinstance(record, dict):
+                raise ValueError("a line is not a JSON object")
             if record.get("type") == "event" and record.get("changes"):
-                out.schedule.append((int(record["step"]), [Change.from_json(c) for c in record["changes"]]))
+                step, changes = record.get("step"), record["changes"]
+                if not (_whole(step) and step >= last_step):
+                    raise ValueError(f"step {str(step)[:20]!r} is not a whole number >= the previous step")
+                if not isinstance(changes, list):
+                    raise ValueError("'changes' is not a list")
+                batch = [Change.from_json(c) if isinstance(c, dict) else _bad(c) for c in changes]
+                for change in batch:
+                    _check_change(change)
+                out.schedule.append((step, batch))
+                last_step = step
             elif record.get("type") == "end":
-                out.frames = int(record["frames"])
-                out.codes_sha256 = str(record["codes_sha256"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PerformanceLogError(f"{path}: malformed event: {exc}") from None
+                frames, sha = record.get("frames"), record.get("codes_sha256")
+                if not (_whole(frames) and frames >= 0 and isinstance(sha, str)):
+                    raise ValueError("the end line needs whole 'frames' and a 'codes_sha256' string")
+                out.frames, out.codes_sha256 = frames, sha
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PerformanceLogError(f"{path}: record {n}: malformed: {str(exc)[:200]}") from None
     return out
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bad(change: object) -> Change:
+    raise ValueError(f"a change is not a JSON object: {str(change)[:40]!r}")
+
+
+def _check_change(change: Change) -> None:
+    """What a replay would otherwise find out, with a traceback, minutes into rendering."""
+    if change.kind == "alpha" and not (_number(change.value) and change.concept):
+        raise ValueError(f"alpha change needs a concept and a finite number, got {str(change.value)[:20]!r}")
+    if change.kind in ("guidance", "temperature", "top_p") and not _number(change.value):
+        raise ValueError(f"{change.kind} must be a finite number")
+    if change.kind in ("top_k", "seed") and not (_whole(change.value) and change.value >= 0):  # type: ignore[operator]
+        raise ValueError(f"{change.kind} must be a whole number >= 0")
+    if change.kind == "prompt" and not (isinstance(change.value, str) and change.value.strip()):
+        raise ValueError("prompt must be a non-empty string")
+
+
+def _check_header(h: dict[str, Any], path: Path) -> None:
+    """The header's fields, typed as ``render --automation`` uses them."""
+    problems = []
+    if not isinstance(h.get("model", ""), str) or not isinstance(h.get("prompt", ""), str):
+        problems.append("'model' and 'prompt' must be strings")
+    if not _whole(h.get("seed", 0)) or h.get("seed", 0) < 0:
+        problems.append("'seed' must be a whole number >= 0")
+    if not (_number(h.get("smoothing_ms", 30.0)) and h.get("smoothing_ms", 30.0) >= 0):
+        problems.append("'smoothing_ms' must be a finite number >= 0")
+    for key in ("window_frames", "reprime_frames"):
+        if h.get(key) is not None and not (_whole(h[key]) and h[key] > 0):
+            problems.append(f"'{key}' must be a whole number > 0 or null")
+    settings = h.get("settings", {})
+    if not isinstance(settings, dict) or not all(isinstance(k, str) and _number(v) for k, v in settings.items()):
+        problems.append("'settings' must map names to finite numbers")
+    vectors = h.get("vectors", [])
+    if not isinstance(vectors, list) or not all(
+            isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("sha256", ""), str)
+            for v in vectors):
+        problems.append("'vectors' must be a list of {path, sha256}")
+    if problems:
+        raise PerformanceLogError(f"{path}: malformed header: {'; '.join(problems)}")

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from steering_core.concepts import ConceptError, check_name
+
+from .safeyaml import YamlLimitError, load_yaml_file
 
 
 def user_data_dir(kind: str) -> Path:
@@ -53,6 +53,8 @@ def read_preset(spec: str, folder: Path | Sequence[Path], what: str, error: type
             raise error(f"no {what} {spec!r} (available: {', '.join(preset_names(folders))})")
         path = found[0]
     try:
-        return path, yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        return path, load_yaml_file(path)
+    except YamlLimitError as exc:
         raise error(f"cannot read {what} {path}: {exc}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None

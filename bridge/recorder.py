@@ -4,6 +4,11 @@ The RIFF and data sizes in the header are rewritten after every block, so a reco
 cut short by Ctrl-C, SIGTERM, a fault, or even a kill, is a playable WAV holding
 everything written so far. Writes happen on the recorder's own thread, so the engine
 never waits on the disk.
+
+The queue to that thread is bounded (``MAX_QUEUED_S`` of audio): a disk that is slow
+loses blocks (counted, said once) rather than memory. A disk that fails (full, gone)
+stops the recording for good: the file is cut back to the last whole block, its header
+says exactly that, ``write`` drops everything after, and the set plays on.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 log = logging.getLogger("steerbridge.record")
 
 _HEADER = 44
+MAX_QUEUED_S = 10.0
 
 
 def _header(channels: int, sample_rate: int, data_bytes: int) -> bytes:
@@ -42,14 +48,41 @@ class WavRecorder:
         self._file = self.path.open("wb")
         self._file.write(_header(self.channels, self.sample_rate, 0))
         self._file.flush()
-        self._queue: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._queued_frames = 0
+        self._queued_lock = threading.Lock()  # the engine thread adds, the recorder thread takes
+        self.max_queued_frames = int(MAX_QUEUED_S * self.sample_rate)
+        self.dropped_frames = 0
+        self.failure: str | None = None  # set once when the disk fails; nothing is queued after
         self.closed = False
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
     def write(self, block: np.ndarray) -> None:
-        if not self.closed:
-            self._queue.put(np.ascontiguousarray(block, dtype=np.float32))
+        if self.closed or self.failure is not None:
+            return
+        with self._queued_lock:
+            full = self._queued_frames + block.shape[0] > self.max_queued_frames
+            if not full:
+                self._queued_frames += block.shape[0]
+        if full:
+            if not self.dropped_frames:
+                log.warning("the disk under %s is not keeping up: dropping audio from the recording (the set plays on)",
+                            self.path)
+            self.dropped_frames += block.shape[0]
+            return
+        self._queue.put(np.ascontiguousarray(block, dtype=np.float32))
+
+    def summary(self) -> str:
+        """Exactly what the file holds, for the last log line of a set."""
+        seconds = self.frames / self.sample_rate
+        text = (f"{self.path} holds {self.frames} frames ({seconds:.2f} s) of {self.channels}-channel 16-bit "
+                f"audio at {self.sample_rate} Hz")
+        if self.failure is not None:
+            text += f"; recording stopped early: {self.failure}"
+        if self.dropped_frames:
+            text += f"; {self.dropped_frames} frames ({self.dropped_frames / self.sample_rate:.2f} s) were not recorded"
+        return text
 
     def close(self) -> None:
         """Write what is queued, finish the header, close. Safe to call twice."""
@@ -66,19 +99,36 @@ class WavRecorder:
                 block = self._queue.get()
                 if block is None:
                     break
+                with self._queued_lock:
+                    self._queued_frames -= block.shape[0]
                 pcm = (np.clip(block, -1.0, 1.0) * 32767.0).round().astype("<i2")
                 self._file.write(pcm.tobytes())
+                self._file.flush()
                 data_bytes += pcm.nbytes
                 self.frames += block.shape[0]
                 self._patch(data_bytes)
         except OSError as exc:
-            log.error("recording to %s stopped: %s", self.path, exc)
+            self.failure = exc.strerror or str(exc)
+            log.error("recording to %s stopped: %s; the file stays valid with the %.2f s written so far, "
+                      "and the set plays on", self.path, self.failure, self.frames / self.sample_rate)
+            self._drain()
         finally:
             try:
+                self._file.truncate(_HEADER + data_bytes)  # a half-written block goes (frees space, too)
                 self._patch(data_bytes)
                 self._file.close()
             except OSError as exc:  # the disk is gone; the header from the last block still stands
                 log.error("could not finish %s: %s", self.path, exc)
+
+    def _drain(self) -> None:
+        """Free what was queued before the failure; ``write`` queues nothing after it."""
+        while True:
+            try:
+                block = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if block is not None:
+                self.dropped_frames += block.shape[0]
 
     def _patch(self, data_bytes: int) -> None:
         f = self._file

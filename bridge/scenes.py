@@ -8,6 +8,7 @@ in ``presets/scenes`` can be recalled too; a saved scene of the same name wins.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .presetfiles import user_data_dir, write_atomically
 
 SHIPPED_SCENES = PRESETS_DIR / "scenes"
 MAX_SCENE_BYTES = 64 * 1024
+MAX_SCENE_PROMPT_CHARS = 500  # as /prompt
 
 
 class SceneError(ValueError):
@@ -77,6 +79,12 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("targets", {}), dict):
         raise SceneError(f"scene file {path.name} is not a scene (expected an object with 'targets')")
     for name, value in raw.get("targets", {}).items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SceneError(f"scene file {path.name}: target {name!r} is not a number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SceneError(f"scene file {path.name}: target {str(name)[:40]!r} is not a finite number")
+    enabled = raw.get("enabled", {})
+    if not isinstance(enabled, dict) or not all(isinstance(v, bool) for v in enabled.values()):
+        raise SceneError(f"scene file {path.name}: 'enabled' must map concepts to true/false")
+    prompt = raw.get("prompt")
+    if prompt is not None and not (isinstance(prompt, str) and len(prompt) <= MAX_SCENE_PROMPT_CHARS):
+        raise SceneError(f"scene file {path.name}: 'prompt' must be text of at most {MAX_SCENE_PROMPT_CHARS} characters")
     return raw

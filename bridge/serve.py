@@ -32,7 +32,7 @@ from steering_core.sampling import SamplingSettings
 from steering_core.static_step import open_stream
 from steering_core.steerer import Steerer
 from steering_core.stream import MusicStream
-from steering_core.vectors import SteeringVector, load_vectors
+from steering_core.vectors import SteeringVector, VectorFileError, load_vector, load_vectors
 
 from .chains import load_chain
 from .commands import Commands
@@ -99,6 +99,25 @@ def default_vectors(handle: MusicGenHandle) -> list[Path]:
     return paths
 
 
+def vector_files(paths: list[Path]) -> list[tuple[SteeringVector, Path]]:
+    """Each vector with the file it came from (a folder's files keep their own names,
+    whatever concept they hold). Two files for one concept are refused: one knob each."""
+    out: list[tuple[SteeringVector, Path]] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        if not files:
+            load_vectors(path)  # raises the usual "folder holds no vector files"
+        for file in files:
+            vector = load_vector(file)
+            if vector.concept in seen:
+                raise VectorFileError(f"{file} and {seen[vector.concept]} both hold concept {vector.concept!r}; "
+                                      "pass one of them")
+            seen[vector.concept] = file
+            out.append((vector, file))
+    return out
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -108,6 +127,21 @@ class Server:
 
     def __init__(self, options: ServeOptions, handle: MusicGenHandle | None = None) -> None:
         self.options = o = options
+        # OSC first: a patch that sends during the (long) model load gets a "loading"
+        # /status, and its other messages are held and run once the server is ready.
+        self.osc = OscServer(None, o.osc_host, o.osc_port)
+        self.osc.listen()
+        try:
+            self._build(handle)
+        except BaseException:
+            self.osc.stop()
+            raise
+        self.osc.attach(self.commands)
+        self.started = time.monotonic()
+        self.stop_requested = threading.Event()
+
+    def _build(self, handle: MusicGenHandle | None) -> None:
+        o = self.options
         self.handle = handle or load_model(o.model, o.device, o.dtype)
         if o.threads is not None:
             torch.set_num_threads(o.threads)
@@ -116,10 +150,7 @@ class Server:
             # and they compete with the audio and control threads on a small machine.
             torch.set_num_threads(1)
         vector_paths = [Path(p) for p in o.vectors] or default_vectors(self.handle)
-        self.vectors: list[tuple[SteeringVector, Path]] = []
-        for path in vector_paths:
-            for vector in load_vectors(path):
-                self.vectors.append((vector, path if path.is_file() else path / f"{vector.concept}.safetensors"))
+        self.vectors: list[tuple[SteeringVector, Path]] = vector_files(vector_paths)
         steerer = Steerer(self.handle)
         for vector, _ in self.vectors:
             steerer.add(vector, alpha=0.0)
@@ -147,7 +178,6 @@ class Server:
         decoder = ChunkedDecoder(self.handle, context_frames=o.engine.context_frames)
         self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log)
 
-        self.osc = OscServer(self.commands, o.osc_host, o.osc_port)
         self.midi: MidiInput | None = None
         self.mapper: MidiMapper | None = None
         if o.midi_in != "none":
@@ -158,8 +188,6 @@ class Server:
             if self.mapper.unbound:
                 log.info("MIDI map %r: %d controls have no concept loaded for them (%s)", self.mapper.name,
                          len(self.mapper.unbound), ", ".join(self.mapper.unbound))
-        self.started = time.monotonic()
-        self.stop_requested = threading.Event()
 
     def _log_header(self) -> dict[str, Any]:
         o = self.options
@@ -212,7 +240,7 @@ class Server:
         view = self.control.snapshot()
         engine = self.engine.status()
         return {
-            **engine,
+            **engine, "state": "running",
             "targets": view["targets"], "enabled": view["enabled"], "knobs": view["knobs"],
             "prompt": view["prompt"], "settings": view["settings"], "transport": "play" if view["playing"] else "stop",
             "model": self.options.model, "device": str(self.handle.device), "dtype": str(self.handle.dtype),
@@ -220,7 +248,7 @@ class Server:
             "errors": view["errors"], "last_error": view["last_error"],
             "audio_out": self.output.name, "recording": str(self.recorder.path) if self.recorder else None,
             "osc": {"host": self.osc.host, "port": self.osc.port, "packets": self.osc.packets,
-                    "subscribers": len(self.osc.subscribers)},
+                    "subscribers": len(self.osc.subscribers), "dropped_replies": self.osc.replies_dropped},
             "midi": None if self.midi is None else {"port": self.midi.name, "map": self.mapper.name if self.mapper else None,
                                                      "ignored": self.mapper.ignored if self.mapper else 0},
             "uptime_s": round(time.monotonic() - self.started, 2),
@@ -235,6 +263,13 @@ class Server:
         state = "▶" if s["playing"] else "■"
         return (f"{state} {s['frames_generated'] / self.handle.frame_rate:7.1f}s  rtf {rtf}  buf {s['buffer_ms']:3.0f}ms  "
                 f"xruns {s['underruns']}  latency {lat_text}  errors {self.control.errors}  {alphas}")
+
+
+def latency_summary(lat: dict[str, Any]) -> str:
+    """The control-latency part of the final line; "no knob moved" when there is nothing to measure."""
+    if not lat.get("n") or lat.get("p50") is None:
+        return "control latency: no knob moved"
+    return f"control latency p50 {lat['p50']:.0f} / p95 {lat['p95']:.0f} ms over {lat['n']} events"
 
 
 def run_serve(options: ServeOptions) -> int:
@@ -276,13 +311,11 @@ def run_serve(options: ServeOptions) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     final = server.status()
-    lat = final["control_latency_ms"]
-    log.info("stopped after %.1f s of audio (%d frames), %d underruns, control latency p50 %s / p95 %s ms over %d events",
+    log.info("stopped after %.1f s of audio (%d frames), %d underruns, %s",
              final["frames_generated"] / server.handle.frame_rate, final["frames_generated"], final["underruns"],
-             lat["p50"], lat["p95"], lat["n"])
+             latency_summary(final["control_latency_ms"]))
     if server.recorder is not None:
-        log.info("recording: %s (%d samples at %d Hz)", server.recorder.path, server.recorder.frames,
-                 server.output.sample_rate)
+        log.info("recording: %s", server.recorder.summary())
     if server.perf_log is not None:
         log.info("performance log: %s (replay with: steerbridge render --automation %s --out replay.wav)",
                  server.perf_log.path, server.perf_log.path)

@@ -21,7 +21,7 @@ import yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 CONCEPTS_DIR = PRESETS_DIR / "concepts"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class ConceptError(ValueError):
@@ -30,7 +30,7 @@ class ConceptError(ValueError):
 
 def check_name(name: str, what: str = "name") -> str:
     """Names are names, never paths: letters, digits, '_' and '-', at most 64."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):  # fullmatch: '$' lets "x\n" through
         raise ConceptError(f"invalid {what} {name!r}: use letters, digits, '_' and '-' only (no paths)")
     return name
 

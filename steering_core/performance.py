@@ -104,8 +104,7 @@ class Performance:
         """Apply ``changes`` from step ``at_step`` (rolling back what was generated from
         there on) or, by default, from the next step. Returns the step they take effect at.
         A change that fails validation raises before anything is touched."""
-        for change in changes:
-            self._check(change)
+        self._check_batch(changes)
         if at_step is not None and at_step < self.next_step:
             self._rollback(max(at_step, self.earliest_step()))
         step = self.next_step
@@ -147,12 +146,28 @@ class Performance:
         if self._history and self._history[-1][0] == actual:
             self.current = self._history.pop()[1]
 
-    def _check(self, change: Change) -> None:
-        if change.kind in ("alpha", "enabled") and change.concept not in self.targets:
-            known = ", ".join(self.targets) or "none loaded"
-            raise KeyError(f"unknown concept {change.concept!r} (loaded: {known})")
-        if change.kind not in CHANGE_KINDS:
-            raise ValueError(f"unknown change kind {change.kind!r}")
+    def _check_batch(self, changes: Sequence[Change]) -> None:
+        """Everything ``_apply`` could refuse, for the whole batch, before any of it is
+        applied: a batch is all or nothing. The sampling settings are validated as the
+        batch would leave them."""
+        settings = vars(self.stream.settings).copy()
+        for change in changes:
+            kind, value = change.kind, change.value
+            if kind not in CHANGE_KINDS:
+                raise ValueError(f"unknown change kind {kind!r}")
+            if kind in ("alpha", "enabled") and change.concept not in self.targets:
+                known = ", ".join(self.targets) or "none loaded"
+                raise KeyError(f"unknown concept {change.concept!r} (loaded: {known})")
+            if kind == "alpha" and not (isinstance(value, int | float) and not isinstance(value, bool)
+                                        and math.isfinite(value)):
+                raise ValueError(f"alpha for {change.concept} must be a finite number, got {value!r}")
+            elif kind == "prompt" and not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"prompt must be a non-empty string, got {value!r}")
+            elif kind == "seed" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise ValueError(f"seed must be a whole number >= 0, got {value!r}")
+            elif kind in ("guidance", "temperature", "top_k", "top_p"):
+                settings["guidance_scale" if kind == "guidance" else kind] = value
+        SamplingSettings(**settings).validate()
 
     def _apply(self, change: Change) -> None:
         kind, value = change.kind, change.value

@@ -17,6 +17,7 @@ import dataclasses
 import datetime as _dt
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,14 @@ from .sites import SITES
 FORMAT_VERSION = 1
 METADATA_KEY = "steerbridge"
 CFG_MODES = ("cond", "uncond", "both")
+
+
+#: Bounds that keep alpha x gain x activation finite in float32 (max ~3.4e38) with a wide margin.
+MAX_ABS_ALPHA = 1e4
+MAX_ABS_GAIN = 1e4
+#: A concept name becomes an OSC address part and a file name: no wildcards, slashes,
+#: spaces or newlines. Checked with ``fullmatch`` (``$`` would let a trailing newline by).
+CONCEPT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 
 
 class VectorFileError(ValueError):
@@ -89,6 +98,8 @@ class SteeringVector:
             object.__setattr__(self, "gains", tuple(1.0 for _ in self.layers))
         if len(self.gains) != len(self.layers) or not all(math.isfinite(g) for g in self.gains):
             raise VectorFileError("gains must be one finite number per layer")
+        if any(abs(g) > MAX_ABS_GAIN for g in self.gains):
+            raise VectorFileError(f"gains must be within +-{MAX_ABS_GAIN:g} (alpha x gain must stay finite in float32)")
         if self.site not in SITES:
             raise VectorFileError(f"unknown site {self.site!r}")
         if self.operator not in OPERATORS:
@@ -98,6 +109,9 @@ class SteeringVector:
         lo, hi = self.alpha_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise VectorFileError(f"alpha_range must be two finite numbers, low < high; got {self.alpha_range}")
+        if max(abs(lo), abs(hi)) > MAX_ABS_ALPHA:
+            raise VectorFileError(f"alpha_range {lo:g}..{hi:g} goes past +-{MAX_ABS_ALPHA:g}: a knob there would "
+                                  "turn the stream into inf/NaN")
 
     @property
     def d_model(self) -> int:
@@ -223,6 +237,10 @@ def load_vector(path: str | Path) -> SteeringVector:
             raise VectorFileError(f"{path}: directions must be float32 [L, d] and layers int64 [L]")
         if meta.get("d_model") != directions.shape[-1]:
             raise VectorFileError(f"{path}: metadata d_model {meta.get('d_model')} disagrees with the tensor")
+        concept = meta["concept"]
+        if not (isinstance(concept, str) and CONCEPT_NAME.fullmatch(concept)):
+            raise VectorFileError(f"{path}: concept name {str(concept)[:40]!r} is not a name (letters, digits, "
+                                  "'_', '-', '.', '+'; at most 64; no wildcards, slashes or spaces)")
         stats = {int(k): LayerStats(**v) for k, v in meta.get("stats", {}).items()}
         return SteeringVector(
             concept=str(meta["concept"]),

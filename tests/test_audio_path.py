@@ -93,3 +93,67 @@ def test_audio_path_flushes_before_its_first_block_and_after() -> None:
     before = ring.fill
     path.flush()  # what the resampler held back comes out
     assert ring.fill > before
+
+
+class _FillingDisk:
+    """A file that runs out of space after ``room`` bytes, as a full disk does (ENOSPC)."""
+
+    def __init__(self, f, room: int) -> None:
+        self._f, self.room = f, room
+
+    def write(self, data: bytes) -> int:
+        if self._f.tell() + len(data) > self.room:
+            self._f.write(data[: max(0, self.room - self._f.tell())])  # a partial block, as the kernel does
+            raise OSError(28, "No space left on device")
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_a_full_disk_stops_the_recording_once_keeps_memory_flat_and_the_file_valid(tmp_path, caplog) -> None:
+    import time
+
+    path = tmp_path / "r.wav"
+    rec = WavRecorder(path, 48000, 2)
+    rec._file = _FillingDisk(rec._file, 44 + 4 * 4800 * 3 + 100)  # room for three blocks and a bit
+    block = np.full((4800, 2), 0.25, np.float32)
+    for _ in range(5):
+        rec.write(block)
+    deadline = time.monotonic() + 5
+    while rec.failure is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.failure is not None
+    for _ in range(1000):  # 100 s of audio after the disk filled
+        rec.write(block)
+    assert rec._queue.qsize() == 0  # nothing piles up in memory
+    rec.close()
+    with wave.open(str(path)) as w:
+        assert w.getnframes() == rec.frames == 3 * 4800
+    assert path.stat().st_size == 44 + 4 * 3 * 4800  # the half-written block was cut off
+    assert len([r for r in caplog.records if "stopped" in r.getMessage()]) == 1
+    assert rec.summary().startswith(f"{path} holds 14400 frames (0.30 s)") and "No space left" in rec.summary()
+
+
+def test_a_slow_disk_drops_blocks_instead_of_queueing_them(tmp_path) -> None:
+    rec = WavRecorder(tmp_path / "r.wav", 48000, 2)
+    rec.max_queued_frames = 4800
+    gate = __import__("threading").Event()
+    real = rec._file
+
+    class Slow:
+        def write(self, data):
+            gate.wait(5)
+            return real.write(data)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    rec._file = Slow()
+    block = np.zeros((4800, 2), np.float32)
+    for _ in range(50):
+        rec.write(block)
+    assert rec._queue.qsize() <= 1 and rec.dropped_frames >= 48 * 4800
+    gate.set()
+    rec.close()
+    assert "were not recorded" in rec.summary()

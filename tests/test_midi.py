@@ -239,3 +239,29 @@ def test_scene_files_are_written_whole(rig, tmp_path) -> None:
     _, _, scenes, _ = rig
     path = scenes.save("one", {"targets": {"timbre": 1.0}, "enabled": {}, "prompt": "p"})
     assert json.loads(path.read_text())["targets"] == {"timbre": 1.0}
+
+
+def test_osc_changes_to_bindings_wait_for_the_midi_threads_lock(rig) -> None:
+    import threading
+
+    from bridge.commands import Origin
+
+    control, mapper, _, commands = rig
+    mapper.handle(cc(21, 64))  # picked up, position set
+    binding = next(b for b in mapper.bindings if b.cc == 21)
+    assert binding.position is not None
+    with mapper._lock:  # as if rtmidi's thread were half-way through a message
+        osc = threading.Thread(target=commands.run, args=("/steer/timbre", [1.0], Origin("osc 127.0.0.1:1")))
+        osc.start()
+        osc.join(0.3)
+        assert binding.position is not None  # not changed under the MIDI thread's feet
+    osc.join(5)
+    assert binding.position is None and control.targets["timbre"] == 1.0
+
+
+def test_unmapped_program_changes_are_logged_rate_limited(rig, caplog) -> None:
+    control, mapper, _, _ = rig
+    for _ in range(100):
+        mapper.handle(mido.Message("program_change", program=99))
+    assert control.errors == 100
+    assert len([r for r in caplog.records if "program change" in r.getMessage()]) <= 5

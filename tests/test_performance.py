@@ -84,3 +84,13 @@ def test_bad_change_raises_and_changes_nothing(tiny, vectors_dir) -> None:
     with pytest.raises(KeyError, match="unknown concept"):
         perf.apply([Change("alpha", 1.0, "timbre"), Change("alpha", 1.0, "nope")])
     assert perf.targets == {"tempo": 0.0, "timbre": 0.0}
+
+
+@pytest.mark.parametrize("bad", [Change("guidance", 100.0), Change("alpha", float("nan"), "tempo"),
+                                 Change("alpha", 1.0, "nope"), Change("seed", -1), Change("prompt", "  ")])
+def test_a_bad_batch_changes_nothing(tiny, vectors_dir, bad) -> None:
+    perf = make(tiny, vectors_dir)
+    settings = vars(perf.stream.settings).copy()
+    with pytest.raises((ValueError, KeyError)):
+        perf.apply([Change("alpha", 1.0, "timbre"), Change("temperature", 0.5), bad])
+    assert perf.targets["timbre"] == 0.0 and vars(perf.stream.settings) == settings

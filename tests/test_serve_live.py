@@ -45,7 +45,7 @@ def start_serve(tmp: Path, env: dict[str, str], *args: str) -> tuple[subprocess.
             pytest.fail(f"serve exited early:\n{(tmp / 'serve.log').read_text()}")
         client.send("/status")
         m = client.recv(0.5)
-        if m is not None and m.address == "/status/json" and json.loads(m.params[0])["frames_generated"] > 0:
+        if m is not None and m.address == "/status/json" and json.loads(m.params[0]).get("frames_generated", 0) > 0:
             return proc, client
     proc.kill()
     pytest.fail(f"serve never answered /status:\n{(tmp / 'serve.log').read_text()}")

@@ -1,0 +1,323 @@
+"""The OSC front: a separate process that reads every datagram, so that no flood of
+packets can take the GIL from the engine.
+
+A fuzz of 5,000 malformed packets a second, parsed on a thread of the server process,
+cost hundreds of underruns a minute on a 2-core machine however cheap the parser:
+the GIL is shared. So the server binds the UDP socket and hands it to this process,
+which needs nothing heavy (no torch) and does all the per-packet work:
+
+- decode (``oscwire``: strict and bounded), match the address against the known ones
+  (``oscmatch``: linear time), refuse what fails with ``/error`` (budgeted per sender);
+- keep future-timetag bundles until they are due (bounded in time, count and bytes);
+- answer ``/status`` with ``{"state": "loading"}`` until the server sends its
+  addresses, holding other messages (bounded) until then;
+- pass each message that survives to the server over a local SEQPACKET socket, at most
+  ``FORWARD_PER_S`` a second per sender, stamped with the time the kernel received it.
+
+The server answers (``/status``, ``/error`` for values) on the same UDP socket.
+Records on the local socket, one per SEQPACKET datagram:
+
+- counts: ``>QQQH`` (packets so far, errors since the last counts, replies dropped so
+  far, length of the last error's text) + that text;
+- front -> server ``C`` + counts (on a timer, while errors come and no message goes);
+- front -> server ``M`` + counts + ``>dHB`` (arrival, ``time.monotonic`` in this
+  machine's shared clock; sender port; host length) + host + the message bytes exactly
+  as received. Counts ride with each message, so they are in order with messages at
+  the cost of one local send per message;
+- server -> front ``A`` + JSON ``{"addresses": [...], "concepts": [...]}``.
+
+The process ends when the server closes its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import math
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from collections import deque
+
+from .oscbudget import TokenBuckets
+from .oscmatch import AddressMatcher, PatternError, describe_unknown
+from .oscwire import OscWireError, WireMessage, decode_packet, encode_message, short
+from .ratelog import RateLimitedLog
+
+log = logging.getLogger("steerbridge.osc")
+
+MAX_FUTURE_S = 10.0
+MAX_SCHEDULED = 1024  # future-timetag messages waiting at once
+MAX_SCHEDULED_BYTES = 256 * 1024
+MAX_HELD_WHILE_LOADING = 256
+FORWARD_PER_S = 500.0  # messages per sender per second passed to the server (16 faders at 30 Hz fit)
+STATUS_PER_S = 100.0  # /status per sender per second: each one costs the server a full snapshot (polls at 50 Hz fit)
+ERROR_REPLIES_PER_S = 100.0
+ERROR_REPLY_BYTES_PER_S = 64 * 1024.0
+COUNTS_EVERY_S = 0.02
+READ_BATCH = 256  # datagrams read per wake-up before looking at the clock again
+_SO_TIMESTAMPNS = 35  # Linux: kernel receive time of each datagram, as a struct timespec
+
+RECORD_MESSAGE = b"M"
+RECORD_COUNTS = b"C"
+RECORD_ADDRESSES = b"A"
+_MESSAGE_HEAD = struct.Struct(">dHB")
+_COUNTS_HEAD = struct.Struct(">QQQH")
+
+
+def pack_counts(packets: int, errors: int, dropped: int, last_error: str) -> bytes:
+    text = last_error.encode("utf-8")[:1024] if errors else b""
+    return _COUNTS_HEAD.pack(packets, errors, dropped, len(text)) + text
+
+
+def unpack_counts(record: bytes, offset: int) -> tuple[int, int, int, str, int]:
+    """(packets, errors, dropped, last error, offset after the counts)."""
+    packets, errors, dropped, length = _COUNTS_HEAD.unpack_from(record, offset)
+    start = offset + _COUNTS_HEAD.size
+    return packets, errors, dropped, record[start:start + length].decode("utf-8", "replace"), start + length
+
+
+def pack_message(arrived: float, sender: tuple[str, int], raw: bytes) -> bytes:
+    host = sender[0].encode("ascii")
+    return _MESSAGE_HEAD.pack(arrived, sender[1], len(host)) + host + raw
+
+
+def unpack_message(record: bytes, offset: int) -> tuple[float, tuple[str, int], bytes]:
+    arrived, port, host_len = _MESSAGE_HEAD.unpack_from(record, offset)
+    start = offset + _MESSAGE_HEAD.size
+    return arrived, (record[start:start + host_len].decode("ascii"), port), record[start + host_len:]
+
+
+def enable_kernel_timestamps(sock: socket.socket) -> bool:
+    if sys.platform != "linux":
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
+def receive(sock: socket.socket) -> tuple[bytes, tuple[str, int], float]:
+    """One datagram, its sender, and when the kernel received it, as ``time.monotonic()``
+    (the receive time in the socket, so time spent queued there counts as latency)."""
+    data, ancdata, _flags, addr = sock.recvmsg(65536, 64)
+    now_mono, now_wall = time.monotonic(), time.time()
+    arrived = now_mono
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= 16:
+            seconds, nanos = struct.unpack_from("qq", payload)
+            waited = now_wall - (seconds + nanos * 1e-9)
+            if 0.0 <= waited < 60.0:  # a wall-clock step would make nonsense of it
+                arrived = now_mono - waited
+    return data, (addr[0], addr[1]), arrived
+
+
+class Front:
+    """The front's state and loop. Single-threaded: everything here runs on one thread."""
+
+    def __init__(self, sock: socket.socket, link: socket.socket) -> None:
+        self.sock, self.link = sock, link
+        self.sock.setblocking(False)
+        self.link.setblocking(False)
+        enable_kernel_timestamps(sock)
+        self.matcher: AddressMatcher | None = None  # None while the server loads
+        self.concepts: list[str] = []
+        self.packets = 0
+        self.dropped_replies = 0
+        self._errors = 0  # since the last counts record
+        self._last_error = ""
+        self._counts_sent_at = 0.0
+        self._counts_dirty = False
+        self.scheduled: list[tuple[float, int, WireMessage, tuple[str, int], float]] = []
+        self.scheduled_bytes = 0
+        self._seq = itertools.count()
+        self.held: deque[tuple[WireMessage, tuple[str, int], float]] = deque()
+        self._forward = TokenBuckets(FORWARD_PER_S)
+        self._status = TokenBuckets(STATUS_PER_S)
+        self._replies = TokenBuckets(ERROR_REPLIES_PER_S, ERROR_REPLY_BYTES_PER_S)
+        self.logs = RateLimitedLog(log)
+        self.closed = False
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.sock, selectors.EVENT_READ, "udp")
+        selector.register(self.link, selectors.EVENT_READ, "link")
+        while not self.closed:
+            timeout = COUNTS_EVERY_S if self._counts_dirty else 0.5
+            if self.scheduled:
+                timeout = min(timeout, max(0.0, self.scheduled[0][0] - time.time()))
+            ready = {key.data for key, _ in selector.select(timeout)}
+            if "link" in ready:  # first: the address table must be in place before the packets it decides
+                self.read_link()
+            if "udp" in ready and not self.closed:
+                self.read_udp()
+            self.fire_due()
+            self.flush_counts()
+        selector.close()
+        self.logs.flush()
+
+    def read_link(self) -> None:
+        while True:
+            try:
+                record = self.link.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                record = b""
+            if not record:
+                self.closed = True
+                return
+            if record[:1] == RECORD_ADDRESSES:
+                table = json.loads(record[1:])
+                self.matcher = AddressMatcher(table["addresses"])
+                self.concepts = list(table["concepts"])
+                held, self.held = list(self.held), deque()
+                for msg, sender, arrived in held:
+                    self.route(msg, sender, arrived)
+
+    def read_udp(self) -> None:
+        for _ in range(READ_BATCH):
+            try:
+                data, sender, arrived = receive(self.sock)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.packet(data, sender, arrived)
+
+    # --- per packet ----------------------------------------------------------------------
+    def packet(self, data: bytes, sender: tuple[str, int], arrived: float) -> None:
+        self.packets += 1
+        self._counts_dirty = True
+        try:
+            messages = decode_packet(data)
+        except OscWireError as exc:
+            self.reject(sender, "(packet)", f"undecodable OSC packet ({len(data)} bytes): {exc}", "undecodable")
+            return
+        now = time.time()
+        status_answered = False
+        for msg in messages:
+            if msg.address == "/status":
+                if status_answered:  # a bundle of /status must not multiply the reply
+                    continue
+                status_answered = True
+            if msg.timetag is not None and msg.timetag > now + MAX_FUTURE_S:
+                self.reject(sender, msg.address, f"bundle timetag is {msg.timetag - now:.0f} s ahead (limit "
+                            f"{MAX_FUTURE_S:.0f} s); is the sender's clock right?", "timetag")
+            elif msg.timetag is not None and msg.timetag > now + 0.001:
+                self.schedule(msg, sender, arrived)
+            else:
+                self.route(msg, sender, arrived)
+
+    def schedule(self, msg: WireMessage, sender: tuple[str, int], arrived: float) -> None:
+        if len(self.scheduled) >= MAX_SCHEDULED or self.scheduled_bytes + msg.size > MAX_SCHEDULED_BYTES:
+            self.reject(sender, msg.address, f"too many future-timetag messages waiting (limit {MAX_SCHEDULED} "
+                        f"messages, {MAX_SCHEDULED_BYTES // 1024} KiB)", "future queue full")
+            return
+        self.scheduled_bytes += msg.size
+        heapq.heappush(self.scheduled, (msg.timetag or 0.0, next(self._seq), msg, sender, arrived))
+
+    def fire_due(self) -> None:
+        now = time.time()
+        while self.scheduled and self.scheduled[0][0] <= now:
+            _, _, msg, sender, _ = heapq.heappop(self.scheduled)
+            self.scheduled_bytes -= msg.size
+            self.route(msg, sender, time.monotonic())  # latency counts from when it was due
+
+    def route(self, msg: WireMessage, sender: tuple[str, int], arrived: float) -> None:
+        if self.matcher is None:
+            if msg.address == "/status":
+                self.reply(sender, "/status/json", [json.dumps({"state": "loading"})], "status")
+            elif len(self.held) < MAX_HELD_WHILE_LOADING:
+                self.held.append((msg, sender, arrived))
+            else:
+                self.reject(sender, msg.address, f"the server is still loading and already holds "
+                            f"{MAX_HELD_WHILE_LOADING} messages; send again when /status says it is running", "loading")
+            return
+        try:
+            known = self.matcher.match(msg.address)
+        except PatternError as exc:
+            self.reject(sender, msg.address, f"bad address pattern: {exc}", "pattern")
+            return
+        if not known:
+            self.reject(sender, msg.address, describe_unknown(msg.address, self.concepts), "unknown address")
+            return
+        if any(isinstance(a, float) and not math.isfinite(a) for a in msg.args):  # no address takes NaN or inf
+            self.reject(sender, msg.address, "arguments must be finite numbers (NaN or inf sent)", "not finite")
+            return
+        if not self._forward.allow(sender, time.monotonic()):
+            self.reject(sender, msg.address, f"more than {FORWARD_PER_S:.0f} messages a second from one sender",
+                        "too fast")
+            return
+        if msg.address == "/status" and not self._status.allow(sender, time.monotonic()):
+            self.reject(sender, msg.address, f"more than {STATUS_PER_S:.0f} /status a second from one sender",
+                        "status too fast")
+            return
+        record = (RECORD_MESSAGE + pack_counts(self.packets, self._errors, self.dropped_replies, self._last_error)
+                  + pack_message(arrived, sender, msg.raw))
+        try:
+            self.link.send(record)
+        except BlockingIOError:
+            self.reject(sender, msg.address, "the server is busy; message dropped", "busy")
+            return
+        except OSError:
+            self.closed = True
+            return
+        self._errors, self._counts_dirty, self._counts_sent_at = 0, False, time.monotonic()
+
+    # --- out -----------------------------------------------------------------------------
+    def reject(self, sender: tuple[str, int], address: str, reason: str, kind: str) -> None:
+        address = short(address)
+        self._errors += 1
+        self._last_error = short(f"{address}: {reason}", 300)
+        self._counts_dirty = True
+        self.reply(sender, "/error", [self._last_error], "error")
+        self.logs.warning(kind, "OSC %s from %s:%d rejected: %s", address, sender[0], sender[1], reason)
+
+    def reply(self, dest: tuple[str, int], address: str, args: list[object], kind: str) -> None:
+        data = encode_message(address, args)
+        if not self._replies.allow((dest, kind), time.monotonic(), len(data)):
+            self.dropped_replies += 1
+            self._counts_dirty = True
+            self.logs.warning("reply budget", "OSC %s replies to %s:%d over %d/s: some are dropped", kind,
+                              dest[0], dest[1], int(ERROR_REPLIES_PER_S))
+            return
+        with contextlib.suppress(OSError):  # a full buffer or an unreachable sender: replies are best-effort
+            self.sock.sendto(data, dest)
+
+    def flush_counts(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._counts_dirty or (not force and now - self._counts_sent_at < COUNTS_EVERY_S):
+            return
+        record = RECORD_COUNTS + pack_counts(self.packets, self._errors, self.dropped_replies, self._last_error)
+        try:
+            self.link.send(record)
+        except BlockingIOError:
+            return  # try again on the next turn; the counts are cumulative where it matters
+        except OSError:
+            self.closed = True
+            return
+        self._errors, self._counts_dirty, self._counts_sent_at = 0, False, now
+
+
+def main(argv: list[str]) -> int:
+    udp_fd, link_fd, level = int(argv[0]), int(argv[1]), argv[2]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Ctrl-C reaches the whole process group: the server decides, and closes the link.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=udp_fd)
+    link = socket.socket(fileno=link_fd)
+    Front(sock, link).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,169 @@
+"""Files as a careless or hostile user writes them (issue 11): vector files, chains,
+MIDI maps, scenes and performance logs are refused with one line before they are used;
+the limiter is a true ceiling, measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bridge.chains import ChainError, ceiling, load_chain
+from bridge.midimaps import MidiMapError, load_map
+from bridge.perflog import PerformanceLogError, read_log
+from bridge.ring import Ring
+from bridge.scenes import SceneError, SceneStore
+from bridge.serve import vector_files
+from steering_core.concepts import ConceptError, check_name
+from steering_core.vectors import METADATA_KEY, SteeringVector, VectorFileError, load_vector
+
+ROOT = Path(__file__).resolve().parent.parent
+
+YAML_BOMB = """
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+effects: [*g]
+controls: [*g]
+"""
+
+
+# --- vector files -------------------------------------------------------------------
+def write_vector(path: Path, **meta_changes) -> Path:
+    v = SteeringVector("timbre", torch.eye(4)[:2].clone(), (0, 1))
+    meta = {**v.metadata(), **meta_changes}
+    save_file({"directions": v.directions, "layers": torch.tensor([0, 1])}, str(path),
+              metadata={METADATA_KEY: json.dumps(meta)})
+    return path
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"concept": "x*("}, "not a name"),
+    ({"concept": "tempo\n"}, "not a name"),
+    ({"concept": "a/b"}, "not a name"),
+    ({"alpha_range": [-1e30, 1e30]}, "goes past"),
+    ({"gains": [1e308, 1.0]}, "gains must be within"),
+])
+def test_vector_files_that_would_break_a_set_are_refused(tmp_path, change, reason) -> None:
+    assert load_vector(write_vector(tmp_path / "ok.safetensors")).concept == "timbre"
+    with pytest.raises(VectorFileError, match=reason):
+        load_vector(write_vector(tmp_path / "bad.safetensors", **change))
+
+
+def test_a_vector_file_named_apart_from_its_concept_keeps_its_own_path(tmp_path) -> None:
+    write_vector(tmp_path / "my brightness v2.safetensors")
+    ((vector, path),) = vector_files([tmp_path])
+    assert vector.concept == "timbre" and path.is_file()  # --record hashes this path
+    write_vector(tmp_path / "again.safetensors")
+    with pytest.raises(VectorFileError, match="both hold concept 'timbre'"):
+        vector_files([tmp_path])
+
+
+# --- names ----------------------------------------------------------------------------
+def test_names_with_a_trailing_newline_are_refused(tmp_path) -> None:
+    with pytest.raises(ConceptError):
+        check_name("x\n")
+    with pytest.raises(SceneError):
+        SceneStore(tmp_path).save("x\n", {"targets": {}})
+    assert not list(tmp_path.iterdir())
+
+
+# --- YAML -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("loader", "error"), [(load_chain, ChainError), (load_map, MidiMapError)])
+def test_yaml_bombs_are_refused_before_parsing_without_echoing_them(tmp_path, loader, error) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(YAML_BOMB)
+    t = time.perf_counter()
+    with pytest.raises(error, match="aliases") as info:
+        loader(str(bomb))
+    assert time.perf_counter() - t < 1.0 and len(str(info.value)) < 300
+
+
+def test_huge_yaml_files_are_refused_unread(tmp_path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("effects:\n" + "  - {effect: Gain, gain_db: 0.0}\n" * 20000)
+    with pytest.raises(ChainError, match="limit"):
+        load_chain(str(big))
+
+
+# --- effects ---------------------------------------------------------------------------
+@pytest.mark.parametrize("effect", ["{effect: LowpassFilter, cutoff_frequency_hz: -5}",
+                                    "{effect: Reverb, wet_level: 40}", "{effect: Gain, gain_db: .nan}",
+                                    "{effect: Limiter, threshold_db: 12}", "{effect: Delay, feedback: 3}"])
+def test_effect_parameters_outside_their_physical_range_are_refused(tmp_path, effect) -> None:
+    chain = tmp_path / "c.yaml"
+    chain.write_text(f"effects:\n  - {effect}\n")
+    with pytest.raises(ChainError, match=r"range|finite"):
+        load_chain(str(chain))
+
+
+@pytest.mark.parametrize("chain", ["default", "clean", "space", "lofi"])
+def test_the_limiter_is_a_true_ceiling(chain) -> None:
+    from bridge.engine import AudioPath
+
+    board = load_chain(chain)
+    ring = Ring(48000 * 4, 2)
+    path = AudioPath(32000, 48000, ring, board)
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # full-scale noise with DC and spikes past full scale
+        block = np.clip(rng.standard_normal((1, 640)) * 2.0 + 0.5, -4, 4).astype(np.float32)
+        block[0, ::97] = 4.0
+        path.push(block)
+    path.flush()
+    out = np.empty((ring.fill, 2), np.float32)
+    ring.read_into(out)
+    assert out.size and np.abs(out).max() <= ceiling(board) + 1e-7
+
+
+# --- scenes -------------------------------------------------------------------------------
+@pytest.mark.parametrize("scene", ['{"targets": {"timbre": NaN}}', '{"targets": {}, "enabled": {"timbre": "yes"}}',
+                                   '{"targets": {}, "prompt": 5}'])
+def test_malformed_scenes_are_refused(tmp_path, scene) -> None:
+    (tmp_path / "s.json").write_text(scene)
+    with pytest.raises(SceneError):
+        SceneStore(tmp_path).load("s")
+
+
+# --- performance logs ------------------------------------------------------------------
+HEADER = {"type": "header", "format": 1}
+
+
+@pytest.mark.parametrize("lines", [
+    [[1, 2]],
+    [{**HEADER, "vectors": ["not a dict"]}],
+    [{**HEADER, "settings": "x"}],
+    [{**HEADER, "seed": "x"}],
+    [HEADER, "an event"],
+    [HEADER, {"type": "event", "step": "5", "changes": [{"kind": "alpha", "concept": "t", "value": 1}]}],
+    [HEADER, {"type": "event", "step": 5, "changes": [{"kind": "alpha", "concept": "t", "value": "loud"}]}],
+    [HEADER, {"type": "event", "step": 5, "changes": [7]}],
+    [HEADER, {"type": "end", "frames": None, "codes_sha256": "x"}],
+])
+def test_malformed_performance_logs_are_one_line_errors(tmp_path, lines) -> None:
+    from bridge.perflog import LOG_FORMAT
+
+    assert HEADER["format"] == LOG_FORMAT
+    log = tmp_path / "p.jsonl"
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(PerformanceLogError):
+        read_log(log)
+
+
+def test_render_automation_with_a_malformed_log_prints_one_line(tmp_path) -> None:
+    log = tmp_path / "p.jsonl"
+    log.write_text(json.dumps({**HEADER, "vectors": [5]}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "bridge.cli", "render", "--automation", str(log), "--out",
+                           str(tmp_path / "o.wav")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "malformed header" in done.stderr

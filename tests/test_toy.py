@@ -1,0 +1,83 @@
+"""The built-in trained ``toy`` model: it loads like any checkpoint, its training runs and
+resumes, and, on the shipped weights, prompts and steering move what a listener hears."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from steering_core import toyworld
+from steering_core.models import ModelLoadError, load_model
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("toy", device="cpu")
+
+
+def test_toy_loads_through_from_pretrained_and_is_small(toy) -> None:
+    from steering_core.toy import TOY_MODEL_DIR
+
+    assert toy.model_id == "toy" and toy.num_codebooks == 4 and toy.frame_rate == 50
+    assert toy.sample_rate == toyworld.SAMPLE_RATE and toy.window_frames == 200
+    size = sum(p.stat().st_size for p in TOY_MODEL_DIR.iterdir())
+    assert size <= 30 * 2**20, size
+    folder = load_model(str(TOY_MODEL_DIR), device="cpu")  # the same folder as a path: same weights
+    for (name, a), (_, b) in zip(toy.model.state_dict().items(), folder.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_missing_toy_weights_are_one_clear_line(monkeypatch, tmp_path) -> None:
+    import steering_core.toy as toy_module
+
+    monkeypatch.setattr(toy_module, "TOY_MODEL_DIR", tmp_path / "nothing")
+    with pytest.raises(ModelLoadError, match="steerbridge toy train"):
+        load_model("toy", device="cpu")
+
+
+def test_codec_reconstructs_held_out_world_clips(toy) -> None:
+    """decode(encode(clip)) against the clip, on clips the codec never saw."""
+    from steering_core.toytrain import codec_report
+
+    report = codec_report(toy.model, clips=4, seconds=2.0, seed=12345)
+    assert report["snr_db"] > 8.0, report
+    assert report["code_accuracy"] > 0.9, report
+
+
+def test_training_losses_fall_and_a_stopped_run_resumes_to_the_same_weights(tmp_path) -> None:
+    """A few steps of both stages on small batches: the loss falls, and stopping after 6
+    steps then resuming to 12 gives the very weights of 12 steps straight."""
+    from steering_core import toy, toytrain
+
+    small = replace(toytrain.TrainSettings(), codec_steps=12, codec_batch=2, codec_frames=8, lm_steps=12, lm_batch=2,
+                    lm_frames=24, lm_short_batch=2, lm_short_frames=12, lm_tempo_steps=4, lm_tempo_batch=2,
+                    lm_tempo_frames=12, checkpoint_every=6, codec_lr=3e-3, lm_lr=3e-3)
+    straight = toy.build_untrained_toy()
+    codec_losses = toytrain.train_codec(straight, small, tmp_path / "a_codec.pt", progress=False)
+    lm_losses = toytrain.train_lm(straight, small, tmp_path / "a_lm.pt", progress=False)
+    assert np.mean(codec_losses[-3:]) < np.mean(codec_losses[:3])
+    assert np.mean(lm_losses[-4:]) < np.mean(lm_losses[:4])
+
+    stopped = toy.build_untrained_toy()
+    toytrain.train_codec(stopped, replace(small, codec_steps=6), tmp_path / "b_codec.pt", progress=False)
+    resumed = toy.build_untrained_toy()
+    toytrain.train_codec(resumed, small, tmp_path / "b_codec.pt", progress=False)
+    for (name, a), (_, b) in zip(straight.audio_encoder.state_dict().items(),
+                                 resumed.audio_encoder.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_known_effects_on_the_shipped_weights(toy) -> None:
+    """The papers' claim on a model where it must hold: captions and steering vectors move
+    onset rate (tempo) and spectral centroid (timbre), monotonically, beyond the seed spread."""
+    from steering_core.knowneffect import known_effect_check
+
+    report = known_effect_check(toy, seeds=5, points=7, seconds=4.0)
+    print(json.dumps({k: v for k, v in report.items() if k != "lines"}, indent=1)[:3000])
+    print("\n".join(report["lines"]))
+    for name in ("tempo", "timbre"):
+        checks = report["concepts"][name]["checks"]
+        assert all(checks.values()), (name, checks)
