@@ -137,10 +137,17 @@ def collect_labelled(handle: MusicGenHandle, folder: str | Path, *, site: str = 
         raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if not window_s >= MIN_WINDOW_S:
         raise ValueError(f"--window must be at least {MIN_WINDOW_S} s")
+    trained_s = handle.window_frames / handle.frame_rate
+    if window_s > trained_s:  # positions past the trained window were never seen: their activations mean little
+        log.info("--window %.1f s is longer than %s's trained window; using %.1f s", window_s, handle.model_id, trained_s)
+        window_s = trained_s
     classes = discover(folder)
     cache_dir = Path(cache) if cache is not None else cache_root()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    setting = f"{handle.config_sha256}|{site}|{window_s}|{prompt or ''}|{pool}".encode()
+    # The shape fingerprint says which vectors fit; the weights decide the activations (a
+    # retrained toy has the same shape), so one weight tensor's bytes join the key.
+    weights = hashlib.sha256(handle.model.decoder.lm_heads[0].weight.detach().float().cpu().numpy().tobytes()).hexdigest()
+    setting = f"{handle.config_sha256}|{weights}|{site}|{window_s}|{prompt or ''}|{pool}".encode()
     rows: list[torch.Tensor] = []
     labels: list[str] = []
     sources: list[str] = []

@@ -46,7 +46,7 @@ class TrainSettings:
     codec_steps: int = 6000
     codec_batch: int = 8
     codec_frames: int = 16
-    lm_steps: int = 3000
+    lm_steps: int = 2400
     lm_batch: int = 12
     lm_frames: int = toy.TOY_WINDOW_FRAMES
     #: Every other step trains on many short clips: a caption decides most at a clip's start
@@ -57,7 +57,7 @@ class TrainSettings:
     #: chosen afresh at every note, so captions shape it from the start; tempo is chosen once
     #: (the first gap between hits) and then copied from the music, so its caption signal is
     #: a sliver of the loss and the first phase learns to ignore it.
-    lm_tempo_steps: int = 1500
+    lm_tempo_steps: int = 600
     lm_tempo_batch: int = 64
     lm_tempo_frames: int = 32
     lm_tempo_lr: float = 1e-3

@@ -7,8 +7,8 @@ at 50 frames/s, one code per 20 ms frame, as MusicGen's codec would produce:
 =========  ===================================================================
 codebook   what a code means
 =========  ===================================================================
-0 drums    (kick | snare | hat, frames since the hit), then silence counting frames
-           since the last hit (a drummer's count: silent codes that all sound the same)
+0 drums    (kick | snare | hat, frames since the hit), then silence counting down the
+           frames to the next hit (silent codes that all sound the same)
 1 lead     rest, or (pitch, brightness): an additive tone, 7 harmonic roll-offs
 2 piano    silence, or (major | minor chord, frames since it was struck)
 3 bass     silence, or (pitch, frames since it was plucked; the tail sustains)
@@ -58,15 +58,17 @@ BRIGHT_LEVELS = (5, 6)
 DARK_LEVELS = (0, 1)
 
 # --- the code vocabulary ------------------------------------------------------------------
-#: Drum voices and how many frames each sounds (codes 1.. of codebook 0).
-DRUM_FRAMES = {"kick": 16, "snare": 12, "hat": 8}
-#: After a voice dies away, the codes count on through the silence (up to the slowest tempo's
-#: gap between eighths, 25 frames): "no drum sounding, a frames since the last hit". They all
-#: render as silence. With the count in the code, when the next hit falls is a function of
-#: the count and the tempo, which a small model learns from captions; without it, it has to
-#: count positions through attention, and it learned to copy the last gap instead.
-SILENCE_FROM = min(DRUM_FRAMES.values())
-SILENCE_UNTIL = 34
+#: Drum voices and how many frames each sounds (codes 1.. of codebook 0): all shorter than
+#: the fastest tempo's eighth note (8.3 frames), so every hit is followed by silence.
+DRUM_FRAMES = {"kick": 7, "snare": 6, "hat": 5}
+#: Once a voice has died away, the codes count down the silent frames to the next hit:
+#: "no drum sounding, the next hit in n frames". They all render as silence. So *when* the
+#: next hit falls is one choice, made at the first silent frame after each hit, and each
+#: gap is the tempo's eighth note give or take a frame (a human drummer), a fresh choice
+#: that the caption informs: the same kind of choice as a lead note's shade. Counting up
+#: instead (a hit when the count reaches the gap) taught the model to copy the last gap and
+#: ignore tempo words.
+SILENCE_MAX = 24
 #: Lead pitches (Hz): G4 B4 D5 F#5 G5 B5 D6 F#6 in just intonation over 50 Hz.
 LEAD_PITCHES = (400, 500, 600, 750, 800, 1000, 1200, 1500)
 MAJOR_LEAD = (400, 500, 600, 800, 1000, 1200)
@@ -92,9 +94,9 @@ def drum_code(voice: str, age: int) -> int:
     raise KeyError(voice)
 
 
-def silence_code(since_hit: int) -> int:
-    """Codebook 0 with no drum sounding, ``since_hit`` frames after the last hit."""
-    return 1 + sum(DRUM_FRAMES.values()) + min(max(since_hit, SILENCE_FROM), SILENCE_UNTIL) - SILENCE_FROM
+def silence_code(until_hit: int) -> int:
+    """Codebook 0 with no drum sounding, the next hit ``until_hit`` frames away (1..SILENCE_MAX)."""
+    return sum(DRUM_FRAMES.values()) + min(max(until_hit, 1), SILENCE_MAX)
 
 
 def lead_code(pitch: int, brightness: int) -> int:
@@ -138,10 +140,10 @@ def _drum(voice: str, rng: np.random.Generator) -> np.ndarray:
     if voice == "kick":  # a pitch sweep from 160 to 50 Hz (phase = integral of frequency)
         freq = 50 + 110 * np.exp(-t / 0.03)
         phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
-        x = 0.9 * np.sin(phase) * np.exp(-t / 0.12)
+        x = 0.9 * np.sin(phase) * np.exp(-t / 0.05)
     elif voice == "snare":  # frozen noise, low-passed by a 12-tap smoother, plus a 200 Hz body
         noise = np.convolve(rng.standard_normal(t.size), np.hanning(12) / np.hanning(12).sum() * 3.0, mode="same")
-        x = 0.35 * noise * np.exp(-t / 0.07) + 0.5 * np.sin(2 * np.pi * 200 * t) * np.exp(-t / 0.05)
+        x = 0.35 * noise * np.exp(-t / 0.045) + 0.5 * np.sin(2 * np.pi * 200 * t) * np.exp(-t / 0.035)
     else:  # hat: frozen noise, band-passed (difference of smoothers), quiet and short
         noise = rng.standard_normal(t.size + 8)
         smooth, smoother = (np.convolve(noise, np.ones(n) / n, mode="valid")[:t.size] for n in (2, 8))
@@ -220,24 +222,28 @@ def score(params: Params, frames: int, rng: random.Random) -> np.ndarray:
     """Codes [NUM_CODEBOOKS, frames] for ``params``, starting at a random point of a bar."""
     codes = np.zeros((NUM_CODEBOOKS, frames), dtype=np.int64)
     eighth = 30.0 * FRAME_RATE / params.bpm  # frames per eighth note
-    start = rng.uniform(0, 8 * eighth)  # where in the music the clip starts, in frames
-    first = math.floor(start / eighth)
-    hits = []  # (frame, eighth index) of every eighth note that reaches into the clip
-    i = first - 4
-    while (f := round(i * eighth - start)) < frames:
+    # Every hit from a bar before the clip to one after it: eighth notes, each gap give or
+    # take a frame, never shorter than the longest drum sound.
+    i = rng.randrange(8)
+    f = -round(rng.uniform(8, 16) * eighth)
+    hits = []  # (frame, eighth index)
+    while True:
         hits.append((f, i))
+        if f >= frames:
+            break
+        f += max(max(DRUM_FRAMES.values()) + 1, round(eighth) + rng.choice((-1, 0, 0, 1)))
         i += 1
     lead_pitches = MAJOR_LEAD if params.major else MINOR_LEAD
     bass_pitches = MAJOR_BASS if params.major else MINOR_BASS
     chord = "major" if params.major else "minor"
     note = rng.choice(lead_pitches)
     shade = params.brightness
-    for n, (f, i) in enumerate(hits):
-        stop = hits[n + 1][0] if n + 1 < len(hits) else frames
+    for n, (f, i) in enumerate(hits[:-1]):
+        stop = hits[n + 1][0]
         voice = _PATTERN[i % 8]
         for age in range(stop - f):
             if 0 <= f + age < frames:
-                codes[DRUMS, f + age] = drum_code(voice, age) if age < DRUM_FRAMES[voice] else silence_code(age)
+                codes[DRUMS, f + age] = drum_code(voice, age) if age < DRUM_FRAMES[voice] else silence_code(stop - f - age)
         if i % 2 == 0 or rng.random() < 0.3:  # the lead moves on quarter notes, sometimes eighths
             note = rng.choice(lead_pitches)
             # Each note is voiced a shade around the clip's brightness, so every note is a fresh

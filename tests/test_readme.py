@@ -145,3 +145,11 @@ def test_readme_commands_work_as_written(tmp_path: Path) -> None:
     ignored = (REPO / ".gitignore").read_text().split()
     assert all(f"/{name}/" in ignored or f"{name}/" in ignored for name in left), "outputs must be git-ignored"
     assert (root / "out" / "tempo.safetensors").is_file() and (root / "demo_out" / "demo.json").is_file()
+
+
+def test_ci_runs_exactly_the_readmes_test_command() -> None:
+    """.ci/run's command is the README's quickstart command 2, character for character."""
+    quickstart = shell_blocks(README.read_text())[0]
+    readme_test = [c for c in commands(quickstart) if "install-system-deps" in c]
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if "install-system-deps" in line]
+    assert len(readme_test) == 1 and ci_lines == readme_test

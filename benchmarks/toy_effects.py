@@ -1,0 +1,112 @@
+"""The toy model's figures: what steering does (known-effect check) and how fast it plays.
+
+    python benchmarks/toy_effects.py [--seeds 5] [--points 7] [--pipeline-seconds 20] [--json out.json]
+
+1. ``known_effect_check`` (steering_core/knowneffect.py): conditioning ratios and alpha
+   sweeps for tempo and timbre, for the diffmean and the logistic-probe vectors.
+2. The live pipeline's real-time factor, as ``serve`` runs it, steered: one decode step
+   per frame with the tempo and timbre vectors on, the chunked codec (1-frame chunks,
+   16 frames of context, as ``EngineSettings``), pedalboard's resampler to 48 kHz and the
+   ``default`` effect chain with its limiter. rtf = audio seconds / wall seconds.
+3. The codec's held-out reconstruction (``toytrain.codec_report``).
+
+Prints one JSON object (and writes it with ``--json``). Figures go to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def pipeline_rtf(seconds: float) -> dict[str, float]:
+    import numpy as np
+    import torch
+
+    from bridge.chains import load_chain
+    from bridge.engine import AudioPath, EngineSettings
+    from bridge.ring import Ring
+    from steering_core.codec import ChunkedDecoder
+    from steering_core.concepts import load_concept
+    from steering_core.extraction import extract_vector
+    from steering_core.models import load_model
+    from steering_core.steerer import Steerer
+    from steering_core.stream import MusicStream
+
+    torch.set_num_threads(1)  # as serve runs
+    handle = load_model("toy", device="cpu")
+    steerer = Steerer(handle)
+    for name, alpha in (("tempo", 3.0), ("timbre", -3.0)):
+        steerer.add(extract_vector(handle, load_concept(name), progress=False), alpha=alpha)
+    settings = EngineSettings()
+    decoder = ChunkedDecoder(handle, context_frames=settings.context_frames)
+    ring = Ring(48000 * 4, 2)
+    path = AudioPath(handle.sample_rate, 48000, ring, load_chain("default"))
+    stream = MusicStream(handle, "an instrumental piece with drums and a lead synth", seed=0, steerer=steerer)
+    frames = round(seconds * handle.frame_rate)
+    with stream.steering():
+        stream.generate_frames(10)  # warm-up
+        start = time.perf_counter()
+        made = 0
+        while made < frames:
+            before = stream.frames_complete
+            stream.step()
+            if stream.frames_complete > before:
+                decoder.push(stream.codes[:, :, before:stream.frames_complete])
+                made += stream.frames_complete - before
+                audio = decoder.pull()[0]
+                if audio.shape[-1]:
+                    path.push(audio)
+                    ring.read = ring.written  # a sound card that keeps up
+        wall = time.perf_counter() - start
+    peak = float(np.abs(ring._data).max())
+    return {"audio_s": round(frames / handle.frame_rate, 2), "wall_s": round(wall, 3),
+            "rtf": round(frames / handle.frame_rate / wall, 2), "peak_after_chain": round(peak, 3)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--points", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--pipeline-seconds", type=float, default=20.0)
+    parser.add_argument("--methods", default="diffmean,probe_logistic")
+    parser.add_argument("--json", default=None, help="also write the result here")
+    args = parser.parse_args()
+
+    import torch
+
+    from steering_core.knowneffect import known_effect_check
+    from steering_core.models import load_model
+    from steering_core.toytrain import codec_report
+
+    torch.set_num_threads(2)
+    handle = load_model("toy", device="cpu")
+    started = time.perf_counter()
+    result: dict[str, object] = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}",
+        "torch": torch.__version__,
+        "codec": codec_report(handle.model),
+        "pipeline": pipeline_rtf(args.pipeline_seconds),
+    }
+    torch.set_num_threads(2)
+    for method in args.methods.split(","):
+        report = known_effect_check(handle, seeds=args.seeds, points=args.points, seconds=args.seconds, method=method)
+        result[method] = {k: v for k, v in report.items() if k != "lines"}
+        print("\n".join(report["lines"]), file=sys.stderr)
+    result["seconds_taken"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
