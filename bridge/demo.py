@@ -21,6 +21,7 @@ from steering_core.audio import write_wav
 from steering_core.concepts import load_concept
 from steering_core.effects import CONCEPT_METRIC, steering_sweep
 from steering_core.extraction import extract_vector
+from steering_core.knowneffect import ALPHA_SPANS
 from steering_core.models import load_model
 
 from .plots import metric_band, spectrogram_grid
@@ -32,7 +33,7 @@ UNITS = {"onset_rate": "onsets per second", "centroid_hz": "spectral centroid (H
 
 
 def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo", "timbre"), seconds: float = 4.0,
-             seeds: int = 3, points: int = 5, seed: int = 7, prompt: str = NEUTRAL_PROMPT) -> dict[str, object]:
+             seeds: int = 3, points: int = 5, seed: int = 0, prompt: str = NEUTRAL_PROMPT) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     handle = load_model(model)
     log.info("model %s: %d layers, d_model %d", model, handle.num_layers, handle.d_model)
@@ -41,10 +42,12 @@ def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo
     lines = []
     for name in concepts:
         preset = load_concept(name)
-        vector = extract_vector(handle, preset, frames=50, progress=True)
+        # One middle layer and the concept's measured alpha span: the protocol of the
+        # known-effect check (steering_core/knowneffect.py).
+        vector = extract_vector(handle, preset, frames=50, layers=(handle.num_layers // 2,), progress=True)
         vector_path = vector.save(out / f"{name}.safetensors")
-        lo, hi = preset.alpha_range
-        alphas = [float(a) for a in np.linspace(lo, hi, points)]
+        span = ALPHA_SPANS.get(name, max(abs(a) for a in preset.alpha_range))
+        alphas = [float(a) for a in np.linspace(-span, span, points)]
         with tqdm(total=len(alphas), desc=f"{name}: alpha sweep", unit="alpha") as bar:
             sweep, clips = steering_sweep(handle, vector, prompt, alphas, metric=CONCEPT_METRIC.get(name),
                                           seeds=seeds, seconds=seconds, seed=seed, progress=lambda _a: bar.update(1))

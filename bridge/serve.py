@@ -88,7 +88,8 @@ def cache_dir() -> Path:
 
 def default_vectors(handle: MusicGenHandle) -> list[Path]:
     """No --vectors: extract the default concepts once per model and keep them."""
-    folder = cache_dir() / "vectors" / handle.config_sha256[:16]
+    # Keyed on the weights too: a retrained model of the same shape needs its own vectors.
+    folder = cache_dir() / "vectors" / f"{handle.config_sha256[:16]}-{handle.weights_sha256[:12]}"
     paths = []
     for name in DEFAULT_CONCEPTS:
         path = folder / f"{name}.safetensors"

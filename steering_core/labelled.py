@@ -145,9 +145,8 @@ def collect_labelled(handle: MusicGenHandle, folder: str | Path, *, site: str = 
     cache_dir = Path(cache) if cache is not None else cache_root()
     cache_dir.mkdir(parents=True, exist_ok=True)
     # The shape fingerprint says which vectors fit; the weights decide the activations (a
-    # retrained toy has the same shape), so one weight tensor's bytes join the key.
-    weights = hashlib.sha256(handle.model.decoder.lm_heads[0].weight.detach().float().cpu().numpy().tobytes()).hexdigest()
-    setting = f"{handle.config_sha256}|{weights}|{site}|{window_s}|{prompt or ''}|{pool}".encode()
+    # retrained toy has the same shape).
+    setting = f"{handle.config_sha256}|{handle.weights_sha256}|{site}|{window_s}|{prompt or ''}|{pool}".encode()
     rows: list[torch.Tensor] = []
     labels: list[str] = []
     sources: list[str] = []

@@ -128,6 +128,15 @@ class MusicGenHandle:
     def config_sha256(self) -> str:
         return config_fingerprint(self.model.config)
 
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of one weight tensor (the first LM head): tells two trainings of one shape
+        apart (a retrained ``toy``), for caches of what the weights compute."""
+        if not hasattr(self, "_weights_sha256"):
+            head = self.model.decoder.lm_heads[0].weight.detach().float().cpu().numpy()
+            self._weights_sha256 = hashlib.sha256(head.tobytes()).hexdigest()
+        return self._weights_sha256
+
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text -> (encoder states projected to the decoder's input width, attention mask).

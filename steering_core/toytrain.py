@@ -290,7 +290,9 @@ def train_lm(model: MusicgenForConditionalGeneration, settings: TrainSettings, c
 def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, seconds: float = 4.0,
                  seed: int = 99) -> dict[str, float]:
     """Held-out world clips through ``decode(encode(clip))``: the multi-resolution STFT
-    distance, the SNR, and how often the encoder finds the world's own code, per codebook.
+    distance, the SNR, and how often the encoder finds the world's own code, per codebook;
+    and ``decoder_snr_db``, the decoder alone on the world's own codes (what the language
+    model's codes go through).
     Codes that sound the same (the drum count's silent codes) count as one code: no
     encoder can tell them apart from audio, and they decode to the same sound."""
     codec = model.audio_encoder.eval()
@@ -298,7 +300,7 @@ def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, second
     frames = round(seconds * toyworld.FRAME_RATE)
     table = toyworld.frame_tables().table
     heard = torch.from_numpy(np.where(np.abs(table).max(axis=-1) > 0, np.arange(table.shape[1])[None], -1))  # [K, V]
-    stft, snr, right = [], [], []
+    stft, snr, right, decoder_snr = [], [], [], []
     for _ in range(clips):
         p = toyworld.Params.random(rng)
         codes = toyworld.score(p, frames, rng)
@@ -306,12 +308,15 @@ def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, second
         found = codec.encode(audio[None, None], bandwidth=codec.config.target_bandwidths[-1]).audio_codes[0, 0]
         out = codec.decode(found[None, None], [None]).audio_values[0, 0, : audio.numel()]
         stft.append(float(multires_stft_distance(out[None], audio[None])))
+        rendered = codec.decode(torch.from_numpy(codes)[None, None], [None]).audio_values[0, 0, : audio.numel()]
+        decoder_snr.append(float(10 * torch.log10(audio.pow(2).sum() / (rendered - audio).pow(2).sum().clamp_min(1e-12))))
         snr.append(float(10 * torch.log10(audio.pow(2).sum() / (out - audio).pow(2).sum().clamp_min(1e-12))))
         truth = torch.from_numpy(codes)
         k = torch.arange(truth.shape[0])[:, None]
         right.append((heard[k, found[:, :frames]] == heard[k, truth]).float().mean(dim=1).numpy())
     per_codebook = np.mean(right, axis=0)
     return {"multires_stft_distance": float(np.mean(stft)), "snr_db": float(np.mean(snr)),
+            "decoder_snr_db": float(np.mean(decoder_snr)),
             "code_accuracy": float(per_codebook.mean()),
             "code_accuracy_per_codebook": [round(float(a), 4) for a in per_codebook],
             "clips": clips, "seconds": seconds}

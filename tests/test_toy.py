@@ -42,8 +42,8 @@ def test_codec_reconstructs_held_out_world_clips(toy) -> None:
     from steering_core.toytrain import codec_report
 
     report = codec_report(toy.model, clips=4, seconds=2.0, seed=12345)
-    assert report["snr_db"] > 8.0, report
-    assert report["code_accuracy"] > 0.9, report
+    assert report["snr_db"] > 6.0 and report["decoder_snr_db"] > 6.0, report
+    assert report["code_accuracy"] > 0.85, report
 
 
 def test_training_losses_fall_and_a_stopped_run_resumes_to_the_same_weights(tmp_path) -> None:
