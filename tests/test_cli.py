@@ -70,11 +70,15 @@ def test_demo_writes_wavs_and_plots(tmp_path: Path) -> None:
     run = steerbridge("demo", "--out", str(tmp_path / "demo"), "--seconds", "1", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert len(summary["sweep"]) == 5
-    for row in summary["sweep"]:
-        assert (tmp_path / "demo" / row["wav"]).stat().st_size > 32000
-    for png in ("spectrograms.png", "centroid_vs_alpha.png"):
-        assert (tmp_path / "demo" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["model"] == "toy"
+    for name, metric in (("tempo", "onset_rate"), ("timbre", "centroid_hz")):
+        concept = summary["concepts"][name]
+        assert len(concept["alphas"]) == 5 and len(concept["values"]) == 5 and len(concept["values"][0]) == 3
+        for wav in concept["wavs"]:
+            assert (tmp_path / "demo" / wav).stat().st_size > 32000
+        for png in (f"{name}_{metric}_vs_alpha.png", f"{name}_spectrograms.png"):
+            assert (tmp_path / "demo" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"{name}: {metric}" in run.stdout
 
 
 def test_render_45_seconds_is_45_seconds(tmp_path: Path) -> None:
