@@ -20,7 +20,7 @@ DEFAULT_WORK = Path.home() / ".cache" / "steerbridge" / "toy-train"
 def add_toy_parser(sub: argparse._SubParsersAction) -> None:
     toy = sub.add_parser("toy", help="the built-in trained toy model: train it, render its world, check its effects",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tsub = toy.add_subparsers(dest="toy_command", required=True, parser_class=type(toy))
+    tsub = toy.add_subparsers(dest="toy_command", required=True, parser_class=type(toy), help="train | world | check")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     p = tsub.add_parser("train", formatter_class=fmt, help="rebuild the toy weights from scratch (resumable)",
