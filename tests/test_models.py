@@ -30,7 +30,7 @@ def test_offline_hub_id_is_one_clear_line() -> None:
     with pytest.raises(ModelLoadError) as err:
         load_model("facebook/musicgen-small", device="cpu")
     text = str(err.value)
-    assert "--model tiny" in text and "\n" not in text
+    assert "--model toy" in text and "\n" not in text
 
 
 def test_missing_folder_and_bad_device() -> None:
