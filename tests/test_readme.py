@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 #: What the README's commands may leave in the repository root: all git-ignored.
-ALLOWED_IN_ROOT = {".venv", "out", "demo_out"}
+ALLOWED_IN_ROOT = {".venv", "out", "demo_out", "benchmarks"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -85,6 +85,8 @@ def classify(text: str) -> Command:
     if not kept:
         return Command(text, "installs or runs the test suite (.ci/run does this)")
     text = " && ".join(kept)
+    if "gpu_figures.py" in text and "--smoke" not in text:
+        return Command(text, "the GPU figures need a CUDA GPU (--smoke is the CPU run)")
     if re.search(r"\bsteerbridge serve\b", text) and "--duration" not in text:
         return Command(text, "serve without --duration runs until Ctrl-C")
     return Command(text)
@@ -124,6 +126,7 @@ def test_readme_commands_work_as_written(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     root.mkdir()
     _fake_venv(root)
+    (root / "benchmarks").symlink_to(REPO / "benchmarks")  # commands that run the repository's scripts
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     env.pop("VIRTUAL_ENV", None)
     activated = False  # once the README sources .venv/bin/activate, later commands run in that shell state
