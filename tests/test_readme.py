@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 #: What the README's commands may leave in the repository root: all git-ignored.
-ALLOWED_IN_ROOT = {".venv", "out", "demo_out", "benchmarks"}
+ALLOWED_IN_ROOT = {".venv", "out", "demo_out"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
