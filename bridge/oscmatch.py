@@ -29,7 +29,7 @@ class PatternError(ValueError):
 
 @dataclass(frozen=True)
 class _Star:
-    pass
+    """A ``*`` in a pattern: any run of characters within one address part."""
 
 
 @dataclass(frozen=True)
