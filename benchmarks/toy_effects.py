@@ -5,8 +5,8 @@
 1. ``known_effect_check`` (steering_core/knowneffect.py): conditioning ratios and alpha
    sweeps for tempo and timbre, for the diffmean and the logistic-probe vectors.
 2. The live pipeline's real-time factor, as ``serve`` runs it, steered: one decode step
-   per frame with the tempo and timbre vectors on, the chunked codec (1-frame chunks,
-   16 frames of context, as ``EngineSettings``), pedalboard's resampler to 48 kHz and the
+   per frame with the tempo and timbre vectors on, the chunked codec with the model's own
+   chunk and context (``CodecStreaming.for_model``, as serve), pedalboard's resampler to 48 kHz and the
    ``default`` effect chain with its limiter. rtf = audio seconds / wall seconds.
 3. The codec's held-out reconstruction (``toytrain.codec_report``).
 
@@ -30,7 +30,7 @@ def pipeline_rtf(seconds: float) -> dict[str, float]:
     import torch
 
     from bridge.chains import load_chain
-    from bridge.engine import AudioPath, EngineSettings
+    from bridge.engine import AudioPath
     from bridge.ring import Ring
     from steering_core.codec import ChunkedDecoder
     from steering_core.concepts import load_concept
@@ -44,8 +44,7 @@ def pipeline_rtf(seconds: float) -> dict[str, float]:
     steerer = Steerer(handle)
     for name, alpha in (("tempo", 3.0), ("timbre", -3.0)):
         steerer.add(extract_vector(handle, load_concept(name), progress=False), alpha=alpha)
-    settings = EngineSettings()
-    decoder = ChunkedDecoder(handle, context_frames=settings.context_frames)
+    decoder = ChunkedDecoder.streaming(handle)  # the codec settings serve uses for this model
     ring = Ring(48000 * 4, 2)
     path = AudioPath(handle.sample_rate, 48000, ring, load_chain("default"))
     stream = MusicStream(handle, "an instrumental piece with drums and a lead synth", seed=0, steerer=steerer)
@@ -60,6 +59,7 @@ def pipeline_rtf(seconds: float) -> dict[str, float]:
             if stream.frames_complete > before:
                 decoder.push(stream.codes[:, :, before:stream.frames_complete])
                 made += stream.frames_complete - before
+            if made >= decoder.emitted_frames + decoder.chunk + decoder.holdback:  # pull a chunk, as the engine
                 audio = decoder.pull()[0]
                 if audio.shape[-1]:
                     path.push(audio)

@@ -51,8 +51,6 @@ log = logging.getLogger("steerbridge.engine")
 class EngineSettings:
     ring_ms: float = 50.0  # audio kept ready after the effects: the safety margin
     lookahead_frames: int = 0  # extra tokens generated ahead of the audio; rolled back on a change
-    chunk_frames: int = 1  # frames per codec decode
-    context_frames: int = 16  # codec left context per chunk
     fade_ms: float = 30.0  # fades on transport stop/play and panic
     # Before each re-prime (a long prefill every half window), the ring is topped up by
     # this multiple of the longest re-prime seen, so the sound rides through it. 0: off.
@@ -249,7 +247,7 @@ class Engine:
                 self.perf_log.end(self.frames_generated, self.codes_sha256())
 
     def _frames_per_chunk(self) -> int:
-        return self.settings.chunk_frames + self.decoder.holdback
+        return self.decoder.chunk + self.decoder.holdback
 
     def _step(self) -> None:
         reprimes = self.stream.reprimes

@@ -176,7 +176,7 @@ class Server:
         path = AudioPath(self.handle.sample_rate, rate, self.ring, load_chain(o.chain), self.recorder)
         log_path = o.log or (str(Path(o.record).with_suffix(".performance.jsonl")) if o.record else None)
         self.perf_log = PerformanceLog(log_path, self._log_header()) if log_path else None
-        decoder = ChunkedDecoder(self.handle, context_frames=o.engine.context_frames)
+        decoder = ChunkedDecoder.streaming(self.handle)  # the codec's own chunk and context
         self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log)
 
         self.midi: MidiInput | None = None

@@ -5,9 +5,17 @@ back), so a chunk decoded alone is wrong at both edges. ``ChunkedDecoder`` decod
 chunk with ``context_frames`` of already-played frames on the left, holds back
 ``holdback_frames`` on the right until their future is known, and crossfades the
 first ``crossfade_frames`` of each chunk into the tentative tail of the previous one.
+
+How much of each a codec needs is the codec's own property (its receptive field), so a
+model may declare it in its config under ``steerbridge_codec_streaming`` (the toy does);
+``CodecStreaming()`` is the default, measured for MusicGen's EnCodec 32 kHz with
+benchmarks/chunked_snr.py.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +36,56 @@ def decode(handle: MusicGenHandle, codes: torch.Tensor) -> np.ndarray:
     return audio.float().cpu().numpy()
 
 
+#: The key in a model's config under which it declares its own ``CodecStreaming``.
+STREAMING_CONFIG_KEY = "steerbridge_codec_streaming"
+
+
+@dataclass(frozen=True)
+class CodecStreaming:
+    """How live audio is decoded: ``chunk_frames`` per decode call, each with
+    ``context_frames`` of left context and ``holdback_frames`` held until their right
+    context exists. Bigger chunks cost fewer calls (a decode's fixed cost dominates small
+    codecs on a CPU) and add ``chunk_frames`` frames of knob-to-sound latency."""
+
+    chunk_frames: int = 1
+    context_frames: int = 16
+    holdback_frames: int = 6
+    crossfade_frames: int = 3
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"codec streaming: {f.name} must be a whole number >= 0, not {value!r}")
+        if self.chunk_frames < 1:
+            raise ValueError("codec streaming: chunk_frames must be at least 1")
+        if self.crossfade_frames > self.holdback_frames:
+            raise ValueError("codec streaming: crossfade_frames must fit inside holdback_frames")
+
+    @classmethod
+    def for_model(cls, handle: MusicGenHandle) -> CodecStreaming:
+        """The model's declared settings, else the default."""
+        declared: Any = getattr(handle.model.config, STREAMING_CONFIG_KEY, None)
+        if declared is None:
+            return cls()
+        if not isinstance(declared, dict) or set(declared) - {f.name for f in fields(cls)}:
+            raise ValueError(f"{handle.model_id}: {STREAMING_CONFIG_KEY} in its config must map "
+                             f"{[f.name for f in fields(cls)]} to whole numbers, not {declared!r}")
+        return cls(**declared)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
 class ChunkedDecoder:
     """Feed complete frames in, take audio out; the joined output tracks a one-shot decode."""
 
     def __init__(self, handle: MusicGenHandle, *, context_frames: int = 50, holdback_frames: int = 6,
-                 crossfade_frames: int = 3) -> None:
+                 crossfade_frames: int = 3, chunk_frames: int = 1) -> None:
         if crossfade_frames > holdback_frames:
             raise ValueError("crossfade_frames must fit inside holdback_frames")
         self.handle = handle
+        self.chunk = chunk_frames  # what the caller should push between pulls; pull works with any
         self.hop = handle.hop_length
         self.context = context_frames
         self.holdback = holdback_frames
@@ -46,6 +96,13 @@ class ChunkedDecoder:
         self._tentative: np.ndarray | None = None  # previous chunk's decode of the next crossfade region
         n = crossfade_frames * self.hop
         self._fade_in = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
+
+    @classmethod
+    def streaming(cls, handle: MusicGenHandle, settings: CodecStreaming | None = None) -> ChunkedDecoder:
+        """A decoder with ``settings``, by default the model's own (``CodecStreaming.for_model``)."""
+        s = settings or CodecStreaming.for_model(handle)
+        return cls(handle, context_frames=s.context_frames, holdback_frames=s.holdback_frames,
+                   crossfade_frames=s.crossfade_frames, chunk_frames=s.chunk_frames)
 
     def push(self, frames: torch.Tensor) -> None:
         self.codes = frames if self.codes is None else torch.cat([self.codes, frames], dim=2)

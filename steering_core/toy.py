@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from . import toyworld
+from .codec import STREAMING_CONFIG_KEY, CodecStreaming
 
 #: Where the trained weights ship (a folder written by ``save_pretrained``).
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy_model"
@@ -43,6 +44,11 @@ TOY_SEED = 20261121
 #: The toy's trained window: 4 s of music, the length of its training clips (two bars at 60 BPM).
 TOY_WINDOW_FRAMES = 200
 LATENT_DIM = 64
+#: How serve decodes the toy's codec live. Its audio is frame-local, so 4 frames of left
+#: context and 2 held back track a one-shot decode at 35 dB; 4-frame chunks pay a decode's
+#: fixed cost once per 80 ms. Live rtf with the effect chain (2-core CPU, idle): 1.8 with
+#: the EnCodec-32k default (1/16/6/3), 4.3 with these (benchmarks/RESULTS.md, issue 10).
+TOY_CODEC_STREAMING = CodecStreaming(chunk_frames=4, context_frames=4, holdback_frames=2, crossfade_frames=2)
 _SLICE = LATENT_DIM // toyworld.NUM_CODEBOOKS
 _SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 
@@ -79,6 +85,7 @@ def toy_config(vocab_size: int) -> MusicgenConfig:
     config.decoder_start_token_id = v
     config.pad_token_id = v
     config.name_or_path = "toy"
+    setattr(config, STREAMING_CONFIG_KEY, TOY_CODEC_STREAMING.as_dict())
     return config
 
 

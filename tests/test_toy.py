@@ -81,3 +81,57 @@ def test_known_effects_on_the_shipped_weights(toy) -> None:
     for name in ("tempo", "timbre"):
         checks = report["concepts"][name]["checks"]
         assert all(checks.values()), (name, checks)
+
+
+def test_the_toy_streams_its_codec_in_its_own_chunks_and_tracks_a_one_shot_decode(toy) -> None:
+    """serve decodes the toy 4 frames at a time with 4 of context (its declared settings, which
+    make it play live on 2 cores); the joined audio must still track a one-shot decode."""
+    from steering_core.codec import ChunkedDecoder, CodecStreaming, decode
+    from steering_core.stream import MusicStream
+    from steering_core.toy import TOY_CODEC_STREAMING
+
+    assert CodecStreaming.for_model(toy) == TOY_CODEC_STREAMING  # read back from the shipped config.json
+    codes = MusicStream(toy, "fast drums and a bright lead", seed=5).generate_frames(160)
+    ref = decode(toy, codes)
+    dec = ChunkedDecoder.streaming(toy)
+    assert dec.chunk == 4
+    parts = []
+    for i in range(0, 160, dec.chunk):
+        dec.push(codes[:, :, i:i + dec.chunk])
+        parts.append(dec.pull())
+    parts.append(dec.pull(final=True))
+    out = np.concatenate(parts, axis=-1)
+    assert out.shape == ref.shape
+    err = out - ref
+    snr = 10 * np.log10(np.sum(ref ** 2) / max(float(np.sum(err ** 2)), 1e-30))
+    assert snr >= 30.0, snr  # measured 35 dB; the codec's own error against the world is 8 dB
+
+
+def test_a_bad_declared_codec_streaming_is_a_clear_error(toy, monkeypatch) -> None:
+    from steering_core.codec import STREAMING_CONFIG_KEY, CodecStreaming
+
+    for bad, match in (({"chunk_frames": 0}, "at least 1"), ({"context_frames": -1}, ">= 0"),
+                       ({"holdback_frames": 1, "crossfade_frames": 2}, "fit inside"),
+                       ({"chunk": 4}, "must map"), ("4", "must map"), ({"chunk_frames": 2.5}, "whole number")):
+        monkeypatch.setattr(toy.model.config, STREAMING_CONFIG_KEY, bad)
+        with pytest.raises(ValueError, match=match):
+            CodecStreaming.for_model(toy)
+
+
+def test_folding_weight_norm_changes_no_sample(toy) -> None:
+    """load_model bakes the codec's weight norm into plain weights (a third of a small decode's
+    time); a freshly read codec with its parametrisations decodes the same audio."""
+    from torch.nn.utils import parametrize
+
+    from steering_core.codec import decode
+    from steering_core.models import fold_weight_norm
+    from steering_core.toy import TOY_MODEL_DIR
+
+    codes = torch.randint(0, toyworld.CODEBOOK_SIZE, (1, 4, 30), generator=torch.Generator().manual_seed(0))
+    folded = decode(toy, codes)
+    fresh = load_model("toy", device="cpu")
+    fresh_codec = type(toy.model).from_pretrained(TOY_MODEL_DIR).audio_encoder.eval()
+    assert fold_weight_norm(fresh.model.audio_encoder) == 0  # already folded at load
+    fresh.model.audio_encoder = fresh_codec  # the parametrised one, as read from disk
+    assert any(parametrize.is_parametrized(m) for m in fresh_codec.modules())
+    assert np.array_equal(decode(fresh, codes), folded)
