@@ -9,6 +9,8 @@
    chunk and context (``CodecStreaming.for_model``, as serve), pedalboard's resampler to 48 kHz and the
    ``default`` effect chain with its limiter. rtf = audio seconds / wall seconds.
 3. The codec's held-out reconstruction (``toytrain.codec_report``).
+4. ``data_direction_check`` for tempo and timbre: the direction from labelled world audio
+   (as ``extract --data``) against the prompt-set one, and its own sweep.
 
 Prints one JSON object (and writes it with ``--json``). Figures go to benchmarks/RESULTS.md.
 """
@@ -100,6 +102,13 @@ def main() -> int:
         report = known_effect_check(handle, seeds=args.seeds, points=args.points, seconds=args.seconds, method=method)
         result[method] = {k: v for k, v in report.items() if k != "lines"}
         print("\n".join(report["lines"]), file=sys.stderr)
+    from steering_core.knowneffect import data_direction_check
+
+    result["data_direction"] = {}
+    for concept in ("tempo", "timbre"):
+        check = data_direction_check(handle, concept, seeds=args.seeds, points=args.points, seconds=args.seconds)
+        result["data_direction"][concept] = check
+        print(check["line"], file=sys.stderr)
     result["seconds_taken"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=1)
     print(text)

@@ -489,9 +489,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     check_output_file(str(Path(args.out) / "demo.json"), "--out")
+    if args.seeds < 2 or args.points < 3:
+        raise ValueError("--seeds must be at least 2 and --points at least 3 (a spread and a trend need them)")
     from .demo import run_demo
 
-    run_demo(Path(args.out), model=args.model, seconds=args.seconds, seed=args.seed)
+    run_demo(Path(args.out), model=args.model, seconds=args.seconds, seed=args.seed, seeds=args.seeds,
+             points=args.points)
     return 0
 
 
@@ -664,7 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model to steer")
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--seconds", type=positive_float, default=4.0, help="length of each clip in seconds")
-    p.add_argument("--seed", type=int, default=7, help="sampling seed, the same for every clip")
+    p.add_argument("--seed", type=int, default=7, help="sampling seed (the --seeds renders of an alpha are one batch)")
+    p.add_argument("--seeds", type=int, default=5, help="renders per alpha (2 or more); the plots draw their spread")
+    p.add_argument("--points", type=int, default=7, help="alphas in each sweep (3 or more)")
     p.set_defaults(func=cmd_demo)
 
     p = _command(sub, "bench", "engine speed beside transformers' generate(), same run",

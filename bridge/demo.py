@@ -33,7 +33,7 @@ UNITS = {"onset_rate": "onsets per second", "centroid_hz": "spectral centroid (H
 
 
 def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo", "timbre"), seconds: float = 4.0,
-             seeds: int = 3, points: int = 5, seed: int = 0, prompt: str = NEUTRAL_PROMPT) -> dict[str, object]:
+             seeds: int = 5, points: int = 7, seed: int = 0, prompt: str = NEUTRAL_PROMPT) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     handle = load_model(model)
     log.info("model %s: %d layers, d_model %d", model, handle.num_layers, handle.d_model)

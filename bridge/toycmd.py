@@ -51,6 +51,9 @@ def add_toy_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", type=int, default=7, help="alphas in each sweep")
     p.add_argument("--seconds", type=float, default=4.0, help="length of each render")
     p.add_argument("--method", default="diffmean", help="extraction method for the steering vectors")
+    p.add_argument("--data", default="", metavar="CONCEPTS",
+                   help="also extract these concepts (comma-separated, e.g. timbre,tempo) from labelled world "
+                        "audio, as extract --data does, and compare with the prompt-set direction")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_toy_check)
 
@@ -94,7 +97,25 @@ def cmd_toy_check(args: argparse.Namespace) -> int:
 
     if args.seeds < 2 or args.points < 3 or not 1 <= args.seconds <= 30:
         raise ValueError("--seeds must be at least 2, --points at least 3, --seconds within 1..30")
+    from steering_core.toyworld import CLASSES
+
+    data_concepts = [c.strip() for c in args.data.split(",") if c.strip()]
+    unknown = [c for c in data_concepts if c not in CLASSES]
+    if unknown:
+        raise ValueError(f"--data: no labelled world for {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
     report = known_effect_check(seeds=args.seeds, points=args.points, seconds=args.seconds, method=args.method)
+    if data_concepts:
+        from steering_core.knowneffect import data_direction_check
+        from steering_core.models import load_model
+
+        handle = load_model("toy", device="cpu")
+        report["data"] = {}
+        for concept in data_concepts:
+            check = data_direction_check(handle, concept, seeds=args.seeds, points=args.points, seconds=args.seconds)
+            report["data"][concept] = check
+            report["lines"] += [check["line"], "  checks: " + ", ".join(
+                f"{k} {'ok' if v else 'FAILED'}" for k, v in check["checks"].items())]
+            report["passed"] = report["passed"] and check["passed"]
     if args.json:
         print(json.dumps(report, indent=2))
     else:

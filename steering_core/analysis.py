@@ -10,9 +10,10 @@ For activations [N, L, d] with a label per row, each layer gets
 Probes see standardised activations and choose their regularisation by inner
 cross-validation, so their accuracy does not depend on the activations' units.
 
-``recommend_layers`` ranks layers by probe accuracy, breaking near-ties by NMI, and
-keeps the best and those close to it (Panda et al. pick by probe accuracy and
-clustering; TADA finds concepts in a small subset of layers).
+``recommend_layers`` ranks layers by probe accuracy, breaking near-ties by NMI and
+then by nearness to the middle layer, and keeps the best and those close to it, at
+most one layer in six (Panda et al. pick by probe accuracy and clustering; TADA finds
+concepts in a small subset of layers).
 """
 
 from __future__ import annotations
@@ -103,9 +104,21 @@ def score_layers(activations: torch.Tensor, labels: Sequence[str], *, groups: Se
     return out
 
 
-def recommend_layers(scores: Sequence[LayerScore], *, tolerance: float = 0.02, max_layers: int = 4) -> list[int]:
-    """The best layer first, then any within ``tolerance`` of it (at most ``max_layers``)."""
-    ranked = sorted(scores, key=lambda s: (-s.score, s.layer))
+def recommend_layers(scores: Sequence[LayerScore], *, tolerance: float = 0.02,
+                     max_layers: int | None = None) -> list[int]:
+    """The best layer first, then any within ``tolerance`` of it (at most ``max_layers``).
+
+    By default at most one layer in six, and never more than 4: a vector's push adds up
+    over the layers it is on, so a shallow model steered on as many layers as a deep one
+    is overdriven at the same alpha. On the 6-layer toy, 4 layers at alpha -6 sped the
+    drums up instead of slowing them down; one layer sweeps monotonically."""
+    if max_layers is None:
+        max_layers = min(4, max(1, len(scores) // 6))
+    # Ties go to the layer nearest the middle of the stack: steering work on MusicGen finds
+    # middle layers steer best, and on the toy layer 0 reads timbre perfectly (the caption
+    # is right there in its cross-attention) while steering it there is noise.
+    middle = len(scores) // 2
+    ranked = sorted(scores, key=lambda s: (-s.score, abs(s.layer - middle), s.layer))
     best = ranked[0].score
     return [s.layer for s in ranked if s.score >= best - tolerance][:max_layers]
 

@@ -8,18 +8,26 @@ steering must move what a listener hears, by the margins below.
   (Spearman ≥ 0.9 of the mean curve) with the ends further apart than the seed spread;
 * alpha 0 is bit-identical to no vector at all.
 
+``data_direction_check`` asks the same of a direction from labelled audio (``extract
+--data`` on ``toy world`` folders): cosine ≥ 0.5 with the prompt-set direction on the
+same layer, and a sweep that moves the metric the same way.
+
 ``known_effect_check`` runs it all and says which held; ``steerbridge toy check`` prints
 it, the test suite asserts it, and ``benchmarks/toy_effects.py`` records it.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from .concepts import load_concept
 from .effects import CONCEPT_METRIC, conditioning, render_rows, steering_sweep
-from .extraction import extract_vector
+from .extraction import diffmean, extract_vector
+from .labelled import collect_labelled
 from .models import MusicGenHandle, load_model
 from .steerer import Steerer
 
@@ -32,6 +40,7 @@ NEUTRAL_PROMPT = "an instrumental piece with drums and a lead synth"
 ALPHA_SPANS = {"tempo": 6.0, "timbre": 3.0}
 MIN_RATIO = 1.5
 MIN_SPEARMAN = 0.9
+MIN_DATA_COSINE = 0.5
 
 
 def alpha_zero_is_identity(handle: MusicGenHandle, vector, prompt: str = NEUTRAL_PROMPT) -> bool:
@@ -77,3 +86,40 @@ def known_effect_check(handle: MusicGenHandle | None = None, *, seeds: int = 5, 
     report["passed"] = passed
     report["lines"] = lines
     return report
+
+
+def data_direction_check(handle: MusicGenHandle | None = None, concept: str = "timbre", *, per_class: int = 16,
+                         seeds: int = 5, points: int = 7, seconds: float = 4.0, layer: int | None = None,
+                         folder: str | Path | None = None) -> dict[str, object]:
+    """The direction from labelled world audio against the prompt-set direction: their
+    cosine on ``layer`` (the middle one by default), and a sweep of the audio direction.
+
+    The audio is rendered into ``folder`` (a temporary one by default) as minimal pairs
+    (``toyworld.write_labelled_folders``) and read like any ``--data`` folder."""
+    from . import toyworld
+    from .vectors import SteeringVector
+
+    handle = handle or load_model("toy", device="cpu")
+    layer = handle.num_layers // 2 if layer is None else layer
+    preset = load_concept(concept)
+    (pos_label, _), (neg_label, _) = toyworld.CLASSES[concept]
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(folder) if folder is not None else Path(scratch)
+        toyworld.write_labelled_folders(root, concept, per_class=per_class)
+        data = collect_labelled(handle, root, window_s=seconds, cache=Path(scratch) / "cache", progress=False)
+    pos, neg = data.split(pos_label, neg_label)
+    direction = diffmean(pos[:, [layer]], neg[:, [layer]])
+    prompt_vector = extract_vector(handle, preset, layers=(layer,), progress=False)
+    cosine = float(direction[0] @ prompt_vector.directions[0])
+    audio_vector = SteeringVector(concept=concept, directions=direction, layers=(layer,), method="diffmean",
+                                  alpha_range=prompt_vector.alpha_range, model_id=handle.model_id,
+                                  model_config_sha256=handle.config_sha256, n_pos=len(pos), n_neg=len(neg))
+    span = ALPHA_SPANS.get(concept, max(abs(a) for a in preset.alpha_range))
+    sweep, _ = steering_sweep(handle, audio_vector, NEUTRAL_PROMPT, list(np.linspace(-span, span, points)),
+                              metric=CONCEPT_METRIC[concept], seeds=seeds, seconds=seconds)
+    ok = {"cosine": cosine >= MIN_DATA_COSINE, "steers_the_same_way": sweep.spearman >= MIN_SPEARMAN
+          and sweep.end_gap > sweep.seed_spread}
+    return {"concept": concept, "layer": layer, "clips_per_class": per_class, "cosine": round(cosine, 4),
+            "sweep": sweep.to_json(), "checks": ok, "passed": all(ok.values()),
+            "line": (f"{concept} from labelled audio: cosine {cosine:.2f} with the prompt-set direction "
+                     f"(need >= {MIN_DATA_COSINE}); steered, {sweep.summary()}")}

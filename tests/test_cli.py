@@ -73,7 +73,7 @@ def test_demo_writes_wavs_and_plots(tmp_path: Path) -> None:
     assert summary["model"] == "toy"
     for name, metric in (("tempo", "onset_rate"), ("timbre", "centroid_hz")):
         concept = summary["concepts"][name]
-        assert len(concept["alphas"]) == 5 and len(concept["values"]) == 5 and len(concept["values"][0]) == 3
+        assert len(concept["alphas"]) == 7 and len(concept["values"]) == 7 and len(concept["values"][0]) == 5
         for wav in concept["wavs"]:
             assert (tmp_path / "demo" / wav).stat().st_size > 32000
         for png in (f"{name}_{metric}_vs_alpha.png", f"{name}_spectrograms.png"):

@@ -97,6 +97,7 @@ FAST_MISTAKES = [
     (["extract", "--data", "no/such/folder", "--out", "x.safetensors"], "no such folder"),
     (["extract", "--concept", "tempo", "--out", "/dev/null/x.safetensors"], "is a file, not a folder"),
     (["demo", "--seconds", "-1"], "must be more than 0"),
+    (["demo", "--seeds", "1"], "--seeds must be at least 2"),
     (["render", "--seconds", "0", "--out", "x.wav"], "must be more than 0"),
     (["render", "--seconds", "nan", "--out", "x.wav"], "not a finite number"),
     (["render", "--vectors", "missing.safetensors", "--out", "x.wav"], "no such file"),
