@@ -128,6 +128,7 @@ class MusicStream:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @torch.inference_mode()
     def set_prompt(self, prompts: Sequence[str] | str) -> None:
         """New text from the next frame on: new encoder states, new cross-attention cache;
         the self-attention cache (the music so far) is kept."""
@@ -136,9 +137,9 @@ class MusicStream:
             raise ValueError(f"expected {self.batch} prompt(s), got {len(prompts)}")
         self.prompts = prompts
         self._encode(prompts)
-        self.cache.cross_attention_cache.reset()
-        for layer in list(self.cache.is_updated):
-            self.cache.is_updated[layer] = False
+        # A fresh cross-attention cache, not reset(): what reset() keeps differs between
+        # transformers releases (5.4 zeroes the old keys in place and attends over them).
+        self.cache = EncoderDecoderCache(self.cache.self_attention_cache, DynamicCache())
 
     def steering(self) -> AbstractContextManager[object]:
         """The stream's steerer installed for this loop (a no-op without one).
