@@ -5,17 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on a server
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# Figures are drawn with matplotlib's object API on an Agg canvas of their own: files
+# only, no display, and no pyplot, so importing this module leaves the process's
+# backend (and pyplot's figure registry) to whoever owns the process.
 
 
-def _save(fig: plt.Figure, out: Path) -> Path:
+def _figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # attaches itself to the figure
+    return fig
+
+
+def _save(fig: Figure, out: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -23,7 +30,8 @@ def spectrogram_grid(clips: Sequence[tuple[str, np.ndarray]], sample_rate: int, 
                      title: str = "") -> Path:
     """One log-magnitude spectrogram per clip, side by side, same colour scale."""
     out = Path(out)
-    fig, axes = plt.subplots(1, len(clips), figsize=(3.2 * len(clips), 3.2), sharey=True, squeeze=False)
+    fig = _figure((3.2 * len(clips), 3.2))
+    axes = fig.subplots(1, len(clips), sharey=True, squeeze=False)
     for ax, (label, audio) in zip(axes[0], clips, strict=False):
         mono = np.atleast_2d(audio).mean(axis=0)
         ax.specgram(mono + 1e-9, NFFT=1024, Fs=sample_rate, noverlap=512, cmap="magma", vmin=-140, vmax=-20)
@@ -38,7 +46,8 @@ def spectrogram_grid(clips: Sequence[tuple[str, np.ndarray]], sample_rate: int, 
 def metric_curve(xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: str, out: str | Path,
                  title: str = "") -> Path:
     out = Path(out)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = _figure((5, 3.2))
+    ax = fig.subplots()
     ax.plot(xs, ys, marker="o")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -53,7 +62,8 @@ def layer_curves(scores: Sequence[dict[str, float]], recommended: Sequence[int],
     """Probe accuracy (logistic, MSE), ARI and NMI per layer; recommended layers shaded."""
     out = Path(out)
     layers = [int(s["layer"]) for s in scores]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig = _figure((6.5, 3.6))
+    ax = fig.subplots()
     for key, label in (("acc_logistic", "probe acc (logistic)"), ("acc_mse", "probe acc (MSE)"),
                        ("ari", "k-means ARI"), ("nmi", "k-means NMI")):
         ax.plot(layers, [s[key] for s in scores], marker="o", label=label)
@@ -73,7 +83,8 @@ def influence_bars(kl_per_layer: Sequence[float], recommended: Sequence[int], ou
     """Influence per layer (KL when that layer alone is steered); recommended layers in gold."""
     out = Path(out)
     layers = list(range(len(kl_per_layer)))
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig = _figure((6.5, 3.2))
+    ax = fig.subplots()
     ax.bar(layers, kl_per_layer, color=["goldenrod" if layer in recommended else "steelblue" for layer in layers])
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("mean KL (nats)")
@@ -88,7 +99,8 @@ def metric_band(alphas: Sequence[float], values: np.ndarray, ylabel: str, out: s
     out = Path(out)
     values = np.asarray(values, dtype=np.float64)  # [alphas, seeds]
     mean, sd = values.mean(axis=1), values.std(axis=1)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = _figure((5, 3.2))
+    ax = fig.subplots()
     ax.fill_between(alphas, values.min(axis=1), values.max(axis=1), alpha=0.15, label="min..max over seeds")
     ax.fill_between(alphas, mean - sd, mean + sd, alpha=0.3, label="±1 sd")
     ax.plot(alphas, mean, marker="o", label="mean")

@@ -132,10 +132,14 @@ class Server:
         # /status, and its other messages are held and run once the server is ready.
         self.osc = OscServer(None, o.osc_host, o.osc_port)
         self.osc.listen()
+        # The server owns the process while it runs (torch threads, a frozen heap); what
+        # it changes it puts back when it stops, for a caller that goes on (the tests).
+        self._torch_threads_before = torch.get_num_threads()
         try:
             self._build(handle)
         except BaseException:
             self.osc.stop()
+            torch.set_num_threads(self._torch_threads_before)
             raise
         self.osc.attach(self.commands)
         self.started = time.monotonic()
@@ -232,6 +236,7 @@ class Server:
             self.output.stop()
         finally:
             gc.unfreeze()
+            torch.set_num_threads(self._torch_threads_before)
             if self.recorder is not None:
                 self.recorder.close()
             if self.perf_log is not None:

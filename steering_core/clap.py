@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from .models import ModelLoadError, _quiet_transformers
+from .scoped import seeded
 
 _SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -48,8 +49,8 @@ def tiny_clap(seed: int = 0) -> tuple[ClapModel, ClapProcessor]:
     audio = ClapAudioConfig(hidden_size=64, patch_embeds_hidden_size=32, depths=[1, 1], num_attention_heads=[2, 2],
                             projection_dim=16, num_hidden_layers=2, num_mel_bins=64, spec_size=256, window_size=8)
     config = ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16)
-    torch.manual_seed(seed)
-    model = ClapModel(config).eval()
+    with seeded(seed):  # the same weights as a global manual_seed, without touching the caller's RNG
+        model = ClapModel(config).eval()
     processor = ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"), tokenizer=tokenizer)
     return model, processor
 

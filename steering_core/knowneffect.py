@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .concepts import load_concept
 from .effects import CONCEPT_METRIC, conditioning, render_rows, steering_sweep
 from .extraction import diffmean, extract_vector
 from .labelled import collect_labelled
 from .models import MusicGenHandle, load_model
+from .scoped import seeded
 from .steerer import Steerer
 
 NEUTRAL_PROMPT = "an instrumental piece with drums and a lead synth"
@@ -56,8 +56,16 @@ def known_effect_check(handle: MusicGenHandle | None = None, *, seeds: int = 5, 
                        concepts: tuple[str, ...] = ("tempo", "timbre"),
                        layers: tuple[int, ...] | None = None) -> dict[str, object]:
     handle = handle or load_model("toy", device="cpu")
+    # Seeded for the whole check (as it always was), but on a forked RNG: the caller's
+    # global RNG is the caller's.
+    with seeded(0, handle.device):
+        return _known_effect_check(handle, seeds=seeds, points=points, seconds=seconds, method=method,
+                                   frames=frames, concepts=concepts, layers=layers)
+
+
+def _known_effect_check(handle: MusicGenHandle, *, seeds: int, points: int, seconds: float, method: str,
+                        frames: int, concepts: tuple[str, ...], layers: tuple[int, ...] | None) -> dict[str, object]:
     layers = layers or (handle.num_layers // 2,)
-    torch.manual_seed(0)
     report: dict[str, object] = {"model": handle.model_id, "method": method, "seeds": seeds, "seconds": seconds,
                                  "prompt": NEUTRAL_PROMPT, "concepts": {}}
     lines, passed = [], True

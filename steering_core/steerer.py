@@ -3,7 +3,8 @@
 A concept is a ``SteeringVector`` plus a knob: ``alpha`` (a 0-d tensor on the model's
 device, updated in place) and ``enabled``. ``set_alpha`` may be called from any
 thread between any two frames; the hooks read the tensor at the next forward, so a
-knob turn needs no re-registration and no host-device sync.
+knob turn needs no re-registration and no host-device sync. Which calls are safe
+from which thread is spelled out (and enforced) in ``Steerer``'s docstring.
 
 Hooks exist only inside ``with steerer.installed():``, which removes them on the way
 out, error or not. Within a site, the plain ``add`` concepts go first (fused, see
@@ -73,7 +74,29 @@ KnobListener = Callable[[int, "float | None", "bool | None"], None]
 
 
 class Steerer:
-    """Several concepts at once, each with its own layers, site, operator, CFG mode and alpha."""
+    """Several concepts at once, each with its own layers, site, operator, CFG mode and alpha.
+
+    Threading model. Two kinds of call, two rules:
+
+    * **Knobs, from any thread.** ``set_alpha`` and ``set_enabled`` only write a value
+      into the knob table (and pass it to the knob listeners). Each write happens whole
+      under the steerer's lock, so writers from several threads are serialised and every
+      copy of a knob (the alpha and enabled tables, ``Concept.enabled``, each listener's
+      own table) ends on the same last write. The forward pass reads the table without
+      the lock, so a control thread can never stall the thread making audio; a knob turn
+      lands at the forward that is running or at the next one. ``alphas()``,
+      ``concepts`` and ``add_knob_listener`` are safe from any thread too.
+    * **Structure, on the owning thread only.** ``add``, ``installed()``,
+      ``layer_offsets()`` and the forward pass through the installed hooks change or
+      read what the hooks are built from. While hooks are installed, the thread that
+      entered ``installed()`` owns the steerer: any of these calls from another thread
+      raises ``RuntimeError`` naming the call and both threads (a foreign forward pass
+      would race the owner's on the shared offset buffers; a foreign ``add`` would
+      rebuild the hooks under it). With no hooks installed there is no owner: ``add``
+      may come from any thread, serialised by the lock, so a steerer can be built on
+      one thread (the server's main thread loads the vectors) and steered on another
+      (the engine thread enters ``installed()`` for the whole set).
+    """
 
     def __init__(self, handle: MusicGenHandle) -> None:
         self.handle = handle
@@ -85,7 +108,12 @@ class Steerer:
         self._row_masks: dict[tuple[int, str], torch.Tensor] = {}
         #: True inside ``installed(resid_inline=True)``: the decode loop adds ``layer_offsets()``.
         self.resid_inline = False
-        self._lock = threading.Lock()
+        # Guards the knob writes and structural changes (see the class docstring). Reentrant
+        # so that a knob listener that turns another knob cannot deadlock.
+        self._lock = threading.RLock()
+        #: The thread inside ``installed()``, None when no hooks are installed.
+        self._owner: threading.Thread | None = None
+        self._owner_ident: int | None = None
         # Every knob lives in one table (each concept's alpha is a 0-d view into it), so
         # all the plain `add` concepts at a site fuse into one matrix-vector product.
         self._alpha_table = torch.zeros(MAX_CONCEPTS, device=handle.device, dtype=handle.dtype)
@@ -100,8 +128,6 @@ class Steerer:
         h = self.handle
         vector.check_compatible(h.d_model, h.num_layers, h.config_sha256)
         name = name or vector.concept
-        if name in self.concepts:
-            raise ValueError(f"concept {name!r} is already loaded")
         op_name = operator or vector.operator
         op = get_operator(op_name)
         mode = cfg_mode or vector.cfg_mode
@@ -111,13 +137,18 @@ class Steerer:
         missing = [layer for layer in use_layers if layer not in vector.layers]
         if missing:
             raise ValueError(f"vector {vector.concept!r} has no direction for layers {missing}")
-        if len(self.concepts) >= MAX_CONCEPTS:
-            raise ValueError(f"at most {MAX_CONCEPTS} concepts at once")
-        slot = len(self.concepts)
-        knob = self._alpha_table[slot]  # a view: fill_ on it writes the table
-        knob.fill_(float(alpha))
-        concept = Concept(vector, op_name, mode, use_layers, knob, slot=slot)
         with self._lock:
+            self._check_owner("add")
+            # The name check and the slot are taken under the lock: two threads adding at
+            # once must not both get the same slot.
+            if name in self.concepts:
+                raise ValueError(f"concept {name!r} is already loaded")
+            if len(self.concepts) >= MAX_CONCEPTS:
+                raise ValueError(f"at most {MAX_CONCEPTS} concepts at once")
+            slot = len(self.concepts)
+            knob = self._alpha_table[slot]  # a view: fill_ on it writes the table
+            knob.fill_(float(alpha))
+            concept = Concept(vector, op_name, mode, use_layers, knob, slot=slot)
             self.concepts[name] = concept
             for layer in use_layers:
                 i = vector.layers.index(layer)
@@ -132,21 +163,26 @@ class Steerer:
 
     def set_alpha(self, name: str, value: float) -> None:
         """Knob turn: takes effect at the next forward pass, from any thread."""
-        concept = self._concept(name)
-        concept.alpha.fill_(float(value))
-        self._notify(concept.slot, float(value), None)
+        with self._lock:  # the table and every listener's copy move together
+            concept = self._concept(name)
+            concept.alpha.fill_(float(value))
+            self._notify(concept.slot, float(value), None)
 
     def set_enabled(self, name: str, enabled: bool) -> None:
-        concept = self._concept(name)
-        concept.enabled = bool(enabled)
-        self._enabled_table[concept.slot] = 1.0 if enabled else 0.0
-        self._notify(concept.slot, None, bool(enabled))
+        """Switch a concept on or off from the next forward pass, from any thread."""
+        with self._lock:  # the flag (read by operator hooks) and the table (fused adds) agree
+            concept = self._concept(name)
+            concept.enabled = bool(enabled)
+            self._enabled_table[concept.slot] = 1.0 if enabled else 0.0
+            self._notify(concept.slot, None, bool(enabled))
 
     def add_knob_listener(self, listener: KnobListener) -> None:
         """Call ``listener(slot, alpha, enabled)`` (None for what did not change) after every
-        ``set_alpha``/``set_enabled``, on the caller's thread. ``listener`` must be a bound
-        method; it is held weakly, so a stream that is gone stops being called."""
-        self._knob_listeners.append(weakref.WeakMethod(listener))  # type: ignore[arg-type]
+        ``set_alpha``/``set_enabled``, on the caller's thread, under the steerer's lock (keep
+        it short: it is a table write). ``listener`` must be a bound method; it is held
+        weakly, so a stream that is gone stops being called."""
+        with self._lock:
+            self._knob_listeners.append(weakref.WeakMethod(listener))  # type: ignore[arg-type]
 
     def _notify(self, slot: int, alpha: float | None, enabled: bool | None) -> None:
         for ref in tuple(self._knob_listeners):
@@ -177,22 +213,47 @@ class Steerer:
         model the hook calls were most of what steering cost. Every other site and
         operator is still a hook, so the result is the same to the bit.
         """
-        if self._handles or self.resid_inline:
-            raise RuntimeError("steering hooks are already installed")
-        try:
-            with self._lock:
+        with self._lock:
+            self._check_owner("installed()")
+            if self.is_installed:
+                raise RuntimeError("steering hooks are already installed")
+            self._owner, self._owner_ident = threading.current_thread(), threading.get_ident()
+            try:
                 self._install_all(resid_inline)
+            except BaseException:
+                self._uninstall()
+                raise
+        try:
             yield self
         finally:
-            self._remove_all()
+            with self._lock:
+                self._uninstall()
+
+    def _uninstall(self) -> None:
+        """Hooks gone and no owner: from here any thread may ``add`` again."""
+        self._remove_all()
+        self._owner = self._owner_ident = None
 
     @property
     def is_installed(self) -> bool:
-        return bool(self._handles) or self.resid_inline
+        # The owner, not the handles: a steerer with no concepts yet installs no hooks, but
+        # an ``add`` inside the block must still hook the new concept.
+        return self._owner is not None
+
+    def _check_owner(self, call: str) -> None:
+        """Raise if hooks are installed by another thread (see the class docstring)."""
+        if self._owner_ident is not None and threading.get_ident() != self._owner_ident:
+            owner = self._owner.name if self._owner is not None else "?"
+            raise RuntimeError(f"Steerer.{call} called from thread {threading.current_thread().name!r}, but the "
+                               f"steerer's hooks are installed by thread {owner!r}: structural calls and the "
+                               "forward pass belong to that thread; other threads may only turn knobs "
+                               "(set_alpha, set_enabled)")
 
     def layer_offsets(self, batch: int) -> list[torch.Tensor | None]:
         """Once per forward, before the first layer, in ``resid_inline`` mode: what to add
         to each decoder layer's output ([batch, 1, d_model], or None for no offset)."""
+        if threading.get_ident() != self._owner_ident:
+            self._check_owner("layer_offsets()")
         if not self.resid_inline:
             raise RuntimeError("layer_offsets() is for installed(resid_inline=True)")
         return self._compute_deltas(batch).layer_offsets
@@ -239,6 +300,8 @@ class Steerer:
         self.resid_inline = False
 
     def _prepare(self, _module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if threading.get_ident() != self._owner_ident:  # one int compare per forward
+            self._check_owner("forward pass")
         self._compute_deltas(args[0].shape[0])
 
     def _compute_deltas(self, batch: int) -> _Folded:
@@ -274,6 +337,8 @@ class Steerer:
         others = [inj for inj in self._sites[key] if inj.operator is not add_operator]
 
         def edit(h: torch.Tensor) -> torch.Tensor:
+            if threading.get_ident() != self._owner_ident:
+                self._check_owner("forward pass")
             if site is not None:
                 h = h + self._row_deltas[site]
             for inj in others:

@@ -27,6 +27,8 @@ from transformers import (
     T5Config,
 )
 
+from .scoped import seeded, torch_threads
+
 TINY_SEED = 1234
 #: The tiny model's "trained window": short, so that endless-generation tests stay fast.
 TINY_WINDOW_FRAMES = 250
@@ -124,12 +126,8 @@ def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torc
     """As ``_randomize_codebooks``, on one CPU thread: a float sum's order depends on the
     thread count, and these weights must come out the same in every process (a serve
     with one torch thread, a test run with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         _randomize_codebooks(model, generator)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torch.Generator) -> None:
@@ -201,9 +199,7 @@ def _standardise_decoder(codec: torch.nn.Module, generator: torch.Generator) -> 
 
 def build_tiny_model(seed: int = TINY_SEED, stereo: bool = False) -> MusicgenForConditionalGeneration:
     """The tiny model with seeded random weights: identical in every process."""
-    devices: list[int] = []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = MusicgenForConditionalGeneration(tiny_config(stereo))
     with torch.no_grad():
         randomize_codebooks(model, torch.Generator().manual_seed(seed))

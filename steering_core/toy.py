@@ -37,6 +37,7 @@ from transformers import (
 
 from . import toyworld
 from .codec import STREAMING_CONFIG_KEY, CodecStreaming
+from .scoped import seeded
 
 #: Where the trained weights ship (a folder written by ``save_pretrained``).
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy_model"
@@ -109,9 +110,7 @@ def codebook_vectors(generator: torch.Generator) -> torch.Tensor:
 def build_untrained_toy(seed: int = TOY_SEED) -> MusicgenForConditionalGeneration:
     """The toy's architecture with seeded initial weights and its fixed codebooks."""
     tokenizer = toy_tokenizer()
-    devices: list[int] = []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = MusicgenForConditionalGeneration(toy_config(len(tokenizer)))
     with torch.no_grad():
         vectors = codebook_vectors(torch.Generator().manual_seed(seed))

@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from transformers import MusicgenForConditionalGeneration
 
 from . import toy, toyworld
+from .scoped import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +327,7 @@ def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, second
 # --- both ------------------------------------------------------------------------------------------
 def _codec_stage(work: Path, settings: TrainSettings, progress: bool) -> None:
     """The codec stage on its own (a child process in a parallel run): its checkpoint is its result."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the spawned child's own process, so its setting to make
     model = toy.build_untrained_toy(settings.seed)
     train_codec(model, settings, work / "codec.pt", progress)
 
@@ -356,7 +358,12 @@ def train_toy(out: Path, work: Path, settings: TrainSettings | None = None, prog
         child = multiprocessing.get_context("spawn").Process(target=_codec_stage, args=(work, settings, progress),
                                                             name="toy-codec")
         child.start()
-    torch.set_num_threads(1)
+    with torch_threads(1):  # one thread per stage (see above); the caller's count after
+        return _train_toy(out, work, settings, progress, child, started)
+
+
+def _train_toy(out: Path, work: Path, settings: TrainSettings, progress: bool, child: BaseProcess | None,
+               started: float) -> dict[str, object]:
     model = toy.build_untrained_toy(settings.seed)
     try:
         if child is None:
@@ -379,7 +386,7 @@ def train_toy(out: Path, work: Path, settings: TrainSettings | None = None, prog
         "lm_loss": {"first": float(np.mean(lm_losses[:20])), "last": float(np.mean(lm_losses[-20:]))},
         "codec": codec_figures,
         "seconds": round(time.perf_counter() - started, 1),
-        "parallel_stages": parallel,
+        "parallel_stages": child is not None,
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2))
     return summary
