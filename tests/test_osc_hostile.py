@@ -113,6 +113,17 @@ def test_wildcard_storms_match_in_linear_time() -> None:
     assert matcher.match("/steer/[!x]*/knob") == ["/steer/timbre/knob"]
 
 
+def test_the_osc_front_runs_below_the_engine(server, client) -> None:
+    """Under a flood the packet parser, not the music, waits for a core (benchmarks/RESULTS.md:
+    10 underruns a minute at equal priority, 0 at +10)."""
+    import os
+
+    client.status()  # the front is up and answering
+    assert server.front is not None
+    front = os.getpriority(os.PRIO_PROCESS, server.front.pid)
+    assert front >= os.getpriority(os.PRIO_PROCESS, 0) + oscfront.FRONT_NICENESS or front == 19, front
+
+
 def test_a_wildcard_storm_does_not_freeze_the_server(server, client) -> None:
     client.raw(message("/" + "*" * 64, 1.0))  # the 72-byte packet of the issue
     t = time.monotonic()
