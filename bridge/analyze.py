@@ -37,7 +37,7 @@ from steering_core.analysis import cosine_matrix, recommend_layers, score_layers
 from steering_core.audio import write_wav
 from steering_core.clap import ClapScorer
 from steering_core.concepts import ConceptPreset, check_name, load_concept
-from steering_core.extraction import METHODS, collect_activations, layer_stats
+from steering_core.extraction import METHODS, collect_activations, vector_from_activations
 from steering_core.influence import layer_influence
 from steering_core.labelled import collect_labelled
 from steering_core.metrics import describe
@@ -117,15 +117,10 @@ def activations_from_data(handle: MusicGenHandle, o: AnalyzeOptions) -> ConceptA
 
 def vector_on_layers(handle: MusicGenHandle, c: ConceptActivations, layers: list[int],
                      method: str = "diffmean") -> SteeringVector:
-    directions = METHODS[method](c.positive[:, layers], c.negative[:, layers])
-    stats = layer_stats(c.positive[:, layers], c.negative[:, layers], directions)
-    p = c.preset
-    return SteeringVector(
-        concept=c.name, directions=directions, layers=tuple(layers), site=c.site, method=method,
-        operator=p.operator if p else "add", cfg_mode=p.cfg_mode if p else "cond", alpha_range=c.alpha_range,
-        model_id=handle.model_id, model_config_sha256=handle.config_sha256, aggregation="mean_over_frames",
-        n_pos=len(c.positive), n_neg=len(c.negative), prompt_sha256=p.prompt_sha256() if p else "",
-        stats=dict(zip(layers, stats, strict=True)))
+    """The vector ``extract`` would write from the same activations (one code path)."""
+    return vector_from_activations(handle, c.name, c.positive, c.negative, layers, method=method, site=c.site,
+                                   preset=c.preset, prompt_sha256=c.preset.prompt_sha256() if c.preset else "",
+                                   alpha_range=c.alpha_range)
 
 
 def _sweep(handle: MusicGenHandle, c: ConceptActivations, vector: SteeringVector, o: AnalyzeOptions, out: Path,

@@ -199,14 +199,28 @@ def extract_vector(handle: MusicGenHandle, preset: ConceptPreset, *, method: str
     common = dict(site=site, frames=frames, seed=seed, batch_size=batch_size, pool=pool, progress=progress)
     pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", **common)
     neg = collect_activations(handle, [n for _, n in pairs], desc=f"{preset.name}: {preset.negative_label}", **common)
-    idx = list(chosen)
+    return vector_from_activations(handle, preset.name, pos, neg, chosen, method=method, site=site, preset=preset,
+                                   pool=pool, prompt_sha256=preset.prompt_sha256(seed))
+
+
+def vector_from_activations(handle: MusicGenHandle, concept: str, pos: torch.Tensor, neg: torch.Tensor,
+                            layers: Sequence[int], *, method: str = "diffmean", site: str = "resid_post",
+                            preset: ConceptPreset | None = None, pool: str = "mean", prompt_sha256: str = "",
+                            alpha_range: tuple[float, float] = (-4.0, 4.0)) -> SteeringVector:
+    """The vector on ``layers`` from pooled activations [N, num_layers, d] of each class: the
+    one place where a direction becomes a ``SteeringVector`` (prompt sets, labelled audio
+    and ``analyze`` all come here). A preset supplies operator, CFG mode and alpha range."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    idx = list(layers)
     directions = METHODS[method](pos[:, idx], neg[:, idx])
     stats = layer_stats(pos[:, idx], neg[:, idx], directions)
     return SteeringVector(
-        concept=preset.name, directions=directions, layers=chosen, site=site, method=method,
-        operator=preset.operator, cfg_mode=preset.cfg_mode, alpha_range=preset.alpha_range,
+        concept=concept, directions=directions, layers=tuple(idx), site=site, method=method,
+        operator=preset.operator if preset else "add", cfg_mode=preset.cfg_mode if preset else "cond",
+        alpha_range=preset.alpha_range if preset else alpha_range,
         model_id=handle.model_id, model_config_sha256=handle.config_sha256,
         aggregation="mean_over_frames" if pool == "mean" else "last_frame",
-        n_pos=len(pos), n_neg=len(neg), prompt_sha256=preset.prompt_sha256(seed),
-        stats={layer: s for layer, s in zip(chosen, stats, strict=False)},
+        n_pos=len(pos), n_neg=len(neg), prompt_sha256=prompt_sha256,
+        stats=dict(zip(idx, stats, strict=True)),
     )

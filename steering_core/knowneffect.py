@@ -25,7 +25,7 @@ import numpy as np
 
 from .concepts import load_concept
 from .effects import CONCEPT_METRIC, conditioning, render_rows, steering_sweep
-from .extraction import diffmean, extract_vector
+from .extraction import extract_vector, vector_from_activations
 from .labelled import collect_labelled
 from .models import MusicGenHandle, load_model
 from .scoped import seeded
@@ -105,7 +105,6 @@ def data_direction_check(handle: MusicGenHandle | None = None, concept: str = "t
     The audio is rendered into ``folder`` (a temporary one by default) as minimal pairs
     (``toyworld.write_labelled_folders``) and read like any ``--data`` folder."""
     from . import toyworld
-    from .vectors import SteeringVector
 
     handle = handle or load_model("toy", device="cpu")
     layer = handle.num_layers // 2 if layer is None else layer
@@ -116,12 +115,10 @@ def data_direction_check(handle: MusicGenHandle | None = None, concept: str = "t
         toyworld.write_labelled_folders(root, concept, per_class=per_class)
         data = collect_labelled(handle, root, window_s=seconds, cache=Path(scratch) / "cache", progress=False)
     pos, neg = data.split(pos_label, neg_label)
-    direction = diffmean(pos[:, [layer]], neg[:, [layer]])
+    audio_vector = vector_from_activations(handle, concept, pos, neg, [layer],  # as extract --data builds it
+                                           alpha_range=preset.alpha_range)
     prompt_vector = extract_vector(handle, preset, layers=(layer,), progress=False)
-    cosine = float(direction[0] @ prompt_vector.directions[0])
-    audio_vector = SteeringVector(concept=concept, directions=direction, layers=(layer,), method="diffmean",
-                                  alpha_range=prompt_vector.alpha_range, model_id=handle.model_id,
-                                  model_config_sha256=handle.config_sha256, n_pos=len(pos), n_neg=len(neg))
+    cosine = float(audio_vector.directions[0] @ prompt_vector.directions[0])
     span = ALPHA_SPANS.get(concept, max(abs(a) for a in preset.alpha_range))
     sweep, _ = steering_sweep(handle, audio_vector, NEUTRAL_PROMPT, list(np.linspace(-span, span, points)),
                               metric=CONCEPT_METRIC[concept], seeds=seeds, seconds=seconds)
