@@ -353,6 +353,10 @@ class Engine:
             "rtf": None if self.rtf is None else round(self.rtf, 3),
             "buffer_ms": round(self.ring.fill / self.path.device_rate * 1000, 1),
             "underruns": self.ring.underruns,
+            # What the output asked for and what it got, in samples at the device rate: the
+            # music flows when played keeps up with requested, whatever the machine's load.
+            "samples_requested": self.ring.requested,
+            "samples_played": self.ring.read,
             "control_latency_ms": self.latency.summary(),
             "step": self.performance.next_step,
             "reprimes": self.stream.reprimes,

@@ -22,6 +22,7 @@ class Ring:
         self._data = np.zeros((self.capacity, self.channels), np.float32)
         self.written = 0  # samples ever written (writer's counter)
         self.read = 0  # samples ever read (reader's counter)
+        self.requested = 0  # samples the reader ever asked for, real or silence: the device's demand
         self.underruns = 0
         #: Reader-side log of (read counter after a block, monotonic time): the engine
         #: uses it to tell when a given sample left the callback.
@@ -68,6 +69,7 @@ class Ring:
             if self.expect_audio:
                 self.underruns += 1
         self.read += n
+        self.requested += frames
         self.reads.append((self.read, time.monotonic()))
         return n
 

@@ -148,12 +148,13 @@ def test_live_set_with_osc_midi_and_a_real_sound_card(tmp_path, vectors_dir, jac
             time.sleep(2.0)
             status = osc.status()
             assert status["control_latency_ms"]["n"] >= 2
-            # The music keeps flowing: at least half of what this machine generates in that time right now
-            # (the engine's own rtf, real time at most), so a busy machine slows the check, not fails it.
-            elapsed = status["uptime_s"] - flowing["uptime_s"]
-            can = elapsed * MODEL_RATE / FRAME_SAMPLES * min(1.0, status["rtf"] or 0.0)
-            generated = status["frames_generated"] - flowing["frames_generated"]
-            assert generated >= max(1.0, 0.5 * can), {"generated": generated, "could": can, "rtf": status["rtf"]}
+            # The music keeps flowing: the sound card got real audio for at least half of what it asked
+            # for in those 2 s. Counted against the card's own demand, not the wall clock: on a loaded
+            # machine PulseAudio itself is starved and asks for less (CI saw 12 frames in 2 s that way).
+            asked = status["samples_requested"] - flowing["samples_requested"]
+            played = status["samples_played"] - flowing["samples_played"]
+            assert asked > 0 and played >= 0.5 * asked, {"asked": asked, "played": played,
+                                                         "underruns": status["underruns"]}
         finally:
             code = stop(proc)
             monitor.send_signal(signal.SIGINT)
