@@ -61,7 +61,7 @@ def pipeline_rtf(seconds: float) -> dict[str, float]:
             if stream.frames_complete > before:
                 decoder.push(stream.codes[:, :, before:stream.frames_complete])
                 made += stream.frames_complete - before
-            if made >= decoder.emitted_frames + decoder.chunk + decoder.holdback:  # pull a chunk, as the engine
+            if made >= decoder.emitted_frames + decoder.frames_per_pull:  # a chunk is ready, as in the engine
                 audio = decoder.pull()[0]
                 if audio.shape[-1]:
                     path.push(audio)

@@ -247,7 +247,7 @@ class Engine:
                 self.perf_log.end(self.frames_generated, self.codes_sha256())
 
     def _frames_per_chunk(self) -> int:
-        return self.decoder.chunk + self.decoder.holdback
+        return self.decoder.frames_per_pull
 
     def _step(self) -> None:
         reprimes = self.stream.reprimes

@@ -97,6 +97,11 @@ class ChunkedDecoder:
         n = crossfade_frames * self.hop
         self._fade_in = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
 
+    @property
+    def frames_per_pull(self) -> int:
+        """Frames pushed past the last emitted one before a pull yields a whole chunk."""
+        return self.chunk + self.holdback
+
     @classmethod
     def streaming(cls, handle: MusicGenHandle, settings: CodecStreaming | None = None) -> ChunkedDecoder:
         """A decoder with ``settings``, by default the model's own (``CodecStreaming.for_model``)."""
