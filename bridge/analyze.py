@@ -37,6 +37,7 @@ from steering_core.analysis import cosine_matrix, recommend_layers, score_layers
 from steering_core.audio import write_wav
 from steering_core.clap import ClapScorer
 from steering_core.concepts import ConceptPreset, check_name, load_concept
+from steering_core.errors import UserError
 from steering_core.extraction import METHODS, collect_activations, vector_from_activations
 from steering_core.influence import layer_influence
 from steering_core.labelled import collect_labelled
@@ -161,7 +162,7 @@ def _sweep(handle: MusicGenHandle, c: ConceptActivations, vector: SteeringVector
 
 def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
     if bool(o.concepts) == bool(o.data):
-        raise ValueError("give --concept (one or more presets) or --data <folder>, not both")
+        raise UserError("give --concept (one or more presets) or --data <folder>, not both")
     out.mkdir(parents=True, exist_ok=True)
     handle = load_model(o.model, o.device, o.dtype)
     started = time.time()

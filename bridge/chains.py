@@ -31,6 +31,7 @@ import numpy as np
 import pedalboard
 
 from steering_core.concepts import PRESETS_DIR
+from steering_core.errors import UserError
 
 from .presetfiles import read_preset
 
@@ -57,7 +58,7 @@ PARAMETER_RANGES: dict[str, tuple[float, float]] = {
 DEFAULT_CEILING_DB = -1.0
 
 
-class ChainError(ValueError):
+class ChainError(UserError):
     """An effect chain preset that cannot be built."""
 
 

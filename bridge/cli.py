@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steering_core.errors import UserError
+
 from . import __version__
 
 if TYPE_CHECKING:  # the command line imports torch only once a command runs (``--help`` stays instant)
@@ -27,28 +29,15 @@ log = logging.getLogger("steerbridge")
 #: ``--help`` needs no torch; tests/test_cli.py checks that they agree.
 SITE_NAMES: tuple[str, ...] = ("resid_post", "attn_out", "cross_attn_out", "mlp_out", "head")
 METHOD_NAMES: tuple[str, ...] = ("diffmean", "pca", "probe_logistic", "probe_mse")
-#: Where the user-error classes live; an exception is one of them only if its module was imported.
-_USER_ERROR_CLASSES = (
-    ("steering_core.model_names", "ModelLoadError"), ("steering_core.vectors", "VectorFileError"),
-    ("steering_core.vectors", "VectorMismatchError"), ("steering_core.concepts", "ConceptError"),
-    ("steering_core.sites", "SiteError"),
-)
-
-
-class CliError(Exception):
+class CliError(UserError):
     """A command-line mistake the user can fix; printed as one line."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "the user asked for something we cannot do", reported as one line.
-
-    Read from ``sys.modules`` rather than imported, so that reporting a mistake never
-    costs an import of torch."""
-    found: list[type[BaseException]] = [CliError, ValueError, KeyError, OSError]
-    for module, name in _USER_ERROR_CLASSES:
-        if module in sys.modules:
-            found.append(getattr(sys.modules[module], name))
-    return tuple(found)
+    """Errors reported as one line: bad input (``UserError``, whatever module raised it)
+    and the environment refusing (``OSError``: a missing file, a full disk, a busy port).
+    Anything else is a bug, and keeps its traceback."""
+    return (UserError, OSError)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -490,7 +479,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     check_output_file(str(Path(args.out) / "demo.json"), "--out")
     if args.seeds < 2 or args.points < 3:
-        raise ValueError("--seeds must be at least 2 and --points at least 3 (a spread and a trend need them)")
+        raise CliError("--seeds must be at least 2 and --points at least 3 (a spread and a trend need them)")
     from .demo import run_demo
 
     run_demo(Path(args.out), model=args.model, seconds=args.seconds, seed=args.seed, seeds=args.seeds,
@@ -710,8 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not isinstance(exc, user_errors()):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"steerbridge {args.command}: error: {message}", file=sys.stderr)
+        print(f"steerbridge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"steerbridge {args.command}: interrupted", file=sys.stderr)

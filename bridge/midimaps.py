@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
+from steering_core.errors import UserError
 
 from .presetfiles import preset_names, read_preset, user_data_dir, write_atomically
 
@@ -40,7 +41,7 @@ MAPPINGS_DIR = PRESETS_DIR / "mappings"
 MODES = ("absolute", "relative_twos", "relative_offset", "relative_signed")
 
 
-class MidiMapError(ValueError):
+class MidiMapError(UserError):
     """A controller map that cannot be used, or a MIDI system that is not there."""
 
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from steering_core.errors import UserError
+
 WILDCARDS = frozenset("?*[]{}")
 MAX_ALTERNATIVES = 16
 
 
-class PatternError(ValueError):
+class PatternError(UserError):
     """An address pattern that is not valid OSC. (A plain ``ValueError``: this module runs
     in the OSC front process, which must start without importing torch.)"""
 

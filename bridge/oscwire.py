@@ -22,6 +22,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from steering_core.errors import UserError
+
 MAX_ADDRESS_CHARS = 256
 MAX_ARGS = 16
 MAX_BUNDLE_DEPTH = 4
@@ -35,7 +37,7 @@ IMMEDIATELY = 1  # the OSC timetag that means "now"
 OscArg = int | float | str | bytes | bool | None
 
 
-class OscWireError(ValueError):
+class OscWireError(UserError):
     """A datagram that is not a well-formed OSC packet within the server's limits.
 
     A plain ``ValueError`` (not ``steering_core.errors.UserError``) on purpose: this

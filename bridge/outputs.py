@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from steering_core.errors import UserError
+
 from .ring import Ring
 
 log = logging.getLogger("steerbridge.audio")
@@ -22,7 +24,7 @@ log = logging.getLogger("steerbridge.audio")
 DEFAULT_RATE = 48000
 
 
-class OutputError(RuntimeError):
+class OutputError(UserError):
     """No usable audio device: PortAudio missing, device unknown, or it failed to open."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steering_core.errors import UserError
 from steering_core.performance import Change
 
 from .control import ControlEvent
@@ -27,7 +28,7 @@ LOG_FORMAT = 1
 MAX_LOG_BYTES = 512 * 1024 * 1024
 
 
-class PerformanceLogError(ValueError):
+class PerformanceLogError(UserError):
     """A file that is not a readable performance log."""
 
 
@@ -97,13 +98,13 @@ def read_log(path: str | Path) -> Performed:
     for n, record in enumerate(records[1:], 2):
         try:
             if not isinstance(record, dict):
-                raise ValueError("a line is not a JSON object")
+                raise PerformanceLogError("a line is not a JSON object")
             if record.get("type") == "event" and record.get("changes"):
                 step, changes = record.get("step"), record["changes"]
                 if not (_whole(step) and step >= last_step):
-                    raise ValueError(f"step {str(step)[:20]!r} is not a whole number >= the previous step")
+                    raise PerformanceLogError(f"step {str(step)[:20]!r} is not a whole number >= the previous step")
                 if not isinstance(changes, list):
-                    raise ValueError("'changes' is not a list")
+                    raise PerformanceLogError("'changes' is not a list")
                 batch = [Change.from_json(c) if isinstance(c, dict) else _bad(c) for c in changes]
                 for change in batch:
                     _check_change(change)
@@ -112,9 +113,9 @@ def read_log(path: str | Path) -> Performed:
             elif record.get("type") == "end":
                 frames, sha = record.get("frames"), record.get("codes_sha256")
                 if not (_whole(frames) and frames >= 0 and isinstance(sha, str)):
-                    raise ValueError("the end line needs whole 'frames' and a 'codes_sha256' string")
+                    raise PerformanceLogError("the end line needs whole 'frames' and a 'codes_sha256' string")
                 out.frames, out.codes_sha256 = frames, sha
-        except (KeyError, TypeError, ValueError) as exc:
+        except UserError as exc:
             raise PerformanceLogError(f"{path}: record {n}: malformed: {str(exc)[:200]}") from None
     return out
 
@@ -128,19 +129,19 @@ def _number(value: object) -> bool:
 
 
 def _bad(change: object) -> Change:
-    raise ValueError(f"a change is not a JSON object: {str(change)[:40]!r}")
+    raise PerformanceLogError(f"a change is not a JSON object: {str(change)[:40]!r}")
 
 
 def _check_change(change: Change) -> None:
     """What a replay would otherwise find out, with a traceback, minutes into rendering."""
     if change.kind == "alpha" and not (_number(change.value) and change.concept):
-        raise ValueError(f"alpha change needs a concept and a finite number, got {str(change.value)[:20]!r}")
+        raise PerformanceLogError(f"alpha change needs a concept and a finite number, got {str(change.value)[:20]!r}")
     if change.kind in ("guidance", "temperature", "top_p") and not _number(change.value):
-        raise ValueError(f"{change.kind} must be a finite number")
+        raise PerformanceLogError(f"{change.kind} must be a finite number")
     if change.kind in ("top_k", "seed") and not (_whole(change.value) and change.value >= 0):  # type: ignore[operator]
-        raise ValueError(f"{change.kind} must be a whole number >= 0")
+        raise PerformanceLogError(f"{change.kind} must be a whole number >= 0")
     if change.kind == "prompt" and not (isinstance(change.value, str) and change.value.strip()):
-        raise ValueError("prompt must be a non-empty string")
+        raise PerformanceLogError("prompt must be a non-empty string")
 
 
 def _check_header(h: dict[str, Any], path: Path) -> None:

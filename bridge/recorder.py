@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from steering_core.errors import UserError
+
 log = logging.getLogger("steerbridge.record")
 
 _HEADER = 44
@@ -40,7 +42,7 @@ class WavRecorder:
     def __init__(self, path: str | Path, sample_rate: int, channels: int) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() != ".wav":
-            raise ValueError(f"--record wants a .wav file, got {self.path.name!r}")
+            raise UserError(f"--record wants a .wav file, got {self.path.name!r}")
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self.frames = 0

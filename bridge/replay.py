@@ -20,6 +20,7 @@ import mido
 import numpy as np
 
 from steering_core.codec import decode
+from steering_core.errors import UserError
 from steering_core.models import MusicGenHandle
 from steering_core.performance import Change, Performance
 from steering_core.sampling import SamplingSettings
@@ -50,7 +51,7 @@ def midi_schedule(path: Path, vectors: Sequence[SteeringVector], prompt: str, se
     try:
         midi = mido.MidiFile(str(path))
     except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"cannot read MIDI file {path}: {exc}") from None
+        raise UserError(f"cannot read MIDI file {path}: {exc}") from None
     control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v in vectors], prompt, settings,
                            vocab_size=vocab_size)
     mapper = MidiMapper(load_map(midi_map), Commands(control, SceneStore(), lambda: {}))

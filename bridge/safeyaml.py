@@ -14,11 +14,13 @@ from typing import Any
 
 import yaml
 
+from steering_core.errors import UserError
+
 MAX_YAML_BYTES = 256 * 1024
 MAX_ALIASES = 16
 
 
-class YamlLimitError(ValueError):
+class YamlLimitError(UserError):
     """A YAML file over the size or alias limits, or not YAML at all."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
+from steering_core.errors import UserError
 
 from .presetfiles import user_data_dir, write_atomically
 
@@ -22,7 +23,7 @@ MAX_SCENE_BYTES = 64 * 1024
 MAX_SCENE_PROMPT_CHARS = 500  # as /prompt
 
 
-class SceneError(ValueError):
+class SceneError(UserError):
     """An invalid scene name, a scene that does not exist, or an unreadable scene file."""
 
 

@@ -12,6 +12,8 @@ import json
 import logging
 from pathlib import Path
 
+from steering_core.errors import UserError
+
 log = logging.getLogger("steerbridge.toy")
 
 DEFAULT_WORK = Path.home() / ".cache" / "steerbridge" / "toy-train"
@@ -70,7 +72,7 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
     if args.lm_steps is not None:
         settings = replace(settings, lm_steps=args.lm_steps)
     if settings.codec_steps < 1 or settings.lm_steps < 1:
-        raise ValueError("--codec-steps and --lm-steps must be at least 1")
+        raise UserError("--codec-steps and --lm-steps must be at least 1")
     out = Path(args.out) if args.out else TOY_MODEL_DIR
     summary = train_toy(out, Path(args.work), settings, parallel=not args.sequential)
     codec = summary["codec"]
@@ -85,7 +87,7 @@ def cmd_toy_world(args: argparse.Namespace) -> int:
     from steering_core.toyworld import write_labelled_folders
 
     if args.per_class < 2 or not 0.5 <= args.seconds <= 60:
-        raise ValueError("--per-class must be at least 2 and --seconds within 0.5..60")
+        raise UserError("--per-class must be at least 2 and --seconds within 0.5..60")
     folders = write_labelled_folders(Path(args.out), args.concept, args.per_class, args.seconds, args.seed)
     for folder in folders:
         print(f"{folder}: {args.per_class} clips of {args.seconds:g} s")
@@ -96,13 +98,13 @@ def cmd_toy_check(args: argparse.Namespace) -> int:
     from steering_core.knowneffect import known_effect_check
 
     if args.seeds < 2 or args.points < 3 or not 1 <= args.seconds <= 30:
-        raise ValueError("--seeds must be at least 2, --points at least 3, --seconds within 1..30")
+        raise UserError("--seeds must be at least 2, --points at least 3, --seconds within 1..30")
     from steering_core.toyworld import CLASSES
 
     data_concepts = [c.strip() for c in args.data.split(",") if c.strip()]
     unknown = [c for c in data_concepts if c not in CLASSES]
     if unknown:
-        raise ValueError(f"--data: no labelled world for {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
+        raise UserError(f"--data: no labelled world for {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
     report = known_effect_check(seeds=args.seeds, points=args.points, seconds=args.seconds, method=args.method)
     if data_concepts:
         from steering_core.knowneffect import data_direction_check

@@ -31,6 +31,8 @@ from sklearn.model_selection import BaseCrossValidator, StratifiedGroupKFold, St
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class LayerScore:
@@ -61,12 +63,12 @@ def chance_margin(labels: np.ndarray) -> tuple[float, float]:
 def _folds(labels: np.ndarray, groups: np.ndarray | None) -> tuple[BaseCrossValidator, np.ndarray | None]:
     smallest = int(np.min(np.unique(labels, return_counts=True)[1]))
     if smallest < 2:
-        raise ValueError("each class needs at least two examples for cross-validation")
+        raise UserError("each class needs at least two examples for cross-validation")
     if groups is None:
         return StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=0), None
     n_groups = len(np.unique(groups))
     if n_groups < 2:
-        raise ValueError("need at least two groups (prompt pairs or source files) for cross-validation")
+        raise UserError("need at least two groups (prompt pairs or source files) for cross-validation")
     return StratifiedGroupKFold(n_splits=min(5, n_groups), shuffle=True, random_state=0), groups
 
 
@@ -81,7 +83,7 @@ def score_layers(activations: torch.Tensor, labels: Sequence[str], *, groups: Se
     y = np.asarray(labels)
     classes = np.unique(y)
     if len(classes) < 2:
-        raise ValueError("need at least two classes")
+        raise UserError("need at least two classes")
     folds, group_ids = _folds(y, None if groups is None else np.asarray(groups))
     out = []
     acts = activations.float().numpy()

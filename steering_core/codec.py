@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import UserError
 from .models import MusicGenHandle
 
 
@@ -56,11 +57,11 @@ class CodecStreaming:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"codec streaming: {f.name} must be a whole number >= 0, not {value!r}")
+                raise UserError(f"codec streaming: {f.name} must be a whole number >= 0, not {value!r}")
         if self.chunk_frames < 1:
-            raise ValueError("codec streaming: chunk_frames must be at least 1")
+            raise UserError("codec streaming: chunk_frames must be at least 1")
         if self.crossfade_frames > self.holdback_frames:
-            raise ValueError("codec streaming: crossfade_frames must fit inside holdback_frames")
+            raise UserError("codec streaming: crossfade_frames must fit inside holdback_frames")
 
     @classmethod
     def for_model(cls, handle: MusicGenHandle) -> CodecStreaming:
@@ -69,7 +70,7 @@ class CodecStreaming:
         if declared is None:
             return cls()
         if not isinstance(declared, dict) or set(declared) - {f.name for f in fields(cls)}:
-            raise ValueError(f"{handle.model_id}: {STREAMING_CONFIG_KEY} in its config must map "
+            raise UserError(f"{handle.model_id}: {STREAMING_CONFIG_KEY} in its config must map "
                              f"{[f.name for f in fields(cls)]} to whole numbers, not {declared!r}")
         return cls(**declared)
 

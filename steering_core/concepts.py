@@ -19,12 +19,14 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 CONCEPTS_DIR = PRESETS_DIR / "concepts"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
-class ConceptError(ValueError):
+class ConceptError(UserError):
     """An unknown concept name or a malformed preset file."""
 
 

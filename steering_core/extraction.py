@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .concepts import ConceptPreset
+from .errors import UserError
 from .models import MusicGenHandle
 from .sampling import SamplingSettings
 from .sites import SITES, attach
@@ -72,9 +73,9 @@ def collect_activations(handle: MusicGenHandle, prompts: Sequence[str], *, site:
                         desc: str = "activations") -> torch.Tensor:
     """Pooled activations [N, num_layers, d_model] for every layer at ``site``."""
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise UserError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if pool not in POOLING:
-        raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLING)}")
+        raise UserError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLING)}")
     layers = range(handle.num_layers)
     out = []
     batches = [list(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
@@ -189,12 +190,12 @@ def extract_vector(handle: MusicGenHandle, preset: ConceptPreset, *, method: str
                    progress: bool = True) -> SteeringVector:
     """A steering vector for ``preset`` on ``handle``'s model."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     site = site or preset.site
     chosen = tuple(layers) if layers is not None else preset.layers_for(handle.num_layers)
     bad = [layer for layer in chosen if not 0 <= layer < handle.num_layers]
     if bad or not chosen:
-        raise ValueError(f"layers {bad or list(chosen)} outside 0..{handle.num_layers - 1}")
+        raise UserError(f"layers {bad or list(chosen)} outside 0..{handle.num_layers - 1}")
     pairs = preset.pairs(seed)
     common = dict(site=site, frames=frames, seed=seed, batch_size=batch_size, pool=pool, progress=progress)
     pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", **common)
@@ -211,7 +212,7 @@ def vector_from_activations(handle: MusicGenHandle, concept: str, pos: torch.Ten
     one place where a direction becomes a ``SteeringVector`` (prompt sets, labelled audio
     and ``analyze`` all come here). A preset supplies operator, CFG mode and alpha range."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     idx = list(layers)
     directions = METHODS[method](pos[:, idx], neg[:, idx])
     stats = layer_stats(pos[:, idx], neg[:, idx], directions)

@@ -24,6 +24,7 @@ import torch
 from pedalboard.io import AudioFile
 from tqdm import tqdm
 
+from .errors import UserError
 from .extraction import recording
 from .models import MusicGenHandle
 from .sites import SITES
@@ -34,7 +35,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".m4a")
 MIN_WINDOW_S = 1.0
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A labelled-audio folder that cannot be used."""
 
 
@@ -134,9 +135,9 @@ def collect_labelled(handle: MusicGenHandle, folder: str | Path, *, site: str = 
                      window_s: float = 10.0, prompt: str | None = None, pool: str = "mean",
                      cache: str | Path | None = None, progress: bool = True) -> LabelledActivations:
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise DataError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if not window_s >= MIN_WINDOW_S:
-        raise ValueError(f"--window must be at least {MIN_WINDOW_S} s")
+        raise DataError(f"--window must be at least {MIN_WINDOW_S} s")
     trained_s = handle.window_frames / handle.frame_rate
     if window_s > trained_s:  # positions past the trained window were never seen: their activations mean little
         log.info("--window %.1f s is longer than %s's trained window; using %.1f s", window_s, handle.model_id, trained_s)

@@ -16,6 +16,8 @@ import threading
 import urllib.parse
 from pathlib import Path
 
+from .errors import UserError
+
 #: The models built in code, by ``--model`` name; ``models.load_model`` builds each.
 #: Adding one is one line here (and its builder there).
 BUILTIN_MODELS: tuple[str, ...] = ("toy", "tiny", "tiny-stereo")
@@ -23,7 +25,7 @@ BUILTIN_MODELS: tuple[str, ...] = ("toy", "tiny", "tiny-stereo")
 RANDOM_WEIGHT_MODELS: tuple[str, ...] = ("musicgen-small", "musicgen-medium", "musicgen-large")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError):
     """A model could not be loaded; the message is one line a performer can act on."""
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import UserError
+
 Operator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -81,4 +83,4 @@ def get_operator(name: str) -> Operator:
     try:
         return OPERATORS[name]
     except KeyError:
-        raise ValueError(f"unknown operator {name!r}; choose one of {', '.join(OPERATORS)}") from None
+        raise UserError(f"unknown operator {name!r}; choose one of {', '.join(OPERATORS)}") from None

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .codec import decode
+from .errors import UnknownConceptError
 from .models import MusicGenHandle
 from .sampling import SamplingSettings
 from .static_step import CudaGraphsMode, open_stream
@@ -30,7 +31,7 @@ def render(handle: MusicGenHandle, prompt: str, seconds: float, *, seed: int = 0
         for v in vectors:
             steerer.add(v, alpha=alphas.pop(v.concept, 0.0))
     if alphas:
-        raise KeyError(f"no vector loaded for {', '.join(sorted(alphas))}")
+        raise UnknownConceptError(f"no vector loaded for {', '.join(sorted(alphas))}")
     frames = max(1, round(seconds * handle.frame_rate))
     if cuda_graphs is None:  # today's loop
         stream = MusicStream(handle, prompt, seed=seed, settings=settings, steerer=steerer)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UserError
+
 
 @dataclass
 class SamplingSettings:
@@ -21,13 +23,13 @@ class SamplingSettings:
 
     def validate(self) -> None:
         if not (math.isfinite(self.guidance_scale) and 0.0 <= self.guidance_scale <= 20.0):
-            raise ValueError(f"guidance must be in 0..20, got {self.guidance_scale}")
+            raise UserError(f"guidance must be in 0..20, got {self.guidance_scale}")
         if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 5.0):
-            raise ValueError(f"temperature must be in 0..5 (0 = greedy), got {self.temperature}")
+            raise UserError(f"temperature must be in 0..5 (0 = greedy), got {self.temperature}")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise ValueError(f"top_k must be a whole number >= 0, got {self.top_k}")
+            raise UserError(f"top_k must be a whole number >= 0, got {self.top_k}")
         if not (math.isfinite(self.top_p) and 0.0 <= self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in 0..1, got {self.top_p}")
+            raise UserError(f"top_p must be in 0..1, got {self.top_p}")
 
     @property
     def uses_cfg(self) -> bool:

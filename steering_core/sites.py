@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .errors import UserError
+
 SITES: tuple[str, ...] = ("resid_post", "attn_out", "cross_attn_out", "mlp_out", "head")
 Site = Literal["resid_post", "attn_out", "cross_attn_out", "mlp_out", "head"]
 
@@ -31,7 +33,7 @@ Site = Literal["resid_post", "attn_out", "cross_attn_out", "mlp_out", "head"]
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
-class SiteError(ValueError):
+class SiteError(UserError):
     """A site that does not exist, or that this model's layers do not have."""
 
 

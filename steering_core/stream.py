@@ -34,6 +34,7 @@ import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask
 
+from .errors import UserError
 from .models import MusicGenHandle
 from .sampling import SamplingSettings, guide, sample
 from .steerer import Steerer
@@ -64,7 +65,7 @@ class MusicStream:
         self.window_frames = window_frames or handle.window_frames
         self.reprime_frames = reprime_frames or self.window_frames // 2
         if not 0 < self.reprime_frames < self.window_frames - handle.num_codebooks:
-            raise ValueError("reprime_frames must be positive and well inside the window")
+            raise UserError("reprime_frames must be positive and well inside the window")
         self.num_codebooks = handle.num_codebooks
         self.bos = handle.pad_token_id
         self.device = handle.device

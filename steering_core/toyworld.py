@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
+
 SAMPLE_RATE = 32000
 FRAME_RATE = 50
 HOP = SAMPLE_RATE // FRAME_RATE  # 640 samples per frame
@@ -390,7 +392,7 @@ def labelled_params(concept: str, label: str, rng: random.Random) -> Params:
                 value = rng.uniform(*choices) if key == "bpm" else rng.choice(choices)  # type: ignore[arg-type]
                 p = replace(p, **{key: value})
             return p
-    raise KeyError(f"{concept!r} has no class {label!r}")
+    raise UserError(f"{concept!r} has no class {label!r}")
 
 
 def write_labelled_folders(out: Path, concept: str, per_class: int = 16, seconds: float = 4.0,
@@ -403,7 +405,7 @@ def write_labelled_folders(out: Path, concept: str, per_class: int = 16, seconds
     from .audio import write_wav
 
     if concept not in CLASSES:
-        raise KeyError(f"no labelled world for {concept!r}; choose one of {', '.join(CLASSES)}")
+        raise UserError(f"no labelled world for {concept!r}; choose one of {', '.join(CLASSES)}")
     rng = random.Random(seed)
     clip_seeds = [rng.randrange(2**31) for _ in range(per_class)]
     folders = []

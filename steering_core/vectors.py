@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import UserError
 from .operators import OPERATORS
 from .sites import SITES
 
@@ -42,11 +43,11 @@ MAX_ABS_GAIN = 1e4
 CONCEPT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 
 
-class VectorFileError(ValueError):
+class VectorFileError(UserError):
     """A vector file that is not a valid steerbridge file (corrupt, incomplete, wrong types)."""
 
 
-class VectorMismatchError(ValueError):
+class VectorMismatchError(UserError):
     """A valid vector file built for another model (width, layer count or configuration)."""
 
 
@@ -130,7 +131,7 @@ class SteeringVector:
 
     def _aligned(self, other: SteeringVector) -> None:
         if self.layers != other.layers or self.site != other.site or self.d_model != other.d_model:
-            raise ValueError("vector algebra needs the same layers, site and width on both sides")
+            raise VectorMismatchError("vector algebra needs the same layers, site and width on both sides")
 
     def __add__(self, other: SteeringVector) -> SteeringVector:
         self._aligned(other)
@@ -144,7 +145,7 @@ class SteeringVector:
 
     def __mul__(self, k: float) -> SteeringVector:
         if k == 0 or not math.isfinite(k):
-            raise ValueError("scale by a finite, non-zero number (turn the knob to 0 instead)")
+            raise UserError("scale by a finite, non-zero number (turn the knob to 0 instead)")
         flipped = self if k > 0 else -self
         return dataclasses.replace(flipped, gains=tuple(g * abs(k) for g in self.gains))
 

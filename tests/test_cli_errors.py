@@ -210,3 +210,78 @@ def test_devices_without_midi_is_one_summary_with_a_fix_and_no_library_noise(tmp
         pytest.skip("this machine has an ALSA sequencer: nothing to summarise")
     assert "Fix:" in midi and "--midi-in none" in midi
     assert "ALSA lib" not in run.stderr and "JackShm" not in run.stderr
+
+
+# --- one error base class: bad input is one line, a bug is a traceback -------------------
+#: Exceptions the project raises for its own faults (a broken invariant, a failed child
+#: process): these must keep their tracebacks, so they must not be UserErrors.
+BUG_CLASSES: frozenset[str] = frozenset()  # none so far
+
+
+def _project_exception_classes() -> dict[str, type[BaseException]]:
+    import importlib
+    import inspect
+    import pkgutil
+
+    found: dict[str, type[BaseException]] = {}
+    for package in ("bridge", "steering_core"):
+        for info in pkgutil.iter_modules([str(REPO / package)]):
+            module = importlib.import_module(f"{package}.{info.name}")
+            for name, obj in vars(module).items():
+                if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__:
+                    found[f"{module.__name__}.{name}"] = obj
+    return found
+
+
+def test_every_error_class_for_bad_input_derives_from_user_error() -> None:
+    from steering_core.errors import UserError
+
+    classes = _project_exception_classes()
+    assert len(classes) >= 15, sorted(classes)  # the walk found the modules
+    stray = [name for name, cls in classes.items()
+             if not issubclass(cls, UserError) and name.rsplit(".", 1)[1] not in BUG_CLASSES]
+    assert not stray, f"error classes outside UserError: {stray}"
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from steering_core.errors import UnknownConceptError
+
+    def raises(exc: BaseException):
+        def command(args: argparse.Namespace) -> int:
+            raise exc
+        return command
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    args = parser.parse_args(["devices"])
+    for exc in (UnknownConceptError("unknown concept 'x' (loaded: tempo)"), FileNotFoundError("no such file: a.wav")):
+        monkeypatch.setattr(parser, "parse_args", lambda argv=None, e=exc: argparse.Namespace(**{
+            **vars(args), "func": raises(e)}))
+        assert cli.main([]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "unknown concept 'x'" in err or "no such file" in err  # no KeyError quoting around it
+        assert not err.split("error: ", 1)[1].startswith('"')
+    for bug in (ValueError("an internal invariant broke"), KeyError("slot"), RuntimeError("hooks twice")):
+        monkeypatch.setattr(parser, "parse_args", lambda argv=None, e=bug: argparse.Namespace(**{
+            **vars(args), "func": raises(e)}))
+        with pytest.raises(type(bug)):
+            cli.main([])
+
+
+def test_bad_input_deep_in_the_library_raises_user_errors() -> None:
+    """Library validation raises UserErrors, so the CLI and the live server report them
+    as one line; before, these were bare ValueError/KeyError, indistinguishable from bugs."""
+    from steering_core.errors import UnknownConceptError, UserError
+    from steering_core.operators import get_operator
+    from steering_core.performance import Change
+    from steering_core.sampling import SamplingSettings
+
+    with pytest.raises(UserError, match="unknown operator"):
+        get_operator("nope")
+    with pytest.raises(UserError, match="top_p"):
+        SamplingSettings(top_p=3.0).validate()
+    with pytest.raises(UserError, match="change kind"):
+        Change.from_json({"kind": "explode"})
+    assert issubclass(UnknownConceptError, KeyError)
