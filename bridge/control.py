@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from steering_core.errors import UserError
 from steering_core.performance import Change
@@ -55,13 +56,19 @@ class ControlEvent:
 
 
 class ControlState:
-    """Targets as the performer set them, plus the event queue to the engine. Thread-safe."""
+    """What the performer asked for, plus the event queue to the engine. Thread-safe.
+
+    This is the one owner of the *asked-for* state: each knob's target, each concept's
+    switch, the prompt and the sampling settings, as the last message set them, which
+    is what ``/status``, controller feedback, MIDI pickup and scenes show. ``submit`` is
+    the one way to change it (the views below are read-only). What the music is playing
+    at this moment is the steerer's, on the engine thread, a few smoothed steps behind."""
 
     def __init__(self, concepts: Sequence[ConceptKnob], prompt: str, settings: SamplingSettings,
                  *, vocab_size: int = 2048) -> None:
         self.concepts: dict[str, ConceptKnob] = {c.name: c for c in concepts}
-        self.targets: dict[str, float] = {c.name: 0.0 for c in concepts}
-        self.enabled: dict[str, bool] = {c.name: True for c in concepts}
+        self._targets: dict[str, float] = {c.name: 0.0 for c in concepts}
+        self._enabled: dict[str, bool] = {c.name: True for c in concepts}
         self.prompt = prompt
         self.settings = SamplingSettings(**vars(settings))
         self.seed: int | None = None
@@ -73,6 +80,16 @@ class ControlState:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self.wake = threading.Event()  # set on every submit, so the engine reacts at once
+
+    @property
+    def targets(self) -> Mapping[str, float]:
+        """Each knob's target alpha, as asked (read-only: change it with ``submit``)."""
+        return MappingProxyType(self._targets)
+
+    @property
+    def enabled(self) -> Mapping[str, bool]:
+        """Each concept's on/off switch, as asked (read-only)."""
+        return MappingProxyType(self._enabled)
 
     # --- validation, shared by every control surface ---------------------------
     def concept(self, name: str) -> ConceptKnob:
@@ -152,9 +169,9 @@ class ControlState:
     def snapshot(self) -> dict[str, object]:
         with self._lock:
             return {
-                "targets": dict(self.targets),
-                "enabled": dict(self.enabled),
-                "knobs": {n: self.concepts[n].knob_from_alpha(a) for n, a in self.targets.items()},
+                "targets": dict(self._targets),
+                "enabled": dict(self._enabled),
+                "knobs": {n: self.concepts[n].knob_from_alpha(a) for n, a in self._targets.items()},
                 "prompt": self.prompt,
                 "settings": vars(self.settings).copy(),
                 "playing": self.playing,
@@ -165,17 +182,17 @@ class ControlState:
     def scene_view(self) -> dict[str, object]:
         """What a scene stores: every knob target, the on/off switches and the prompt."""
         with self._lock:
-            return {"targets": dict(self.targets), "enabled": dict(self.enabled), "prompt": self.prompt}
+            return {"targets": dict(self._targets), "enabled": dict(self._enabled), "prompt": self.prompt}
 
     def _update_view(self, change: Change) -> None:
         if change.kind == "alpha":
-            self.targets[change.concept] = float(change.value)  # type: ignore[arg-type,index]
+            self._targets[change.concept] = float(change.value)  # type: ignore[arg-type,index]
         elif change.kind == "enabled":
-            self.enabled[change.concept] = bool(change.value)  # type: ignore[index]
+            self._enabled[change.concept] = bool(change.value)  # type: ignore[index]
         elif change.kind == "prompt":
             self.prompt = str(change.value)
         elif change.kind == "panic":
-            self.targets = dict.fromkeys(self.targets, 0.0)
+            self._targets.update(dict.fromkeys(self._targets, 0.0))
         elif change.kind == "seed":
             self.seed = int(change.value)  # type: ignore[arg-type]
         else:

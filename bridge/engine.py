@@ -121,6 +121,9 @@ class LatencyMeter:
     def __init__(self, ring: Ring) -> None:
         self.ring = ring
         self.samples: deque[float] = deque(maxlen=20000)
+        # The engine thread appends, the status thread summarises: copying a deque while
+        # it grows raises, so both hold this (for an append, or one copy).
+        self._samples_lock = threading.Lock()
         self._waiting_frame: list[tuple[int, ControlEvent]] = []  # event, by first affected frame
         self._waiting_sample: list[tuple[int, ControlEvent]] = []  # event, by ring counter
 
@@ -146,11 +149,13 @@ class LatencyMeter:
             if left is None:
                 keep.append((index, event))
             else:
-                self.samples.append(max(0.0, (left - event.arrived) * 1000.0))
+                with self._samples_lock:
+                    self.samples.append(max(0.0, (left - event.arrived) * 1000.0))
         self._waiting_sample = keep
 
     def summary(self) -> dict[str, float | int | None]:
-        values = np.array(self.samples, dtype=np.float64)
+        with self._samples_lock:
+            values = np.array(self.samples, dtype=np.float64)
         if not len(values):
             return {"p50": None, "p95": None, "n": 0}
         return {"p50": round(float(np.percentile(values, 50)), 2), "p95": round(float(np.percentile(values, 95)), 2),
@@ -181,7 +186,6 @@ class Engine:
         self.steps = 0
         self.reprime_s = 0.0  # the longest re-prime so far: a probe at start, then each real one
         self.fault: BaseException | None = None
-        self.alphas: dict[str, float] = dict(performance.current)  # published after every step
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -256,7 +260,6 @@ class Engine:
         took = time.perf_counter() - t
         self.compute_s += took
         self.steps += 1
-        self.alphas = dict(self.performance.current)
         if self.stream.reprimes != reprimes and took > self.reprime_s:
             if took > 1.2 * self.reprime_s:  # worth a line only when it grew by much
                 log.info("re-prime took %.1f ms (longest yet): the ring now tops up by %.0f ms before each",
@@ -331,7 +334,6 @@ class Engine:
         self.latency.expect(max(0, event.step - self.max_delay), event)
         if self.perf_log is not None:
             self.perf_log.event(event, time.monotonic() - self.started)
-        self.alphas = dict(self.performance.current)
 
     def _transport(self, event: ControlEvent) -> None:
         play = event.transport == "play"
@@ -348,7 +350,7 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         return {
-            "alphas": {k: round(v, 4) for k, v in self.alphas.items()},
+            "alphas": {k: round(v, 4) for k, v in self.performance.current.items()},
             "frames_generated": self.frames_generated,
             "rtf": None if self.rtf is None else round(self.rtf, 3),
             "buffer_ms": round(self.ring.fill / self.path.device_rate * 1000, 1),

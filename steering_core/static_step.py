@@ -62,6 +62,7 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
+from .errors import UnknownConceptError, UserError
 from .models import MusicGenHandle
 from .sampling import SamplingSettings
 from .steerer import MAX_CONCEPTS, Steerer
@@ -113,7 +114,7 @@ class CudaGraphRunner:
         self.graph.replay()
 
 
-class UnsupportedSteering(ValueError):
+class UnsupportedSteering(UserError):
     """A concept the static step cannot apply (it steers plain ``add`` at ``resid_post``)."""
 
 
@@ -150,7 +151,7 @@ class StaticStream(MusicStream):
         if why is not None:
             raise UnsupportedSteering(why)
         if cuda_graphs not in CUDA_GRAPHS_MODES:
-            raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS_MODES)}, got {cuda_graphs!r}")
+            raise UserError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS_MODES)}, got {cuda_graphs!r}")
         self._tokens_dirty_from: int | None = None  # before super().__init__, which assigns codes
         super().__init__(handle, prompts, seed=seed, settings=settings, steerer=steerer,
                          window_frames=window_frames, reprime_frames=reprime_frames,
@@ -248,20 +249,23 @@ class StaticStream(MusicStream):
 
     # --- knobs ----------------------------------------------------------------------
     def set_alpha(self, name: str, value: float, stream: int | None = None) -> None:
-        """One concept's knob for one stream (row of the batch), or every stream."""
-        slot = self._slot(name)
+        """One concept's knob for one stream (row of the batch), or every stream. From any
+        thread: under the steerer's knob lock, like a steerer-wide write."""
+        steerer = self._steerer_for(name)
         rows = slice(None) if stream is None else stream
-        self.knobs[rows, slot] = float(value)
+        with steerer.knob_writes():
+            self.knobs[rows, steerer.slot(name)] = float(value)
 
     def set_enabled(self, name: str, enabled: bool, stream: int | None = None) -> None:
-        slot = self._slot(name)
+        steerer = self._steerer_for(name)
         rows = slice(None) if stream is None else stream
-        self.knob_enabled[rows, slot] = 1.0 if enabled else 0.0
+        with steerer.knob_writes():
+            self.knob_enabled[rows, steerer.slot(name)] = 1.0 if enabled else 0.0
 
-    def _slot(self, name: str) -> int:
+    def _steerer_for(self, name: str) -> Steerer:
         if self.steerer is None:
-            raise KeyError(f"unknown concept {name!r} (no steerer)")
-        return self.steerer._concept(name).slot
+            raise UnknownConceptError(f"unknown concept {name!r} (no steerer)")
+        return self.steerer
 
     def _on_steerer_knob(self, slot: int, alpha: float | None, enabled: bool | None) -> None:
         if alpha is not None:
@@ -534,7 +538,7 @@ class StaticStream(MusicStream):
             return False
         if self._runner_factory is None:
             if self.cuda_graphs == "on":
-                raise ValueError("--cuda-graphs on needs a CUDA device")
+                raise UserError("--cuda-graphs on needs a CUDA device")
             return False  # auto on the CPU: eager
         return True
 
@@ -606,7 +610,7 @@ def open_stream(handle: MusicGenHandle, prompts: Sequence[str] | str, *, engine:
     ``auto``: static unless its steering cannot apply the concepts, then the loop with one
     log line. ``cuda_graphs`` applies to the static step only."""
     if engine not in ("auto", "static", "loop"):
-        raise ValueError(f"engine must be auto, static or loop, got {engine!r}")
+        raise UserError(f"engine must be auto, static or loop, got {engine!r}")
     if engine == "loop":
         return MusicStream(handle, prompts, **kwargs)  # type: ignore[arg-type]
     steerer = kwargs.get("steerer")

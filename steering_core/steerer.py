@@ -22,11 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from .errors import UnknownConceptError, UserError
 from .models import MusicGenHandle
 from .operators import Operator, get_operator
 from .operators import add as add_operator
 from .sites import attach
-from .vectors import CFG_MODES, SteeringVector
+from .vectors import CFG_MODES, SteeringVector, VectorMismatchError
 
 
 @dataclass
@@ -57,13 +58,12 @@ class Concept:
     operator: str
     cfg_mode: str
     layers: tuple[int, ...]
-    alpha: torch.Tensor
+    alpha: torch.Tensor  # the knob on the device, a view into the steerer's table (read by the hooks)
     enabled: bool = True
     slot: int = 0  # index into the steerer's alpha table
-
-    @property
-    def value(self) -> float:
-        return float(self.alpha.item())
+    #: The knob as last written, on the host: what ``alphas()`` reports without a device sync.
+    #: Written with ``alpha``, under the steerer's lock, so the two never disagree.
+    value: float = 0.0
 
 
 #: Knob table size: concepts one steerer holds at once.
@@ -132,23 +132,23 @@ class Steerer:
         op = get_operator(op_name)
         mode = cfg_mode or vector.cfg_mode
         if mode not in CFG_MODES:
-            raise ValueError(f"unknown cfg mode {mode!r}; choose one of {', '.join(CFG_MODES)}")
+            raise UserError(f"unknown cfg mode {mode!r}; choose one of {', '.join(CFG_MODES)}")
         use_layers = tuple(layers) if layers is not None else vector.layers
         missing = [layer for layer in use_layers if layer not in vector.layers]
         if missing:
-            raise ValueError(f"vector {vector.concept!r} has no direction for layers {missing}")
+            raise VectorMismatchError(f"vector {vector.concept!r} has no direction for layers {missing}")
         with self._lock:
             self._check_owner("add")
             # The name check and the slot are taken under the lock: two threads adding at
             # once must not both get the same slot.
             if name in self.concepts:
-                raise ValueError(f"concept {name!r} is already loaded")
+                raise UserError(f"concept {name!r} is already loaded")
             if len(self.concepts) >= MAX_CONCEPTS:
-                raise ValueError(f"at most {MAX_CONCEPTS} concepts at once")
+                raise UserError(f"at most {MAX_CONCEPTS} concepts at once")
             slot = len(self.concepts)
             knob = self._alpha_table[slot]  # a view: fill_ on it writes the table
             knob.fill_(float(alpha))
-            concept = Concept(vector, op_name, mode, use_layers, knob, slot=slot)
+            concept = Concept(vector, op_name, mode, use_layers, knob, slot=slot, value=float(alpha))
             self.concepts[name] = concept
             for layer in use_layers:
                 i = vector.layers.index(layer)
@@ -166,6 +166,7 @@ class Steerer:
         with self._lock:  # the table and every listener's copy move together
             concept = self._concept(name)
             concept.alpha.fill_(float(value))
+            concept.value = float(value)
             self._notify(concept.slot, float(value), None)
 
     def set_enabled(self, name: str, enabled: bool) -> None:
@@ -193,14 +194,32 @@ class Steerer:
                 listener(slot, alpha, enabled)
 
     def alphas(self) -> dict[str, float]:
-        return {name: c.value for name, c in self.concepts.items()}
+        """Every knob as it plays now (host values: no device sync), from any thread."""
+        with self._lock:
+            return {name: c.value for name, c in self.concepts.items()}
+
+    def alpha(self, name: str) -> float:
+        """One knob as it plays now, from any thread."""
+        return self._concept(name).value
+
+    def slot(self, name: str) -> int:
+        """The concept's row in the knob table (streams with their own tables use it)."""
+        return self._concept(name).slot
+
+    @contextmanager
+    def knob_writes(self) -> Iterator[None]:
+        """Hold the knob lock: for a stream that writes its own copy of the knob table
+        outside ``set_alpha`` (one row of a batch), so it cannot interleave with a
+        steerer-wide write and leave the copies torn."""
+        with self._lock:
+            yield
 
     def _concept(self, name: str) -> Concept:
         try:
             return self.concepts[name]
         except KeyError:
             known = ", ".join(self.concepts) or "none loaded"
-            raise KeyError(f"unknown concept {name!r} (loaded: {known})") from None
+            raise UnknownConceptError(f"unknown concept {name!r} (loaded: {known})") from None
 
     # --- hooks --------------------------------------------------------------------
     @contextmanager

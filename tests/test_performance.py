@@ -94,3 +94,41 @@ def test_a_bad_batch_changes_nothing(tiny, vectors_dir, bad) -> None:
     with pytest.raises((ValueError, KeyError)):
         perf.apply([Change("alpha", 1.0, "timbre"), Change("temperature", 0.5), bad])
     assert perf.targets["timbre"] == 0.0 and vars(perf.stream.settings) == settings
+
+
+def test_the_played_alpha_has_one_owner_the_steerer(tiny, vectors_dir) -> None:
+    """The smoothed (played) value lives in the steerer only: the performance reads it
+    there, so the status, a rollback and the hooks can never disagree about it."""
+    perf = make(tiny, vectors_dir)
+    assert not {"current", "_written", "enabled"} & set(vars(perf))  # no second copy to drift
+    perf.apply([Change("alpha", 4.0, "timbre")])
+    with perf.steerer.installed():
+        for _ in range(5):
+            perf.step()
+        assert perf.current == perf.steerer.alphas() and 0 < perf.current["timbre"] < 4.0
+        played_at_3 = perf._history[3][1]["timbre"]
+        perf.apply([Change("alpha", -2.0, "tempo")], at_step=3)  # rolls back to step 3
+        # the steerer holds the step-3 value at once, before any step writes it again
+        assert perf.steerer.alpha("timbre") == played_at_3
+        assert perf.steerer.concepts["timbre"].alpha.item() == pytest.approx(played_at_3)
+
+
+def test_a_performance_is_driven_by_one_thread(tiny, vectors_dir) -> None:
+    import threading
+
+    perf = make(tiny, vectors_dir)
+    with perf.steerer.installed():
+        perf.step()
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                perf.apply([Change("alpha", 3.0, "timbre")])
+            except BaseException as exc:  # checked below
+                errors.append(exc)
+
+        t = threading.Thread(target=other, name="osc")
+        t.start()
+        t.join()
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError) and "'osc'" in str(errors[0])
+    assert perf.targets["timbre"] == 0.0  # refused before it touched anything
