@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.bench import PROMPT, _generate_seconds, random_concepts  # noqa: E402
+from bridge.tools.bench import PROMPT, _generate_seconds, random_concepts  # noqa: E402
 from steering_core.codec import ChunkedDecoder  # noqa: E402
 from steering_core.models import MusicGenHandle, load_model  # noqa: E402
 from steering_core.sampling import SamplingSettings  # noqa: E402

@@ -31,9 +31,9 @@ def pipeline_rtf(seconds: float) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from bridge.chains import load_chain
-    from bridge.engine import AudioPath
-    from bridge.ring import Ring
+    from bridge.live.chains import load_chain
+    from bridge.live.engine import AudioPath
+    from bridge.live.ring import Ring
     from steering_core.codec import ChunkedDecoder
     from steering_core.concepts import load_concept
     from steering_core.extraction import extract_vector

@@ -268,7 +268,7 @@ def _layers_on(num_layers: int, text: str | None, model: str) -> tuple[int, ...]
 def _extract_from_audio(args: argparse.Namespace) -> int:
     from steering_core.models import load_model
 
-    from .analyze import AnalyzeOptions, activations_from_data, vector_on_layers
+    from .tools.analyze import AnalyzeOptions, activations_from_data, vector_on_layers
 
     handle = load_model(args.model, args.device, args.dtype)
     options = AnalyzeOptions(data=args.data, positive=args.positive, negative=args.negative, name=args.name,
@@ -340,7 +340,7 @@ def _render_automation(args: argparse.Namespace) -> int:
     from steering_core.models import load_model
     from steering_core.vectors import load_vector, load_vectors
 
-    from .replay import midi_schedule, read_log, replay
+    from .tools.replay import midi_schedule, read_log, replay
 
     path = Path(args.automation)
     if args.steer:
@@ -406,14 +406,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for path, option in ((args.record, "--record"), (args.log, "--log")):
         if path is not None:
             check_output_file(path, option)
-    from .chains import load_chain
-    from .midimaps import load_map
+    from .live.chains import load_chain
+    from .live.midimaps import load_map
 
     load_chain(args.chain)  # a wrong name lists the ones there are, before the model loads
     load_map(args.midi_map)
     check_udp_port_free(args.osc_host, args.osc_port)
-    from .engine import EngineSettings
-    from .serve import ServeOptions, run_serve
+    from .live.engine import EngineSettings
+    from .live.serve import ServeOptions, run_serve
 
     engine = EngineSettings(ring_ms=args.buffer_ms, lookahead_frames=args.lookahead)
     options = ServeOptions(
@@ -438,7 +438,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     for concept in args.concept:
         load_concept(concept)
-    from .analyze import AnalyzeOptions, run_analyze
+    from .tools.analyze import AnalyzeOptions, run_analyze
 
     options = AnalyzeOptions(
         model=args.model, device=args.device, dtype=args.dtype, concepts=args.concept, data=args.data,
@@ -457,8 +457,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from .midi import MidiMapError, list_midi_inputs
-    from .outputs import OutputError, list_audio_devices
+    from .live.midi import MidiMapError, list_midi_inputs
+    from .live.outputs import OutputError, list_audio_devices
 
     print("audio outputs (--audio-out <number or name>, default, none):")
     try:
@@ -480,7 +480,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_output_file(str(Path(args.out) / "demo.json"), "--out")
     if args.seeds < 2 or args.points < 3:
         raise CliError("--seeds must be at least 2 and --points at least 3 (a spread and a trend need them)")
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     run_demo(Path(args.out), model=args.model, seconds=args.seconds, seed=args.seed, seeds=args.seeds,
              points=args.points)
@@ -491,7 +491,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     check_model(args.model)
-    from .bench import run_bench
+    from .tools.bench import run_bench
 
     result = run_bench(args.model, args.seconds, args.device, args.dtype, repeats=args.repeats,
                        max_streams=args.max_streams if args.streams else 0, reprime=args.reprime,
@@ -677,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cuda_graphs_arg(p)
     p.set_defaults(func=cmd_bench)
 
-    from .toycmd import add_toy_parser
+    from .tools.toycmd import add_toy_parser
 
     add_toy_parser(sub)
 

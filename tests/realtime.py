@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from bridge.outputs import ClockOutput
+from bridge.live.outputs import ClockOutput
 from steering_core.codec import decode
 from steering_core.models import MusicGenHandle
 from steering_core.stream import MusicStream

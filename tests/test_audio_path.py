@@ -8,9 +8,9 @@ import numpy as np
 import pedalboard
 import pytest
 
-from bridge.chains import ChainError, available_chains, load_chain
-from bridge.recorder import WavRecorder
-from bridge.ring import Ring
+from bridge.live.chains import ChainError, available_chains, load_chain
+from bridge.live.recorder import WavRecorder
+from bridge.live.ring import Ring
 
 
 def test_ring_wraps_and_counts_underruns_only_when_audio_is_expected() -> None:
@@ -83,7 +83,7 @@ def test_devices_lists_audio_and_midi() -> None:
 
 def test_audio_path_flushes_before_its_first_block_and_after() -> None:
     """A set stopped before any audio came out (Ctrl-C during start-up) must stop cleanly."""
-    from bridge.engine import AudioPath
+    from bridge.live.engine import AudioPath
 
     ring = Ring(48000, 2)
     path = AudioPath(32000, 48000, ring, load_chain("clean"))

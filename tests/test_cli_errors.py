@@ -192,7 +192,7 @@ def test_a_probe_that_finds_no_direction_names_the_layer_and_a_fix(tmp_path: Pat
 
 
 def test_bench_flags_repeats_that_disagree() -> None:
-    from bridge.bench import repeat_warnings, spread
+    from bridge.tools.bench import repeat_warnings, spread
 
     assert spread([1.0, 1.0, 1.0]) == 0.0
     assert spread([1.0, 1.1]) == pytest.approx(0.1)
@@ -225,8 +225,8 @@ def _project_exception_classes() -> dict[str, type[BaseException]]:
 
     found: dict[str, type[BaseException]] = {}
     for package in ("bridge", "steering_core"):
-        for info in pkgutil.iter_modules([str(REPO / package)]):
-            module = importlib.import_module(f"{package}.{info.name}")
+        for info in pkgutil.walk_packages([str(REPO / package)], prefix=f"{package}."):
+            module = importlib.import_module(info.name)
             for name, obj in vars(module).items():
                 if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__:
                     found[f"{module.__name__}.{name}"] = obj

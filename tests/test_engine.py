@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from bridge.engine import EngineSettings
-from bridge.serve import ServeOptions, Server
+from bridge.live.engine import EngineSettings
+from bridge.live.serve import ServeOptions, Server
 from steering_core.stream import MusicStream
 
 SLOW_PREFILL_S = 0.12  # of audio time: far longer than the 50 ms ring, so unbuffered every re-prime is an underrun

@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bridge.chains import ChainError, ceiling, load_chain
-from bridge.midimaps import MidiMapError, load_map
-from bridge.perflog import PerformanceLogError, read_log
-from bridge.ring import Ring
-from bridge.scenes import SceneError, SceneStore
-from bridge.serve import vector_files
+from bridge.live.chains import ChainError, ceiling, load_chain
+from bridge.live.midimaps import MidiMapError, load_map
+from bridge.live.perflog import PerformanceLogError, read_log
+from bridge.live.ring import Ring
+from bridge.live.scenes import SceneError, SceneStore
+from bridge.live.serve import vector_files
 from steering_core.concepts import ConceptError, check_name
 from steering_core.vectors import METADATA_KEY, SteeringVector, VectorFileError, load_vector
 
@@ -110,7 +110,7 @@ def test_effect_parameters_outside_their_physical_range_are_refused(tmp_path, ef
 
 @pytest.mark.parametrize("chain", ["default", "clean", "space", "lofi"])
 def test_the_limiter_is_a_true_ceiling(chain) -> None:
-    from bridge.engine import AudioPath
+    from bridge.live.engine import AudioPath
 
     board = load_chain(chain)
     ring = Ring(48000 * 4, 2)
@@ -151,7 +151,7 @@ HEADER = {"type": "header", "format": 1}
     [HEADER, {"type": "end", "frames": None, "codes_sha256": "x"}],
 ])
 def test_malformed_performance_logs_are_one_line_errors(tmp_path, lines) -> None:
-    from bridge.perflog import LOG_FORMAT
+    from bridge.live.perflog import LOG_FORMAT
 
     assert HEADER["format"] == LOG_FORMAT
     log = tmp_path / "p.jsonl"

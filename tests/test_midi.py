@@ -5,11 +5,11 @@ import json
 import mido
 import pytest
 
-from bridge.commands import Commands
-from bridge.control import ConceptKnob, ControlState
-from bridge.midi import MidiMapper, relative_delta
-from bridge.midimaps import MidiMapError, available_maps, load_map, save_map
-from bridge.scenes import SceneStore
+from bridge.live.commands import Commands
+from bridge.live.control import ConceptKnob, ControlState
+from bridge.live.midi import MidiMapper, relative_delta
+from bridge.live.midimaps import MidiMapError, available_maps, load_map, save_map
+from bridge.live.scenes import SceneStore
 from steering_core.sampling import SamplingSettings
 
 MAP = """
@@ -90,7 +90,7 @@ def test_relative_encoder_modes(mode, up, down) -> None:
 @pytest.mark.parametrize("control_number", [30, 31, 32])
 def test_relative_encoders_move_from_where_the_target_is(rig, control_number) -> None:
     control, mapper, _, commands = rig
-    from bridge.commands import Origin
+    from bridge.live.commands import Origin
 
     commands.run("/steer/timbre/knob", [0.5], Origin("osc"))
     up = {30: 2, 31: 66, 32: 2}[control_number]
@@ -100,7 +100,7 @@ def test_relative_encoders_move_from_where_the_target_is(rig, control_number) ->
 
 def test_soft_takeover_waits_for_the_knob_to_reach_the_value(rig) -> None:
     control, mapper, _, commands = rig
-    from bridge.commands import Origin
+    from bridge.live.commands import Origin
 
     mapper.handle(cc(21, 10))  # the knob is low
     commands.run("/steer/timbre/knob", [0.8], Origin("osc"))  # the music moved on (OSC, a scene...)
@@ -137,7 +137,7 @@ def test_program_change_recalls_scenes_in_name_order(rig) -> None:
 
 def test_midi_learn_binds_the_next_moved_cc(rig) -> None:
     control, mapper, _, commands = rig
-    from bridge.commands import Origin
+    from bridge.live.commands import Origin
 
     commands.run("/midi/learn", ["/steer/tempo/knob"], Origin("osc"))
     mapper.handle(cc(77, 127, channel=3))
@@ -148,7 +148,7 @@ def test_midi_learn_binds_the_next_moved_cc(rig) -> None:
 
 def test_learned_bindings_save_as_a_map_that_serve_can_load(rig, tmp_path, monkeypatch) -> None:
     _, mapper, _, commands = rig
-    from bridge.commands import Origin
+    from bridge.live.commands import Origin
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     commands.midi_save = mapper.save
@@ -187,8 +187,8 @@ def test_every_binding_field_survives_a_save(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["../escape", "a/b", "", "x" * 300])
 def test_midi_save_refuses_paths_and_bad_names(rig, tmp_path, monkeypatch, name) -> None:
     _, mapper, _, commands = rig
-    from bridge.commands import Origin
-    from bridge.control import ControlError
+    from bridge.live.commands import Origin
+    from bridge.live.control import ControlError
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     commands.midi_save = mapper.save
@@ -199,8 +199,8 @@ def test_midi_save_refuses_paths_and_bad_names(rig, tmp_path, monkeypatch, name)
 
 def test_midi_save_without_midi_or_writable_folder_is_a_clear_error(rig, tmp_path, monkeypatch) -> None:
     _, mapper, _, commands = rig
-    from bridge.commands import Origin
-    from bridge.control import ControlError
+    from bridge.live.commands import Origin
+    from bridge.live.control import ControlError
 
     with pytest.raises(ControlError, match="needs a MIDI input"):
         commands.run("/midi/save", ["x"], Origin("osc"))
@@ -244,7 +244,7 @@ def test_scene_files_are_written_whole(rig, tmp_path) -> None:
 def test_osc_changes_to_bindings_wait_for_the_midi_threads_lock(rig) -> None:
     import threading
 
-    from bridge.commands import Origin
+    from bridge.live.commands import Origin
 
     control, mapper, _, commands = rig
     mapper.handle(cc(21, 64))  # picked up, position set

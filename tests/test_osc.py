@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from bridge.serve import ServeOptions, Server
+from bridge.live.serve import ServeOptions, Server
 from tests.oscclient import Client, bundle, message
 
 STATUS_KEYS = {"alphas", "targets", "prompt", "model", "device", "sample_rate", "frames_generated", "rtf",

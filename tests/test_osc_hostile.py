@@ -16,13 +16,13 @@ import pytest
 
 from bridge import osc as osc_module
 from bridge import oscfront
-from bridge.commands import Commands, status_json
-from bridge.control import ConceptKnob, ControlState
-from bridge.oscbudget import TokenBuckets
-from bridge.oscmatch import AddressMatcher
-from bridge.oscwire import MAX_BUNDLE_DEPTH, OscWireError, decode_packet
-from bridge.ratelog import RateLimitedLog
-from bridge.scenes import SceneStore
+from bridge.live.commands import Commands, status_json
+from bridge.live.control import ConceptKnob, ControlState
+from bridge.live.oscbudget import TokenBuckets
+from bridge.live.oscmatch import AddressMatcher
+from bridge.live.oscwire import MAX_BUNDLE_DEPTH, OscWireError, decode_packet
+from bridge.live.ratelog import RateLimitedLog
+from bridge.live.scenes import SceneStore
 from steering_core.sampling import SamplingSettings
 from tests.oscclient import Client, bundle, message
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.control import ConceptKnob, ControlState
-from bridge.serve import ServeOptions, Server
+from bridge.live.control import ConceptKnob, ControlState
+from bridge.live.serve import ServeOptions, Server
 from steering_core.sampling import SamplingSettings
 
 

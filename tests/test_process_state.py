@@ -40,7 +40,7 @@ def check(what):
         before.update(now)  # report each change once, where it happened
 
 from bridge import plots
-check("import bridge.plots")
+check("import bridge.tools.plots")
 from steering_core import clap, knowneffect, tiny, toy, toytrain  # noqa: F401 - imported for their import-time effects
 from steering_core.models import load_model
 check("import steering_core")
@@ -49,7 +49,7 @@ import numpy as np
 out = sys.argv[1]
 plots.metric_curve([0, 1], [1.0, 2.0], "alpha", "metric", out + "/curve.png", title="t")
 plots.spectrogram_grid([("a", np.sin(np.arange(4096) / 7)), ("b", np.cos(np.arange(4096) / 3))], 16000, out + "/grid.png")
-check("bridge.plots")
+check("bridge.tools.plots")
 tiny.build_tiny_model()
 check("tiny.build_tiny_model")
 toy.build_untrained_toy()

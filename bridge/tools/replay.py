@@ -28,11 +28,11 @@ from steering_core.steerer import Steerer
 from steering_core.stream import MusicStream
 from steering_core.vectors import SteeringVector
 
-from .commands import Commands
-from .control import ConceptKnob, ControlState
-from .midi import MidiMapper, load_map
-from .perflog import Performed, read_log
-from .scenes import SceneStore
+from ..live.commands import Commands
+from ..live.control import ConceptKnob, ControlState
+from ..live.midi import MidiMapper, load_map
+from ..live.perflog import Performed, read_log
+from ..live.scenes import SceneStore
 
 log = logging.getLogger("steerbridge.replay")
 

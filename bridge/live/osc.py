@@ -133,7 +133,7 @@ class OscServer:
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        self.front = subprocess.Popen([sys.executable, "-m", "bridge.oscfront", str(fds[0]), str(fds[1]), level],
+        self.front = subprocess.Popen([sys.executable, "-m", "bridge.live.oscfront", str(fds[0]), str(fds[1]), level],
                                       pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         self._front_link.close()  # the front holds its end now; its exit is our end-of-file
         self._receiver.start()

@@ -1,0 +1,1 @@
+"""Offline tools: analysis, benchmarks, the demo, replay and the toy model commands."""
