@@ -35,7 +35,7 @@ def cpu_hogs(request):
 def audio_clock(tiny, monkeypatch) -> float:
     """``--audio-out none`` on a clock this machine can keep up with now; returns its speed
     (1.0 is real time). See tests/realtime.py."""
-    from bridge import outputs
+    from bridge.live import outputs
     from tests.realtime import ScaledClock, clock_speed
 
     speed = clock_speed(tiny)

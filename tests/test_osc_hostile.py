@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from bridge import osc as osc_module
-from bridge import oscfront
+from bridge.live import osc as osc_module
+from bridge.live import oscfront
 from bridge.live.commands import Commands, status_json
 from bridge.live.control import ConceptKnob, ControlState
 from bridge.live.oscbudget import TokenBuckets
@@ -322,3 +322,32 @@ def test_messages_sent_while_loading_are_answered_or_held(tmp_path) -> None:
     finally:
         client.close()
         srv.stop()
+
+
+def test_a_bug_in_a_handler_keeps_its_traceback_and_the_server_keeps_going(server, client, caplog) -> None:
+    """Bad input is one line; a bug is not bad input: it is logged with its traceback
+    (rate-limited), counted, and the server still answers."""
+    def broken(args, origin):
+        raise RuntimeError("a handler bug")
+
+    server.commands._handlers["/panic"] = broken
+    with caplog.at_level(logging.ERROR, logger="steerbridge"):
+        client.send("/panic")
+        status = client.status()
+    crashes = [r for r in caplog.records if "crashed its handler" in r.getMessage()]
+    assert crashes and crashes[0].exc_info is not None and "a handler bug" in str(crashes[0].exc_info[1])
+    assert status["errors"] == 1 and "internal error" in status["last_error"]
+
+
+def test_a_user_error_from_any_handler_is_an_error_reply_not_a_crash(server, client, caplog) -> None:
+    from steering_core.errors import UserError
+
+    def refuses(args, origin):
+        raise UserError("that file is not a chain")
+
+    server.commands._handlers["/panic"] = refuses
+    with caplog.at_level(logging.ERROR, logger="steerbridge"):
+        client.send("/panic")
+        reply = client.recv()
+    assert reply is not None and reply.address == "/error" and "not a chain" in reply.params[0]
+    assert not [r for r in caplog.records if "crashed its handler" in r.getMessage()]

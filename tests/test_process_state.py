@@ -39,7 +39,7 @@ def check(what):
         changed[what] = {k: now[k] for k in diff if k != "rng"} | ({"rng": "changed"} if "rng" in diff else {})
         before.update(now)  # report each change once, where it happened
 
-from bridge import plots
+from bridge.tools import plots
 check("import bridge.tools.plots")
 from steering_core import clap, knowneffect, tiny, toy, toytrain  # noqa: F401 - imported for their import-time effects
 from steering_core.models import load_model

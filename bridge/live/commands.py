@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steering_core.concepts import ConceptError, check_name
+from steering_core.concepts import check_name
+from steering_core.errors import UserError
 from steering_core.performance import Change
 
 from .control import ControlError, ControlState, changes_from_view
@@ -103,7 +104,9 @@ class Commands:
             raise ControlError(self._unknown(address))
         try:
             plans = [handler(args, origin) for handler in handlers]
-        except (SceneError, ConceptError) as exc:
+        except ControlError:
+            raise
+        except UserError as exc:  # a scene file, a concept name, a setting: bad input, one /error
             raise ControlError(str(exc)) from None
         changes = [c for plan in plans for c in plan.changes]
         transport = next((p.transport for p in plans if p.transport), None)

@@ -190,8 +190,9 @@ class OscServer:
                 break
             try:
                 self._record(record)
-            except Exception as exc:  # a bug must not take the server down mid-set
-                self.logs.log(logging.ERROR, "handler crash", "OSC record crashed its handler: %r", exc)
+            except Exception as exc:  # a bug must not take the server down mid-set, but it shows as one
+                self.logs.log(logging.ERROR, "handler crash", "OSC record crashed its handler (a bug): %r", exc,
+                              exc_info=True)
                 if self.control is not None:
                     self.control.reject(f"internal error: {exc!r}")
 

@@ -27,8 +27,9 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         self._windows: dict[str, list[float | int]] = {}  # kind -> [window start, lines, suppressed]
 
-    def log(self, level: int, kind: str, msg: str, *args: object) -> bool:
-        """Log ``msg % args`` unless this kind is over its budget. Returns whether it was logged."""
+    def log(self, level: int, kind: str, msg: str, *args: object, exc_info: bool = False) -> bool:
+        """Log ``msg % args`` unless this kind is over its budget. Returns whether it was logged.
+        ``exc_info``: with the traceback of the exception being handled (for bugs only)."""
         now = self._clock()
         with self._lock:
             window = self._windows.get(kind)
@@ -46,7 +47,7 @@ class RateLimitedLog:
         if suppressed:
             msg += " (%d more like this suppressed)"
             args = (*args, suppressed)
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
         return True
 
     def warning(self, kind: str, msg: str, *args: object) -> bool:
