@@ -157,3 +157,32 @@ def test_a_slow_disk_drops_blocks_instead_of_queueing_them(tmp_path) -> None:
     gate.set()
     rec.close()
     assert "were not recorded" in rec.summary()
+
+
+def test_the_ring_refuses_a_second_writer_while_one_is_writing() -> None:
+    import threading
+
+    ring = Ring(4800, 2)
+    inside, release = threading.Event(), threading.Event()
+
+    class SlowBlock(np.ndarray):
+        """A block whose copy into the ring waits: a write that is under way."""
+
+        def __getitem__(self, key):
+            inside.set()
+            release.wait(5)
+            return np.asarray(self).__getitem__(key)
+
+    block = np.zeros((480, 2), np.float32).view(SlowBlock)
+    writer = threading.Thread(target=ring.write, args=(block,), name="engine")
+    writer.start()
+    assert inside.wait(5)
+    try:
+        with pytest.raises(RuntimeError, match="one writer"):
+            ring.write(np.zeros((10, 2), np.float32))
+    finally:
+        release.set()
+        writer.join(5)
+    assert ring.written == 480  # the first write completed; the refused one changed nothing
+    ring.write(np.zeros((10, 2), np.float32))  # one at a time, from any thread, is fine
+    assert ring.written == 490

@@ -163,7 +163,13 @@ class LatencyMeter:
 
 
 class Engine:
-    """Owns the model; see the module docstring for the loop."""
+    """Owns the model; see the module docstring for the loop.
+
+    Thread contract: everything runs on the engine's own thread (``start`` starts it),
+    which owns the stream, the performance and the steerer's hooks, and is the ring's
+    one writer. Other threads talk to it only through ``ControlState`` (the event queue
+    and ``wake``); ``status``, ``stop`` and the read-only properties are safe from any
+    thread."""
 
     def __init__(self, performance: Performance, decoder: ChunkedDecoder, path: AudioPath, control: ControlState,
                  *, settings: EngineSettings | None = None, perf_log: PerformanceLog | None = None) -> None:

@@ -5,10 +5,15 @@ each owns one counter (``written`` / ``read``, monotonic sample counts) and only
 reads the other's, and in CPython assigning an int attribute is atomic. The writer
 checks for space before writing; the reader fills silence (and counts an underrun)
 when it finds too little.
+
+The one-writer rule is enforced: a write that starts while another thread's write is
+under way raises ``RuntimeError`` (in ``serve`` the engine thread writes while it
+runs, and the main thread flushes the last samples after it has stopped).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -30,6 +35,7 @@ class Ring:
         #: Whether an empty ring counts as an underrun (not before the first audio, nor
         #: while the transport is stopped).
         self.expect_audio = False
+        self._writing = threading.Lock()  # only ever tried, never waited on: see write()
 
     @property
     def fill(self) -> int:
@@ -43,16 +49,22 @@ class Ring:
     def write(self, block: np.ndarray) -> int:
         """Append [n, channels] samples; returns the counter value of the first one.
         The caller keeps the ring from overflowing (it writes to a target fill)."""
-        n = block.shape[0]
-        if n > self.space:
-            raise OverflowError(f"ring buffer full: {n} samples for {self.space} free")
-        start = self.written
-        i = start % self.capacity
-        first = min(n, self.capacity - i)
-        self._data[i:i + first] = block[:first]
-        self._data[: n - first] = block[first:]
-        self.written = start + n  # publish only after the data is in place
-        return start
+        if not self._writing.acquire(blocking=False):
+            raise RuntimeError(f"Ring.write from thread {threading.current_thread().name!r} while another "
+                               "thread is writing: the ring has one writer (the engine thread)")
+        try:
+            n = block.shape[0]
+            if n > self.space:
+                raise OverflowError(f"ring buffer full: {n} samples for {self.space} free")
+            start = self.written
+            i = start % self.capacity
+            first = min(n, self.capacity - i)
+            self._data[i:i + first] = block[:first]
+            self._data[: n - first] = block[first:]
+            self.written = start + n  # publish only after the data is in place
+            return start
+        finally:
+            self._writing.release()
 
     # --- reader side (the audio callback: no locks, no allocation beyond slicing) ---
     def read_into(self, out: np.ndarray) -> int:
