@@ -60,6 +60,13 @@ handle = load_model("tiny", device="cpu")
 check("load_model")
 knowneffect.known_effect_check(handle, seeds=2, points=2, seconds=0.2, frames=2, concepts=("tempo",))
 check("knowneffect.known_effect_check")
+from dataclasses import replace
+from pathlib import Path
+small = replace(toytrain.TrainSettings(), codec_steps=2, codec_batch=1, codec_frames=8, lm_steps=2, lm_batch=1,
+                lm_frames=12, lm_short_batch=1, lm_short_frames=12, lm_tempo_steps=1, lm_tempo_batch=1,
+                lm_tempo_frames=12, checkpoint_every=2)
+toytrain.train_toy(Path(out) / "toy", Path(out) / "work", small, progress=False, parallel=False)
+check("toytrain.train_toy")
 print(json.dumps(changed))
 """
 
