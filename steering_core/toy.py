@@ -2,7 +2,7 @@
 
 ``tiny`` (``tiny.py``) has random weights and exercises the mechanics; ``toy`` has
 concepts to find. It is a real ``MusicgenForConditionalGeneration`` (T5 text encoder,
-32 kHz EnCodec with 4 codebooks of 64 codes at 50 frames/s, delay-pattern decoder),
+32 kHz EnCodec with 4 codebooks of 128 codes at 50 frames/s, delay-pattern decoder),
 trained by ``steerbridge toy train`` (``toytrain.py``) and shipped as a safetensors folder
 inside the package (``steering_core/toy_model/``), which ``load_model("toy")`` reads with
 the same ``from_pretrained`` as any checkpoint.
@@ -21,6 +21,7 @@ Two pieces are fixed by design rather than learned:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -74,7 +75,8 @@ def toy_config(vocab_size: int) -> MusicgenConfig:
     audio = EncodecConfig(
         sampling_rate=toyworld.SAMPLE_RATE, audio_channels=1, num_filters=8, hidden_size=LATENT_DIM,
         codebook_dim=LATENT_DIM, upsampling_ratios=[8, 5, 4, 4], codebook_size=v, num_lstm_layers=1,
-        num_residual_layers=1, target_bandwidths=[1.2],  # 50 Hz x log2(64) x 4 codebooks = 1.2 kbps
+        num_residual_layers=1,  # 50 Hz x log2(V) bits x 4 codebooks: all four quantisers
+        target_bandwidths=[toyworld.FRAME_RATE * math.log2(v) * toyworld.NUM_CODEBOOKS / 1000],
         normalize=False, use_causal_conv=False,
     )
     decoder = MusicgenDecoderConfig(

@@ -9,7 +9,7 @@ codebook   what a code means
 =========  ===================================================================
 0 drums    (kick | snare | hat, frames since the hit, tempo bucket), then (tail, tempo
            bucket) until the next hit: the kit's room rings at every frame, in a
-           voice set by the tempo bucket (slow | medium | fast)
+           pitch set by the tempo bucket (six, 20 BPM each)
 1 lead     rest, or (pitch, brightness): an additive tone, 7 harmonic roll-offs
 2 piano    silence, or (major | minor chord, frames since it was struck)
 3 bass     silence, or (pitch, frames since it was plucked; the tail sustains)
@@ -23,7 +23,7 @@ an exact function of the codes, which is what lets a small EnCodec learn to enco
 decode it (``toytrain.py``), and makes each concept measurable on the audio:
 
 * **tempo** (60-180 BPM): one drum hit per eighth note, so the onset rate is BPM / 30;
-  every drum frame also sounds the tempo's bucket (the room, ``ROOM_PARTIALS``), as every
+  every drum frame also sounds the tempo's bucket (the room, ``ROOM_TONES``), as every
   frame of a real track sounds its tempo's decays, so the tempo is in each frame's codes;
 * **brightness** (0-6): the lead's harmonic roll-off, so the spectral centroid follows it;
 * **mood**: major (G B D) or minor (B D F#) pitch sets for lead, piano and bass;
@@ -49,7 +49,7 @@ import numpy as np
 SAMPLE_RATE = 32000
 FRAME_RATE = 50
 HOP = SAMPLE_RATE // FRAME_RATE  # 640 samples per frame
-CODEBOOK_SIZE = 64
+CODEBOOK_SIZE = 128
 NUM_CODEBOOKS = 4
 DRUMS, LEAD, PIANO, BASS = range(NUM_CODEBOOKS)
 
@@ -64,13 +64,14 @@ DARK_LEVELS = (0, 1)
 #: Drum voices and how many frames each sounds: all shorter than the fastest tempo's eighth
 #: note (8.3 frames), so every hit is followed by the room's tail alone.
 DRUM_FRAMES = {"kick": 7, "snare": 6, "hat": 5}
-#: Tempo buckets (BPM, lower bound inclusive): slow, medium, fast. FAST_BPM and SLOW_BPM lie
-#: inside the first and last, so a labelled fast or slow clip is in one bucket all through.
-TEMPO_BUCKETS = ((60.0, 100.0), (100.0, 140.0), (140.0, 180.0))
+#: Tempo buckets (BPM, lower bound inclusive), 20 BPM wide: SLOW_BPM lies in the first two,
+#: FAST_BPM in the last two.
+TEMPO_BUCKETS = ((60.0, 80.0), (80.0, 100.0), (100.0, 120.0), (120.0, 140.0), (140.0, 160.0), (160.0, 180.0))
 #: The kit plays in a room whose gated reverb is set to the tempo, as producers set reverb
-#: and delay times to the track's tempo: a steady, quiet bed that rings from hit to hit (two
-#: partials per bucket, odd multiples of 50 Hz that no instrument's harmonics reach, all
-#: centred on 1750 Hz so the bucket moves no spectral centroid). Every drum code is (voice,
+#: and delay times to the track's tempo: a steady, quiet tone that rings from hit to hit, one
+#: pitch per bucket (odd multiples of 50 Hz that no instrument's harmonics reach, well below
+#: every clip's spectral centroid, so it scales centroids alike and leaves the bright/dark
+#: contrast nearly whole; a 1750 Hz bed cost 8 % of it). Every drum code is (voice,
 #: frames since the hit, bucket) while a voice sounds, then (tail, bucket) until the next
 #: hit: every frame of codebook 0 says the tempo bucket, in codes that sound different, so
 #: the codec can read them back from audio and labelled fast and slow audio differ at every
@@ -84,7 +85,7 @@ TEMPO_BUCKETS = ((60.0, 100.0), (100.0, 140.0), (140.0, 180.0))
 #: codec could not read them back (a 76 BPM clip came back with a third of them right), and
 #: mean "fast minus slow" activations said mostly "a hit is recent", which steered slower.
 TEMPO_BUCKET_COUNT = len(TEMPO_BUCKETS)
-ROOM_PARTIALS = ((1150, 2350), (1350, 2150), (1550, 1950))
+ROOM_TONES = (350, 550, 650, 850, 950, 1050)
 ROOM_LEVEL = 0.07
 #: Lead pitches (Hz): G4 B4 D5 F#5 G5 B5 D6 F#6 in just intonation over 50 Hz.
 LEAD_PITCHES = (400, 500, 600, 750, 800, 1000, 1200, 1500)
@@ -227,8 +228,8 @@ def frame_tables() -> FrameTables:
     table = np.zeros((NUM_CODEBOOKS, CODEBOOK_SIZE, HOP))
     t1 = _t(1)
     voices = {voice: _frames(_drum(voice, rng)) for voice in DRUM_FRAMES}
-    for bucket, partials in enumerate(ROOM_PARTIALS):
-        room = ROOM_LEVEL * sum(np.sin(2 * np.pi * f * t1) for f in partials)  # whole cycles: a seamless bed
+    for bucket, tone in enumerate(ROOM_TONES):
+        room = ROOM_LEVEL * np.sin(2 * np.pi * tone * t1)  # whole cycles: a seamless bed
         table[DRUMS, tail_code(bucket)] = room
         for voice, x in voices.items():
             for age in range(DRUM_FRAMES[voice]):
