@@ -23,8 +23,8 @@ an exact function of the codes, which is what lets a small EnCodec learn to enco
 decode it (``toytrain.py``), and makes each concept measurable on the audio:
 
 * **tempo** (60-180 BPM): one drum hit per eighth note, so the onset rate is BPM / 30;
-  every drum frame also sounds the tempo's bucket (the room, ``ROOM_TONES``), as every
-  frame of a real track sounds its tempo's decays, so the tempo is in each frame's codes;
+  every drum frame also sounds the tempo's bucket (the room, ``ROOM_TONES``), as a real
+  track's reverb and decays are set to its tempo, so the tempo is in each frame's codes;
 * **brightness** (0-6): the lead's harmonic roll-off, so the spectral centroid follows it;
 * **mood**: major (G B D) or minor (B D F#) pitch sets for lead, piano and bass;
 * **piano** and **bass** presence.
@@ -78,12 +78,14 @@ TEMPO_BUCKETS = ((60.0, 80.0), (80.0, 100.0), (100.0, 120.0), (120.0, 140.0), (1
 #: frame in a tempo feature, not only in how many frames a hit was recent.
 #: *When* the next hit falls is not in the codes: the model counts the frames since the hit,
 #: and each gap is the tempo's eighth note give or take a frame (a human drummer). The
-#: bucket is chosen afresh at every hit (the codes of one beat carry it), so the caption
-#: informs one choice per beat. Two earlier designs failed: codes counting *up* to the gap
-#: length taught the model to copy the last gap and ignore tempo words; silent codes
-#: counting *down* to the next hit (one timing choice per beat) were all silence, so the
-#: codec could not read them back (a 76 BPM clip came back with a third of them right), and
-#: mean "fast minus slow" activations said mostly "a hit is recent", which steered slower.
+#: bucket is the clip's, and the model states it in every drum code from the clip's first
+#: frame on, so the caption's tempo is a choice made at once and readable at every frame
+#: (with the countdown, the first gap was the first tempo choice). Two earlier designs
+#: failed: codes counting *up* to the gap length taught the model to copy the last gap and
+#: ignore tempo words; silent codes counting *down* to the next hit (one timing choice per
+#: beat) were all silence, so the codec could not read them back (a 76 BPM clip came back
+#: with a third of them right), and mean "fast minus slow" activations said mostly "a hit
+#: is recent", which steered slower. Three buckets (40 BPM each) made steering step-like.
 TEMPO_BUCKET_COUNT = len(TEMPO_BUCKETS)
 ROOM_TONES = (350, 550, 650, 850, 950, 1050)
 ROOM_LEVEL = 0.07
