@@ -295,8 +295,9 @@ def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, second
     distance, the SNR, and how often the encoder finds the world's own code, per codebook;
     and ``decoder_snr_db``, the decoder alone on the world's own codes (what the language
     model's codes go through).
-    Codes that sound the same (the drum count's silent codes) count as one code: no
-    encoder can tell them apart from audio, and they decode to the same sound."""
+    Codes that sound the same count as one code (no encoder can tell them apart from
+    audio, and they decode to the same sound): only the silent code 0 of each codebook; every
+    other code of the world sounds different (``toyworld``), the drums' tempo bucket too."""
     codec = model.audio_encoder.eval()
     rng = random.Random(seed)
     frames = round(seconds * toyworld.FRAME_RATE)

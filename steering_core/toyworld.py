@@ -7,8 +7,9 @@ at 50 frames/s, one code per 20 ms frame, as MusicGen's codec would produce:
 =========  ===================================================================
 codebook   what a code means
 =========  ===================================================================
-0 drums    (kick | snare | hat, frames since the hit), then silence counting down the
-           frames to the next hit (silent codes that all sound the same)
+0 drums    (kick | snare | hat, frames since the hit, tempo bucket), then (tail, tempo
+           bucket) until the next hit: the kit's room rings at every frame, in a
+           pitch set by the tempo bucket (six, 20 BPM each)
 1 lead     rest, or (pitch, brightness): an additive tone, 7 harmonic roll-offs
 2 piano    silence, or (major | minor chord, frames since it was struck)
 3 bass     silence, or (pitch, frames since it was plucked; the tail sustains)
@@ -22,6 +23,8 @@ an exact function of the codes, which is what lets a small EnCodec learn to enco
 decode it (``toytrain.py``), and makes each concept measurable on the audio:
 
 * **tempo** (60-180 BPM): one drum hit per eighth note, so the onset rate is BPM / 30;
+  every drum frame also sounds the tempo's bucket (the room, ``ROOM_TONES``), as a real
+  track's reverb and decays are set to its tempo, so the tempo is in each frame's codes;
 * **brightness** (0-6): the lead's harmonic roll-off, so the spectral centroid follows it;
 * **mood**: major (G B D) or minor (B D F#) pitch sets for lead, piano and bass;
 * **piano** and **bass** presence.
@@ -48,7 +51,7 @@ from .errors import UserError
 SAMPLE_RATE = 32000
 FRAME_RATE = 50
 HOP = SAMPLE_RATE // FRAME_RATE  # 640 samples per frame
-CODEBOOK_SIZE = 64
+CODEBOOK_SIZE = 128
 NUM_CODEBOOKS = 4
 DRUMS, LEAD, PIANO, BASS = range(NUM_CODEBOOKS)
 
@@ -60,17 +63,34 @@ BRIGHT_LEVELS = (5, 6)
 DARK_LEVELS = (0, 1)
 
 # --- the code vocabulary ------------------------------------------------------------------
-#: Drum voices and how many frames each sounds (codes 1.. of codebook 0): all shorter than
-#: the fastest tempo's eighth note (8.3 frames), so every hit is followed by silence.
+#: Drum voices and how many frames each sounds: all shorter than the fastest tempo's eighth
+#: note (8.3 frames), so every hit is followed by the room's tail alone.
 DRUM_FRAMES = {"kick": 7, "snare": 6, "hat": 5}
-#: Once a voice has died away, the codes count down the silent frames to the next hit:
-#: "no drum sounding, the next hit in n frames". They all render as silence. So *when* the
-#: next hit falls is one choice, made at the first silent frame after each hit, and each
-#: gap is the tempo's eighth note give or take a frame (a human drummer), a fresh choice
-#: that the caption informs: the same kind of choice as a lead note's shade. Counting up
-#: instead (a hit when the count reaches the gap) taught the model to copy the last gap and
-#: ignore tempo words.
-SILENCE_MAX = 24
+#: Tempo buckets (BPM, lower bound inclusive), 20 BPM wide: SLOW_BPM lies in the first two,
+#: FAST_BPM in the last two.
+TEMPO_BUCKETS = ((60.0, 80.0), (80.0, 100.0), (100.0, 120.0), (120.0, 140.0), (140.0, 160.0), (160.0, 180.0))
+#: The kit plays in a room whose gated reverb is set to the tempo, as producers set reverb
+#: and delay times to the track's tempo: a steady, quiet tone that rings from hit to hit, one
+#: pitch per bucket (odd multiples of 50 Hz that no instrument's harmonics reach, well below
+#: every clip's spectral centroid, so it scales centroids alike and leaves the bright/dark
+#: contrast nearly whole; a 1750 Hz bed cost 8 % of it). Every drum code is (voice,
+#: frames since the hit, bucket) while a voice sounds, then (tail, bucket) until the next
+#: hit: every frame of codebook 0 says the tempo bucket, in codes that sound different, so
+#: the codec can read them back from audio and labelled fast and slow audio differ at every
+#: frame in a tempo feature, not only in how many frames a hit was recent.
+#: *When* the next hit falls is not in the codes: the model counts the frames since the hit,
+#: and each gap is the tempo's eighth note give or take a frame (a human drummer). The
+#: bucket is the clip's, and the model states it in every drum code from the clip's first
+#: frame on, so the caption's tempo is a choice made at once and readable at every frame
+#: (with the countdown, the first gap was the first tempo choice). Two earlier designs
+#: failed: codes counting *up* to the gap length taught the model to copy the last gap and
+#: ignore tempo words; silent codes counting *down* to the next hit (one timing choice per
+#: beat) were all silence, so the codec could not read them back (a 76 BPM clip came back
+#: with a third of them right), and mean "fast minus slow" activations said mostly "a hit
+#: is recent", which steered slower. Three buckets (40 BPM each) made steering step-like.
+TEMPO_BUCKET_COUNT = len(TEMPO_BUCKETS)
+ROOM_TONES = (350, 550, 650, 850, 950, 1050)
+ROOM_LEVEL = 0.07
 #: Lead pitches (Hz): G4 B4 D5 F#5 G5 B5 D6 F#6 in just intonation over 50 Hz.
 LEAD_PITCHES = (400, 500, 600, 750, 800, 1000, 1200, 1500)
 MAJOR_LEAD = (400, 500, 600, 800, 1000, 1200)
@@ -87,18 +107,50 @@ BASS_FRAMES = 12
 MASTER_GAIN = 0.42
 
 
-def drum_code(voice: str, age: int) -> int:
-    base = 1
+def tempo_bucket(bpm: float) -> int:
+    """The bucket of TEMPO_BUCKETS that ``bpm`` falls in (below and above the range: the ends)."""
+    for i, (_, hi) in enumerate(TEMPO_BUCKETS[:-1]):
+        if bpm < hi:
+            return i
+    return TEMPO_BUCKET_COUNT - 1
+
+
+_VOICE_CODES = sum(DRUM_FRAMES.values())  # (voice, age) pairs per bucket
+
+
+def drum_code(voice: str, age: int, bucket: int) -> int:
+    """Codebook 0 with ``voice`` sounding, ``age`` frames after its hit, in tempo ``bucket``."""
+    if not 0 <= bucket < TEMPO_BUCKET_COUNT:
+        raise ValueError(f"tempo bucket {bucket} outside 0..{TEMPO_BUCKET_COUNT - 1}")
+    base = 1 + bucket * _VOICE_CODES
     for name, frames in DRUM_FRAMES.items():
         if name == voice:
+            if not 0 <= age < frames:
+                raise ValueError(f"{voice} sounds for {frames} frames, not {age + 1}")
             return base + age
         base += frames
     raise KeyError(voice)
 
 
-def silence_code(until_hit: int) -> int:
-    """Codebook 0 with no drum sounding, the next hit ``until_hit`` frames away (1..SILENCE_MAX)."""
-    return sum(DRUM_FRAMES.values()) + min(max(until_hit, 1), SILENCE_MAX)
+def tail_code(bucket: int) -> int:
+    """Codebook 0 with no voice sounding, only the room of tempo ``bucket``."""
+    if not 0 <= bucket < TEMPO_BUCKET_COUNT:
+        raise ValueError(f"tempo bucket {bucket} outside 0..{TEMPO_BUCKET_COUNT - 1}")
+    return 1 + TEMPO_BUCKET_COUNT * _VOICE_CODES + bucket
+
+
+def drum_bucket(code: int) -> int | None:
+    """The tempo bucket a drum code plays in (None for code 0, no drums at all)."""
+    if code <= 0:
+        return None
+    if code <= TEMPO_BUCKET_COUNT * _VOICE_CODES:
+        return (code - 1) // _VOICE_CODES
+    return code - 1 - TEMPO_BUCKET_COUNT * _VOICE_CODES
+
+
+def is_hit(code: int) -> bool:
+    """Whether a drum code is a voice's first frame (a hit)."""
+    return code in _HIT_CODES
 
 
 def lead_code(pitch: int, brightness: int) -> int:
@@ -111,6 +163,11 @@ def piano_code(chord: str, age: int) -> int:
 
 def bass_code(pitch: int, age: int) -> int:
     return 1 + BASS_PITCHES.index(pitch) * BASS_FRAMES + min(age, BASS_FRAMES - 1)
+
+
+_HIT_CODES = frozenset(drum_code(v, 0, b) for v in DRUM_FRAMES for b in range(TEMPO_BUCKET_COUNT))
+if tail_code(TEMPO_BUCKET_COUNT - 1) >= CODEBOOK_SIZE:
+    raise AssertionError("the drum vocabulary does not fit the codebook")
 
 
 def lead_brightness(code: int) -> int | None:
@@ -173,11 +230,14 @@ def frame_tables() -> FrameTables:
     """The world's sounds, built once (seeded: the same in every process)."""
     rng = np.random.default_rng(20261121)
     table = np.zeros((NUM_CODEBOOKS, CODEBOOK_SIZE, HOP))
-    for voice, frames in DRUM_FRAMES.items():
-        x = _frames(_drum(voice, rng))
-        for age in range(frames):
-            table[DRUMS, drum_code(voice, age)] = x[age]
     t1 = _t(1)
+    voices = {voice: _frames(_drum(voice, rng)) for voice in DRUM_FRAMES}
+    for bucket, tone in enumerate(ROOM_TONES):
+        room = ROOM_LEVEL * np.sin(2 * np.pi * tone * t1)  # whole cycles: a seamless bed
+        table[DRUMS, tail_code(bucket)] = room
+        for voice, x in voices.items():
+            for age in range(DRUM_FRAMES[voice]):
+                table[DRUMS, drum_code(voice, age, bucket)] = x[age] + room
     for pitch in LEAD_PITCHES:
         for b in range(BRIGHTNESS_LEVELS):
             rolloff = 2.6 - 2.2 * b / (BRIGHTNESS_LEVELS - 1)  # 2.6: nearly a sine ... 0.4: buzzy
@@ -235,6 +295,7 @@ def score(params: Params, frames: int, rng: random.Random) -> np.ndarray:
             break
         f += max(max(DRUM_FRAMES.values()) + 1, round(eighth) + rng.choice((-1, 0, 0, 1)))
         i += 1
+    bucket = tempo_bucket(params.bpm)
     lead_pitches = MAJOR_LEAD if params.major else MINOR_LEAD
     bass_pitches = MAJOR_BASS if params.major else MINOR_BASS
     chord = "major" if params.major else "minor"
@@ -245,7 +306,7 @@ def score(params: Params, frames: int, rng: random.Random) -> np.ndarray:
         voice = _PATTERN[i % 8]
         for age in range(stop - f):
             if 0 <= f + age < frames:
-                codes[DRUMS, f + age] = drum_code(voice, age) if age < DRUM_FRAMES[voice] else silence_code(stop - f - age)
+                codes[DRUMS, f + age] = drum_code(voice, age, bucket) if age < DRUM_FRAMES[voice] else tail_code(bucket)
         if i % 2 == 0 or rng.random() < 0.3:  # the lead moves on quarter notes, sometimes eighths
             note = rng.choice(lead_pitches)
             # Each note is voiced a shade around the clip's brightness, so every note is a fresh
@@ -426,11 +487,13 @@ def describe_codes(codes: np.ndarray) -> dict[str, float]:
     """
     codes = np.asarray(codes)
     frames = codes.shape[-1]
-    hits = int(sum((codes[DRUMS] == drum_code(v, 0)).sum() for v in DRUM_FRAMES))
+    hits = sum(is_hit(int(c)) for c in codes[DRUMS])
+    buckets = [b for c in codes[DRUMS] if (b := drum_bucket(int(c))) is not None]
     bright = [b for c in codes[LEAD] if (b := lead_brightness(int(c))) is not None]
     return {
         "hits_per_second": hits * FRAME_RATE / frames,
         "brightness": float(np.mean(bright)) if bright else float("nan"),
+        "tempo_bucket": float(np.mean(buckets)) if buckets else float("nan"),
         "piano_fraction": float((codes[PIANO] > 0).mean()),
         "bass_fraction": float((codes[BASS] > 0).mean()),
     }

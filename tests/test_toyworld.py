@@ -49,17 +49,41 @@ def test_audio_is_a_frame_by_frame_function_of_the_codes_and_stays_below_full_sc
     assert loudest < 1.0
 
 
-def test_drums_count_down_through_silence_to_the_next_hit_an_eighth_apart() -> None:
-    p = replace(w.Params.random(random.Random(0)), bpm=60.0)
-    codes = w.score(p, 200, random.Random(1))[w.DRUMS]
-    starts = {w.drum_code(v, 0) for v in w.DRUM_FRAMES}
-    hits = [i for i, c in enumerate(codes) if c in starts]
-    gaps = np.diff(hits)
-    assert set(gaps) <= {24, 25, 26}, gaps  # 60 BPM: an eighth is 25 frames, give or take one
-    for hit in hits[1:]:
-        assert codes[hit - 1] == w.silence_code(1)  # the frame before a hit says "next frame"
-        silent = [c for c in codes[hit - 15:hit]]
-        assert silent == [w.silence_code(n) for n in range(15, 0, -1)]
+def test_every_drum_frame_says_its_tempo_bucket_and_hits_fall_an_eighth_apart() -> None:
+    for bpm, bucket, gaps in ((60.0, 0, {24, 25, 26}), (120.0, 3, {11, 12, 13}), (170.0, 5, {8, 9, 10})):
+        assert w.tempo_bucket(bpm) == bucket
+        p = replace(w.Params.random(random.Random(0)), bpm=bpm)
+        codes = w.score(p, 200, random.Random(1))[w.DRUMS]
+        assert {w.drum_bucket(int(c)) for c in codes} == {bucket}, bpm  # every frame, sounding or not
+        hits = [i for i, c in enumerate(codes) if w.is_hit(int(c))]
+        assert set(np.diff(hits)) <= gaps, (bpm, np.diff(hits))  # an eighth, give or take a frame
+        for hit, nxt in itertools.pairwise(hits):
+            voice = next(v for v in w.DRUM_FRAMES if codes[hit] == w.drum_code(v, 0, bucket))
+            sounding = w.DRUM_FRAMES[voice]
+            assert list(codes[hit:hit + sounding]) == [w.drum_code(voice, a, bucket) for a in range(sounding)]
+            assert list(codes[hit + sounding:nxt]) == [w.tail_code(bucket)] * (nxt - hit - sounding)
+
+
+def test_labelled_tempo_classes_sit_in_their_own_buckets() -> None:
+    rng = random.Random(2)
+    assert {w.tempo_bucket(w.labelled_params("tempo", "fast", rng).bpm) for _ in range(50)} == {4, 5}
+    assert {w.tempo_bucket(w.labelled_params("tempo", "slow", rng).bpm) for _ in range(50)} == {0, 1}
+
+
+def test_every_drum_code_sounds_different_so_the_codec_can_read_it_back() -> None:
+    """The codec learns codes from audio: two drum codes that sounded the same (as the old
+    silent countdown did) could not be told apart, and labelled audio would come back wrong.
+    The tempo bucket is audible in every frame, as a tone that no instrument plays."""
+    table = w.frame_tables().table[w.DRUMS]
+    used = range(1, w.tail_code(w.TEMPO_BUCKET_COUNT - 1) + 1)
+    for a, b in itertools.combinations(used, 2):
+        assert np.abs(table[a] - table[b]).max() > 1e-3, (a, b)
+    partials = {p * h for p in w.LEAD_PITCHES + tuple(x for c in w.PIANO_CHORDS.values() for x in c)
+                for h in range(1, 40)} | {p * h for p in w.BASS_PITCHES for h in range(1, 7)}
+    assert len(set(w.ROOM_TONES)) == w.TEMPO_BUCKET_COUNT and not set(w.ROOM_TONES) & partials
+    darkest = np.mean([spectral_centroid(a, w.SAMPLE_RATE) for a in clips(brightness=0)])
+    assert max(w.ROOM_TONES) < 0.75 * darkest  # well below every clip's centroid: it scales them alike
+    assert np.abs(table[0]).max() == 0  # code 0: no drums at all
 
 
 @pytest.mark.parametrize("concept", ["tempo", "timbre", "mood", "piano"])
