@@ -205,7 +205,7 @@ def train_codec(model: MusicgenForConditionalGeneration, settings: TrainSettings
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     losses = _run("codec", settings.codec_steps, step, losses, one_step,
                   lambda s: _save_checkpoint(checkpoint, codec, optimizer, s, losses), settings.checkpoint_every, progress)
@@ -278,7 +278,7 @@ def train_lm(model: MusicgenForConditionalGeneration, settings: TrainSettings, c
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     losses = _run("language model", settings.lm_steps + settings.lm_tempo_steps, step, losses, one_step,
                   lambda s: _save_checkpoint(checkpoint, holder, optimizer, s, losses), settings.checkpoint_every,

@@ -119,3 +119,15 @@ def test_several_concepts_and_live_alpha(tiny: MusicGenHandle) -> None:
     assert not torch.allclose(only_b, plain)
     with pytest.raises(KeyError, match="unknown concept"):
         steerer.set_alpha("nope", 1.0)
+
+
+def test_spearman_of_one_neighbour_swap_in_five_is_exactly_point_nine() -> None:
+    """scipy computes 0.8999999999999998 for this; a rank correlation is a ratio of whole
+    numbers, and a threshold of 0.9 must see 0.9."""
+    import numpy as np
+
+    from steering_core.effects import Sweep
+
+    sweep = Sweep("timbre", "centroid_hz", [-2.0, -1.0, 0.0, 1.0, 2.0],
+                        np.array([[1.0], [3.0], [2.0], [4.0], [5.0]]))
+    assert sweep.spearman == 0.9
