@@ -43,10 +43,16 @@ def start_serve(tmp: Path, env: dict[str, str], *args: str) -> tuple[subprocess.
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"serve exited early:\n{(tmp / 'serve.log').read_text()}")
+        # Poll at 5 Hz, not as fast as replies come: while loading the front answers at
+        # once, and a tight loop trips the server's /status rate limit (100/s per sender),
+        # which then refuses the test's own next /status.
+        sent = time.monotonic()
         client.send("/status")
         m = client.recv(0.5)
         if m is not None and m.address == "/status/json" and json.loads(m.params[0]).get("frames_generated", 0) > 0:
+            client.drain(0.1)  # stale replies to earlier polls must not answer the test's next /status
             return proc, client
+        time.sleep(max(0.0, sent + 0.2 - time.monotonic()))
     proc.kill()
     pytest.fail(f"serve never answered /status:\n{(tmp / 'serve.log').read_text()}")
 
@@ -80,7 +86,7 @@ def server_log_on_failure(tmp: Path) -> Iterator[None]:
     """A failure on CI must say what the server saw."""
     try:
         yield
-    except AssertionError as exc:
+    except (AssertionError, TimeoutError) as exc:
         log = tmp / "serve.log"
         raise AssertionError(f"{exc}\n--- serve.log ---\n{log.read_text() if log.exists() else '(none)'}") from exc
 
@@ -217,7 +223,8 @@ def test_missing_audio_device_falls_back_with_one_line(tmp_path, vectors_dir) ->
     proc, osc = start_serve(tmp_path, {}, "--vectors", str(vectors_dir), "--audio-out", "no-such-card", "--duration",
                             "30")
     try:
-        assert osc.status()["audio_out"] == "none (clock)"
+        with server_log_on_failure(tmp_path):
+            assert osc.status()["audio_out"] == "none (clock)"
     finally:
         stop(proc)
         osc.close()
