@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .encodec_decode import decode_codes
 from .errors import UserError
 from .models import MusicGenHandle
 
@@ -29,11 +30,11 @@ def decode(handle: MusicGenHandle, codes: torch.Tensor) -> np.ndarray:
     """codes [B, K, T] -> float32 audio [B, channels, T * hop]."""
     codec = handle.model.audio_encoder
     if handle.audio_channels == 2:  # stereo models interleave left/right codebooks
-        left = codec.decode(codes[None, :, ::2], [None]).audio_values
-        right = codec.decode(codes[None, :, 1::2], [None]).audio_values
+        left = decode_codes(codec, codes[:, ::2])
+        right = decode_codes(codec, codes[:, 1::2])
         audio = torch.cat([left, right], dim=1)
     else:
-        audio = codec.decode(codes[None], [None]).audio_values
+        audio = decode_codes(codec, codes)
     return audio.float().cpu().numpy()
 
 

@@ -424,21 +424,21 @@ class StaticStream(MusicStream):
             residual = hidden
             x = layer.self_attn_layer_norm(hidden)
             sa = layer.self_attn
-            q = sa.q_proj(x).view(rows, 1, heads, hd).transpose(1, 2)
-            self._k[i].index_copy_(2, at, sa.k_proj(x).view(rows, 1, heads, hd).transpose(1, 2))
-            self._v[i].index_copy_(2, at, sa.v_proj(x).view(rows, 1, heads, hd).transpose(1, 2))
+            # One position: [rows, 1, heads*hd] is [rows, heads, 1, hd] in memory already, so
+            # a view, not view + transpose (and the reverse after attention, not two copies).
+            q = sa.q_proj(x).view(rows, heads, 1, hd)
+            self._k[i].index_copy_(2, at, sa.k_proj(x).view(rows, heads, 1, hd))
+            self._v[i].index_copy_(2, at, sa.v_proj(x).view(rows, heads, 1, hd))
             attn = F.scaled_dot_product_attention(q, self._k[i, :, :, :span], self._v[i, :, :, :span], attn_mask=self_mask,
                                                   dropout_p=0.0, scale=sa.scaling)
-            attn = attn.transpose(1, 2).contiguous().reshape(rows, 1, -1).contiguous()
-            hidden = residual + sa.out_proj(attn)
+            hidden = residual + sa.out_proj(attn.reshape(rows, 1, -1))
             residual = hidden
             x = layer.encoder_attn_layer_norm(hidden)
             ea = layer.encoder_attn
-            q = ea.q_proj(x).view(rows, 1, heads, hd).transpose(1, 2)
+            q = ea.q_proj(x).view(rows, heads, 1, hd)
             attn = F.scaled_dot_product_attention(q, self._cross_k[i], self._cross_v[i],
                                                   attn_mask=self._cross_mask_buf, dropout_p=0.0, scale=ea.scaling)
-            attn = attn.transpose(1, 2).contiguous().reshape(rows, 1, -1).contiguous()
-            hidden = residual + ea.out_proj(attn)
+            hidden = residual + ea.out_proj(attn.reshape(rows, 1, -1))
             residual = hidden
             x = layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
             hidden = residual + x
@@ -453,6 +453,8 @@ class StaticStream(MusicStream):
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         """CFG, temperature, top-k, top-p and the draw, as ``sampling.guide``/``sample``
         compute them, with every setting a tensor and the draw from ``_noise``."""
+        if self._span is not None:  # an eager step (a graph is traced with _span None)
+            return self._sample_eager(logits)
         cond, uncond = logits.chunk(2, dim=0)
         guided = torch.where(self._use_cfg, uncond + self._guidance * (cond - uncond), cond).float()
         greedy = guided.argmax(dim=-1)
@@ -469,6 +471,28 @@ class StaticStream(MusicStream):
         flat = probs.reshape(-1, vocab)
         drawn = (flat / self._noise).argmax(dim=-1).view(probs.shape[:-1])
         return torch.where(self._greedy, greedy, drawn)
+
+    def _sample_eager(self, logits: torch.Tensor) -> torch.Tensor:
+        """``_sample`` without the stages the host's settings switch off. A graph must run
+        them all, masks that mask nothing included; eagerly they were a twentieth of a
+        small model's step on a CPU. An all-False mask is the identity and the k-th value is
+        the k-th value, so the tokens are the same bit for bit (tests/test_static_step.py)."""
+        s = self.settings
+        cond, uncond = logits.chunk(2, dim=0)
+        guided = (uncond + self._guidance * (cond - uncond)).float() if s.uses_cfg else cond.float()
+        if s.temperature == 0.0:
+            return guided.argmax(dim=-1)
+        scaled = guided / self._temperature
+        if 0 < s.top_k < self.vocab:
+            kth = scaled.topk(int(s.top_k), dim=-1).values[..., -1:]
+            scaled = scaled.masked_fill(scaled < kth, -math.inf)
+        if 0.0 < s.top_p < 1.0:
+            sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
+            soft = sorted_logits.softmax(dim=-1)
+            drop_sorted = soft.cumsum(dim=-1) - soft > self._top_p
+            scaled = scaled.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), -math.inf)
+        probs = scaled.softmax(dim=-1)
+        return (probs.reshape(-1, self.vocab) / self._noise).argmax(dim=-1).view(probs.shape[:-1])
 
     # --- window changes, rollback -------------------------------------------------------
     def _write(self, tokens: torch.Tensor) -> None:

@@ -118,7 +118,8 @@ def test_musicgen_small_static_equals_loop_and_generate() -> None:
 
 def test_on_device_sampling_draws_what_sample_draws(tiny) -> None:
     """The static step's draw (argmax of p / noise, noise drawn before the step) against
-    sampling.sample's torch.multinomial, same generator, several settings."""
+    sampling.sample's torch.multinomial, same generator, several settings, in both of its
+    forms: every stage (as a graph runs) and only the stages the settings turn on."""
     stream = StaticStream(tiny, "drums", seed=0)
     g = torch.Generator().manual_seed(0)
     for settings in (SamplingSettings(3.0, 1.0, 250, 0.0), SamplingSettings(3.0, 0.5, 5, 0.0),
@@ -131,8 +132,10 @@ def test_on_device_sampling_draws_what_sample_draws(tiny) -> None:
         ref = sample(guide(logits, settings.guidance_scale) if settings.uses_cfg else logits[:1], settings, ref_gen)
         if settings.temperature != 0.0:
             stream._noise.exponential_(1, generator=our_gen)
-        ours = stream._sample(logits)
-        assert torch.equal(ref, ours), settings
+        for span in (None, stream.cache_len):  # as a graph runs it (every stage), and eagerly
+            stream._span = span
+            ours = stream._sample(logits)
+            assert torch.equal(ref, ours), (settings, span)
         assert torch.equal(ref_gen.get_state(), our_gen.get_state())  # the generator moved alike
 
 

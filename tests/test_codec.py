@@ -1,0 +1,62 @@
+"""The codec path: our layer-by-layer EnCodec decode against ``EncodecModel.decode``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import EncodecConfig, EncodecModel
+
+from steering_core.codec import decode
+from steering_core.encodec_decode import can_walk, decode_codes
+from steering_core.models import fold_weight_norm, load_model
+
+
+def reference(codec: torch.nn.Module, codes: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return codec.decode(codes[None], [None]).audio_values
+
+
+@pytest.mark.parametrize("spec", ["toy", "tiny", "tiny-stereo"])
+@pytest.mark.parametrize("frames", [1, 2, 5, 12, 37])
+def test_walked_decode_is_encodec_decode_bit_for_bit(spec: str, frames: int) -> None:
+    handle = load_model(spec, device="cpu")
+    codec = handle.model.audio_encoder
+    assert can_walk(codec)
+    books = handle.num_codebooks // handle.audio_channels
+    codes = torch.randint(0, codec.config.codebook_size, (2, books, frames), generator=torch.Generator().manual_seed(frames))
+    with torch.inference_mode():
+        ours = decode_codes(codec, codes)
+    assert torch.equal(ours, reference(codec, codes))
+
+
+@pytest.mark.parametrize("causal,pad_mode,norm,kernel", [(True, "reflect", "weight_norm", 7),
+                                                         (False, "constant", "weight_norm", 6),
+                                                         (False, "reflect", "time_group_norm", 4)])
+def test_walked_decode_matches_other_encodec_variants(causal: bool, pad_mode: str, norm: str, kernel: int) -> None:
+    """Causal padding, zero padding, group norm and even kernels (an uneven split of the
+    padding): branches the shipped models never take."""
+    torch.manual_seed(0)
+    config = EncodecConfig(sampling_rate=800, upsampling_ratios=[4, 2], num_filters=4, hidden_size=8, codebook_size=16,
+                           target_bandwidths=[2.0], use_causal_conv=causal, pad_mode=pad_mode, norm_type=norm,
+                           kernel_size=kernel, last_kernel_size=kernel, residual_kernel_size=kernel // 2 + 1,
+                           num_lstm_layers=1, dilation_growth_rate=2, num_residual_layers=2)
+    codec = EncodecModel(config).eval()
+    fold_weight_norm(codec)
+    assert can_walk(codec)
+    codes = torch.randint(0, 16, (1, 2, 7))
+    with torch.inference_mode():
+        assert torch.equal(decode_codes(codec, codes), reference(codec, codes))
+
+
+def test_a_chunked_codec_goes_through_encodec_itself() -> None:
+    config = EncodecConfig(sampling_rate=800, upsampling_ratios=[4, 2], num_filters=4, hidden_size=8, codebook_size=16,
+                           target_bandwidths=[2.0], chunk_length_s=0.01, overlap=0.5)
+    assert not can_walk(EncodecModel(config))
+
+
+def test_decode_uses_the_walk_and_stays_the_same_for_stereo() -> None:
+    handle = load_model("tiny-stereo", device="cpu")
+    codes = torch.randint(0, 64, (1, handle.num_codebooks, 6))
+    codec = handle.model.audio_encoder
+    expected = torch.cat([reference(codec, codes[:, ::2]), reference(codec, codes[:, 1::2])], dim=1)
+    assert (decode(handle, codes) == expected.numpy()).all()
