@@ -68,10 +68,11 @@ def main() -> int:
     sock.bind(("127.0.0.1", 0))
     try:
         first = None
-        for _ in range(240):
+        for _ in range(480):
             first = status(sock, server, 0.5)
             if first and first.get("frames_generated", 0) > 0:  # {"state": "loading"} while the model loads
                 break
+            time.sleep(0.25)  # the loading reply is instant: a tight loop would trip the /status rate limit
         if not first:
             print(proc.stderr.read() if proc.poll() is not None else "no /status", file=sys.stderr)
             return 1
@@ -101,6 +102,7 @@ def main() -> int:
         "audio_out": final.get("audio_out"), "control_latency_ms": final.get("control_latency_ms"),
         "underruns": final.get("underruns"), "rtf": final.get("rtf"), "frames_generated": final.get("frames_generated"),
         "errors": final.get("errors"), "buffer_ms": final.get("buffer_ms"),
+        "deferred_rollbacks": final.get("deferred_rollbacks"), "reprimes": final.get("reprimes"),
     }
     print(json.dumps(result))
     return 0

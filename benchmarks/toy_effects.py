@@ -30,10 +30,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def pipeline_rtf(seconds: float, runs: int = 3) -> dict[str, object]:
+def pipeline_rtf(seconds: float, runs: int = 3, codec_chunk: int | None = None) -> dict[str, object]:
     """The live pipeline ``runs`` times over, as serve runs it; rtf per run and the median,
-    and where a frame's time goes (decode step, codec, resampler + chain) in the last run."""
+    and where a frame's time goes (decode step, codec, resampler + chain) in the last run.
+    ``codec_chunk``: frames per codec decode, as ``serve --codec-chunk`` (None: the model's own)."""
     import statistics
+    from dataclasses import replace
 
     import numpy as np
     import torch
@@ -41,7 +43,7 @@ def pipeline_rtf(seconds: float, runs: int = 3) -> dict[str, object]:
     from bridge.live.chains import load_chain
     from bridge.live.engine import AudioPath
     from bridge.live.ring import Ring
-    from steering_core.codec import ChunkedDecoder
+    from steering_core.codec import ChunkedDecoder, CodecStreaming
     from steering_core.concepts import load_concept
     from steering_core.extraction import extract_vector
     from steering_core.models import load_model
@@ -54,9 +56,12 @@ def pipeline_rtf(seconds: float, runs: int = 3) -> dict[str, object]:
     for name, alpha in (("tempo", 3.0), ("timbre", -3.0)):
         steerer.add(extract_vector(handle, load_concept(name), progress=False), alpha=alpha)
     frames = round(seconds * handle.frame_rate)
+    streaming = CodecStreaming.for_model(handle)
+    if codec_chunk is not None:
+        streaming = replace(streaming, chunk_frames=codec_chunk)
     rtfs: list[float] = []
     for _ in range(runs):
-        decoder = ChunkedDecoder.streaming(handle)  # the codec settings serve uses for this model
+        decoder = ChunkedDecoder.streaming(handle, streaming)  # the codec settings serve uses for this model
         ring = Ring(48000 * 4, 2)
         path = AudioPath(handle.sample_rate, 48000, ring, load_chain("default"))
         # The stream serve opens: the static step on a CPU (cuda_graphs "auto" is eager there).
@@ -86,7 +91,8 @@ def pipeline_rtf(seconds: float, runs: int = 3) -> dict[str, object]:
             wall = time.perf_counter() - start
         rtfs.append(round(frames / handle.frame_rate / wall, 2))
     peak = float(np.abs(ring._data).max())
-    return {"audio_s": round(frames / handle.frame_rate, 2), "stream": type(stream).__name__, "rtf_runs": rtfs,
+    return {"audio_s": round(frames / handle.frame_rate, 2), "stream": type(stream).__name__,
+            "codec_streaming": streaming.as_dict(), "rtf_runs": rtfs,
             "rtf": statistics.median(rtfs), "ms_per_frame": {k: round(v / frames * 1000, 2) for k, v in spent.items()},
             "peak_after_chain": round(peak, 3)}
 
@@ -98,6 +104,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--pipeline-seconds", type=float, default=20.0)
     parser.add_argument("--pipeline-runs", type=int, default=3)
+    parser.add_argument("--codec-chunk", type=int, default=None, help="frames per codec decode (default: the model's)")
     parser.add_argument("--pipeline-only", action="store_true", help="only the live pipeline's rtf (a minute)")
     parser.add_argument("--methods", default="diffmean,probe_logistic")
     parser.add_argument("--json", default=None, help="also write the result here")
@@ -110,7 +117,7 @@ def main() -> int:
     from steering_core.toytrain import codec_report
 
     if args.pipeline_only:
-        print(json.dumps(pipeline_rtf(args.pipeline_seconds, args.pipeline_runs)))
+        print(json.dumps(pipeline_rtf(args.pipeline_seconds, args.pipeline_runs, args.codec_chunk)))
         return 0
     torch.set_num_threads(2)
     handle = load_model("toy", device="cpu")
@@ -119,7 +126,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}",
         "torch": torch.__version__,
         "codec": codec_report(handle.model),
-        "pipeline": pipeline_rtf(args.pipeline_seconds, args.pipeline_runs),
+        "pipeline": pipeline_rtf(args.pipeline_seconds, args.pipeline_runs, args.codec_chunk),
     }
     torch.set_num_threads(2)
     for method in args.methods.split(","):

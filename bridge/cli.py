@@ -422,7 +422,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         midi_map=args.midi_map, midi_api=args.midi_api, audio_out=args.audio_out, chain=args.chain,
         record=args.record, log=args.log, scenes_dir=args.scenes_dir, duration=args.duration,
         smoothing_ms=args.smoothing_ms, guidance=args.guidance, temperature=args.temperature, top_k=args.top_k,
-        engine=engine, status_line=not args.quiet, threads=args.threads, cuda_graphs=args.cuda_graphs)
+        engine=engine, status_line=not args.quiet, threads=args.threads, cuda_graphs=args.cuda_graphs,
+        codec_chunk=args.codec_chunk)
     return run_serve(options)
 
 
@@ -608,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio kept ready: more survives jitter, less reacts faster")
     p.add_argument("--lookahead", type=non_negative_int, default=0,
                    help="frames of tokens generated ahead (rolled back on a change)")
+    p.add_argument("--codec-chunk", type=positive_int, default=None,
+                   help="frames per codec decode (default: the model's own, 4 for toy): more cost less per frame "
+                        "but arrive in bigger bursts (raise --buffer-ms with it); each adds up to 20 ms of latency")
     p.add_argument("--guidance", type=non_negative_float, default=3.0,
                    help="classifier-free guidance scale: how closely the music follows the prompt")
     p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")

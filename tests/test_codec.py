@@ -60,3 +60,31 @@ def test_decode_uses_the_walk_and_stays_the_same_for_stereo() -> None:
     codec = handle.model.audio_encoder
     expected = torch.cat([reference(codec, codes[:, ::2]), reference(codec, codes[:, 1::2])], dim=1)
     assert (decode(handle, codes) == expected.numpy()).all()
+
+
+def test_serve_codec_chunk_sets_the_frames_per_decode(tiny, vectors_dir, tmp_path) -> None:
+    """``serve --codec-chunk N``: parsed, handed to the decoder, shown in /status and logged."""
+    import json
+    import time
+
+    from bridge.cli import build_parser
+    from bridge.live.serve import ServeOptions, Server
+
+    assert build_parser().parse_args(["serve", "--codec-chunk", "3"]).codec_chunk == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--codec-chunk", "0"])
+    log = tmp_path / "set.jsonl"
+    options = ServeOptions(model="tiny", vectors=[str(vectors_dir)], osc_port=0, audio_out="none", codec_chunk=3,
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False, log=str(log))
+    server = Server(options, handle=tiny)
+    server.start()
+    try:
+        deadline = time.monotonic() + 60
+        while server.status()["frames_generated"] < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = server.status()
+    finally:
+        server.stop()
+    assert server.engine.decoder.chunk == 3 and status["codec_streaming"]["chunk_frames"] == 3
+    assert status["frames_generated"] >= 12  # it played
+    assert json.loads(log.read_text().splitlines()[0])["codec_streaming"]["chunk_frames"] == 3

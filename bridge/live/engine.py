@@ -4,7 +4,8 @@ One loop, on one thread that owns the model:
 
 1. drain control events; each takes effect at the first step whose tokens are all
    still unplayed (``Performance.apply`` rolls back what was generated beyond it, so
-   a knob never waits behind the lookahead);
+   a knob never waits behind the lookahead), if the ring holds enough audio to pay for
+   generating those steps again; if not, at the next step (``deferred_rollbacks``);
 2. if the ring buffer holds less than ``ring_ms``: generate the frames the next
    decode chunk needs, decode, resample, run the effect chain, write the ring (and
    the recorder);
@@ -45,6 +46,10 @@ from .recorder import WavRecorder
 from .ring import Ring
 
 log = logging.getLogger("steerbridge.engine")
+
+#: A rollback's regeneration is paid for out of the ring only if the ring holds this many
+#: times its measured cost (the decode that follows it is the rest) and half its goal.
+ROLLBACK_COST_MARGIN = 1.5
 
 
 @dataclass
@@ -190,6 +195,8 @@ class Engine:
         self.playing = True
         self.compute_s = 0.0  # time spent generating and decoding
         self.steps = 0
+        self.step_s = 0.0  # a decode step's time, smoothed (re-primes left out): what a rollback costs
+        self.deferred_rollbacks = 0  # changes applied from the next step because the ring could not pay
         self.reprime_s = 0.0  # the longest re-prime so far: a probe at start, then each real one
         self.fault: BaseException | None = None
         self.started = time.monotonic()
@@ -266,6 +273,8 @@ class Engine:
         took = time.perf_counter() - t
         self.compute_s += took
         self.steps += 1
+        if self.stream.reprimes == reprimes:
+            self.step_s = took if self.step_s == 0.0 else self.step_s + 0.1 * (took - self.step_s)
         if self.stream.reprimes != reprimes and took > self.reprime_s:
             if took > 1.2 * self.reprime_s:  # worth a line only when it grew by much
                 log.info("re-prime took %.1f ms (longest yet): the ring now tops up by %.0f ms before each",
@@ -321,11 +330,14 @@ class Engine:
 
     def _apply(self, event: ControlEvent) -> None:
         # The first step whose tokens are all unplayed: its last codebook's token belongs
-        # to the first frame not yet turned into audio. When the ring is running low, the
-        # sound comes first: no rollback (and its regeneration), the change lands at the
-        # next step instead.
-        starved = self.ring.fill < self.ring_target // 2
-        at = None if starved else self.decoder.emitted_frames + self.max_delay
+        # to the first frame not yet turned into audio. Rolling back to it means generating
+        # again what was generated past it; the sound comes first, so when the ring cannot
+        # pay for that (a slow model, a knob sending many changes a second), the change
+        # lands at the next step instead, a few frames later.
+        at = self.decoder.emitted_frames + self.max_delay
+        if not self._can_regenerate(self.performance.next_step - at):
+            at = None
+            self.deferred_rollbacks += 1
         try:
             event.step = self.performance.apply(event.changes, at_step=at)
         except (KeyError, ValueError) as exc:  # validated upstream; a last guard, never fatal
@@ -340,6 +352,12 @@ class Engine:
         self.latency.expect(max(0, event.step - self.max_delay), event)
         if self.perf_log is not None:
             self.perf_log.event(event, time.monotonic() - self.started)
+
+    def _can_regenerate(self, steps: int) -> bool:
+        """Whether the ring holds enough audio to generate ``steps`` steps again (with a
+        margin for the decode after them) and still keep half its goal."""
+        cost = max(0, steps) * self.step_s * ROLLBACK_COST_MARGIN * self.path.device_rate
+        return self.ring.fill - cost >= self.ring_target // 2
 
     def _transport(self, event: ControlEvent) -> None:
         play = event.transport == "play"
@@ -368,6 +386,7 @@ class Engine:
             "control_latency_ms": self.latency.summary(),
             "step": self.performance.next_step,
             "reprimes": self.stream.reprimes,
+            "deferred_rollbacks": self.deferred_rollbacks,
             "reprime_ms": round(self.reprime_s * 1000, 1),
             "playing": self.playing,
         }

@@ -17,13 +17,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from steering_core.codec import ChunkedDecoder
+from steering_core.codec import ChunkedDecoder, CodecStreaming
 from steering_core.concepts import load_concept
 from steering_core.extraction import extract_vector
 from steering_core.models import MusicGenHandle, load_model
@@ -79,6 +79,9 @@ class ServeOptions:
     status_line: bool = True
     threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's default
     cuda_graphs: str | None = None  # None: today's decode loop; auto|on|off: the static step (steering_core.static_step)
+    # Frames per codec decode; None: the model's own. More frames per call cost less per
+    # frame (a small codec's decode is mostly fixed cost) and each adds a frame of latency.
+    codec_chunk: int | None = None
 
 
 def cache_dir() -> Path:
@@ -179,8 +182,11 @@ class Server:
         self.recorder = WavRecorder(o.record, rate, OUT_CHANNELS) if o.record else None
         path = AudioPath(self.handle.sample_rate, rate, self.ring, load_chain(o.chain), self.recorder)
         log_path = o.log or (str(Path(o.record).with_suffix(".performance.jsonl")) if o.record else None)
+        self.codec_streaming = CodecStreaming.for_model(self.handle)  # the codec's own chunk and context
+        if o.codec_chunk is not None:
+            self.codec_streaming = replace(self.codec_streaming, chunk_frames=o.codec_chunk)
         self.perf_log = PerformanceLog(log_path, self._log_header()) if log_path else None
-        decoder = ChunkedDecoder.streaming(self.handle)  # the codec's own chunk and context
+        decoder = ChunkedDecoder.streaming(self.handle, self.codec_streaming)
         self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log)
 
         self.midi: MidiInput | None = None
@@ -201,6 +207,7 @@ class Server:
             "model": o.model, "model_config_sha256": self.handle.config_sha256, "seed": o.seed, "prompt": o.prompt,
             "settings": vars(stream.settings), "smoothing_ms": o.smoothing_ms,
             "window_frames": stream.window_frames, "reprime_frames": stream.reprime_frames,
+            "codec_streaming": self.codec_streaming.as_dict(),
             "vectors": [{"concept": v.concept, "path": str(p.resolve()), "sha256": file_sha256(p)} for v, p in self.vectors],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -253,6 +260,7 @@ class Server:
             "sample_rate": self.output.sample_rate, "model_sample_rate": self.handle.sample_rate,
             "errors": view["errors"], "last_error": view["last_error"],
             "audio_out": self.output.name, "recording": str(self.recorder.path) if self.recorder else None,
+            "codec_streaming": self.codec_streaming.as_dict(),
             "osc": {"host": self.osc.host, "port": self.osc.port, "packets": self.osc.packets,
                     "subscribers": len(self.osc.subscribers), "dropped_replies": self.osc.replies_dropped},
             "midi": None if self.midi is None else {"port": self.midi.name, "map": self.mapper.name if self.mapper else None,
