@@ -54,7 +54,7 @@ def test_a_chunked_codec_goes_through_encodec_itself() -> None:
     assert not can_walk(EncodecModel(config))
 
 
-def test_decode_uses_the_walk_and_stays_the_same_for_stereo() -> None:
+def test_stereo_decode_is_each_side_decoded_by_encodec() -> None:
     handle = load_model("tiny-stereo", device="cpu")
     codes = torch.randint(0, 64, (1, handle.num_codebooks, 6))
     codec = handle.model.audio_encoder
