@@ -15,8 +15,8 @@ import json
 import numpy as np
 import torch
 
-from steering_core.codec import ChunkedDecoder, decode
-from steering_core.models import load_model
+from steering_core.codec.streaming import ChunkedDecoder, decode
+from steering_core.model.loading import load_model
 
 #: (context, holdback, crossfade) frames
 SETTINGS = ((16, 4, 2), (50, 4, 2), (8, 6, 3), (16, 6, 3), (8, 8, 4), (16, 8, 4), (50, 8, 4), (50, 12, 6))

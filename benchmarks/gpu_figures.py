@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.tools.bench import PROMPT, _generate_seconds, random_concepts  # noqa: E402
-from steering_core.codec import ChunkedDecoder  # noqa: E402
-from steering_core.models import MusicGenHandle, load_model  # noqa: E402
-from steering_core.sampling import SamplingSettings  # noqa: E402
-from steering_core.static_step import StaticStream  # noqa: E402
-from steering_core.stream import MusicStream  # noqa: E402
+from steering_core.codec.streaming import ChunkedDecoder  # noqa: E402
+from steering_core.model.loading import MusicGenHandle, load_model  # noqa: E402
+from steering_core.stream.decode_loop import MusicStream  # noqa: E402
+from steering_core.stream.sampling import SamplingSettings  # noqa: E402
+from steering_core.stream.static_step import StaticStream  # noqa: E402
 
 
 def _sync(handle: MusicGenHandle) -> None:

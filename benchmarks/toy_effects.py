@@ -43,12 +43,12 @@ def pipeline_rtf(seconds: float, runs: int = 3, codec_chunk: int | None = None) 
     from bridge.live.chains import load_chain
     from bridge.live.engine import AudioPath
     from bridge.live.ring import Ring
-    from steering_core.codec import ChunkedDecoder, CodecStreaming
-    from steering_core.concepts import load_concept
-    from steering_core.extraction import extract_vector
-    from steering_core.models import load_model
-    from steering_core.static_step import open_stream
-    from steering_core.steerer import Steerer
+    from steering_core.codec.streaming import ChunkedDecoder, CodecStreaming
+    from steering_core.extract.concepts import load_concept
+    from steering_core.extract.extraction import extract_vector
+    from steering_core.model.loading import load_model
+    from steering_core.steer.steerer import Steerer
+    from steering_core.stream.static_step import open_stream
 
     torch.set_num_threads(1)  # as serve runs
     handle = load_model("toy", device="cpu")
@@ -112,9 +112,9 @@ def main() -> int:
 
     import torch
 
-    from steering_core.knowneffect import known_effect_check
-    from steering_core.models import load_model
-    from steering_core.toytrain import codec_report
+    from steering_core.model.loading import load_model
+    from steering_core.toy.known_effect import known_effect_check
+    from steering_core.toy.training import codec_report
 
     if args.pipeline_only:
         print(json.dumps(pipeline_rtf(args.pipeline_seconds, args.pipeline_runs, args.codec_chunk)))
@@ -133,7 +133,7 @@ def main() -> int:
         report = known_effect_check(handle, seeds=args.seeds, points=args.points, seconds=args.seconds, method=method)
         result[method] = {k: v for k, v in report.items() if k != "lines"}
         print("\n".join(report["lines"]), file=sys.stderr)
-    from steering_core.knowneffect import data_direction_check
+    from steering_core.toy.known_effect import data_direction_check
 
     result["data_direction"] = {}
     for concept in ("tempo", "timbre"):

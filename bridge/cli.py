@@ -21,11 +21,11 @@ from steering_core.errors import UserError
 from . import __version__
 
 if TYPE_CHECKING:  # the command line imports torch only once a command runs (``--help`` stays instant)
-    from steering_core.sampling import SamplingSettings
+    from steering_core.stream.sampling import SamplingSettings
 
 log = logging.getLogger("steerbridge")
 
-#: ``steering_core.sites.SITES`` and ``steering_core.extraction.METHODS``, spelled out so that
+#: ``steering_core.steer.sites.SITES`` and ``steering_core.extract.extraction.METHODS``, spelled out so that
 #: ``--help`` needs no torch; tests/test_cli.py checks that they agree.
 SITE_NAMES: tuple[str, ...] = ("resid_post", "attn_out", "cross_attn_out", "mlp_out", "head")
 METHOD_NAMES: tuple[str, ...] = ("diffmean", "pca", "probe_logistic", "probe_mse")
@@ -161,7 +161,7 @@ def layers_arg(text: str) -> str:
 
 # --- checks that need files, ports or names, still before the model loads ---------
 def check_model(spec: str) -> None:
-    from steering_core.model_names import check_model_spec
+    from steering_core.model.names import check_model_spec
 
     check_model_spec(spec)
 
@@ -218,7 +218,7 @@ def _cuda_graphs_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from steering_core.concepts import load_concept
+    from steering_core.extract.concepts import load_concept
 
     if bool(args.concept) == bool(args.data):
         raise CliError("give --concept (a preset or .yaml) or --data (a folder per class), not both")
@@ -230,9 +230,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return _extract_from_audio(args)
     preset = load_concept(args.concept)  # a bad name or file is reported before the model loads
 
-    from steering_core.extraction import extract_vector
-    from steering_core.models import load_model
-    from steering_core.vectors import VectorFileError
+    from steering_core.extract.extraction import extract_vector
+    from steering_core.model.loading import load_model
+    from steering_core.steer.vectors import VectorFileError
 
     handle = load_model(args.model, args.device, args.dtype)
     layers = _layers_on(handle.num_layers, args.layers, args.model)
@@ -266,7 +266,7 @@ def _layers_on(num_layers: int, text: str | None, model: str) -> tuple[int, ...]
 
 
 def _extract_from_audio(args: argparse.Namespace) -> int:
-    from steering_core.models import load_model
+    from steering_core.model.loading import load_model
 
     from .tools.analyze import AnalyzeOptions, activations_from_data, vector_on_layers
 
@@ -296,9 +296,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise CliError(f"--steer {args.steer[0][0]}=... needs the --vectors file that holds {args.steer[0][0]!r}")
     seconds = 5.0 if args.seconds is None else args.seconds
     from steering_core.audio import write_wav
-    from steering_core.models import load_model
-    from steering_core.render import render
-    from steering_core.vectors import load_vectors
+    from steering_core.model.loading import load_model
+    from steering_core.steer.vectors import load_vectors
+    from steering_core.stream.render import render
 
     vectors = [v for path in args.vectors for v in load_vectors(path)]
     alphas = dict(args.steer)
@@ -321,7 +321,7 @@ DEFAULT_PROMPT = "an energetic electronic track"
 
 
 def _settings(args: argparse.Namespace, base: dict[str, object]) -> SamplingSettings:
-    from steering_core.sampling import SamplingSettings
+    from steering_core.stream.sampling import SamplingSettings
 
     values = {"guidance_scale": 3.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0, **base}
     for key, arg in (("guidance_scale", args.guidance), ("temperature", args.temperature), ("top_k", args.top_k),
@@ -337,8 +337,8 @@ def _render_automation(args: argparse.Namespace) -> int:
     import hashlib
 
     from steering_core.audio import write_wav
-    from steering_core.models import load_model
-    from steering_core.vectors import load_vector, load_vectors
+    from steering_core.model.loading import load_model
+    from steering_core.steer.vectors import load_vector, load_vectors
 
     from .tools.replay import midi_schedule, read_log, replay
 
@@ -435,7 +435,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.data and not Path(args.data).is_dir():
         raise CliError(f"--data {args.data}: no such folder (it wants one sub-folder of audio files per class)")
     check_model(args.model)
-    from steering_core.concepts import load_concept
+    from steering_core.extract.concepts import load_concept
 
     for concept in args.concept:
         load_concept(concept)
@@ -503,8 +503,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_save_tiny(args: argparse.Namespace) -> int:
     check_output_file(str(Path(args.folder) / "config.json"), "save-tiny")
-    from steering_core.models import _quiet_transformers
-    from steering_core.tiny import save_tiny
+    from steering_core.model.loading import _quiet_transformers
+    from steering_core.model.tiny import save_tiny
 
     with _quiet_transformers():  # pad = bos = vocab_size is MusicGen's design, not a fault to warn about
         folder = save_tiny(args.folder)

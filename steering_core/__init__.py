@@ -4,7 +4,7 @@ No sockets, no sound cards: importable and testable anywhere. The live bridge
 (``bridge``) builds on it.
 
 The public names below are imported on first use (PEP 562), so importing a light
-submodule such as ``steering_core.concepts`` does not pull in torch and transformers:
+submodule such as ``steering_core.extract.concepts`` does not pull in torch and transformers:
 ``steerbridge --help`` stays instant.
 """
 
@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 #: Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
-    "ConceptPreset": "concepts", "available_concepts": "concepts", "load_concept": "concepts",
-    "METHODS": "extraction", "collect_activations": "extraction", "extract_vector": "extraction",
-    "ModelLoadError": "model_names", "MusicGenHandle": "models", "load_model": "models",
-    "OPERATORS": "operators",
-    "render": "render",
-    "SamplingSettings": "sampling",
-    "SITES": "sites",
-    "Steerer": "steerer",
-    "MusicStream": "stream",
-    "save_tiny": "tiny",
-    "SteeringVector": "vectors", "VectorFileError": "vectors", "VectorMismatchError": "vectors",
-    "load_vector": "vectors", "load_vectors": "vectors",
+    "ConceptPreset": "extract.concepts", "available_concepts": "extract.concepts", "load_concept": "extract.concepts",
+    "METHODS": "extract.extraction", "collect_activations": "extract.extraction", "extract_vector": "extract.extraction",
+    "ModelLoadError": "model.names", "MusicGenHandle": "model.loading", "load_model": "model.loading",
+    "OPERATORS": "steer.operators",
+    "render": "stream.render",
+    "SamplingSettings": "stream.sampling",
+    "SITES": "steer.sites",
+    "Steerer": "steer.steerer",
+    "MusicStream": "stream.decode_loop",
+    "save_tiny": "model.tiny",
+    "SteeringVector": "steer.vectors", "VectorFileError": "steer.vectors", "VectorMismatchError": "steer.vectors",
+    "load_vector": "steer.vectors", "load_vectors": "steer.vectors",
 }
 
 __all__ = [
@@ -37,17 +37,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .concepts import ConceptPreset, available_concepts, load_concept
-    from .extraction import METHODS, collect_activations, extract_vector
-    from .models import ModelLoadError, MusicGenHandle, load_model
-    from .operators import OPERATORS
-    from .render import render
-    from .sampling import SamplingSettings
-    from .sites import SITES
-    from .steerer import Steerer
-    from .stream import MusicStream
-    from .tiny import save_tiny
-    from .vectors import SteeringVector, VectorFileError, VectorMismatchError, load_vector, load_vectors
+    from steering_core.extract.concepts import ConceptPreset, available_concepts, load_concept
+    from steering_core.extract.extraction import METHODS, collect_activations, extract_vector
+    from steering_core.model.loading import ModelLoadError, MusicGenHandle, load_model
+    from steering_core.model.tiny import save_tiny
+    from steering_core.steer.operators import OPERATORS
+    from steering_core.steer.sites import SITES
+    from steering_core.steer.steerer import Steerer
+    from steering_core.steer.vectors import SteeringVector, VectorFileError, VectorMismatchError, load_vector, load_vectors
+    from steering_core.stream.decode_loop import MusicStream
+    from steering_core.stream.render import render
+    from steering_core.stream.sampling import SamplingSettings
 
 
 assert sorted(__all__) == sorted(_EXPORTS), "every export needs its module in _EXPORTS"

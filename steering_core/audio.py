@@ -25,11 +25,6 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         return f.read(f.frames), int(f.samplerate)
 
 
-def peak_normalize(audio: np.ndarray, peak: float = 0.9) -> np.ndarray:
-    top = float(np.max(np.abs(audio))) if audio.size else 0.0
-    return audio if top == 0.0 else audio * (peak / top)
-
-
 def rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
 

@@ -6,7 +6,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-from steering_core.models import MusicGenHandle, load_model
+from steering_core.model.loading import MusicGenHandle, load_model
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -52,8 +52,8 @@ def tiny() -> MusicGenHandle:
 @pytest.fixture(scope="session")
 def vectors_dir(tiny, tmp_path_factory):
     """timbre and tempo vectors for the tiny model, extracted once per session."""
-    from steering_core.concepts import load_concept
-    from steering_core.extraction import extract_vector
+    from steering_core.extract.concepts import load_concept
+    from steering_core.extract.extraction import extract_vector
 
     folder = tmp_path_factory.mktemp("vectors")
     for name in ("timbre", "tempo"):

@@ -20,9 +20,9 @@ import time
 import numpy as np
 
 from bridge.live.outputs import ClockOutput
-from steering_core.codec import decode
-from steering_core.models import MusicGenHandle
-from steering_core.stream import MusicStream
+from steering_core.codec.streaming import decode
+from steering_core.model.loading import MusicGenHandle
+from steering_core.stream.decode_loop import MusicStream
 
 #: The engine must generate this many times faster than the audio clock consumes.
 HEADROOM = 4.0

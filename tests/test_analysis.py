@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from steering_core.analysis import cosine_matrix, recommend_layers, score_layers
 from steering_core.audio import write_wav
-from steering_core.clap import ClapScorer, save_tiny_clap
-from steering_core.concepts import load_concept
-from steering_core.labelled import collect_labelled, delayed_inputs, encode_codes
-from steering_core.metrics import describe, estimate_tempo, onset_rate
-from steering_core.vectors import load_vector
+from steering_core.evaluate.clap import ClapScorer, save_tiny_clap
+from steering_core.evaluate.metrics import describe, estimate_tempo, onset_rate
+from steering_core.evaluate.probes import cosine_matrix, recommend_layers, score_layers
+from steering_core.extract.concepts import load_concept
+from steering_core.extract.labelled_audio import collect_labelled, delayed_inputs, encode_codes
+from steering_core.steer.vectors import load_vector
 
 SR = 32000
 
@@ -109,7 +109,7 @@ def test_labelled_audio_is_windowed_cached_and_reused(tiny, tmp_path, monkeypatc
     def boom(*_a, **_k):
         raise AssertionError("the cache should have answered")
 
-    monkeypatch.setattr("steering_core.labelled.window_activations", boom)
+    monkeypatch.setattr("steering_core.extract.labelled_audio.window_activations", boom)
     again = collect_labelled(tiny, data, window_s=1.5, cache=tmp_path / "cache", progress=False)
     assert torch.equal(first.activations, again.activations)
 
@@ -179,7 +179,7 @@ def test_prompt_pairs_stay_in_one_fold() -> None:
 
 
 def test_layer_influence_is_zero_for_what_layernorm_removes_and_grows_as_alpha_squared(tiny) -> None:
-    from steering_core.influence import layer_influence
+    from steering_core.evaluate.influence import layer_influence
 
     d = tiny.d_model
     kw = dict(prompt="drums", frames=20, seeds=(0,), progress=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from steering_core.models import load_model
-from steering_core.vectors import load_vector
+from steering_core.model.loading import load_model
+from steering_core.steer.vectors import load_vector
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

@@ -74,8 +74,8 @@ def test_every_command_has_a_description_and_every_option_help_with_its_default(
 
 
 def test_the_names_spelled_out_for_help_match_the_code() -> None:
-    from steering_core.extraction import METHODS
-    from steering_core.sites import SITES
+    from steering_core.extract.extraction import METHODS
+    from steering_core.steer.sites import SITES
 
     assert tuple(SITES) == cli.SITE_NAMES
     assert tuple(METHODS) == cli.METHOD_NAMES
@@ -274,9 +274,9 @@ def test_bad_input_deep_in_the_library_raises_user_errors() -> None:
     """Library validation raises UserErrors, so the CLI and the live server report them
     as one line; before, these were bare ValueError/KeyError, indistinguishable from bugs."""
     from steering_core.errors import UnknownConceptError, UserError
-    from steering_core.operators import get_operator
-    from steering_core.performance import Change
-    from steering_core.sampling import SamplingSettings
+    from steering_core.steer.operators import get_operator
+    from steering_core.stream.sampling import SamplingSettings
+    from steering_core.stream.timeline import Change
 
     with pytest.raises(UserError, match="unknown operator"):
         get_operator("nope")

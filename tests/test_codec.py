@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import EncodecConfig, EncodecModel
 
-from steering_core.codec import decode
-from steering_core.encodec_decode import can_walk, decode_codes
-from steering_core.models import fold_weight_norm, load_model
+from steering_core.codec.encodec_walk import can_walk, decode_codes
+from steering_core.codec.streaming import decode
+from steering_core.model.loading import fold_weight_norm, load_model
 
 
 def reference(codec: torch.nn.Module, codes: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 
 from bridge.live.engine import EngineSettings
 from bridge.live.serve import ServeOptions, Server
-from steering_core.stream import MusicStream
+from steering_core.stream.decode_loop import MusicStream
 
 SLOW_PREFILL_S = 0.12  # of audio time: far longer than the 50 ms ring, so unbuffered every re-prime is an underrun
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from steering_core.concepts import ConceptError, available_concepts, load_concept
-from steering_core.extraction import METHODS, collect_activations, extract_vector
+from steering_core.extract.concepts import ConceptError, available_concepts, load_concept
+from steering_core.extract.extraction import METHODS, collect_activations, extract_vector
 
 
 def planted(n: int = 1000, layers: int = 3, d: int = 32, seed: int = 0):
@@ -72,7 +72,7 @@ def test_probes_find_the_discriminant_not_the_mean_difference_whatever_the_units
     must not collapse them onto the mean difference."""
     import numpy as np
 
-    from steering_core.extraction import diffmean, probe_logistic, probe_mse
+    from steering_core.extract.extraction import diffmean, probe_logistic, probe_mse
 
     for scale in (1.0, 1e-3):
         pos, neg = _anisotropic_classes(scale)
@@ -90,7 +90,7 @@ def test_probes_find_the_discriminant_not_the_mean_difference_whatever_the_units
 
 
 def test_layer_scores_say_when_a_layer_is_at_chance() -> None:
-    from steering_core.analysis import score_layers
+    from steering_core.evaluate.probes import score_layers
 
     g = torch.Generator().manual_seed(1)
     acts = torch.randn(40, 2, 8, generator=g)

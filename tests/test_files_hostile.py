@@ -21,8 +21,8 @@ from bridge.live.perflog import PerformanceLogError, read_log
 from bridge.live.ring import Ring
 from bridge.live.scenes import SceneError, SceneStore
 from bridge.live.serve import vector_files
-from steering_core.concepts import ConceptError, check_name
-from steering_core.vectors import METADATA_KEY, SteeringVector, VectorFileError, load_vector
+from steering_core.extract.concepts import ConceptError, check_name
+from steering_core.steer.vectors import METADATA_KEY, SteeringVector, VectorFileError, load_vector
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ from bridge.live.control import ConceptKnob, ControlState
 from bridge.live.midi import MidiMapper, relative_delta
 from bridge.live.midimaps import MidiMapError, available_maps, load_map, save_map
 from bridge.live.scenes import SceneStore
-from steering_core.sampling import SamplingSettings
+from steering_core.stream.sampling import SamplingSettings
 
 MAP = """
 name: test

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from steering_core.models import ModelLoadError, load_model
-from steering_core.stream import MusicStream
-from steering_core.tiny import save_tiny
+from steering_core.model.loading import ModelLoadError, load_model
+from steering_core.model.tiny import save_tiny
+from steering_core.stream.decode_loop import MusicStream
 
 
 def test_tiny_handle_shape(tiny) -> None:
@@ -47,8 +47,8 @@ def test_tiny_codec_tells_sounds_apart_both_ways(tiny) -> None:
     audible): the codebooks are initialised from the encoder's own embeddings."""
     import numpy as np
 
-    from steering_core.codec import decode
-    from steering_core.labelled import encode_codes
+    from steering_core.codec.streaming import decode
+    from steering_core.extract.labelled_audio import encode_codes
 
     t = np.arange(32000) / 32000
     low, high = (encode_codes(tiny, (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)) for f in (150, 3000))
@@ -63,7 +63,7 @@ def test_tiny_codec_tells_sounds_apart_both_ways(tiny) -> None:
 def test_tiny_weights_do_not_depend_on_the_thread_count() -> None:
     """serve runs small models on one torch thread; tests and tools on more. The tiny
     model must be the same model in all of them (its codebooks come from float sums)."""
-    from steering_core.tiny import build_tiny_model
+    from steering_core.model.tiny import build_tiny_model
 
     before = torch.get_num_threads()
     try:

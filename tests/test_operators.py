@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from steering_core.operators import OPERATORS
+from steering_core.steer.operators import OPERATORS
 
 rng = np.random.default_rng(0)
 H = rng.normal(size=(3, 5, 16)).astype(np.float64)
@@ -71,7 +71,7 @@ def test_mix_is_finite_and_never_grows_the_norm_for_negative_alpha(alpha: float)
 def test_a_vector_with_a_gain_steers_as_alpha_times_gain(tiny, name: str, alpha: float) -> None:
     """Through the real steerer on the tiny decoder: the activation after steering must be
     the numpy reference with the unit direction and strength alpha * gain."""
-    from steering_core.steerer import Steerer
+    from steering_core.steer.steerer import Steerer
     from tests.test_steering import decoder_inputs, make_vector, record
 
     layer = 2
@@ -91,7 +91,7 @@ def test_a_vector_with_a_gain_steers_as_alpha_times_gain(tiny, name: str, alpha:
 
 
 def test_clamp_with_a_gain_sets_the_projection(tiny) -> None:
-    from steering_core.steerer import Steerer
+    from steering_core.steer.steerer import Steerer
     from tests.test_steering import decoder_inputs, make_vector, record
 
     vector = make_vector(tiny, layers=(1,), seed=4, operator="clamp") * 3.0

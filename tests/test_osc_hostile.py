@@ -23,7 +23,7 @@ from bridge.live.oscmatch import AddressMatcher
 from bridge.live.oscwire import MAX_BUNDLE_DEPTH, OscWireError, decode_packet
 from bridge.live.ratelog import RateLimitedLog
 from bridge.live.scenes import SceneStore
-from steering_core.sampling import SamplingSettings
+from steering_core.stream.sampling import SamplingSettings
 from tests.oscclient import Client, bundle, message
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from bridge.live.control import ConceptKnob, ControlState
 from bridge.live.serve import ServeOptions, Server
-from steering_core.sampling import SamplingSettings
+from steering_core.stream.sampling import SamplingSettings
 
 
 def test_the_asked_state_changes_only_through_submit() -> None:
@@ -25,7 +25,7 @@ def test_the_asked_state_changes_only_through_submit() -> None:
     assert control.targets == {"timbre": 3.0} and control.enabled == {"timbre": False}
     control.submit([control.knob_change("timbre", 0.5)], "test", "t")
     control.submit([control.setting_change("temperature", 0.7)], "test", "t")
-    from steering_core.performance import Change
+    from steering_core.stream.timeline import Change
     control.submit([Change("panic")], "test", "panic")
     assert control.targets == {"timbre": 0.0}
     assert [len(e.changes) for e in control.drain()] == [2, 1, 1, 1]  # every change also went to the engine

@@ -5,10 +5,10 @@ import itertools
 import pytest
 import torch
 
-from steering_core.performance import Change, Performance
-from steering_core.steerer import Steerer
-from steering_core.stream import MusicStream
-from steering_core.vectors import load_vectors
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import load_vectors
+from steering_core.stream.decode_loop import MusicStream
+from steering_core.stream.timeline import Change, Performance
 
 
 def make(tiny, vectors_dir, **stream_kw) -> Performance:

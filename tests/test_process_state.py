@@ -41,8 +41,12 @@ def check(what):
 
 from bridge.tools import plots
 check("import bridge.tools.plots")
-from steering_core import clap, knowneffect, tiny, toy, toytrain  # noqa: F401 - imported for their import-time effects
-from steering_core.models import load_model
+from steering_core.evaluate import clap  # noqa: F401 - imported for their import-time effects
+from steering_core.toy import known_effect as knowneffect
+from steering_core.model import tiny
+from steering_core.toy import model as toy
+from steering_core.toy import training as toytrain
+from steering_core.model.loading import load_model
 check("import steering_core")
 
 import numpy as np

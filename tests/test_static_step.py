@@ -6,12 +6,12 @@ import logging
 import pytest
 import torch
 
-from steering_core.models import load_model
-from steering_core.sampling import SamplingSettings, guide, sample
-from steering_core.static_step import StaticStream, UnsupportedSteering, count_graph_breaks, open_stream
-from steering_core.steerer import Steerer
-from steering_core.stream import MusicStream
-from steering_core.vectors import SteeringVector
+from steering_core.model.loading import load_model
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import SteeringVector
+from steering_core.stream.decode_loop import MusicStream
+from steering_core.stream.sampling import SamplingSettings, guide, sample
+from steering_core.stream.static_step import StaticStream, UnsupportedSteering, count_graph_breaks, open_stream
 from tests.test_stream import transformers_greedy_codes
 
 
@@ -280,7 +280,7 @@ def test_a_graph_that_agrees_with_eager_is_replayed() -> None:
 
 
 def test_a_wrong_graph_is_caught_and_the_stream_falls_back_to_eager(caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="steering_core.static_step"):
+    with caplog.at_level(logging.WARNING, logger="steering_core.stream.static_step"):
         stream, codes = _graph_run(WrongRunner)
     eager = StaticStream(_tiny(), "drums", seed=8, window_frames=60, reprime_frames=25).generate_frames(100)
     assert stream.graph_state == "eager" and stream.graph_replays == 0
@@ -295,7 +295,7 @@ def test_a_capture_that_raises_falls_back_too(caplog) -> None:
         def capture(self, step) -> None:
             raise RuntimeError("operation not permitted when stream is capturing")
 
-    with caplog.at_level(logging.WARNING, logger="steering_core.static_step"):
+    with caplog.at_level(logging.WARNING, logger="steering_core.stream.static_step"):
         stream, _ = _graph_run(lambda s: Broken())
     assert stream.graph_state == "eager" and "capture failed" in stream.graph_fallback_reason
 

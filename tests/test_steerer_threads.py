@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from steering_core.models import MusicGenHandle
-from steering_core.static_step import StaticStream
-from steering_core.steerer import Steerer
-from steering_core.stream import MusicStream
+from steering_core.model.loading import MusicGenHandle
+from steering_core.steer.steerer import Steerer
+from steering_core.stream.decode_loop import MusicStream
+from steering_core.stream.static_step import StaticStream
 from tests.test_steering import count_hooks, decoder_inputs, logits, make_vector
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from steering_core.models import MusicGenHandle
-from steering_core.sites import SITES, attach
-from steering_core.steerer import Steerer
-from steering_core.vectors import SteeringVector
+from steering_core.model.loading import MusicGenHandle
+from steering_core.steer.sites import SITES, attach
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import SteeringVector
 
 
 def make_vector(handle: MusicGenHandle, layers=(1, 2), site="resid_post", seed=0, **kw) -> SteeringVector:
@@ -126,7 +126,7 @@ def test_spearman_of_one_neighbour_swap_in_five_is_exactly_point_nine() -> None:
     numbers, and a threshold of 0.9 must see 0.9."""
     import numpy as np
 
-    from steering_core.effects import Sweep
+    from steering_core.evaluate.steering_effects import Sweep
 
     sweep = Sweep("timbre", "centroid_hz", [-2.0, -1.0, 0.0, 1.0, 2.0],
                         np.array([[1.0], [3.0], [2.0], [4.0], [5.0]]))

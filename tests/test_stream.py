@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from steering_core.codec import ChunkedDecoder, decode
-from steering_core.models import load_model
-from steering_core.sampling import SamplingSettings
-from steering_core.steerer import Steerer
-from steering_core.stream import MusicStream
-from steering_core.vectors import SteeringVector
+from steering_core.codec.streaming import ChunkedDecoder, decode
+from steering_core.model.loading import load_model
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import SteeringVector
+from steering_core.stream.decode_loop import MusicStream
+from steering_core.stream.sampling import SamplingSettings
 
 
 def test_same_seed_same_tokens_and_other_seed_differs(tiny) -> None:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from steering_core import toyworld
-from steering_core.models import ModelLoadError, load_model
+from steering_core.model.loading import ModelLoadError, load_model
+from steering_core.toy import captions
+from steering_core.toy import world as toyworld
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def toy():
 
 
 def test_toy_loads_through_from_pretrained_and_is_small(toy) -> None:
-    from steering_core.toy import TOY_MODEL_DIR
+    from steering_core.toy.model import TOY_MODEL_DIR
 
     assert toy.model_id == "toy" and toy.num_codebooks == 4 and toy.frame_rate == 50
     assert toy.sample_rate == toyworld.SAMPLE_RATE and toy.window_frames == 200
@@ -30,7 +31,7 @@ def test_toy_loads_through_from_pretrained_and_is_small(toy) -> None:
 
 
 def test_missing_toy_weights_are_one_clear_line(monkeypatch, tmp_path) -> None:
-    import steering_core.toy as toy_module
+    import steering_core.toy.model as toy_module
 
     monkeypatch.setattr(toy_module, "TOY_MODEL_DIR", tmp_path / "nothing")
     with pytest.raises(ModelLoadError, match="steerbridge toy train"):
@@ -39,7 +40,7 @@ def test_missing_toy_weights_are_one_clear_line(monkeypatch, tmp_path) -> None:
 
 def test_codec_reconstructs_held_out_world_clips(toy) -> None:
     """decode(encode(clip)) against the clip, on clips the codec never saw."""
-    from steering_core.toytrain import codec_report
+    from steering_core.toy.training import codec_report
 
     report = codec_report(toy.model, clips=4, seconds=2.0, seed=12345)
     assert report["snr_db"] > 6.0 and report["decoder_snr_db"] > 6.0, report
@@ -52,11 +53,11 @@ def test_the_codec_reads_the_drums_and_their_tempo_back_from_labelled_audio(toy)
     a third right on slow clips, so the language model read garbage there)."""
     import random
 
-    from steering_core.labelled import encode_codes
+    from steering_core.extract.labelled_audio import encode_codes
 
     for label in ("fast", "slow"):
         for seed in range(3):
-            p = toyworld.labelled_params("tempo", label, random.Random(seed))
+            p = captions.labelled_params("tempo", label, random.Random(seed))
             codes = toyworld.score(p, 100, random.Random(seed))
             found = encode_codes(toy, toyworld.frame_tables().render(codes))[0, toyworld.DRUMS, :100].numpy()
             assert (found == codes[toyworld.DRUMS]).mean() >= 0.97, (label, seed)
@@ -67,7 +68,8 @@ def test_the_codec_reads_the_drums_and_their_tempo_back_from_labelled_audio(toy)
 def test_training_losses_fall_and_a_stopped_run_resumes_to_the_same_weights(tmp_path) -> None:
     """A few steps of both stages on small batches: the loss falls, and stopping after 6
     steps then resuming to 12 gives the very weights of 12 steps straight."""
-    from steering_core import toy, toytrain
+    from steering_core.toy import model as toy
+    from steering_core.toy import training as toytrain
 
     small = replace(toytrain.TrainSettings(), codec_steps=12, codec_batch=2, codec_frames=8, lm_steps=12, lm_batch=2,
                     lm_frames=24, lm_short_batch=2, lm_short_frames=12, lm_tempo_steps=4, lm_tempo_batch=2,
@@ -91,7 +93,7 @@ def test_training_losses_fall_and_a_stopped_run_resumes_to_the_same_weights(tmp_
 def test_known_effects_on_the_shipped_weights(toy) -> None:
     """The papers' claim on a model where it must hold: captions and steering vectors move
     onset rate (tempo) and spectral centroid (timbre), monotonically, beyond the seed spread."""
-    from steering_core.knowneffect import known_effect_check
+    from steering_core.toy.known_effect import known_effect_check
 
     report = known_effect_check(toy, seeds=5, points=7, seconds=4.0)
     print(json.dumps({k: v for k, v in report.items() if k != "lines"}, indent=1)[:3000])
@@ -108,7 +110,7 @@ def test_a_timbre_direction_from_labelled_audio_agrees_with_the_prompt_direction
     on this coarser sweep (5 alphas, 4 seeds: at most one neighbour swap). The benchmark's
     full sweep (7 alphas, 5 seeds) is not monotonic on these weights: Spearman 0.82, see
     benchmarks/RESULTS.md."""
-    from steering_core.knowneffect import data_direction_check
+    from steering_core.toy.known_effect import data_direction_check
 
     report = data_direction_check(toy, "timbre", per_class=16, seeds=4, points=5, seconds=3.0)
     print(report["line"])
@@ -121,7 +123,7 @@ def test_a_tempo_direction_from_labelled_audio_agrees_with_the_prompt_direction_
     """extract --data on the world's fast/slow audio: every drum frame sounds its tempo bucket,
     so the direction is the captions' one and speeds the drums up (with the old silent
     countdown it was cosine 0.25 and slowed them)."""
-    from steering_core.knowneffect import data_direction_check
+    from steering_core.toy.known_effect import data_direction_check
 
     report = data_direction_check(toy, "tempo", per_class=16, seeds=4, points=5, seconds=3.0)
     print(report["line"])
@@ -133,9 +135,9 @@ def test_the_toy_streams_its_codec_in_its_own_chunks_and_tracks_a_one_shot_decod
     """serve decodes the toy 4 frames at a time with 4 of context and 4 held back (its declared
     settings, which make it play live on 2 cores); the joined audio must still track a one-shot
     decode."""
-    from steering_core.codec import ChunkedDecoder, CodecStreaming, decode
-    from steering_core.stream import MusicStream
-    from steering_core.toy import TOY_CODEC_STREAMING
+    from steering_core.codec.streaming import ChunkedDecoder, CodecStreaming, decode
+    from steering_core.stream.decode_loop import MusicStream
+    from steering_core.toy.model import TOY_CODEC_STREAMING
 
     assert CodecStreaming.for_model(toy) == TOY_CODEC_STREAMING  # read back from the shipped config.json
     codes = MusicStream(toy, "fast drums and a bright lead", seed=5).generate_frames(160)
@@ -155,7 +157,7 @@ def test_the_toy_streams_its_codec_in_its_own_chunks_and_tracks_a_one_shot_decod
 
 
 def test_a_bad_declared_codec_streaming_is_a_clear_error(toy, monkeypatch) -> None:
-    from steering_core.codec import STREAMING_CONFIG_KEY, CodecStreaming
+    from steering_core.codec.streaming import STREAMING_CONFIG_KEY, CodecStreaming
 
     for bad, match in (({"chunk_frames": 0}, "at least 1"), ({"context_frames": -1}, ">= 0"),
                        ({"holdback_frames": 1, "crossfade_frames": 2}, "fit inside"),
@@ -170,9 +172,9 @@ def test_folding_weight_norm_changes_no_sample(toy) -> None:
     time); a freshly read codec with its parametrisations decodes the same audio."""
     from torch.nn.utils import parametrize
 
-    from steering_core.codec import decode
-    from steering_core.models import fold_weight_norm
-    from steering_core.toy import TOY_MODEL_DIR
+    from steering_core.codec.streaming import decode
+    from steering_core.model.loading import fold_weight_norm
+    from steering_core.toy.model import TOY_MODEL_DIR
 
     codes = torch.randint(0, toyworld.CODEBOOK_SIZE, (1, 4, 30), generator=torch.Generator().manual_seed(0))
     folded = decode(toy, codes)

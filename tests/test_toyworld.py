@@ -8,10 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from steering_core import toyworld as w
 from steering_core.audio import read_audio, spectral_centroid
-from steering_core.concepts import load_concept
-from steering_core.metrics import onset_rate
+from steering_core.evaluate.metrics import onset_rate
+from steering_core.extract.concepts import load_concept
+from steering_core.toy import captions
+from steering_core.toy import world as w
 
 
 def clips(seeds=range(4), seconds=6.0, **changes):
@@ -66,8 +67,8 @@ def test_every_drum_frame_says_its_tempo_bucket_and_hits_fall_an_eighth_apart() 
 
 def test_labelled_tempo_classes_sit_in_their_own_buckets() -> None:
     rng = random.Random(2)
-    assert {w.tempo_bucket(w.labelled_params("tempo", "fast", rng).bpm) for _ in range(50)} == {4, 5}
-    assert {w.tempo_bucket(w.labelled_params("tempo", "slow", rng).bpm) for _ in range(50)} == {0, 1}
+    assert {w.tempo_bucket(captions.labelled_params("tempo", "fast", rng).bpm) for _ in range(50)} == {4, 5}
+    assert {w.tempo_bucket(captions.labelled_params("tempo", "slow", rng).bpm) for _ in range(50)} == {0, 1}
 
 
 def test_every_drum_code_sounds_different_so_the_codec_can_read_it_back() -> None:
@@ -88,7 +89,7 @@ def test_every_drum_code_sounds_different_so_the_codec_can_read_it_back() -> Non
 
 @pytest.mark.parametrize("concept", ["tempo", "timbre", "mood", "piano"])
 def test_every_preset_word_is_in_the_toy_vocabulary(concept: str) -> None:
-    from steering_core.toy import toy_tokenizer
+    from steering_core.toy.model import toy_tokenizer
 
     tok = toy_tokenizer()
     preset = load_concept(concept)
@@ -98,10 +99,10 @@ def test_every_preset_word_is_in_the_toy_vocabulary(concept: str) -> None:
 
 
 def test_captions_say_what_the_clip_plays() -> None:
-    words = w.caption_words()
+    words = captions.caption_words()
     rng = random.Random(5)
     for _ in range(300):
-        text, _codes, p = w.training_example(rng, 40)
+        text, _codes, p = captions.training_example(rng, 40)
         said_fast = any(f" {x}" in f" {text}" for x in words.fast)
         said_slow = any(f" {x}" in f" {text}" for x in words.slow)
         if said_fast and not said_slow:
@@ -111,7 +112,7 @@ def test_captions_say_what_the_clip_plays() -> None:
 
 
 def test_labelled_folders_hold_both_classes(tmp_path) -> None:
-    folders = w.write_labelled_folders(tmp_path, "tempo", per_class=2, seconds=2.0)
+    folders = captions.write_labelled_folders(tmp_path, "tempo", per_class=2, seconds=2.0)
     assert [f.name for f in folders] == ["fast", "slow"]
     for folder in folders:
         files = sorted(folder.glob("*.wav"))

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from steering_core.models import config_fingerprint
-from steering_core.steerer import Steerer
-from steering_core.vectors import SteeringVector, VectorFileError, VectorMismatchError, load_vector, load_vectors
+from steering_core.model.loading import config_fingerprint
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import SteeringVector, VectorFileError, VectorMismatchError, load_vector, load_vectors
 
 
 def vec(d=64, layers=(1, 2), seed=0, **kw) -> SteeringVector:

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pedalboard
 
-from steering_core.concepts import PRESETS_DIR
 from steering_core.errors import UserError
+from steering_core.paths import PRESETS_DIR
 
 from .presetfiles import read_preset
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steering_core.concepts import check_name
 from steering_core.errors import UserError
-from steering_core.performance import Change
+from steering_core.extract.concepts import check_name
+from steering_core.stream.timeline import Change
 
 from .control import ControlError, ControlState, changes_from_view
 from .midimaps import MidiMapError

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from steering_core.errors import UserError
-from steering_core.performance import Change
-from steering_core.sampling import SamplingSettings
+from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.timeline import Change
 
 #: A listener sees every submitted event (controller feedback, MIDI pickup).
 Listener = Callable[["ControlEvent"], None]

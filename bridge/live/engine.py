@@ -36,8 +36,8 @@ import numpy as np
 import pedalboard
 from pedalboard.io import StreamResampler
 
-from steering_core.codec import ChunkedDecoder
-from steering_core.performance import Performance
+from steering_core.codec.streaming import ChunkedDecoder
+from steering_core.stream.timeline import Performance
 
 from .chains import ceiling, enforce_ceiling
 from .control import ControlEvent, ControlState

@@ -32,10 +32,11 @@ from typing import Any
 
 import yaml
 
-from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
 from steering_core.errors import UserError
+from steering_core.extract.concepts import ConceptError, check_name
+from steering_core.paths import PRESETS_DIR, data_dir
 
-from .presetfiles import preset_names, read_preset, user_data_dir, write_atomically
+from .presetfiles import preset_names, read_preset, write_atomically
 
 MAPPINGS_DIR = PRESETS_DIR / "mappings"
 MODES = ("absolute", "relative_twos", "relative_offset", "relative_signed")
@@ -89,7 +90,7 @@ class ControllerMap:
 
 def user_maps_dir() -> Path:
     """Where ``/midi/save`` writes maps: beside the saved scenes."""
-    return user_data_dir("mappings")
+    return data_dir("mappings")
 
 
 def available_maps() -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from steering_core.errors import UserError
-from steering_core.performance import Change
+from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
 

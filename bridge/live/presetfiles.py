@@ -9,15 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from steering_core.concepts import ConceptError, check_name
+from steering_core.extract.concepts import ConceptError, check_name
 
 from .safeyaml import YamlLimitError, load_yaml_file
-
-
-def user_data_dir(kind: str) -> Path:
-    """``~/.local/share/steerbridge/<kind>`` (or under ``$XDG_DATA_HOME``): saved scenes, maps."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "steerbridge" / kind
 
 
 def write_atomically(path: Path, text: str) -> None:

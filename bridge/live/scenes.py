@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from steering_core.concepts import PRESETS_DIR, ConceptError, check_name
 from steering_core.errors import UserError
+from steering_core.extract.concepts import ConceptError, check_name
+from steering_core.paths import PRESETS_DIR, data_dir
 
-from .presetfiles import user_data_dir, write_atomically
+from .presetfiles import write_atomically
 
 SHIPPED_SCENES = PRESETS_DIR / "scenes"
 MAX_SCENE_BYTES = 64 * 1024
@@ -28,7 +29,7 @@ class SceneError(UserError):
 
 
 def default_scene_dir() -> Path:
-    return user_data_dir("scenes")
+    return data_dir("scenes")
 
 
 class SceneStore:

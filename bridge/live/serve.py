@@ -2,7 +2,7 @@
 
 Follow a knob turn from here: ``osc.py`` / ``midi.py`` -> ``commands.py`` (validate)
 -> ``control.py`` (targets, event queue) -> ``engine.py`` (takes effect at a step,
-rolls back the lookahead) -> ``steering_core.performance`` (smoothed alpha into the
+rolls back the lookahead) -> ``steering_core.stream.timeline`` (smoothed alpha into the
 hooks) -> codec -> ``engine.AudioPath`` (resample, effects, limiter) -> ``ring.py``
 -> ``outputs.py`` (the sound card callback).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -23,16 +22,17 @@ from typing import Any
 
 import torch
 
-from steering_core.codec import ChunkedDecoder, CodecStreaming
-from steering_core.concepts import load_concept
-from steering_core.extraction import extract_vector
-from steering_core.models import MusicGenHandle, load_model
-from steering_core.performance import Performance
-from steering_core.sampling import SamplingSettings
-from steering_core.static_step import open_stream
-from steering_core.steerer import Steerer
-from steering_core.stream import MusicStream
-from steering_core.vectors import SteeringVector, VectorFileError, load_vector, load_vectors
+from steering_core.codec.streaming import ChunkedDecoder, CodecStreaming
+from steering_core.extract.concepts import load_concept
+from steering_core.extract.extraction import extract_vector
+from steering_core.model.loading import MusicGenHandle, load_model
+from steering_core.paths import cache_dir
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import SteeringVector, VectorFileError, load_vector, load_vectors
+from steering_core.stream.decode_loop import MusicStream
+from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.static_step import open_stream
+from steering_core.stream.timeline import Performance
 
 from .chains import load_chain
 from .commands import Commands
@@ -78,21 +78,16 @@ class ServeOptions:
     engine: EngineSettings = field(default_factory=EngineSettings)
     status_line: bool = True
     threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's default
-    cuda_graphs: str | None = None  # None: today's decode loop; auto|on|off: the static step (steering_core.static_step)
+    cuda_graphs: str | None = None  # None: today's decode loop; auto|on|off: the static step (steering_core.stream.static_step)
     # Frames per codec decode; None: the model's own. More frames per call cost less per
     # frame (a small codec's decode is mostly fixed cost) and each adds a frame of latency.
     codec_chunk: int | None = None
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "steerbridge"
-
-
 def default_vectors(handle: MusicGenHandle) -> list[Path]:
     """No --vectors: extract the default concepts once per model and keep them."""
     # Keyed on the weights too: a retrained model of the same shape needs its own vectors.
-    folder = cache_dir() / "vectors" / f"{handle.config_sha256[:16]}-{handle.weights_sha256[:12]}"
+    folder = cache_dir("vectors") / f"{handle.config_sha256[:16]}-{handle.weights_sha256[:12]}"
     paths = []
     for name in DEFAULT_CONCEPTS:
         path = folder / f"{name}.safetensors"

@@ -33,18 +33,18 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from steering_core.analysis import cosine_matrix, recommend_layers, score_layers
 from steering_core.audio import write_wav
-from steering_core.clap import ClapScorer
-from steering_core.concepts import ConceptPreset, check_name, load_concept
 from steering_core.errors import UserError
-from steering_core.extraction import METHODS, collect_activations, vector_from_activations
-from steering_core.influence import layer_influence
-from steering_core.labelled import collect_labelled
-from steering_core.metrics import describe
-from steering_core.models import MusicGenHandle, load_model
-from steering_core.render import render
-from steering_core.vectors import SteeringVector
+from steering_core.evaluate.clap import ClapScorer
+from steering_core.evaluate.influence import layer_influence
+from steering_core.evaluate.metrics import describe
+from steering_core.evaluate.probes import cosine_matrix, recommend_layers, score_layers
+from steering_core.extract.concepts import ConceptPreset, check_name, load_concept
+from steering_core.extract.extraction import METHODS, collect_activations, vector_from_activations
+from steering_core.extract.labelled_audio import collect_labelled
+from steering_core.model.loading import MusicGenHandle, load_model
+from steering_core.steer.vectors import SteeringVector
+from steering_core.stream.render import render
 
 from .plots import influence_bars, layer_curves, metric_band, spectrogram_grid
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from steering_core.codec import ChunkedDecoder, decode
-from steering_core.models import MusicGenHandle, load_model
-from steering_core.sampling import SamplingSettings
-from steering_core.static_step import StaticStream, count_graph_breaks
-from steering_core.steerer import Steerer
-from steering_core.stream import MusicStream
-from steering_core.vectors import SteeringVector
+from steering_core.codec.streaming import ChunkedDecoder, decode
+from steering_core.model.loading import MusicGenHandle, load_model
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import SteeringVector
+from steering_core.stream.decode_loop import MusicStream
+from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.static_step import StaticStream, count_graph_breaks
 
 PROMPT = "an energetic electronic track with punchy drums"
 

@@ -18,11 +18,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from steering_core.audio import write_wav
-from steering_core.concepts import load_concept
-from steering_core.effects import CONCEPT_METRIC, steering_sweep
-from steering_core.extraction import extract_vector
-from steering_core.knowneffect import ALPHA_SPANS
-from steering_core.models import load_model
+from steering_core.evaluate.steering_effects import CONCEPT_METRIC, steering_sweep
+from steering_core.extract.concepts import load_concept
+from steering_core.extract.extraction import extract_vector
+from steering_core.model.loading import load_model
+from steering_core.toy.known_effect import ALPHA_SPANS
 
 from .plots import metric_band, spectrogram_grid
 

@@ -19,14 +19,14 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from steering_core.codec import decode
+from steering_core.codec.streaming import decode
 from steering_core.errors import UserError
-from steering_core.models import MusicGenHandle
-from steering_core.performance import Change, Performance
-from steering_core.sampling import SamplingSettings
-from steering_core.steerer import Steerer
-from steering_core.stream import MusicStream
-from steering_core.vectors import SteeringVector
+from steering_core.model.loading import MusicGenHandle
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import SteeringVector
+from steering_core.stream.decode_loop import MusicStream
+from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.timeline import Change, Performance
 
 from ..live.commands import Commands
 from ..live.control import ConceptKnob, ControlState

@@ -13,10 +13,11 @@ import logging
 from pathlib import Path
 
 from steering_core.errors import UserError
+from steering_core.paths import cache_dir
 
 log = logging.getLogger("steerbridge.toy")
 
-DEFAULT_WORK = Path.home() / ".cache" / "steerbridge" / "toy-train"
+DEFAULT_WORK = cache_dir("toy-train")
 
 
 def add_toy_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +64,8 @@ def add_toy_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_toy_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from steering_core.toy import TOY_MODEL_DIR
-    from steering_core.toytrain import TrainSettings, train_toy
+    from steering_core.toy.model import TOY_MODEL_DIR
+    from steering_core.toy.training import TrainSettings, train_toy
 
     settings = TrainSettings()
     if args.codec_steps is not None:
@@ -84,7 +85,7 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_world(args: argparse.Namespace) -> int:
-    from steering_core.toyworld import write_labelled_folders
+    from steering_core.toy.world import write_labelled_folders
 
     if args.per_class < 2 or not 0.5 <= args.seconds <= 60:
         raise UserError("--per-class must be at least 2 and --seconds within 0.5..60")
@@ -95,11 +96,11 @@ def cmd_toy_world(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_check(args: argparse.Namespace) -> int:
-    from steering_core.knowneffect import known_effect_check
+    from steering_core.toy.known_effect import known_effect_check
 
     if args.seeds < 2 or args.points < 3 or not 1 <= args.seconds <= 30:
         raise UserError("--seeds must be at least 2, --points at least 3, --seconds within 1..30")
-    from steering_core.toyworld import CLASSES
+    from steering_core.toy.world import CLASSES
 
     data_concepts = [c.strip() for c in args.data.split(",") if c.strip()]
     unknown = [c for c in data_concepts if c not in CLASSES]
@@ -107,8 +108,8 @@ def cmd_toy_check(args: argparse.Namespace) -> int:
         raise UserError(f"--data: no labelled world for {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
     report = known_effect_check(seeds=args.seeds, points=args.points, seconds=args.seconds, method=args.method)
     if data_concepts:
-        from steering_core.knowneffect import data_direction_check
-        from steering_core.models import load_model
+        from steering_core.model.loading import load_model
+        from steering_core.toy.known_effect import data_direction_check
 
         handle = load_model("toy", device="cpu")
         report["data"] = {}
