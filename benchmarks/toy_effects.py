@@ -3,7 +3,7 @@
     python benchmarks/toy_effects.py [--seeds 5] [--points 7] [--pipeline-seconds 20] [--json out.json]
     python benchmarks/toy_effects.py --pipeline-only [--pipeline-runs 3]
 
-1. ``known_effect_check`` (steering_core/knowneffect.py): conditioning ratios and alpha
+1. ``known_effect_check`` (steering_core/toy/known_effect.py): conditioning ratios and alpha
    sweeps for tempo and timbre, for the diffmean and the logistic-probe vectors.
 2. The live pipeline's real-time factor, as ``serve`` runs it, steered: one decode step
    per frame (the stream ``open_stream`` picks, as serve) with the tempo and timbre

@@ -14,6 +14,8 @@ it has not seen) goes through ``EncodecModel.decode`` itself.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers.models.encodec import modeling_encodec as encodec
@@ -21,7 +23,7 @@ from transformers.models.encodec import modeling_encodec as encodec
 _PLAIN_LAYERS = (encodec.EncodecConvTranspose1d, encodec.EncodecLSTM, nn.ELU, nn.Identity)
 
 
-def can_walk(codec: nn.Module) -> bool:
+def can_walk(codec: Any) -> bool:
     """Whether ``decode_codes`` can run this codec's decoder itself."""
     config = getattr(codec, "config", None)
     if config is None or getattr(config, "chunk_length", None) is not None:
@@ -36,7 +38,7 @@ def _known(layer: nn.Module) -> bool:
     return isinstance(layer, (encodec.EncodecConv1d, *_PLAIN_LAYERS))
 
 
-def decode_codes(codec: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+def decode_codes(codec: Any, codes: torch.Tensor) -> torch.Tensor:
     """codes [B, K, T] -> audio [B, channels, T * hop], as ``codec.decode(codes[None],
     [None]).audio_values``."""
     if not can_walk(codec):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +67,8 @@ def save_tiny_clap(folder: str | Path) -> Path:
 class ClapScorer:
     def __init__(self, spec: str = "tiny", device: str | torch.device = "cpu") -> None:
         self.spec = spec
+        self.model: Any
+        self.processor: Any
         if spec == "tiny":
             self.model, self.processor = tiny_clap()
         else:

@@ -1,6 +1,6 @@
 """Layer influence: how far steering one layer alone moves the model's predictions.
 
-Probe accuracy (``analysis.py``) says where a concept can be *read*; influence says where
+Probe accuracy (``evaluate/probes.py``) says where a concept can be *read*; influence says where
 *writing* it acts, in the spirit of Facchiano et al.'s layer-by-layer interventions. For
 each layer on its own, the concept's direction is added at ``alpha`` while the decoder
 is teacher-forced on fixed token sequences (music the unsteered model made from the

@@ -1,6 +1,6 @@
 """Does a knob do what it says? Measured effects of prompts and of steering, on audio.
 
-Two questions, each answered with numbers from the rendered audio (``metrics.py``):
+Two questions, each answered with numbers from the rendered audio (``evaluate/metrics.py``):
 
 * ``conditioning``: generated from captions alone, do the positive prompts of a concept
   score higher on its metric than the negative ones (onset rate for tempo, spectral
@@ -52,7 +52,7 @@ class Conditioning:
 
     @property
     def ratio(self) -> float:
-        return float(np.mean(self.positive) / max(np.mean(self.negative), 1e-9))
+        return float(np.mean(self.positive)) / max(float(np.mean(self.negative)), 1e-9)
 
     def to_json(self) -> dict[str, object]:
         return {"metric": self.metric, "positive_mean": round(float(np.mean(self.positive)), 3),

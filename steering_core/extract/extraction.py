@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,7 +198,7 @@ def extract_vector(handle: MusicGenHandle, preset: ConceptPreset, *, method: str
     if bad or not chosen:
         raise UserError(f"layers {bad or list(chosen)} outside 0..{handle.num_layers - 1}")
     pairs = preset.pairs(seed)
-    common = dict(site=site, frames=frames, seed=seed, batch_size=batch_size, pool=pool, progress=progress)
+    common: dict[str, Any] = dict(site=site, frames=frames, seed=seed, batch_size=batch_size, pool=pool, progress=progress)
     pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", **common)
     neg = collect_activations(handle, [n for _, n in pairs], desc=f"{preset.name}: {preset.negative_label}", **common)
     return vector_from_activations(handle, preset.name, pos, neg, chosen, method=method, site=site, preset=preset,

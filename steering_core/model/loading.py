@@ -3,7 +3,7 @@
 Everything goes through ``load_model``, which returns a ``MusicGenHandle``: the model,
 its tokenizer and the few numbers the rest of the code needs (sample rate, frame rate,
 width, layer count). A hub id or a folder is read by transformers' ``from_pretrained``;
-``tiny`` is built in code (see ``tiny.py``); ``musicgen-small|medium|large`` build the
+``tiny`` is built in code (see ``model/tiny.py``); ``musicgen-small|medium|large`` build the
 real configuration with random weights, for speed measurements.
 """
 
@@ -39,13 +39,13 @@ from steering_core.model.tiny import build_tiny_model, randomize_codebooks, tiny
 log = logging.getLogger(__name__)
 
 #: Decoder shapes of the released checkpoints (facebook/musicgen-*), for random-weight builds.
-REAL_SHAPES: dict[str, dict[str, int]] = {
+REAL_SHAPES: dict[str, dict[str, Any]] = {
     "musicgen-small": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "ffn_dim": 4096},
     "musicgen-medium": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24, "ffn_dim": 6144},
     "musicgen-large": {"hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32, "ffn_dim": 8192},
 }
-_T5_BASE = {"d_model": 768, "d_ff": 3072, "d_kv": 64, "num_heads": 12, "num_layers": 12}
-_T5_LARGE = {"d_model": 1024, "d_ff": 4096, "d_kv": 64, "num_heads": 16, "num_layers": 24}
+_T5_BASE: dict[str, Any] = {"d_model": 768, "d_ff": 3072, "d_kv": 64, "num_heads": 12, "num_layers": 12}
+_T5_LARGE: dict[str, Any] = {"d_model": 1024, "d_ff": 4096, "d_kv": 64, "num_heads": 16, "num_layers": 24}
 
 
 #: How each built-in model (``model_names.BUILTIN_MODELS``) is built.
@@ -62,7 +62,10 @@ assert set(REAL_SHAPES) == set(RANDOM_WEIGHT_MODELS), "model_names.RANDOM_WEIGHT
 class MusicGenHandle:
     """A loaded MusicGen model and what the rest of steerbridge needs to know about it."""
 
-    model: PreTrainedModel
+    #: A MusicgenForConditionalGeneration. Attribute access through a torch module tree is
+    #: dynamic (torch types it ``Tensor | Module``), so the tree is ``Any`` and the typed surface
+    #: is this handle's own properties.
+    model: Any
     tokenizer: Any
     model_id: str
     device: torch.device
@@ -113,7 +116,10 @@ class MusicGenHandle:
 
     @property
     def pad_token_id(self) -> int:
-        return int(self.decoder_config.pad_token_id)
+        pad = self.decoder_config.pad_token_id
+        if pad is None:
+            raise ModelLoadError(f"{self.model_id}: the decoder's config has no pad_token_id")
+        return int(pad)
 
     @property
     def is_melody(self) -> bool:
@@ -279,7 +285,8 @@ def fold_weight_norm(module: nn.Module) -> int:
     folded = 0
     for sub in module.modules():
         if parametrize.is_parametrized(sub):
-            for name in list(sub.parametrizations.keys()):
+            parametrizations: Any = sub.parametrizations
+            for name in list(parametrizations.keys()):
                 parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
                 folded += 1
     return folded
@@ -291,6 +298,7 @@ def load_model(spec: str = "toy", device: str | torch.device = "auto",
     (random weights), a folder or a hub id."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    model: Any
     with _quiet_transformers():
         if spec in _BUILTIN_BUILDERS:
             model, tokenizer = _BUILTIN_BUILDERS[spec]()

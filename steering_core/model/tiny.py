@@ -14,6 +14,7 @@ checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -63,7 +64,8 @@ def tiny_config(stereo: bool = False) -> MusicgenConfig:
     with 4 codebooks at 50 Hz, delay-pattern decoder), scaled down to run fast on a CPU.
     ``stereo``: as musicgen-stereo, 8 interleaved codebooks (left/right per level)
     over the same mono codec."""
-    text = T5Config(
+    # decoder_start_token_id reaches T5Config through **kwargs; its typed fields omit it.
+    text = T5Config(  # type: ignore[call-arg]
         vocab_size=len(_SPECIAL_TOKENS) + 256,
         d_model=32,
         d_kv=8,
@@ -122,7 +124,7 @@ def tiny_generation_config() -> GenerationConfig:
     )
 
 
-def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torch.Generator) -> None:
+def randomize_codebooks(model: Any, generator: torch.Generator) -> None:
     """As ``_randomize_codebooks``, on one CPU thread: a float sum's order depends on the
     thread count, and these weights must come out the same in every process (a serve
     with one torch thread, a test run with two)."""
@@ -130,7 +132,7 @@ def randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torc
         _randomize_codebooks(model, generator)
 
 
-def _randomize_codebooks(model: MusicgenForConditionalGeneration, generator: torch.Generator) -> None:
+def _randomize_codebooks(model: Any, generator: torch.Generator) -> None:
     """EnCodec keeps its codebooks in buffers that start at zero and come from a
     checkpoint; with random weights every code would decode to the same sound, and
     every input would encode to the same code. Initialise them as EnCodec's own
@@ -173,7 +175,7 @@ def _randomize_codebooks(model: MusicgenForConditionalGeneration, generator: tor
     _standardise_decoder(codec, generator)
 
 
-def _standardise_decoder(codec: torch.nn.Module, generator: torch.Generator) -> None:
+def _standardise_decoder(codec: Any, generator: torch.Generator) -> None:
     """A random decoder's output is mostly one fixed waveform (its biases, pushed
     through every layer) with the codes moving it by a hair. Zero its biases and
     rescale its last (linear) conv so the code-driven sound sits at 0.1 RMS: different

@@ -43,8 +43,9 @@ class SitePoint:
     reads_input: bool  # True: the hook edits the module's input (``head``); else its output
 
 
-def site_point(layer: nn.Module, site: str) -> SitePoint:
-    """The module and side (input or output) that stands for ``site`` in one decoder layer."""
+def site_point(layer: Any, site: str) -> SitePoint:
+    """The module and side (input or output) that stands for ``site`` in one decoder layer (a
+    MusicgenDecoderLayer: its sub-modules are attributes torch types only as ``Tensor | Module``)."""
     if site == "resid_post":
         return SitePoint(layer, reads_input=False)
     if site == "attn_out":

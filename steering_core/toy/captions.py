@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,8 +137,10 @@ def labelled_params(concept: str, label: str, rng: random.Random) -> Params:
         if name == label:
             p = Params.random(rng)
             for key, choices in changes.items():
-                value = rng.uniform(*choices) if key == "bpm" else rng.choice(choices)  # type: ignore[arg-type]
-                p = replace(p, **{key: value})
+                spec: Any = choices  # (low, high) for bpm, else the values to choose from
+                value = rng.uniform(*spec) if key == "bpm" else rng.choice(spec)
+                changed: dict[str, Any] = {key: value}
+                p = replace(p, **changed)
             return p
     raise UserError(f"{concept!r} has no class {label!r}")
 

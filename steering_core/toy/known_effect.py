@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def known_effect_check(handle: MusicGenHandle | None = None, *, seeds: int = 5, 
 def _known_effect_check(handle: MusicGenHandle, *, seeds: int, points: int, seconds: float, method: str,
                         frames: int, concepts: tuple[str, ...], layers: tuple[int, ...] | None) -> dict[str, object]:
     layers = layers or (handle.num_layers // 2,)
-    report: dict[str, object] = {"model": handle.model_id, "method": method, "seeds": seeds, "seconds": seconds,
+    report: dict[str, Any] = {"model": handle.model_id, "method": method, "seeds": seeds, "seconds": seconds,
                                  "prompt": NEUTRAL_PROMPT, "concepts": {}}
     lines, passed = [], True
     for name in concepts:

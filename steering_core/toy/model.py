@@ -1,9 +1,9 @@
-"""The built-in ``toy`` MusicGen: small, trained here on the synthetic world of ``toyworld.py``.
+"""The built-in ``toy`` MusicGen: small, trained here on the synthetic world of ``toy/world.py``.
 
-``tiny`` (``tiny.py``) has random weights and exercises the mechanics; ``toy`` has
+``tiny`` (``model/tiny.py``) has random weights and exercises the mechanics; ``toy`` has
 concepts to find. It is a real ``MusicgenForConditionalGeneration`` (T5 text encoder,
 32 kHz EnCodec with 4 codebooks of 128 codes at 50 frames/s, delay-pattern decoder),
-trained by ``steerbridge toy train`` (``toytrain.py``) and shipped as a safetensors folder
+trained by ``steerbridge toy train`` (``toy/training.py``) and shipped as a safetensors folder
 inside the package (``steering_core/toy/weights/``), which ``load_model("toy")`` reads with
 the same ``from_pretrained`` as any checkpoint.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -74,7 +75,8 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
 
 def toy_config(vocab_size: int) -> MusicgenConfig:
     v = toyworld.CODEBOOK_SIZE
-    text = T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=256, num_layers=2, num_heads=4,
+    # decoder_start_token_id reaches T5Config through **kwargs; its typed fields omit it.
+    text = T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=256, num_layers=2, num_heads=4,  # type: ignore[call-arg]
                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.0)
     audio = EncodecConfig(
         sampling_rate=toyworld.SAMPLE_RATE, audio_channels=1, num_filters=8, hidden_size=LATENT_DIM,
@@ -120,7 +122,8 @@ def build_untrained_toy(seed: int = TOY_SEED) -> MusicgenForConditionalGeneratio
         model = MusicgenForConditionalGeneration(toy_config(len(tokenizer)))
     with torch.no_grad():
         vectors = codebook_vectors(torch.Generator().manual_seed(seed))
-        for i, layer in enumerate(model.audio_encoder.quantizer.layers):
+        codec: Any = model.audio_encoder
+        for i, layer in enumerate(codec.quantizer.layers):
             layer.codebook.embed.copy_(vectors[i])
             layer.codebook.embed_avg.copy_(vectors[i])
     model.generation_config = toy_generation_config()

@@ -1,4 +1,4 @@
-"""Training the ``toy`` MusicGen from scratch on the synthetic world (``toyworld.py``).
+"""Training the ``toy`` MusicGen from scratch on the synthetic world (``toy/world.py``).
 
 Two stages, each resumable from its last checkpoint, each seeded so a rerun makes the
 same weights (on the same torch build and thread count):
@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -114,12 +115,12 @@ def codec_batch(rng: random.Random, batch: int, frames: int) -> tuple[torch.Tens
 
 
 def lm_batch(rng: random.Random, batch: int, frames: int) -> tuple[list[str], torch.Tensor]:
-    captions, codes = [], []
+    texts, codes = [], []
     for _ in range(batch):
         text, c, _ = captions.training_example(rng, frames)
-        captions.append(text)
+        texts.append(text)
         codes.append(c)
-    return captions, torch.from_numpy(np.stack(codes))
+    return texts, torch.from_numpy(np.stack(codes))
 
 
 def delay_layout(codes: torch.Tensor, bos: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +180,7 @@ def _run(name: str, total: int, step: int, losses: list[float], one_step: Callab
 
 
 # --- stage 1: the codec -----------------------------------------------------------------------------
-def train_codec(model: MusicgenForConditionalGeneration, settings: TrainSettings, checkpoint: Path,
+def train_codec(model: Any, settings: TrainSettings, checkpoint: Path,
                 progress: bool = True) -> list[float]:
     codec = model.audio_encoder
     vectors = toy.codebook_vectors(torch.Generator().manual_seed(settings.seed))
@@ -199,7 +200,8 @@ def train_codec(model: MusicgenForConditionalGeneration, settings: TrainSettings
         latent = codec.encoder(audio[:, None])[..., : settings.codec_frames]
         logits = _code_logits(latent, vectors)  # [B, K, V, T]
         encoder_loss = F.cross_entropy(logits.transpose(1, 2), codes)
-        target_latent = sum(vectors[k][codes[:, k]] for k in range(vectors.shape[0])).transpose(1, 2)  # [B, D, T]
+        summed = cast(torch.Tensor, sum(vectors[k][codes[:, k]] for k in range(vectors.shape[0])))  # [B, T, D]
+        target_latent = summed.transpose(1, 2)  # [B, D, T]
         out = codec.decoder(target_latent)[:, 0, : audio.shape[-1]]
         decoder_loss = F.l1_loss(out, audio) * 10 + multires_stft_distance(out, audio)
         loss = encoder_loss + decoder_loss
@@ -223,7 +225,7 @@ def _lm_parameters(model: MusicgenForConditionalGeneration) -> list[torch.nn.Par
     return [p for part in parts for p in part.parameters()]
 
 
-def lm_loss(model: MusicgenForConditionalGeneration, tokenizer, captions: list[str], codes: torch.Tensor,
+def lm_loss(model: Any, tokenizer, captions: list[str], codes: torch.Tensor,
             drop: torch.Tensor | None = None, codebook_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Next-code cross-entropy over every codebook and position of ``codes`` [B, K, T]: the
     mean, or with ``codebook_weights`` [K] the weighted mean."""
@@ -292,7 +294,7 @@ def train_lm(model: MusicgenForConditionalGeneration, settings: TrainSettings, c
 # --- evaluation -------------------------------------------------------------------------------------
 @torch.no_grad()
 def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, seconds: float = 4.0,
-                 seed: int = 99) -> dict[str, float]:
+                 seed: int = 99) -> dict[str, Any]:
     """Held-out world clips through ``decode(encode(clip))``: the multi-resolution STFT
     distance, the SNR, and how often the encoder finds the world's own code, per codebook;
     and ``decoder_snr_db``, the decoder alone on the world's own codes (what the language

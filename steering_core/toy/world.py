@@ -1,6 +1,6 @@
 """A synthetic musical world whose concepts are known by construction.
 
-The ``toy`` model (``toy.py``) is trained on this world, so that steering can be shown,
+The ``toy`` model (``toy/model.py``) is trained on this world, so that steering can be shown,
 by numbers, to move what it should. A clip is a *score*: four codebooks of frame codes
 at 50 frames/s, one code per 20 ms frame, as MusicGen's codec would produce:
 
@@ -20,7 +20,7 @@ and the audio is the sum, frame by frame, of one 640-sample waveform per codeboo
 cycles in a frame and a held note is the same waveform frame after frame; every
 waveform starts and ends at zero, so frames join without clicks. That makes the audio
 an exact function of the codes, which is what lets a small EnCodec learn to encode and
-decode it (``toytrain.py``), and makes each concept measurable on the audio:
+decode it (``toy/training.py``), and makes each concept measurable on the audio:
 
 * **tempo** (60-180 BPM): one drum hit per eighth note, so the onset rate is BPM / 30;
   every drum frame also sounds the tempo's bucket (the room, ``ROOM_TONES``), as a real
