@@ -21,10 +21,10 @@ def test_the_asked_state_changes_only_through_submit() -> None:
         control.targets["timbre"] = 3.0  # type: ignore[index]
     with pytest.raises(TypeError):
         control.enabled["timbre"] = False  # type: ignore[index]
-    control.submit([control.alpha_change("timbre", 3.0), control.enabled_change("timbre", False)], "test", "t")
+    control.submit([control.change("/steer/timbre", 3.0), control.change("/steer/timbre/on", False)], "test", "t")
     assert control.targets == {"timbre": 3.0} and control.enabled == {"timbre": False}
-    control.submit([control.knob_change("timbre", 0.5)], "test", "t")
-    control.submit([control.setting_change("temperature", 0.7)], "test", "t")
+    control.submit([control.change("/steer/timbre/knob", 0.5)], "test", "t")
+    control.submit([control.change("/gen/temperature", 0.7)], "test", "t")
     from steering_core.stream.timeline import Change
     control.submit([Change("panic")], "test", "panic")
     assert control.targets == {"timbre": 0.0}

@@ -226,8 +226,8 @@ class Server:
             log.info("recording to %s", self.recorder.path)
 
     def stop(self) -> None:
-        """Inputs first, then the engine (which closes the performance log), then the
-        audio; the recording is finished last, whatever failed before it."""
+        """Inputs first, then the engine (which closes the performance log, on its own
+        thread), then the audio; the recording is finished last, whatever failed before it."""
         try:
             if self.midi is not None:
                 self.midi.close()
@@ -241,8 +241,6 @@ class Server:
             torch.set_num_threads(self._torch_threads_before)
             if self.recorder is not None:
                 self.recorder.close()
-            if self.perf_log is not None:
-                self.perf_log.end(self.engine.frames_generated, self.engine.codes_sha256())
 
     def status(self) -> dict[str, Any]:
         view = self.control.snapshot()
@@ -250,7 +248,7 @@ class Server:
         return {
             **engine, "state": "running",
             "targets": view["targets"], "enabled": view["enabled"], "knobs": view["knobs"],
-            "prompt": view["prompt"], "settings": view["settings"], "transport": "play" if view["playing"] else "stop",
+            "prompt": view["prompt"], "settings": view["settings"], "transport": "play" if engine["playing"] else "stop",
             "model": self.options.model, "device": str(self.handle.device), "dtype": str(self.handle.dtype),
             "sample_rate": self.output.sample_rate, "model_sample_rate": self.handle.sample_rate,
             "errors": view["errors"], "last_error": view["last_error"],
