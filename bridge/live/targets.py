@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from steering_core.errors import UserError
@@ -78,7 +78,9 @@ class Target:
 
     address: str
     kind: Kind
-    parse: Callable[[Sequence[Any]], Args]  # raises ControlError; the arguments as the target takes them
+    #: Raises ControlError; returns the arguments as the target takes them. Two tables
+    #: built from one spec hold equal targets: the parsers (closures) are left out of ==.
+    parse: Callable[[Sequence[Any]], Args] = field(compare=False)
     concept: str | None = None
     alpha_range: tuple[float, float] | None = None  # alpha and knob targets: the concept's range
     setting: Setting | None = None
