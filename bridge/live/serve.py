@@ -1,10 +1,11 @@
 """``steerbridge serve``: wire the model, the controls and the audio path, then play.
 
-Follow a knob turn from here: ``osc.py`` / ``midi.py`` -> ``commands.py`` (validate)
--> ``control.py`` (targets, event queue) -> ``engine.py`` (takes effect at a step,
-rolls back the lookahead) -> ``steering_core.stream.timeline`` (smoothed alpha into the
-hooks) -> codec -> ``engine.AudioPath`` (resample, effects, limiter) -> ``ring.py``
--> ``outputs.py`` (the sound card callback).
+Follow a knob turn from here: ``oscfront.py`` (decode, parse against ``targets.py``)
+/ ``midi.py`` -> ``osc.py`` -> ``commands.py`` -> ``control.py`` (asked state, event
+queue) -> ``engine.py`` (takes effect at a step, rolls back the lookahead) ->
+``steering_core.stream.timeline`` (smoothed alpha into the hooks) -> codec ->
+``engine.AudioPath`` (resample, effects, limiter) -> ``ring.py`` -> ``outputs.py`` (the
+sound card callback).
 """
 
 from __future__ import annotations
