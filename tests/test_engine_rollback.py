@@ -27,7 +27,7 @@ def turn_timbre(server: Server, value: float) -> tuple[int, int]:
         engine._produce_chunk()
     before = engine.stream.frames_complete
     assert before > engine.decoder.emitted_frames  # there is something past the unplayed frame to roll back
-    server.control.submit([server.control.alpha_change("timbre", value)], "test", "knob")
+    server.control.submit([server.control.change("/steer/timbre", value)], "test", "knob")
     engine._take_events()
     return before, engine.stream.frames_complete
 

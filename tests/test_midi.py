@@ -248,7 +248,7 @@ def test_osc_changes_to_bindings_wait_for_the_midi_threads_lock(rig) -> None:
 
     control, mapper, _, commands = rig
     mapper.handle(cc(21, 64))  # picked up, position set
-    binding = next(b for b in mapper.bindings if b.cc == 21)
+    binding = next(c.live for c in mapper.controls if c.binding.cc == 21)
     assert binding.position is not None
     with mapper._lock:  # as if rtmidi's thread were half-way through a message
         osc = threading.Thread(target=commands.run, args=("/steer/timbre", [1.0], Origin("osc 127.0.0.1:1")))

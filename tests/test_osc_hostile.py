@@ -23,6 +23,7 @@ from bridge.live.oscmatch import AddressMatcher
 from bridge.live.oscwire import MAX_BUNDLE_DEPTH, OscWireError, decode_packet
 from bridge.live.ratelog import RateLimitedLog
 from bridge.live.scenes import SceneStore
+from bridge.live.targets import ControlTable
 from steering_core.stream.sampling import SamplingSettings
 from tests.oscclient import Client, bundle, message
 
@@ -232,8 +233,7 @@ def front():
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     f = oscfront.Front(sock, theirs)
-    ours.send(oscfront.RECORD_ADDRESSES + json.dumps({"addresses": ["/steer/timbre", "/status", "/prompt"],
-                                                      "concepts": ["timbre"]}).encode())
+    ours.send(oscfront.RECORD_TABLE + json.dumps(ControlTable([("timbre", (-6.0, 6.0))], 2048).spec()).encode())
     f.read_link()
     yield f, udp, ours
     for s in (sock, ours, theirs, udp):
@@ -272,8 +272,8 @@ def test_the_front_passes_on_only_known_addresses_in_order_with_counts(front) ->
     assert [r[:1] for r in records] == [b"M", b"M"]
     packets, errors, _, last_error, offset = oscfront.unpack_counts(records[0], 1)
     assert (packets, errors) == (2, 1) and "unknown address /nowhere" in last_error  # in order with the message
-    _, sender, raw = oscfront.unpack_message(records[0], offset)
-    assert sender == udp.getsockname() and raw == message("/steer/timbre", 1.0)
+    _, sender, parsed = oscfront.unpack_message(records[0], offset)
+    assert sender == udp.getsockname() and parsed == oscfront.ParsedMessage("/steer/timbre", (("/steer/timbre", (1.0,)),))
     assert oscfront.unpack_counts(records[1], 1)[:2] == (3, 0)
 
 

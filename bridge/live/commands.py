@@ -1,15 +1,17 @@
-"""The command table: every control address, validated the same way whoever sends it.
+"""The commands: what each control target does, run the same way whoever sends it.
 
-OSC messages, MIDI mappings and scene recalls all end up here as an address plus
-arguments. A handler validates everything first and returns a ``Plan``; only when
-every handler that an address (or wildcard pattern) matched has validated does
-anything change. A bad message therefore changes nothing.
+The targets, and how each one's arguments are parsed, are ``targets.ControlTable``'s.
+OSC messages arrive here already parsed (the front process did it against the same
+table); MIDI controls call ``drive`` with the target their binding resolved to when
+the map loaded; ``run`` parses an address and arguments in-process (scripts, tests).
+A handler checks what only the server can know (a scene on disk, a MIDI input) and
+returns a ``Plan``; only when every target a message named has planned does anything
+change. A bad message therefore changes nothing.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +21,12 @@ from steering_core.errors import UserError
 from steering_core.extract.concepts import check_name
 from steering_core.stream.timeline import Change
 
-from .control import ControlError, ControlState, changes_from_view
+from .control import ControlError, ControlState, change_for
 from .midimaps import MidiMapError
-from .oscmatch import AddressMatcher, PatternError, describe_unknown
 from .oscwire import short
-from .scenes import SceneError, SceneStore, morph
+from .scenes import SceneError, SceneStore, morph, scene_of, scene_values
+from .targets import Args, Target
 
-MAX_PROMPT_CHARS = 500
-MAX_NAME_CHARS = 64
-MAX_HOST_CHARS = 253
 #: /status/json stays one UDP datagram (65,507 bytes at most on IPv4), with room for the OSC framing.
 MAX_STATUS_BYTES = 32_000
 
@@ -50,144 +49,98 @@ class Plan:
     replies: list[tuple[str, list[Any]]] = field(default_factory=list)
 
 
-Handler = Callable[[Sequence[Any], Origin], Plan]
+#: A target's handler: its parsed arguments (``Target.parse``) and who sent them -> a plan.
+Handler = Callable[[Args, Origin], Plan]
+Reply = tuple[str, list[Any]]
 
 
 class Commands:
-    """Address -> handler. ``run`` validates, then applies, then returns the replies."""
+    """Target -> handler. ``execute`` plans every call, then applies, then returns the replies."""
 
     def __init__(self, control: ControlState, scenes: SceneStore, status: Callable[[], dict[str, Any]]) -> None:
         self.control = control
+        self.table = control.table
         self.scenes = scenes
         self.status = status
         #: Set by the OSC server and the MIDI input when they exist.
         self.subscribe: Callable[[str, int, Origin, bool], None] | None = None
-        self.midi_learn: Callable[[str], None] | None = None
+        self.midi_learn: Callable[[Target], None] | None = None
         self.midi_save: Callable[[str], Path] | None = None
-        self._matcher = AddressMatcher(())
-        self._handlers: dict[str, Handler] = {}
-        for name in control.concepts:
-            self._add(f"/steer/{name}", self._steer(name))
-            self._add(f"/steer/{name}/knob", self._knob(name))
-            self._add(f"/steer/{name}/on", self._on(name))
-        self._add("/prompt", self._prompt)
-        for kind, parse in (("guidance", _float), ("temperature", _float), ("top_k", _int), ("top_p", _float),
-                            ("seed", _int)):
-            self._add(f"/gen/{kind}", self._setting(kind, parse))
-        self._add("/scene/save", self._scene_save)
-        self._add("/scene/recall", self._scene_recall)
-        self._add("/scene/morph", self._scene_morph)
-        self._add("/transport/play", self._transport("play"))
-        self._add("/transport/stop", self._transport("stop"))
-        self._add("/panic", self._panic)
-        self._add("/midi/learn", self._learn)
-        self._add("/midi/save", self._midi_save)
-        self._add("/subscribe", self._subscription(True))
-        self._add("/unsubscribe", self._subscription(False))
-        self._add("/status", self._status)
+        self._handlers: dict[str, Handler] = {t.address: self._handler(t) for t in self.table}
 
-    @property
-    def addresses(self) -> list[str]:
-        return list(self._handlers)
+    def run(self, address: str, args: Sequence[Any], origin: Origin) -> list[Reply]:
+        """Parse ``address`` (a pattern too) and ``args`` against the table, then execute."""
+        return self.execute(address, self.table.parse(address, args), origin)
 
-    def is_target(self, address: str) -> bool:
-        """An address a knob can drive (MIDI maps and learn): steer, knob, on and /gen."""
-        return address in self._handlers and address.startswith(("/steer/", "/gen/"))
+    def drive(self, target: Target, args: Sequence[Any], origin: Origin) -> list[Reply]:
+        """One target with arguments a control computed (MIDI): checked by its parser, then executed."""
+        return self.execute(target.address, [(target, target.parse(args))], origin)
 
-    def run(self, address: str, args: Sequence[Any], origin: Origin) -> list[tuple[str, list[Any]]]:
-        """Validate, then apply. Raises ``ControlError`` (having changed nothing)."""
+    def execute(self, label: str, calls: Sequence[tuple[Target, Args]], origin: Origin) -> list[Reply]:
+        """Run already-parsed calls (one message's, all or nothing). Raises ``ControlError``
+        (having changed nothing); ``label`` is what the events and logs call the message."""
         try:
-            handlers = [self._handlers[a] for a in self._matcher.match(address)]
-        except PatternError as exc:
-            raise ControlError(f"bad address pattern: {exc}") from None
-        if not handlers:
-            raise ControlError(self._unknown(address))
-        try:
-            plans = [handler(args, origin) for handler in handlers]
+            plans = [self._handlers[target.address](args, origin) for target, args in calls]
         except ControlError:
             raise
-        except UserError as exc:  # a scene file, a concept name, a setting: bad input, one /error
+        except UserError as exc:  # a scene file, a subscriber host: bad input, one /error
             raise ControlError(str(exc)) from None
         changes = [c for plan in plans for c in plan.changes]
         transport = next((p.transport for p in plans if p.transport), None)
         if changes or transport:
-            self.control.submit(changes, origin.label, address, transport=transport, arrived=origin.arrived)
-        replies: list[tuple[str, list[Any]]] = []
+            self.control.submit(changes, origin.label, label, transport=transport, arrived=origin.arrived)
+        replies: list[Reply] = []
         for plan in plans:
             if plan.effect is not None:
                 plan.effect()
             replies.extend(plan.replies)
         return replies
 
-    # --- handlers ----------------------------------------------------------------
-    def _add(self, address: str, handler: Handler) -> None:
-        self._handlers[address] = handler
-        self._matcher.add(address)
+    # --- handlers, by kind of target ------------------------------------------------
+    def _handler(self, target: Target) -> Handler:
+        kind = target.kind
+        if kind in ("alpha", "knob", "on", "prompt", "setting", "seed", "panic"):
+            return lambda args, _o: Plan([change_for(target, args)])
+        if kind == "transport":
+            state = target.address.rsplit("/", 1)[1]
+            return lambda _a, _o: Plan(transport=state)
+        if kind in ("subscribe", "unsubscribe"):
+            return self._subscription(kind == "subscribe")
+        handlers: dict[str, Handler] = {
+            "scene_save": self._scene_save, "scene_recall": self._scene_recall, "scene_morph": self._scene_morph,
+            "midi_learn": self._learn, "midi_save": self._midi_save, "status": self._status}
+        return handlers[kind]
 
-    def _unknown(self, address: str) -> str:
-        return describe_unknown(address, self.control.concepts)
-
-    def _steer(self, name: str) -> Handler:
-        return lambda args, _o: Plan([self.control.alpha_change(name, _float(args, 0, 1))])
-
-    def _knob(self, name: str) -> Handler:
-        return lambda args, _o: Plan([self.control.knob_change(name, _float(args, 0, 1))])
-
-    def _on(self, name: str) -> Handler:
-        return lambda args, _o: Plan([self.control.enabled_change(name, _switch(args))])
-
-    def _prompt(self, args: Sequence[Any], _o: Origin) -> Plan:
-        text = _str(args, 0, 1, MAX_PROMPT_CHARS).strip()
-        if not text:
-            raise ControlError("the prompt is empty")
-        return Plan([Change("prompt", text)])
-
-    def _setting(self, kind: str, parse: Callable[[Sequence[Any], int, int], Any]) -> Handler:
-        return lambda args, _o: Plan([self.control.setting_change(kind, parse(args, 0, 1))])
-
-    def _scene_save(self, args: Sequence[Any], _o: Origin) -> Plan:
-        name = check_name(_str(args, 0, 1, MAX_NAME_CHARS), "scene name")
-        view = self.control.scene_view()
+    def _scene_save(self, args: Args, _o: Origin) -> Plan:
+        name, view = check_name(str(args[0]), "scene name"), scene_of(self.table, self.control.asked())
 
         def save() -> None:
             self.scenes.save(name, view)
         return Plan(effect=save)
 
-    def _scene_recall(self, args: Sequence[Any], _o: Origin) -> Plan:
-        scene = self.scenes.load(_str(args, 0, 1, MAX_NAME_CHARS))
-        return Plan(changes_from_view(self.control, scene))
+    def _scene_recall(self, args: Args, _o: Origin) -> Plan:
+        return Plan(self._changes_to(self.scenes.load(str(args[0]))))
 
-    def _scene_morph(self, args: Sequence[Any], _o: Origin) -> Plan:
-        _arity(args, 3)
-        a = self.scenes.load(_str(args, 0, 3, MAX_NAME_CHARS))
-        b = self.scenes.load(_str(args, 1, 3, MAX_NAME_CHARS))
-        t = _float(args, 2, 3)
-        if not 0.0 <= t <= 1.0:
-            raise ControlError(f"morph position {t:g} is outside 0..1")
-        return Plan(changes_from_view(self.control, morph(a, b, t)))
+    def _scene_morph(self, args: Args, _o: Origin) -> Plan:
+        a, b = self.scenes.load(str(args[0])), self.scenes.load(str(args[1]))
+        return Plan(self._changes_to(morph(self.table, a, b, float(args[2]))))
 
-    def _transport(self, state: str) -> Handler:
-        def handler(args: Sequence[Any], _o: Origin) -> Plan:
-            _arity(args, 0)
-            return Plan(transport=state)
-        return handler
+    def _changes_to(self, scene: dict[str, Any]) -> list[Change]:
+        """Changes that bring the asked state to a scene's; what it already is, is left alone
+        (an unchanged prompt would re-prime the stream for nothing)."""
+        asked = self.control.asked()
+        return [change_for(target, target.parse((value,))) for target, value in scene_values(self.table, scene)
+                if value != target.read(asked)]
 
-    def _panic(self, args: Sequence[Any], _o: Origin) -> Plan:
-        _arity(args, 0)
-        return Plan([Change("panic")])
-
-    def _learn(self, args: Sequence[Any], _o: Origin) -> Plan:
-        target = _str(args, 0, 1, 200)
-        if not self.is_target(target):
-            raise ControlError(f"cannot learn {target!r}: not a knob target (e.g. /steer/<concept>/knob)")
+    def _learn(self, args: Args, _o: Origin) -> Plan:
+        target = self.table[str(args[0])]
         learn = self.midi_learn
         if learn is None:
             raise ControlError("MIDI learn needs a MIDI input (start serve with --midi-in)")
         return Plan(effect=lambda: learn(target))
 
-    def _midi_save(self, args: Sequence[Any], _o: Origin) -> Plan:
-        name = check_name(_str(args, 0, 1, MAX_NAME_CHARS), "controller map name")
-        save = self.midi_save
+    def _midi_save(self, args: Args, _o: Origin) -> Plan:
+        name, save = check_name(str(args[0]), "controller map name"), self.midi_save
         if save is None:
             raise ControlError("saving a MIDI map needs a MIDI input (start serve with --midi-in)")
 
@@ -200,19 +153,14 @@ class Commands:
         return Plan(effect=effect, replies=[("/midi/saved", [name])])
 
     def _subscription(self, on: bool) -> Handler:
-        def handler(args: Sequence[Any], origin: Origin) -> Plan:
-            host = _str(args, 0, 2, MAX_HOST_CHARS)
-            port = _int(args, 1, 2)
-            if not 1 <= port <= 65535:
-                raise ControlError(f"port {port} is outside 1..65535")
-            subscribe = self.subscribe
+        def handler(args: Args, origin: Origin) -> Plan:
+            host, port, subscribe = str(args[0]), int(args[1]), self.subscribe
             if subscribe is None:
                 raise ControlError("subscriptions need the OSC server")
             return Plan(effect=lambda: subscribe(host, port, origin, on))
         return handler
 
-    def _status(self, args: Sequence[Any], _o: Origin) -> Plan:
-        _arity(args, 0)
+    def _status(self, _args: Args, _o: Origin) -> Plan:
         return Plan(replies=[("/status/json", [status_json(self.status())])])
 
 
@@ -231,48 +179,4 @@ def status_json(status: dict[str, Any], limit: int = MAX_STATUS_BYTES) -> str:
     return json.dumps(small)[:limit]
 
 
-# --- argument checks: one clear sentence per mistake ---------------------------------
-def _arity(args: Sequence[Any], n: int) -> None:
-    if len(args) != n:
-        raise ControlError(f"expected {n} argument{'s' if n != 1 else ''}, got {len(args)}")
-
-
-def _float(args: Sequence[Any], i: int, n: int) -> float:
-    _arity(args, n)
-    value = args[i]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ControlError(f"argument {i + 1} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ControlError(f"argument {i + 1} must be finite, got {value}")
-    return float(value)
-
-
-def _int(args: Sequence[Any], i: int, n: int) -> int:
-    value = _float(args, i, n)
-    if not value.is_integer():
-        raise ControlError(f"argument {i + 1} must be a whole number, got {value:g}")
-    return int(value)
-
-
-def _switch(args: Sequence[Any]) -> bool:
-    _arity(args, 1)
-    value = args[0]
-    if isinstance(value, bool):
-        return value
-    number = _float(args, 0, 1)
-    if number not in (0.0, 1.0):
-        raise ControlError(f"on/off wants 0 or 1, got {number:g}")
-    return number == 1.0
-
-
-def _str(args: Sequence[Any], i: int, n: int, limit: int) -> str:
-    _arity(args, n)
-    value = args[i]
-    if not isinstance(value, str):
-        raise ControlError(f"argument {i + 1} must be a string, got {type(value).__name__}")
-    if len(value) > limit:
-        raise ControlError(f"argument {i + 1} is {len(value)} characters; the limit is {limit}")
-    return value
-
-
-__all__ = ["Commands", "ControlError", "Origin", "Plan", "SceneError", "check_name"]
+__all__ = ["Commands", "ControlError", "Origin", "Plan", "SceneError", "status_json"]

@@ -1,32 +1,34 @@
 """Control state: what the performer asked for, and the queue of changes to the engine.
 
-Control threads (OSC, MIDI, scenes) call ``submit`` with already-validated changes.
-``submit`` updates the *targets* view at once (so ``/status`` and controller
-feedback follow the knob immediately), tells listeners, and queues a
+Control threads (OSC, MIDI, scenes) call ``submit`` with already-validated changes
+(``change_for`` makes one from a target of ``targets.ControlTable`` and its parsed
+arguments). ``submit`` updates the *asked* view at once (so ``/status`` and
+controller feedback follow the knob immediately), tells listeners, and queues a
 ``ControlEvent`` for the engine, which drains the queue once per loop and decides at
-which step each event takes effect. Nothing here touches the model.
+which step each event takes effect. Transport is not held here: it is the engine's
+(``Engine.playing``), and reaches it as an event like any other. Nothing here
+touches the model.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
-from steering_core.errors import UserError
 from steering_core.stream.sampling import SamplingSettings
 from steering_core.stream.timeline import Change
+
+from .targets import SETTING_BY_NAME, Args, Asked, ControlError, ControlTable, Target
 
 #: A listener sees every submitted event (controller feedback, MIDI pickup).
 Listener = Callable[["ControlEvent"], None]
 MAX_ERROR_CHARS = 300
 
-
-class ControlError(UserError):
-    """A control message that cannot be applied; it changed nothing."""
+__all__ = ["ConceptKnob", "ControlError", "ControlEvent", "ControlState", "change_for"]
 
 
 @dataclass(frozen=True)
@@ -55,25 +57,46 @@ class ControlEvent:
     step: int | None = None  # set by the engine: the step it takes effect at
 
 
+def change_for(target: Target, args: Args) -> Change:
+    """The change a value target's parsed arguments ask for (``alpha``, ``knob``, ``on``,
+    ``prompt``, ``setting``, ``seed``, ``panic``)."""
+    if target.kind == "alpha":
+        return Change("alpha", float(args[0]), target.concept)
+    if target.kind == "knob" and target.alpha_range is not None:
+        lo, hi = target.alpha_range
+        return Change("alpha", lo + float(args[0]) * (hi - lo), target.concept)
+    if target.kind == "on":
+        return Change("enabled", bool(args[0]), target.concept)
+    if target.kind == "prompt":
+        return Change("prompt", str(args[0]))
+    if target.setting is not None:
+        return Change(target.setting.name, args[0])  # type: ignore[arg-type]
+    if target.kind == "seed":
+        return Change("seed", int(args[0]))
+    if target.kind == "panic":
+        return Change("panic")
+    raise ValueError(f"{target.address} asks for no change")  # a bug: only value targets come here
+
+
 class ControlState:
     """What the performer asked for, plus the event queue to the engine. Thread-safe.
 
-    This is the one owner of the *asked-for* state: each knob's target, each concept's
+    This is the one owner of the *asked* state: each knob's target, each concept's
     switch, the prompt and the sampling settings, as the last message set them, which
     is what ``/status``, controller feedback, MIDI pickup and scenes show. ``submit`` is
-    the one way to change it (the views below are read-only). What the music is playing
-    at this moment is the steerer's, on the engine thread, a few smoothed steps behind."""
+    the one way to change it; every read (the properties, ``asked``, ``snapshot``) is a
+    copy taken under the lock. What the music is playing at this moment is the
+    steerer's, on the engine thread, a few smoothed steps behind."""
 
     def __init__(self, concepts: Sequence[ConceptKnob], prompt: str, settings: SamplingSettings,
                  *, vocab_size: int = 2048) -> None:
         self.concepts: dict[str, ConceptKnob] = {c.name: c for c in concepts}
+        self.table = ControlTable([(c.name, c.alpha_range) for c in concepts], vocab_size)
         self._targets: dict[str, float] = {c.name: 0.0 for c in concepts}
         self._enabled: dict[str, bool] = {c.name: True for c in concepts}
-        self.prompt = prompt
-        self.settings = SamplingSettings(**vars(settings))
-        self.seed: int | None = None
-        self.playing = True
-        self.vocab_size = vocab_size
+        self._prompt = prompt
+        self._settings = replace(settings)
+        self._seed: int | None = None
         self.errors = 0
         self.last_error = ""
         self._queue: list[ControlEvent] = []
@@ -81,57 +104,47 @@ class ControlState:
         self._listeners: list[Listener] = []
         self.wake = threading.Event()  # set on every submit, so the engine reacts at once
 
+    # --- the read side (any thread): copies, taken under the lock -----------------
     @property
     def targets(self) -> Mapping[str, float]:
         """Each knob's target alpha, as asked (read-only: change it with ``submit``)."""
-        return MappingProxyType(self._targets)
+        with self._lock:
+            return MappingProxyType(dict(self._targets))
 
     @property
     def enabled(self) -> Mapping[str, bool]:
         """Each concept's on/off switch, as asked (read-only)."""
-        return MappingProxyType(self._enabled)
+        with self._lock:
+            return MappingProxyType(dict(self._enabled))
 
-    # --- validation, shared by every control surface ---------------------------
-    def concept(self, name: str) -> ConceptKnob:
-        knob = self.concepts.get(name)
-        if knob is None:
-            known = ", ".join(self.concepts) or "none loaded"
-            raise ControlError(f"unknown concept {name!r} (loaded: {known})")
-        return knob
+    @property
+    def prompt(self) -> str:
+        with self._lock:
+            return self._prompt
 
-    def alpha_change(self, name: str, alpha: float) -> Change:
-        knob = self.concept(name)
-        lo, hi = knob.alpha_range
-        _finite(alpha, f"alpha for {name}")
-        if not lo <= alpha <= hi:
-            raise ControlError(f"alpha {alpha:g} is outside {name}'s range {lo:g}..{hi:g}")
-        return Change("alpha", float(alpha), name)
+    @property
+    def settings(self) -> SamplingSettings:
+        """The sampling settings as asked: a copy (changing it changes nothing)."""
+        with self._lock:
+            return replace(self._settings)
 
-    def knob_change(self, name: str, knob: float) -> Change:
-        _finite(knob, f"knob for {name}")
-        if not 0.0 <= knob <= 1.0:
-            raise ControlError(f"knob {knob:g} for {name} is outside 0..1")
-        return Change("alpha", self.concept(name).alpha_from_knob(knob), name)
+    @property
+    def seed(self) -> int | None:
+        """The last seed asked for (None: the set's own)."""
+        with self._lock:
+            return self._seed
 
-    def enabled_change(self, name: str, on: bool) -> Change:
-        self.concept(name)
-        return Change("enabled", bool(on), name)
+    def asked(self) -> Asked:
+        """Everything asked, at one moment: what targets read (``Target.read``)."""
+        with self._lock:
+            return Asked(dict(self._targets), dict(self._enabled), self._prompt, vars(self._settings).copy())
 
-    def setting_change(self, kind: str, value: float | int) -> Change:
-        _finite(value, kind)
-        if kind == "top_k":
-            if not (isinstance(value, int) and 0 <= value <= self.vocab_size):
-                raise ControlError(f"top_k must be a whole number in 0..{self.vocab_size}, got {value!r}")
-        elif kind == "seed":
-            if not (isinstance(value, int) and 0 <= value < 2**63):
-                raise ControlError(f"seed must be a whole number >= 0, got {value!r}")
-            return Change("seed", int(value))
-        trial = SamplingSettings(**{**vars(self.settings), "guidance_scale" if kind == "guidance" else kind: value})
-        try:
-            trial.validate()
-        except ValueError as exc:
-            raise ControlError(str(exc)) from None
-        return Change(kind, value)  # type: ignore[arg-type]
+    def change(self, address: str, *args: Any) -> Change:
+        """The validated change one value address asks for (a script's or a test's way in)."""
+        target = self.table.get(address)
+        if target is None:
+            raise ControlError(f"{address} is not a control address")
+        return change_for(target, target.parse(args))
 
     # --- the write side (control threads) ---------------------------------------
     def submit(self, changes: Sequence[Change], source: str, label: str, *, transport: str | None = None,
@@ -140,8 +153,6 @@ class ControlState:
         with self._lock:
             for change in changes:
                 self._update_view(change)
-            if transport is not None:
-                self.playing = transport == "play"
             self._queue.append(event)
             listeners = list(self._listeners)
         self.wake.set()
@@ -160,67 +171,34 @@ class ControlState:
         with self._lock:
             self._listeners.append(listener)
 
-    # --- the read side (engine, status) ------------------------------------------
+    # --- the engine and status ---------------------------------------------------------
     def drain(self) -> list[ControlEvent]:
         with self._lock:
             events, self._queue = self._queue, []
         return events
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "targets": dict(self._targets),
                 "enabled": dict(self._enabled),
                 "knobs": {n: self.concepts[n].knob_from_alpha(a) for n, a in self._targets.items()},
-                "prompt": self.prompt,
-                "settings": vars(self.settings).copy(),
-                "playing": self.playing,
+                "prompt": self._prompt,
+                "settings": vars(self._settings).copy(),
                 "errors": self.errors,
                 "last_error": self.last_error,
             }
 
-    def scene_view(self) -> dict[str, object]:
-        """What a scene stores: every knob target, the on/off switches and the prompt."""
-        with self._lock:
-            return {"targets": dict(self._targets), "enabled": dict(self._enabled), "prompt": self.prompt}
-
     def _update_view(self, change: Change) -> None:
-        if change.kind == "alpha":
-            self._targets[change.concept] = float(change.value)  # type: ignore[arg-type,index]
-        elif change.kind == "enabled":
-            self._enabled[change.concept] = bool(change.value)  # type: ignore[index]
+        if change.kind == "alpha" and change.concept is not None:
+            self._targets[change.concept] = float(change.value)  # type: ignore[arg-type]
+        elif change.kind == "enabled" and change.concept is not None:
+            self._enabled[change.concept] = bool(change.value)
         elif change.kind == "prompt":
-            self.prompt = str(change.value)
+            self._prompt = str(change.value)
         elif change.kind == "panic":
             self._targets.update(dict.fromkeys(self._targets, 0.0))
         elif change.kind == "seed":
-            self.seed = int(change.value)  # type: ignore[arg-type]
-        else:
-            key = "guidance_scale" if change.kind == "guidance" else change.kind
-            setattr(self.settings, key, change.value)
-
-
-def _finite(value: object, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ControlError(f"{what} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ControlError(f"{what} must be finite, got {value}")
-
-
-def changes_from_view(control: ControlState, view: Mapping[str, object]) -> list[Change]:
-    """Changes that bring the control state to a stored view (a scene), skipping
-    concepts that are not loaded and a prompt that is already playing."""
-    changes: list[Change] = []
-    targets = view.get("targets", {})
-    enabled = view.get("enabled", {})
-    if isinstance(targets, Mapping):
-        for name, alpha in targets.items():
-            if name in control.concepts:
-                lo, hi = control.concepts[name].alpha_range
-                changes.append(control.alpha_change(name, min(max(float(alpha), lo), hi)))
-    if isinstance(enabled, Mapping):
-        changes.extend(control.enabled_change(n, bool(on)) for n, on in enabled.items() if n in control.concepts)
-    prompt = view.get("prompt")
-    if isinstance(prompt, str) and prompt and prompt != control.prompt:
-        changes.append(Change("prompt", prompt))
-    return changes
+            self._seed = int(change.value)  # type: ignore[arg-type]
+        elif change.kind in SETTING_BY_NAME:
+            setattr(self._settings, SETTING_BY_NAME[change.kind].field, change.value)

@@ -192,7 +192,7 @@ class Engine:
         self.max_delay = self.stream.max_delay  # steps from a codebook-0 token to a complete frame
         self.ring_target = int(self.settings.ring_ms / 1000 * path.device_rate)
         self.pushed = 0  # frames handed to the decoder
-        self.playing = True
+        self._playing = True  # the transport: this thread's alone, set by transport events
         self.compute_s = 0.0  # time spent generating and decoding
         self.steps = 0
         self.step_s = 0.0  # a decode step's time, smoothed (re-primes left out): what a rollback costs
@@ -212,6 +212,13 @@ class Engine:
         self.control.wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        elif self._thread.ident is None and self.perf_log is not None:  # never started: no thread will end the log
+            self.perf_log.end(self.frames_generated, self.codes_sha256())
+
+    @property
+    def playing(self) -> bool:
+        """The transport (play or stop): owned here, changed only by transport events."""
+        return self._playing
 
     @property
     def running(self) -> bool:
@@ -242,7 +249,7 @@ class Engine:
                     self._take_events()
                     self.latency.poll()
                     goal = self._ring_goal()
-                    if not self.playing:
+                    if not self._playing:
                         self.control.wake.wait(0.01)
                         self.control.wake.clear()
                     elif self.ring.fill < goal:
@@ -361,13 +368,13 @@ class Engine:
 
     def _transport(self, event: ControlEvent) -> None:
         play = event.transport == "play"
-        if play == self.playing:
+        if play == self._playing:
             return
         self.ring.expect_audio = False
         self.path.fade(up=play, ms=self.settings.fade_ms)
         if not play:  # one last faded chunk, so the stop is a fade, not a click
             self._produce_chunk()
-        self.playing = play
+        self._playing = play
         log.info("transport: %s at frame %d", "play" if play else "stop", self.frames_generated)
         if self.perf_log is not None:
             self.perf_log.event(event, time.monotonic() - self.started)
@@ -388,5 +395,5 @@ class Engine:
             "reprimes": self.stream.reprimes,
             "deferred_rollbacks": self.deferred_rollbacks,
             "reprime_ms": round(self.reprime_s * 1000, 1),
-            "playing": self.playing,
+            "playing": self._playing,
         }

@@ -1,9 +1,10 @@
 """MIDI in: soft takeover, relative encoders, 14-bit CCs, learn (maps: ``midimaps.py``).
 
 ``MidiMapper`` is pure (mido messages in, command calls out) so it is testable without
-ports; ``MidiInput`` feeds it from an rtmidi port on rtmidi's callback thread. What
-MIDI learn binds can be saved as a map of its own (``/midi/save <name>``) and loaded
-next time with ``serve --midi-map <name>``.
+ports; ``MidiInput`` feeds it from an rtmidi port on rtmidi's callback thread. Each
+binding resolves to its ``targets.Target`` when the map loads, and a CC drives that
+target straight away (``Commands.drive``). What MIDI learn binds can be saved as a map
+of its own (``/midi/save <name>``) and loaded next time with ``serve --midi-map <name>``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from .commands import Commands, Origin
 from .control import ControlError, ControlEvent
 from .midimaps import Binding, ControllerMap, MidiMapError, curve, load_map, save_map
 from .ratelog import RateLimitedLog
+from .targets import Target
 
-__all__ = ["Binding", "ControllerMap", "MidiInput", "MidiMapError", "MidiMapper", "list_midi_inputs", "load_map",
-           "midi_backend", "relative_delta"]
+__all__ = ["Binding", "BoundControl", "ControllerMap", "MidiInput", "MidiMapError", "MidiMapper", "Pickup",
+           "list_midi_inputs", "load_map", "midi_backend", "relative_delta"]
 
 log = logging.getLogger("steerbridge.midi")
 
@@ -46,19 +48,39 @@ def relative_delta(value: int, mode: str) -> int:
     raise MidiMapError(f"not a relative mode: {mode}")
 
 
+@dataclass
+class Pickup:
+    """What one control is doing live (the map's ``Binding`` is what it is configured to do)."""
+
+    position: float | None = None  # where this control believes the target is (0..1)
+    picked_up: bool = True
+    last_raw: float | None = None
+    msb: int | None = None  # a 14-bit pair's last high byte
+
+
+@dataclass
+class BoundControl:
+    """A binding of the map, the target it resolved to, and its live state."""
+
+    binding: Binding
+    target: Target
+    live: Pickup = field(default_factory=Pickup)
+
+
 class MidiMapper:
     """Turns MIDI messages into commands. ``handle`` runs on rtmidi's thread, ``learn``
     and ``save`` on the OSC thread, ``_on_event`` on whichever thread submitted a change;
-    all of them hold ``_lock`` while they read or change a binding."""
+    all of them hold ``_lock`` while they read or change a control's live state."""
 
     def __init__(self, controller: ControllerMap, commands: Commands, *,
                  scene_names: Callable[[], list[str]] | None = None) -> None:
         self.commands = commands
         self.control = commands.control
+        self.table = commands.table
         self.name = controller.name
         self.program_change = controller.program_change
         self.scene_names = scene_names or commands.scenes.names
-        self.bindings: list[Binding] = []
+        self.controls: list[BoundControl] = []
         #: Controls for concepts that are not loaded (``@N`` past the last, or a concept
         #: a saved map names that this set does not load): kept for ``save``.
         self.unbound_bindings: list[Binding] = []
@@ -67,35 +89,35 @@ class MidiMapper:
             if target is None:
                 self.unbound_bindings.append(b)
             else:
-                self.bindings.append(replace(b, target=target, map_target=b.target))
-        self._learning: str | None = None
+                self.controls.append(BoundControl(b, target))
+        self._learning: Target | None = None
         self._lock = threading.RLock()
         self.logs = RateLimitedLog(log)
         self.ignored = 0
         self.control.add_listener(self._on_event)
 
     # --- map resolution ------------------------------------------------------------
-    def _resolve(self, target: str) -> str | None:
-        """``@N`` -> the N-th loaded concept; None if the map asks for a concept that is not
-        loaded (more than are loaded, or one named by a saved map); an error for anything
-        else that is not a control address."""
-        parts = target.split("/")
+    def _resolve(self, written: str) -> Target | None:
+        """``@N`` -> the N-th loaded concept, then the target of that address; None if the
+        map asks for a concept that is not loaded (more than are loaded, or one named by a
+        saved map); an error for anything else that is not a target a control can drive."""
+        parts = written.split("/")
+        names = list(self.control.concepts)
         for i, part in enumerate(parts):
             if part.startswith("@"):
-                names = list(self.control.concepts)
                 try:
                     n = int(part[1:])
                 except ValueError:
-                    raise MidiMapError(f"bad concept slot {part!r} in {target}") from None
+                    raise MidiMapError(f"bad concept slot {part!r} in {written}") from None
                 if not 1 <= n <= len(names):
                     return None
                 parts[i] = names[n - 1]
-        resolved = "/".join(parts)
-        if len(parts) >= 3 and parts[1] == "steer" and parts[2] not in self.control.concepts:
+        if len(parts) >= 3 and parts[1] == "steer" and parts[2] not in names:
             return None
-        if resolved not in self.commands.addresses:
-            raise MidiMapError(f"controller map target {target!r} is not a control address")
-        return resolved
+        target = self.table.get("/".join(parts))
+        if target is None or (target.span is None and not target.button):
+            raise MidiMapError(f"controller map target {written!r} is not a control address a MIDI control can drive")
+        return target
 
     @property
     def unbound(self) -> list[str]:
@@ -104,21 +126,21 @@ class MidiMapper:
     def save(self, name: str) -> Path:
         """Every binding, learned ones included, as the map ``name`` in the user's map folder."""
         with self._lock:
-            bindings = [*self.bindings, *self.unbound_bindings]
+            bindings = [*(c.binding for c in self.controls), *self.unbound_bindings]
         path = save_map(name, bindings, self.program_change)
         log.info("MIDI map saved: %s (%d controls); next time: serve --midi-map %s", path, len(bindings), name)
         return path
 
-    def learn(self, target: str) -> None:
+    def learn(self, target: Target) -> None:
         with self._lock:
             self._learning = target
-        log.info("MIDI learn: move a control to bind it to %s", target)
+        log.info("MIDI learn: move a control to bind it to %s", target.address)
 
     # --- messages ----------------------------------------------------------------
     def handle(self, msg: mido.Message) -> None:
-        # One lock for every binding field (position, picked_up, msb, last_raw): rtmidi's
-        # thread runs this, the OSC thread runs ``_on_event`` on the same bindings. It is
-        # re-entrant because a command run here tells the listeners, ``_on_event`` included.
+        # One lock for every control's live state (position, picked_up, msb, last_raw):
+        # rtmidi's thread runs this, the OSC thread runs ``_on_event`` on the same controls.
+        # It is re-entrant because a command run here tells the listeners, ``_on_event`` included.
         with self._lock:
             try:
                 if msg.type == "control_change":
@@ -135,60 +157,57 @@ class MidiMapper:
         with self._lock:
             learning, self._learning = self._learning, None
             if learning is not None:
-                self.bindings = [b for b in self.bindings if not (b.cc == cc and b.channel in (None, channel))]
-                self.bindings.append(Binding(cc=cc, target=learning, channel=channel, takeover="jump"))
-                log.info("MIDI learn: CC %d on channel %d -> %s", cc, channel + 1, learning)
-            matches = [b for b in self.bindings if b.channel in (None, channel) and cc in (b.cc, b.lsb)]
+                self.controls = [c for c in self.controls
+                                 if not (c.binding.cc == cc and c.binding.channel in (None, channel))]
+                learned = Binding(cc=cc, target=learning.address, channel=channel, takeover="jump")
+                self.controls.append(BoundControl(learned, learning))
+                log.info("MIDI learn: CC %d on channel %d -> %s", cc, channel + 1, learning.address)
+            matches = [c for c in self.controls if c.binding.channel in (None, channel) and cc in (c.binding.cc, c.binding.lsb)]
         if not matches:
             self.ignored += 1
-        for b in matches:
-            self._drive(b, cc, value)
+        for c in matches:
+            self._drive(c, cc, value)
 
-    def _drive(self, b: Binding, cc: int, value: int) -> None:
+    def _drive(self, c: BoundControl, cc: int, value: int) -> None:
+        b, live = c.binding, c.live
         if b.button:
             if cc == b.cc and value >= 64:
-                self._button(b)
+                self._button(c.target)
             return
         if b.mode != "absolute":
-            current = b.position if b.position is not None else self._target_position(b)
-            self._send(b, min(1.0, max(0.0, current + relative_delta(value, b.mode) * b.step)))
+            current = live.position if live.position is not None else self._target_position(c)
+            self._send(c, min(1.0, max(0.0, current + relative_delta(value, b.mode) * b.step)))
             return
         if b.lsb is not None:  # 14-bit: the MSB lands at once (LSB 0, as MIDI says), its LSB refines it
             if cc == b.cc:
-                b.msb = value
+                live.msb = value
                 raw = (value << 7) / 16383.0
             else:
-                raw = ((b.msb or 0) << 7 | value) / 16383.0
+                raw = ((live.msb or 0) << 7 | value) / 16383.0
         else:
             raw = value / 127.0
-        if b.takeover == "pickup" and not b.picked_up:
-            target = self._target_position(b)
-            crossed = b.last_raw is not None and (b.last_raw - target) * (raw - target) <= 0
+        if b.takeover == "pickup" and not live.picked_up:
+            target = self._target_position(c)
+            crossed = live.last_raw is not None and (live.last_raw - target) * (raw - target) <= 0
             if not (crossed or abs(raw - target) <= PICKUP_TOLERANCE):
-                b.last_raw = raw
+                live.last_raw = raw
                 return  # the knob is not where the music is yet: turn it past that point
-            b.picked_up = True
-        b.last_raw = raw
-        self._send(b, raw)
+            live.picked_up = True
+        live.last_raw = raw
+        self._send(c, raw)
 
-    def _button(self, b: Binding) -> None:
-        if b.target.endswith("/on"):
-            name = b.target.split("/")[2]
-            self._run(b.target, [0 if self.control.enabled.get(name, True) else 1])
+    def _button(self, target: Target) -> None:
+        if target.kind == "on":  # a switch toggles
+            self.commands.drive(target, [not target.read(self.control.asked())], ORIGIN)
         else:
-            self._run(b.target, [])
+            self.commands.drive(target, [], ORIGIN)
 
-    def _send(self, b: Binding, position: float) -> None:
-        b.position = position
-        shaped = curve(b.curve)(position)
-        lo, hi = b.range or self._default_range(b.target)
+    def _send(self, c: BoundControl, position: float) -> None:
+        c.live.position = position
+        shaped = curve(c.binding.curve)(position)
+        lo, hi = self._span(c)
         value = lo + shaped * (hi - lo)
-        if b.target == "/gen/top_k" or b.target == "/gen/seed":
-            value = round(value)
-        self._run(b.target, [value])
-
-    def _run(self, address: str, args: Sequence[Any]) -> None:
-        self.commands.run(address, args, ORIGIN)
+        self.commands.drive(c.target, [round(value) if c.target.whole else value], ORIGIN)
 
     def _program(self, program: int) -> None:
         pc = self.program_change
@@ -202,27 +221,18 @@ class MidiMapper:
             name = names[program] if program < len(names) else None
         if name is None:
             raise ControlError(f"program change {program} has no scene")
-        self._run("/scene/recall", [name])
+        self.commands.drive(self.table["/scene/recall"], [name], ORIGIN)
 
     # --- knob positions -------------------------------------------------------------
-    def _default_range(self, target: str) -> tuple[float, float]:
-        parts = target.split("/")
-        if target.startswith("/steer/") and len(parts) == 3:
-            return self.control.concept(parts[2]).alpha_range
-        return {"/gen/guidance": (1.0, 8.0), "/gen/temperature": (0.5, 1.5), "/gen/top_k": (1.0, 250.0),
-                "/gen/top_p": (0.0, 1.0)}.get(target, (0.0, 1.0))
+    def _span(self, c: BoundControl) -> tuple[float, float]:
+        return c.binding.range or c.target.span or (0.0, 1.0)
 
-    def _target_position(self, b: Binding) -> float:
+    def _target_position(self, c: BoundControl) -> float:
         """Where the target is now, as a 0..1 knob position (for pickup and encoders)."""
-        parts = b.target.split("/")
-        lo, hi = b.range or self._default_range(b.target)
-        if b.target.startswith("/steer/") and len(parts) in (3, 4):
-            alpha = self.control.targets.get(parts[2], 0.0)
-            value = self.control.concepts[parts[2]].knob_from_alpha(alpha) if len(parts) == 4 else alpha
-        else:
-            settings = self.control.settings
-            value = {"/gen/guidance": settings.guidance_scale, "/gen/temperature": settings.temperature,
-                     "/gen/top_k": settings.top_k, "/gen/top_p": settings.top_p}.get(b.target, lo)
+        lo, hi = self._span(c)
+        value = c.target.read(self.control.asked())
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            value = lo
         return min(1.0, max(0.0, (value - lo) / (hi - lo))) if hi != lo else 0.0
 
     def _on_event(self, event: ControlEvent) -> None:
@@ -230,21 +240,14 @@ class MidiMapper:
         must pick it up again before they take over."""
         if event.source == ORIGIN.label and event.label not in ("/scene/recall", "/scene/morph"):
             return
-        touched = {c.concept for c in event.changes if c.concept} | {
-            f"/gen/{c.kind}" for c in event.changes if c.kind in ("guidance", "temperature", "top_k", "top_p")}
-        panic = any(c.kind == "panic" for c in event.changes)
+        touched = {t.address for c in event.changes for t in self.table.touched(c.kind, c.concept)}
         with self._lock:
-            self._release(touched, panic)
-
-    def _release(self, touched: set[str], panic: bool) -> None:
-        for b in self.bindings:
-            parts = b.target.split("/")
-            hit = panic or b.target in touched or (b.target.startswith("/steer/") and parts[2] in touched)
-            if hit and b.mode == "absolute" and not b.button:
-                b.picked_up = b.takeover == "jump"
-                b.position = None
-            elif hit:
-                b.position = None
+            for c in self.controls:
+                if c.target.address not in touched:
+                    continue
+                if c.binding.mode == "absolute" and not c.binding.button:
+                    c.live.picked_up = c.binding.takeover == "jump"
+                c.live.position = None
 
 
 # --- ports ----------------------------------------------------------------------------

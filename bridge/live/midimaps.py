@@ -1,8 +1,9 @@
-"""Controller maps: the YAML files that bind a controller's CCs to control addresses.
+"""Controller maps: the YAML files that bind a controller's CCs to control targets.
 
 A map (``presets/mappings/<name>.yaml``, or one saved by ``/midi/save`` in
-``~/.local/share/steerbridge/mappings``) binds CCs to the same addresses OSC uses, so a
-knob and a fader in a DAW go through one validation path::
+``~/.local/share/steerbridge/mappings``) binds CCs to the same addresses OSC uses (``targets.py``;
+the mapper resolves each to its target when the map loads), so a knob and a fader in
+a DAW go through one validation path::
 
     channel: 1                 # 1-16, or omitted for any channel
     controls:
@@ -59,12 +60,13 @@ def curve(name: str) -> Callable[[float], float]:
     return curves[name]
 
 
-
-
-@dataclass
+@dataclass(frozen=True)
 class Binding:
+    """One control of a map, as its file says it: configuration only. What the control
+    is doing live (its position, pickup) is the mapper's (``midi.Pickup``)."""
+
     cc: int
-    target: str
+    target: str  # as the map wrote it (``@N`` kept); a learned control's is the address itself
     range: tuple[float, float] | None = None
     curve: str = "linear"
     mode: str = "absolute"
@@ -73,12 +75,6 @@ class Binding:
     takeover: str = "pickup"
     button: bool = False
     channel: int | None = None  # 0-15, None = any
-    map_target: str | None = None  # the target as its map wrote it (``@N`` kept); None: learned
-    # live state
-    position: float | None = None  # where this control believes the target is (0..1)
-    picked_up: bool = True
-    last_raw: float | None = None
-    msb: int | None = None
 
 
 @dataclass
@@ -154,7 +150,7 @@ def map_entries(bindings: Iterable[Binding]) -> list[dict[str, Any]]:
     like one written by hand."""
     entries = []
     for b in bindings:
-        entry: dict[str, Any] = {"cc": b.cc, "target": b.map_target or b.target}
+        entry: dict[str, Any] = {"cc": b.cc, "target": b.target}
         if b.lsb is not None:
             entry["lsb"] = b.lsb
         if b.range is not None:

@@ -1,11 +1,13 @@
-"""OSC over UDP: the socket, the command table and feedback, in the server process.
+"""OSC over UDP: the socket, the commands and feedback, in the server process.
 
 The per-packet work happens in another process, ``oscfront`` (see there why): it reads
-every datagram, refuses what is malformed, unknown, too far in the future or too fast
-with ``/error``, and passes the rest here, in order, over a local socket. Here each
-message is run through the command table (values validated: a wrong type, NaN, an
-out-of-range alpha is counted in ``errors``, answered with ``/error s`` and changes
-nothing) and answered on the same UDP socket.
+and decodes every datagram, parses and validates each message against the control
+table (``targets.py``), refuses what is malformed, unknown, out of range, too far in
+the future or too fast with ``/error``, and passes the rest here, parsed, in order,
+over a local socket. Here each parsed message is run by the commands as it comes
+(nothing is decoded or validated again); what only the server can refuse (a scene
+that is not on disk, a MIDI learn without MIDI) is counted in ``errors``, answered
+with ``/error s`` on the same UDP socket, and changes nothing.
 
 The socket is bound, and the front started, before the model loads (``serve`` takes a
 while to start): until ``attach`` hands over the command table, the front answers
@@ -23,8 +25,9 @@ the sender's own host, and a subscription lapses after ``SUBSCRIPTION_TTL_S`` un
 it is renewed by sending ``/subscribe`` again.
 
 Threads: ``osc`` reads the front's records and runs commands; ``osc-feedback`` sends
-feedback and expires subscriptions. ``subscribers`` is guarded by its lock; the reply
-budget belongs to ``osc`` alone (feedback is throttled by its own period instead).
+feedback and expires subscriptions. The subscribers are guarded by their lock (the
+``subscribers`` property is a copy taken under it, for any thread); the reply budget
+belongs to ``osc`` alone (feedback is throttled by its own period instead).
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ from typing import Any
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent, ControlState
 from .oscbudget import TokenBuckets
-from .oscfront import RECORD_ADDRESSES, RECORD_COUNTS, RECORD_MESSAGE, unpack_counts, unpack_message
-from .oscwire import OscWireError, decode_packet, encode_message, short
+from .oscfront import RECORD_COUNTS, RECORD_MESSAGE, RECORD_TABLE, ParsedMessage, unpack_counts, unpack_message
+from .oscwire import encode_message, short
 from .ratelog import RateLimitedLog
+from .targets import feedback_value
 
 log = logging.getLogger("steerbridge.osc")
 
@@ -110,7 +114,7 @@ class OscServer:
         self.packets = 0
         self.dropped_replies = 0
         self._front_dropped = 0
-        self.subscribers: dict[tuple[str, int], Subscriber] = {}
+        self._subscribers: dict[tuple[str, int], Subscriber] = {}
         self._subscribers_lock = threading.Lock()  # osc adds, osc-feedback expires
         self.commands: Commands | None = None
         self.control: ControlState | None = None
@@ -145,8 +149,7 @@ class OscServer:
         self.control = commands.control
         commands.subscribe = self._subscribe
         self.control.add_listener(self._on_event)
-        table = {"addresses": commands.addresses, "concepts": list(commands.control.concepts)}
-        self.link.send(RECORD_ADDRESSES + json.dumps(table).encode())
+        self.link.send(RECORD_TABLE + json.dumps(commands.table.spec()).encode())
 
     def start(self) -> None:
         if self.commands is None:
@@ -205,19 +208,17 @@ class OscServer:
         if errors and self.control is not None:
             self.control.reject(last_error, count=errors)
         if kind == RECORD_MESSAGE:
-            arrived, sender, raw = unpack_message(record, offset)
-            try:
-                (msg,) = decode_packet(raw)
-            except (OscWireError, ValueError):  # the front checked it; a mismatch is a bug
-                raise RuntimeError("the OSC front passed on a message that does not decode") from None
-            self._dispatch(msg.address, list(msg.args), Origin(f"osc {sender[0]}:{sender[1]}", sender, arrived))
+            arrived, sender, parsed = unpack_message(record, offset)
+            self._dispatch(parsed, Origin(f"osc {sender[0]}:{sender[1]}", sender, arrived))
 
-    def _dispatch(self, address: str, args: list[Any], origin: Origin) -> None:
+    def _dispatch(self, parsed: ParsedMessage, origin: Origin) -> None:
         commands = self.commands
         if commands is None:
             raise RuntimeError("the OSC front passed on a message before attach")
-        try:
-            replies = commands.run(address, args, origin)
+        address = parsed.address
+        try:  # a target the front named that the table lacks is a bug: KeyError, logged with its traceback
+            calls = [(commands.table[target], args) for target, args in parsed.calls]
+            replies = commands.execute(address, calls, origin)
         except ControlError as exc:
             self._reject(origin, address, str(exc), "rejected")
             return
@@ -255,17 +256,23 @@ class OscServer:
         return self.dropped_replies + self._front_dropped
 
     # --- feedback ------------------------------------------------------------------------
+    @property
+    def subscribers(self) -> dict[tuple[str, int], Subscriber]:
+        """The feedback destinations now: a copy, taken under their lock."""
+        with self._subscribers_lock:
+            return dict(self._subscribers)
+
     def _subscribe(self, host: str, port: int, origin: Origin, on: bool) -> None:
         sender_host = origin.address[0] if origin.address else "127.0.0.1"
         key = (subscriber_host(host, sender_host, any_host=self.feedback_any_host), port)
         with self._subscribers_lock:
             if not on:
-                self.subscribers.pop(key, None)
+                self._subscribers.pop(key, None)
                 return
-            renewal = key in self.subscribers
-            if not renewal and len(self.subscribers) >= MAX_SUBSCRIBERS:
+            renewal = key in self._subscribers
+            if not renewal and len(self._subscribers) >= MAX_SUBSCRIBERS:
                 raise ControlError(f"too many subscribers (limit {MAX_SUBSCRIBERS})")
-            self.subscribers[key] = Subscriber(key[0], port, origin.label, time.monotonic() + SUBSCRIPTION_TTL_S)
+            self._subscribers[key] = Subscriber(key[0], port, origin.label, time.monotonic() + SUBSCRIPTION_TTL_S)
         if renewal:
             return
         log.info("OSC feedback to %s:%d (renew with /subscribe within %.0f s)", key[0], port, SUBSCRIPTION_TTL_S)
@@ -275,45 +282,36 @@ class OscServer:
     def _expire_subscribers(self) -> None:
         now = time.monotonic()
         with self._subscribers_lock:
-            lapsed = [key for key, sub in self.subscribers.items() if sub.expires <= now]
-            gone = [self.subscribers.pop(key) for key in lapsed]
+            lapsed = [key for key, sub in self._subscribers.items() if sub.expires <= now]
+            gone = [self._subscribers.pop(key) for key in lapsed]
         for sub in gone:
             log.info("OSC feedback to %s:%d lapsed: not renewed within %.0f s", sub.host, sub.port,
                          SUBSCRIPTION_TTL_S)
 
     def _full_state(self) -> list[tuple[str, list[Any]]]:
-        assert self.control is not None
-        view = self.control.snapshot()
+        """Every target's asked value on its feedback address (a new subscriber's first view)."""
+        assert self.commands is not None
+        asked = self.commands.control.asked()
         out: list[tuple[str, list[Any]]] = []
-        for name, alpha in view["targets"].items():  # type: ignore[attr-defined]
-            out += [(f"/steer/{name}", [alpha]), (f"/steer/{name}/knob", [view["knobs"][name]]),  # type: ignore[index]
-                    (f"/steer/{name}/on", [int(view["enabled"][name])])]  # type: ignore[index]
-        out.append(("/prompt", [view["prompt"]]))
-        settings = view["settings"]
-        out += [("/gen/guidance", [settings["guidance_scale"]]), ("/gen/temperature", [settings["temperature"]]),  # type: ignore[index]
-                 ("/gen/top_k", [settings["top_k"]]), ("/gen/top_p", [settings["top_p"]])]  # type: ignore[index]
+        for target in self.commands.table:
+            value = target.read(asked)
+            if target.feedback is not None and value is not None:
+                out.append((target.feedback, [feedback_value(value)]))
         return out
 
     def _on_event(self, event: ControlEvent) -> None:
-        assert self.control is not None
+        assert self.commands is not None
+        table = self.commands.table
+        touched = {t.address: t for c in event.changes for t in table.touched(c.kind, c.concept)}
+        asked = self.commands.control.asked()
         updates: list[tuple[str, list[Any]]] = []
-        concepts = self.control.concepts
-        for change in event.changes:
-            if change.kind == "alpha" and change.concept:
-                alpha = float(change.value)  # type: ignore[arg-type]
-                updates += [(f"/steer/{change.concept}", [alpha]),
-                            (f"/steer/{change.concept}/knob", [concepts[change.concept].knob_from_alpha(alpha)])]
-            elif change.kind == "enabled":
-                updates.append((f"/steer/{change.concept}/on", [int(bool(change.value))]))
-            elif change.kind == "prompt":
-                updates.append(("/prompt", [change.value]))
-            elif change.kind == "panic":
-                for name, knob in concepts.items():
-                    updates += [(f"/steer/{name}", [0.0]), (f"/steer/{name}/knob", [knob.knob_from_alpha(0.0)])]
-            elif change.kind != "seed":
-                updates.append((f"/gen/{change.kind}", [change.value]))
-        if event.transport:
-            updates.append(("/transport/playing", [int(event.transport == "play")]))
+        for target in touched.values():
+            value = target.read(asked)
+            if target.feedback is not None and value is not None:
+                updates.append((target.feedback, [feedback_value(value)]))
+        transport = table[f"/transport/{event.transport}"].feedback if event.transport else None
+        if transport is not None:
+            updates.append((transport, [int(event.transport == "play")]))
         with self._pending_lock:
             for address, args in updates:
                 self._pending[address] = (args, event.source)  # newest wins: that is the throttle
@@ -324,9 +322,10 @@ class OscServer:
             self._expire_subscribers()
             with self._pending_lock:
                 pending, self._pending = self._pending, {}
-            if not pending or not self.subscribers:
+            subscribers = self.subscribers
+            if not pending or not subscribers:
                 continue
-            for sub in list(self.subscribers.values()):
+            for sub in subscribers.values():
                 for address, (args, source) in pending.items():
                     if source not in (sub.sender, sub.label):
                         self._send((sub.host, sub.port), address, args, budgeted=False)

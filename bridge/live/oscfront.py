@@ -6,25 +6,31 @@ cost hundreds of underruns a minute on a 2-core machine however cheap the parser
 the GIL is shared. So the server binds the UDP socket and hands it to this process,
 which needs nothing heavy (no torch) and does all the per-packet work:
 
-- decode (``oscwire``: strict and bounded), match the address against the known ones
-  (``oscmatch``: linear time), refuse what fails with ``/error`` (budgeted per sender);
+- decode (``oscwire``: strict and bounded), match the address against the control
+  table (``targets``, with ``oscmatch``: linear time), parse and validate the arguments
+  for every target it names (arity, types, ranges), refuse what fails with ``/error``
+  (budgeted per sender);
 - keep future-timetag bundles until they are due (bounded in time, count and bytes);
 - answer ``/status`` with ``{"state": "loading"}`` until the server sends its
-  addresses, holding other messages (bounded) until then;
-- pass each message that survives to the server over a local SEQPACKET socket, at most
-  ``FORWARD_PER_S`` a second per sender, stamped with the time the kernel received it.
+  table, holding other messages (bounded) until then;
+- pass each message that survives to the server, parsed, over a local SEQPACKET
+  socket, at most ``FORWARD_PER_S`` a second per sender, stamped with the time the
+  kernel received it. The server runs it as it comes: it decodes and validates nothing.
 
-The server answers (``/status``, ``/error`` for values) on the same UDP socket.
+The server answers on the same UDP socket (``/status``, and ``/error`` for what only
+it can refuse: a scene that is not on disk, MIDI learn without a MIDI input).
 Records on the local socket, one per SEQPACKET datagram:
 
 - counts: ``>QQQH`` (packets so far, errors since the last counts, replies dropped so
   far, length of the last error's text) + that text;
 - front -> server ``C`` + counts (on a timer, while errors come and no message goes);
 - front -> server ``M`` + counts + ``>dHB`` (arrival, ``time.monotonic`` in this
-  machine's shared clock; sender port; host length) + host + the message bytes exactly
-  as received. Counts ride with each message, so they are in order with messages at
-  the cost of one local send per message;
-- server -> front ``A`` + JSON ``{"addresses": [...], "concepts": [...]}``.
+  machine's shared clock; sender port; host length) + host + the parsed message as
+  JSON ``[address as sent, [[target address, [parsed arguments]], ...]]``. Counts ride
+  with each message, so they are in order with messages at the cost of one local send
+  per message;
+- server -> front ``T`` + JSON ``ControlTable.spec()`` (the concepts with their ranges,
+  the vocabulary size): the front builds the same table from it.
 
 The process ends when the server closes its end.
 """
@@ -36,7 +42,6 @@ import heapq
 import itertools
 import json
 import logging
-import math
 import os
 import selectors
 import signal
@@ -45,11 +50,13 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .oscbudget import TokenBuckets
-from .oscmatch import AddressMatcher, PatternError, describe_unknown
 from .oscwire import OscWireError, WireMessage, decode_packet, encode_message, short
 from .ratelog import RateLimitedLog
+from .targets import Args, ControlError, ControlTable, Target
 
 log = logging.getLogger("steerbridge.osc")
 
@@ -68,7 +75,7 @@ _SO_TIMESTAMPNS = 35  # Linux: kernel receive time of each datagram, as a struct
 
 RECORD_MESSAGE = b"M"
 RECORD_COUNTS = b"C"
-RECORD_ADDRESSES = b"A"
+RECORD_TABLE = b"T"
 _MESSAGE_HEAD = struct.Struct(">dHB")
 _COUNTS_HEAD = struct.Struct(">QQQH")
 
@@ -85,15 +92,27 @@ def unpack_counts(record: bytes, offset: int) -> tuple[int, int, int, str, int]:
     return packets, errors, dropped, record[start:start + length].decode("utf-8", "replace"), start + length
 
 
-def pack_message(arrived: float, sender: tuple[str, int], raw: bytes) -> bytes:
+@dataclass(frozen=True)
+class ParsedMessage:
+    """A message as the front passes it on: the address as sent (a pattern, maybe) and,
+    for each target it names, that target's address and its parsed arguments."""
+
+    address: str
+    calls: tuple[tuple[str, Args], ...]
+
+
+def pack_message(arrived: float, sender: tuple[str, int], address: str, calls: Sequence[tuple[Target, Args]]) -> bytes:
     host = sender[0].encode("ascii")
-    return _MESSAGE_HEAD.pack(arrived, sender[1], len(host)) + host + raw
+    body = json.dumps([address, [[target.address, list(args)] for target, args in calls]]).encode()
+    return _MESSAGE_HEAD.pack(arrived, sender[1], len(host)) + host + body
 
 
-def unpack_message(record: bytes, offset: int) -> tuple[float, tuple[str, int], bytes]:
+def unpack_message(record: bytes, offset: int) -> tuple[float, tuple[str, int], ParsedMessage]:
     arrived, port, host_len = _MESSAGE_HEAD.unpack_from(record, offset)
     start = offset + _MESSAGE_HEAD.size
-    return arrived, (record[start:start + host_len].decode("ascii"), port), record[start + host_len:]
+    address, calls = json.loads(record[start + host_len:])
+    parsed = ParsedMessage(address, tuple((target, tuple(args)) for target, args in calls))
+    return arrived, (record[start:start + host_len].decode("ascii"), port), parsed
 
 
 def enable_kernel_timestamps(sock: socket.socket) -> bool:
@@ -129,8 +148,7 @@ class Front:
         self.sock.setblocking(False)
         self.link.setblocking(False)
         enable_kernel_timestamps(sock)
-        self.matcher: AddressMatcher | None = None  # None while the server loads
-        self.concepts: list[str] = []
+        self.table: ControlTable | None = None  # None while the server loads
         self.packets = 0
         self.dropped_replies = 0
         self._errors = 0  # since the last counts record
@@ -177,10 +195,8 @@ class Front:
             if not record:
                 self.closed = True
                 return
-            if record[:1] == RECORD_ADDRESSES:
-                table = json.loads(record[1:])
-                self.matcher = AddressMatcher(table["addresses"])
-                self.concepts = list(table["concepts"])
+            if record[:1] == RECORD_TABLE:
+                self.table = ControlTable.from_spec(json.loads(record[1:]))
                 held, self.held = list(self.held), deque()
                 for msg, sender, arrived in held:
                     self.route(msg, sender, arrived)
@@ -235,7 +251,7 @@ class Front:
             self.route(msg, sender, time.monotonic())  # latency counts from when it was due
 
     def route(self, msg: WireMessage, sender: tuple[str, int], arrived: float) -> None:
-        if self.matcher is None:
+        if self.table is None:
             if msg.address == "/status":
                 self.reply(sender, "/status/json", [json.dumps({"state": "loading"})], "status")
             elif len(self.held) < MAX_HELD_WHILE_LOADING:
@@ -245,15 +261,9 @@ class Front:
                             f"{MAX_HELD_WHILE_LOADING} messages; send again when /status says it is running", "loading")
             return
         try:
-            known = self.matcher.match(msg.address)
-        except PatternError as exc:
-            self.reject(sender, msg.address, f"bad address pattern: {exc}", "pattern")
-            return
-        if not known:
-            self.reject(sender, msg.address, describe_unknown(msg.address, self.concepts), "unknown address")
-            return
-        if any(isinstance(a, float) and not math.isfinite(a) for a in msg.args):  # no address takes NaN or inf
-            self.reject(sender, msg.address, "arguments must be finite numbers (NaN or inf sent)", "not finite")
+            calls = self.table.parse(msg.address, msg.args)
+        except ControlError as exc:
+            self.reject(sender, msg.address, str(exc), "rejected")
             return
         if not self._forward.allow(sender, time.monotonic()):
             self.reject(sender, msg.address, f"more than {FORWARD_PER_S:.0f} messages a second from one sender",
@@ -264,7 +274,7 @@ class Front:
                         "status too fast")
             return
         record = (RECORD_MESSAGE + pack_counts(self.packets, self._errors, self.dropped_replies, self._last_error)
-                  + pack_message(arrived, sender, msg.raw))
+                  + pack_message(arrived, sender, msg.address, calls))
         try:
             self.link.send(record)
         except BlockingIOError:

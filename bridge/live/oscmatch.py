@@ -25,8 +25,8 @@ MAX_ALTERNATIVES = 16
 
 
 class PatternError(UserError):
-    """An address pattern that is not valid OSC. (A plain ``ValueError``: this module runs
-    in the OSC front process, which must start without importing torch.)"""
+    """An address pattern that is not valid OSC. A ``UserError``, which imports nothing:
+    this module runs in the OSC front process, which must start without torch."""
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ OscArg = int | float | str | bytes | bool | None
 class OscWireError(UserError):
     """A datagram that is not a well-formed OSC packet within the server's limits.
 
-    A plain ``ValueError`` (not ``steering_core.errors.UserError``) on purpose: this
-    module runs in the OSC front process, which must start without importing torch."""
+    A ``UserError`` like every bad-input error (``steering_core.errors`` imports
+    nothing, so the OSC front process, which must start without torch, can use it)."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,7 @@ class WireMessage:
     address: str
     args: tuple[OscArg, ...]
     timetag: float | None = None
-    raw: bytes = b""  # the message exactly as it arrived (forwarded to the main process)
-
-    @property
-    def size(self) -> int:
-        """Bytes on the wire, for queue accounting."""
-        return len(self.raw)
+    size: int = 0  # bytes on the wire, for the future queue's accounting
 
 
 def decode_packet(data: bytes) -> list[WireMessage]:
@@ -122,7 +117,7 @@ def _message(data: memoryview, timetag: float | None) -> WireMessage:
         raise OscWireError("the address must be printable ASCII without spaces")
     address = raw_address.decode("ascii")
     if offset == len(data):  # OSC 1.0 allows an old-style message without type tags
-        return WireMessage(address, (), timetag, bytes(data))
+        return WireMessage(address, (), timetag, len(data))
     tags, offset = _string(data, offset, f"type tag string (at most {MAX_ARGS} arguments)", MAX_ARGS + 1)
     if tags[:1] != b",":
         raise OscWireError(f"{_short(address)}: type tag string must start with ','")
@@ -132,7 +127,7 @@ def _message(data: memoryview, timetag: float | None) -> WireMessage:
         args.append(arg)
     if offset != len(data):
         raise OscWireError(f"{_short(address)}: {len(data) - offset} bytes left over after the arguments")
-    return WireMessage(address, tuple(args), timetag, bytes(data))
+    return WireMessage(address, tuple(args), timetag, len(data))
 
 
 _FIXED = {"i": (">i", 4), "f": (">f", 4), "d": (">d", 8), "h": (">q", 8)}

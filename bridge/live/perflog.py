@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from steering_core.errors import UserError
 from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
+from .targets import SETTING_BY_NAME
 
 log = logging.getLogger("steerbridge.perflog")
 
@@ -33,14 +35,20 @@ class PerformanceLogError(UserError):
 
 
 class PerformanceLog:
+    """Written by one thread: the header where it is made, then events and the end by the
+    thread that writes the first of them (the engine's, in ``serve``); a write from any
+    other thread raises ``RuntimeError``."""
+
     def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("w", buffering=1)  # line-buffered: every line reaches the disk
         self._write({"type": "header", "format": LOG_FORMAT, **header})
         self.closed = False
+        self._writer: int | None = None
 
     def event(self, event: ControlEvent, t: float) -> None:
+        self._check_writer("event")
         record: dict[str, Any] = {"type": "event", "t": round(t, 4), "source": event.source, "label": event.label}
         if event.step is not None:
             record["step"] = event.step
@@ -51,10 +59,19 @@ class PerformanceLog:
         self._write(record)
 
     def end(self, frames: int, codes_sha256: str) -> None:
+        self._check_writer("end")
         if not self.closed:
             self._write({"type": "end", "frames": frames, "codes_sha256": codes_sha256})
             self._file.close()
             self.closed = True
+
+    def _check_writer(self, call: str) -> None:
+        me = threading.get_ident()
+        if self._writer is None:
+            self._writer = me
+        elif self._writer != me:
+            raise RuntimeError(f"PerformanceLog.{call} from thread {threading.current_thread().name!r}: the log "
+                               "is written by one thread (the engine's)")
 
     def _write(self, record: dict[str, Any]) -> None:
         try:
@@ -120,7 +137,7 @@ def read_log(path: str | Path) -> Performed:
     return out
 
 
-def _whole(value: object) -> bool:
+def _whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -136,10 +153,12 @@ def _check_change(change: Change) -> None:
     """What a replay would otherwise find out, with a traceback, minutes into rendering."""
     if change.kind == "alpha" and not (_number(change.value) and change.concept):
         raise PerformanceLogError(f"alpha change needs a concept and a finite number, got {str(change.value)[:20]!r}")
-    if change.kind in ("guidance", "temperature", "top_p") and not _number(change.value):
-        raise PerformanceLogError(f"{change.kind} must be a finite number")
-    if change.kind in ("top_k", "seed") and not (_whole(change.value) and change.value >= 0):  # type: ignore[operator]
+    setting = SETTING_BY_NAME.get(change.kind)
+    whole = change.kind == "seed" or (setting is not None and setting.whole)
+    if whole and not (_whole(change.value) and change.value >= 0):
         raise PerformanceLogError(f"{change.kind} must be a whole number >= 0")
+    if setting is not None and not _number(change.value):
+        raise PerformanceLogError(f"{change.kind} must be a finite number")
     if change.kind == "prompt" and not (isinstance(change.value, str) and change.value.strip()):
         raise PerformanceLogError("prompt must be a non-empty string")
 

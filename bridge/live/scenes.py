@@ -1,8 +1,11 @@
-"""Scenes: named snapshots of every knob target, the on/off switches and the prompt.
+"""Scenes: named snapshots of every target the control table marks ``scene``: each
+knob's alpha, the on/off switches, the prompt and the sampling settings.
 
 A scene is a small JSON file ``<name>.json`` in the scene folder (by default
-``~/.local/share/steerbridge/scenes``). Names are names, never paths. Scenes shipped
-in ``presets/scenes`` can be recalled too; a saved scene of the same name wins.
+``~/.local/share/steerbridge/scenes``): ``{"targets": {concept: alpha}, "enabled":
+{concept: bool}, "prompt": str, "settings": {name: number}}``, each part optional.
+Names are names, never paths. Scenes shipped in ``presets/scenes`` can be recalled
+too; a saved scene of the same name wins.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from steering_core.extract.concepts import ConceptError, check_name
 from steering_core.paths import PRESETS_DIR, data_dir
 
 from .presetfiles import write_atomically
+from .targets import MAX_PROMPT_CHARS, Asked, ControlTable, Scalar, Target
 
 SHIPPED_SCENES = PRESETS_DIR / "scenes"
 MAX_SCENE_BYTES = 64 * 1024
-MAX_SCENE_PROMPT_CHARS = 500  # as /prompt
 
 
 class SceneError(UserError):
@@ -55,13 +58,67 @@ class SceneStore:
         raise SceneError(f"no scene named {name!r} (scenes: {known})")
 
 
-def morph(a: Mapping[str, Any], b: Mapping[str, Any], t: float) -> dict[str, Any]:
-    """Halfway houses between two scenes: knob targets interpolate linearly; switches
-    and the prompt (which cannot be blended) come from the nearer scene."""
-    ta, tb = dict(a.get("targets", {})), dict(b.get("targets", {}))
-    targets = {n: (1 - t) * float(ta.get(n, 0.0)) + t * float(tb.get(n, 0.0)) for n in ta.keys() | tb.keys()}
+def scene_of(table: ControlTable, asked: Asked) -> dict[str, Any]:
+    """What a scene stores of the asked state: every target marked ``scene``."""
+    view: dict[str, Any] = {}
+    for target in _scene_targets(table):
+        value = target.read(asked)
+        if value is not None:
+            _store(view, target, value)
+    return view
+
+
+def scene_values(table: ControlTable, scene: Mapping[str, Any]) -> list[tuple[Target, Scalar]]:
+    """The values a scene holds for this set's targets, numbers brought into each target's
+    range; concepts it names that are not loaded, and parts it lacks, are left out."""
+    out: list[tuple[Target, Scalar]] = []
+    for target in _scene_targets(table):
+        value = _stored(scene, target)
+        if value is None or value == "":
+            continue
+        out.append((target, target.clamp(value) if target.range is not None else value))
+    return out
+
+
+def morph(table: ControlTable, a: Mapping[str, Any], b: Mapping[str, Any], t: float) -> dict[str, Any]:
+    """Halfway houses between two scenes: numbers (alphas, settings) interpolate linearly
+    (a missing alpha is 0, a missing setting is the other scene's); switches and the
+    prompt (which cannot be blended) come from the nearer scene."""
     near = a if t < 0.5 else b
-    return {"targets": targets, "enabled": dict(near.get("enabled", {})), "prompt": near.get("prompt")}
+    out: dict[str, Any] = {}
+    for target in _scene_targets(table):
+        if target.range is None:
+            value = _stored(near, target)
+        else:
+            va, vb = _stored(a, target), _stored(b, target)
+            if target.kind == "alpha":
+                va, vb = va or 0.0, vb or 0.0
+            value = vb if va is None else va if vb is None else (1 - t) * float(va) + t * float(vb)
+        if value is not None:
+            _store(out, target, value)
+    return out
+
+
+def _scene_targets(table: ControlTable) -> list[Target]:
+    return [t for t in table if t.scene is not None]
+
+
+def _stored(scene: Mapping[str, Any], target: Target) -> Any:
+    assert target.scene is not None
+    section, key = target.scene
+    part = scene.get(section)
+    if not key:
+        return part
+    return part.get(key) if isinstance(part, Mapping) else None
+
+
+def _store(view: dict[str, Any], target: Target, value: Any) -> None:
+    assert target.scene is not None
+    section, key = target.scene
+    if key:
+        view.setdefault(section, {})[key] = value
+    else:
+        view[section] = value
 
 
 def _name(name: str) -> str:
@@ -86,7 +143,11 @@ def _read(path: Path) -> dict[str, Any]:
     enabled = raw.get("enabled", {})
     if not isinstance(enabled, dict) or not all(isinstance(v, bool) for v in enabled.values()):
         raise SceneError(f"scene file {path.name}: 'enabled' must map concepts to true/false")
+    settings = raw.get("settings", {})
+    if not isinstance(settings, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in settings.values()):
+        raise SceneError(f"scene file {path.name}: 'settings' must map setting names to finite numbers")
     prompt = raw.get("prompt")
-    if prompt is not None and not (isinstance(prompt, str) and len(prompt) <= MAX_SCENE_PROMPT_CHARS):
-        raise SceneError(f"scene file {path.name}: 'prompt' must be text of at most {MAX_SCENE_PROMPT_CHARS} characters")
+    if prompt is not None and not (isinstance(prompt, str) and len(prompt) <= MAX_PROMPT_CHARS):
+        raise SceneError(f"scene file {path.name}: 'prompt' must be text of at most {MAX_PROMPT_CHARS} characters")
     return raw

@@ -1,10 +1,11 @@
 """``steerbridge serve``: wire the model, the controls and the audio path, then play.
 
-Follow a knob turn from here: ``osc.py`` / ``midi.py`` -> ``commands.py`` (validate)
--> ``control.py`` (targets, event queue) -> ``engine.py`` (takes effect at a step,
-rolls back the lookahead) -> ``steering_core.stream.timeline`` (smoothed alpha into the
-hooks) -> codec -> ``engine.AudioPath`` (resample, effects, limiter) -> ``ring.py``
--> ``outputs.py`` (the sound card callback).
+Follow a knob turn from here: ``oscfront.py`` (decode, parse against ``targets.py``)
+/ ``midi.py`` -> ``osc.py`` -> ``commands.py`` -> ``control.py`` (asked state, event
+queue) -> ``engine.py`` (takes effect at a step, rolls back the lookahead) ->
+``steering_core.stream.timeline`` (smoothed alpha into the hooks) -> codec ->
+``engine.AudioPath`` (resample, effects, limiter) -> ``ring.py`` -> ``outputs.py`` (the
+sound card callback).
 """
 
 from __future__ import annotations
@@ -226,8 +227,8 @@ class Server:
             log.info("recording to %s", self.recorder.path)
 
     def stop(self) -> None:
-        """Inputs first, then the engine (which closes the performance log), then the
-        audio; the recording is finished last, whatever failed before it."""
+        """Inputs first, then the engine (which closes the performance log, on its own
+        thread), then the audio; the recording is finished last, whatever failed before it."""
         try:
             if self.midi is not None:
                 self.midi.close()
@@ -241,8 +242,6 @@ class Server:
             torch.set_num_threads(self._torch_threads_before)
             if self.recorder is not None:
                 self.recorder.close()
-            if self.perf_log is not None:
-                self.perf_log.end(self.engine.frames_generated, self.engine.codes_sha256())
 
     def status(self) -> dict[str, Any]:
         view = self.control.snapshot()
@@ -250,7 +249,7 @@ class Server:
         return {
             **engine, "state": "running",
             "targets": view["targets"], "enabled": view["enabled"], "knobs": view["knobs"],
-            "prompt": view["prompt"], "settings": view["settings"], "transport": "play" if view["playing"] else "stop",
+            "prompt": view["prompt"], "settings": view["settings"], "transport": "play" if engine["playing"] else "stop",
             "model": self.options.model, "device": str(self.handle.device), "dtype": str(self.handle.dtype),
             "sample_rate": self.output.sample_rate, "model_sample_rate": self.handle.sample_rate,
             "errors": view["errors"], "last_error": view["last_error"],

@@ -1,0 +1,331 @@
+"""The control targets: every address a message, a MIDI control or a scene can drive,
+each defined once with its kind, its parser (arity, types, range), what a MIDI knob
+spans on it, whether scenes store it and whether its changes are fed back.
+
+``ControlTable.build`` makes the table of one set from its concepts and the model's
+vocabulary size. The server builds it, and so does the OSC front process from
+``spec()`` (the same function, so the same table): the front parses and validates
+every message against it, and the server runs the parsed arguments as they come.
+MIDI bindings resolve to their ``Target`` when the map loads; scenes save and recall
+the targets marked ``scene``. This module imports nothing heavy (no torch): the front
+runs it.
+
+A new ``/gen/*`` setting is one row in ``SETTINGS`` here plus its field in
+``SamplingSettings`` (``steering_core/stream/sampling.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from steering_core.errors import UserError
+
+from .oscmatch import AddressMatcher, PatternError, describe_unknown
+
+#: A parsed argument: what a parser returns, typed as the target wants it.
+Scalar = bool | int | float | str
+Args = tuple[Scalar, ...]
+Kind = Literal["alpha", "knob", "on", "prompt", "setting", "seed", "transport", "panic", "scene_save", "scene_recall",
+               "scene_morph", "midi_learn", "midi_save", "subscribe", "unsubscribe", "status"]
+
+MAX_PROMPT_CHARS = 500
+MAX_NAME_CHARS = 64
+MAX_HOST_CHARS = 253
+MAX_SEED = 2**63 - 1
+
+
+class ControlError(UserError):
+    """A control message that cannot be applied; it changed nothing."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A sampling setting as a control: ``/gen/<name>``, the change kind ``<name>``."""
+
+    name: str
+    field: str  # its ``SamplingSettings`` field
+    whole: bool  # a whole number
+    valid: tuple[float, float | None]  # what ``SamplingSettings.validate`` accepts; None: up to the vocabulary
+    span: tuple[float, float]  # what a MIDI knob on it spans, unless its map says otherwise
+    hint: str = ""  # said after the range when a value is refused
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("guidance", "guidance_scale", False, (0.0, 20.0), (1.0, 8.0)),
+    Setting("temperature", "temperature", False, (0.0, 5.0), (0.5, 1.5), " (0 = greedy)"),
+    Setting("top_k", "top_k", True, (0, None), (1.0, 250.0)),
+    Setting("top_p", "top_p", False, (0.0, 1.0), (0.0, 1.0), " (0 = off)"),
+)
+SETTING_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the performer asked for at one moment (``ControlState.asked`` gives it)."""
+
+    alphas: Mapping[str, float]
+    enabled: Mapping[str, bool]
+    prompt: str
+    settings: Mapping[str, float]  # by ``SamplingSettings`` field
+
+
+@dataclass(frozen=True)
+class Target:
+    """One address and everything the control surfaces need to know about it."""
+
+    address: str
+    kind: Kind
+    #: Raises ControlError; returns the arguments as the target takes them. Two tables
+    #: built from one spec hold equal targets: the parsers (closures) are left out of ==.
+    parse: Callable[[Sequence[Any]], Args] = field(compare=False)
+    concept: str | None = None
+    alpha_range: tuple[float, float] | None = None  # alpha and knob targets: the concept's range
+    setting: Setting | None = None
+    range: tuple[float, float] | None = None  # a numeric target's valid values, in its own units
+    whole: bool = False  # a numeric target that takes whole numbers
+    span: tuple[float, float] | None = None  # a MIDI knob can drive it, over this span by default
+    button: bool = False  # a MIDI button can press it (a switch toggles)
+    feedback: str | None = None  # the address its changes are fed back on
+    scene: tuple[str, str] | None = None  # (section, key) in a scene file; None: not stored
+
+    def read(self, asked: Asked) -> Scalar | None:
+        """The target's asked value, in its own units (None: it holds no value)."""
+        if self.kind == "alpha" and self.concept is not None:
+            return asked.alphas[self.concept]
+        if self.kind == "knob" and self.concept is not None and self.alpha_range is not None:
+            lo, hi = self.alpha_range
+            return (asked.alphas[self.concept] - lo) / (hi - lo)
+        if self.kind == "on" and self.concept is not None:
+            return asked.enabled[self.concept]
+        if self.kind == "prompt":
+            return asked.prompt
+        if self.setting is not None:
+            return asked.settings[self.setting.field]
+        return None
+
+    def clamp(self, value: float) -> float | int:
+        """A stored number brought into the target's range (scenes written for other ranges)."""
+        lo, hi = self.range or (-math.inf, math.inf)
+        value = min(max(float(value), lo), hi)
+        return round(value) if self.whole else value
+
+
+class ControlTable:
+    """Every target of one set, by address, in a fixed order."""
+
+    def __init__(self, concepts: Sequence[tuple[str, tuple[float, float]]], vocab_size: int) -> None:
+        self.concepts = [(name, (float(lo), float(hi))) for name, (lo, hi) in concepts]
+        self.vocab_size = vocab_size
+        self._targets: dict[str, Target] = {}
+        for name, alpha_range in self.concepts:
+            self._add(Target(f"/steer/{name}", "alpha", _alpha_parser(name, alpha_range), name, alpha_range,
+                             range=alpha_range, span=alpha_range, feedback=f"/steer/{name}", scene=("targets", name)))
+            self._add(Target(f"/steer/{name}/knob", "knob", _knob_parser(name), name, alpha_range, range=(0.0, 1.0),
+                             span=(0.0, 1.0), feedback=f"/steer/{name}/knob"))
+            self._add(Target(f"/steer/{name}/on", "on", _switch_parser, name, button=True,
+                             feedback=f"/steer/{name}/on", scene=("enabled", name)))
+        self._add(Target("/prompt", "prompt", _prompt_parser, feedback="/prompt", scene=("prompt", "")))
+        for s in SETTINGS:
+            valid = (float(s.valid[0]), float(vocab_size if s.valid[1] is None else s.valid[1]))
+            self._add(Target(f"/gen/{s.name}", "setting", _setting_parser(s, valid), setting=s, range=valid,
+                             whole=s.whole, span=s.span, feedback=f"/gen/{s.name}", scene=("settings", s.name)))
+        self._add(Target("/gen/seed", "seed", _seed_parser, range=(0.0, float(MAX_SEED)), whole=True, span=(0.0, 1.0)))
+        self._add(Target("/scene/save", "scene_save", _name_parser))
+        self._add(Target("/scene/recall", "scene_recall", _name_parser))
+        self._add(Target("/scene/morph", "scene_morph", _morph_parser))
+        for state in ("play", "stop"):
+            self._add(Target(f"/transport/{state}", "transport", _no_args, button=True, feedback="/transport/playing"))
+        self._add(Target("/panic", "panic", _no_args, button=True))
+        self._add(Target("/midi/learn", "midi_learn", self._learn_parser))
+        self._add(Target("/midi/save", "midi_save", _name_parser))
+        self._add(Target("/subscribe", "subscribe", _subscription_parser))
+        self._add(Target("/unsubscribe", "unsubscribe", _subscription_parser))
+        self._add(Target("/status", "status", _no_args))
+        self._matcher = AddressMatcher(self._targets)
+
+    # --- the front process builds the same table ---------------------------------
+    def spec(self) -> dict[str, Any]:
+        """What ``from_spec`` needs to build this table again (JSON)."""
+        return {"concepts": [[name, lo, hi] for name, (lo, hi) in self.concepts], "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> ControlTable:
+        return cls([(str(name), (float(lo), float(hi))) for name, lo, hi in spec["concepts"]], int(spec["vocab_size"]))
+
+    # --- lookups -------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Target]:
+        return iter(self._targets.values())
+
+    def __getitem__(self, address: str) -> Target:
+        return self._targets[address]
+
+    def get(self, address: str) -> Target | None:
+        return self._targets.get(address)
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self._targets)
+
+    def parse(self, address: str, args: Sequence[Any]) -> list[tuple[Target, Args]]:
+        """Every target ``address`` (or its pattern) names, with the arguments parsed for each.
+        All or nothing: raises ``ControlError`` if the address names nothing or any target
+        refuses its arguments."""
+        try:
+            addresses = self._matcher.match(address)
+        except PatternError as exc:
+            raise ControlError(f"bad address pattern: {exc}") from None
+        if not addresses:
+            raise ControlError(describe_unknown(address, [name for name, _ in self.concepts]))
+        return [(target, target.parse(args)) for target in map(self._targets.__getitem__, addresses)]
+
+    def touched(self, kind: str, concept: str | None) -> list[Target]:
+        """The targets whose asked value a change of ``kind`` (a ``Change.kind``) moves."""
+        if kind == "alpha":
+            return [t for t in self if t.concept == concept and t.kind in ("alpha", "knob")]
+        if kind == "enabled":
+            return [t for t in self if t.concept == concept and t.kind == "on"]
+        if kind == "panic":
+            return [t for t in self if t.kind in ("alpha", "knob")]
+        if kind == "prompt":
+            return [self._targets["/prompt"]]
+        setting = SETTING_BY_NAME.get(kind)
+        return [self._targets[f"/gen/{setting.name}"]] if setting is not None else []
+
+    # --- internals -----------------------------------------------------------------
+    def _add(self, target: Target) -> None:
+        self._targets[target.address] = target
+
+    def _learn_parser(self, args: Sequence[Any]) -> Args:
+        address = text(args, 0, 1, 200)
+        target = self._targets.get(address)
+        if target is None or (target.span is None and target.kind != "on"):
+            raise ControlError(f"cannot learn {address!r}: not a knob target (e.g. /steer/<concept>/knob)")
+        return (address,)
+
+
+def feedback_value(value: Scalar) -> Scalar:
+    """A value as controllers want it fed back: switches as 0/1."""
+    return int(value) if isinstance(value, bool) else value
+
+
+def scene_targets(table: ControlTable) -> Iterable[Target]:
+    return (t for t in table if t.scene is not None)
+
+
+# --- parsers: one clear sentence per mistake ---------------------------------------------
+def arity(args: Sequence[Any], n: int) -> None:
+    if len(args) != n:
+        raise ControlError(f"expected {n} argument{'s' if n != 1 else ''}, got {len(args)}")
+
+
+def number(args: Sequence[Any], i: int, n: int) -> float:
+    arity(args, n)
+    value = args[i]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ControlError(f"argument {i + 1} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ControlError(f"argument {i + 1} must be finite, got {value}")
+    return float(value)
+
+
+def whole(args: Sequence[Any], i: int, n: int) -> int:
+    value = number(args, i, n)
+    if not value.is_integer():
+        raise ControlError(f"argument {i + 1} must be a whole number, got {value:g}")
+    return int(args[i]) if isinstance(args[i], int) else int(value)
+
+
+def text(args: Sequence[Any], i: int, n: int, limit: int) -> str:
+    arity(args, n)
+    value = args[i]
+    if not isinstance(value, str):
+        raise ControlError(f"argument {i + 1} must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ControlError(f"argument {i + 1} is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def _no_args(args: Sequence[Any]) -> Args:
+    arity(args, 0)
+    return ()
+
+
+def _alpha_parser(name: str, alpha_range: tuple[float, float]) -> Callable[[Sequence[Any]], Args]:
+    lo, hi = alpha_range
+
+    def parse(args: Sequence[Any]) -> Args:
+        alpha = number(args, 0, 1)
+        if not lo <= alpha <= hi:
+            raise ControlError(f"alpha {alpha:g} is outside {name}'s range {lo:g}..{hi:g}")
+        return (alpha,)
+    return parse
+
+
+def _knob_parser(name: str) -> Callable[[Sequence[Any]], Args]:
+    def parse(args: Sequence[Any]) -> Args:
+        knob = number(args, 0, 1)
+        if not 0.0 <= knob <= 1.0:
+            raise ControlError(f"knob {knob:g} for {name} is outside 0..1")
+        return (knob,)
+    return parse
+
+
+def _switch_parser(args: Sequence[Any]) -> Args:
+    arity(args, 1)
+    if isinstance(args[0], bool):
+        return (args[0],)
+    value = number(args, 0, 1)
+    if value not in (0.0, 1.0):
+        raise ControlError(f"on/off wants 0 or 1, got {value:g}")
+    return (value == 1.0,)
+
+
+def _prompt_parser(args: Sequence[Any]) -> Args:
+    prompt = text(args, 0, 1, MAX_PROMPT_CHARS).strip()
+    if not prompt:
+        raise ControlError("the prompt is empty")
+    return (prompt,)
+
+
+def _setting_parser(setting: Setting, valid: tuple[float, float]) -> Callable[[Sequence[Any]], Args]:
+    lo, hi = valid
+
+    def parse(args: Sequence[Any]) -> Args:
+        value: float | int = whole(args, 0, 1) if setting.whole else number(args, 0, 1)
+        if not lo <= value <= hi:
+            kind = "a whole number in" if setting.whole else "in"
+            raise ControlError(f"{setting.name} must be {kind} {lo:g}..{hi:g}{setting.hint}, got {value:g}")
+        return (value,)
+    return parse
+
+
+def _seed_parser(args: Sequence[Any]) -> Args:
+    seed = whole(args, 0, 1)
+    if not 0 <= seed <= MAX_SEED:
+        raise ControlError(f"seed must be a whole number >= 0, got {seed!r}")
+    return (seed,)
+
+
+def _name_parser(args: Sequence[Any]) -> Args:
+    # The naming rule itself (no paths) is the server's, where names meet the disk
+    # (``Commands``, the scene store, ``save_map``): it needs no YAML in the front.
+    return (text(args, 0, 1, MAX_NAME_CHARS),)
+
+
+def _morph_parser(args: Sequence[Any]) -> Args:
+    a, b = text(args, 0, 3, MAX_NAME_CHARS), text(args, 1, 3, MAX_NAME_CHARS)
+    t = number(args, 2, 3)
+    if not 0.0 <= t <= 1.0:
+        raise ControlError(f"morph position {t:g} is outside 0..1")
+    return (a, b, t)
+
+
+def _subscription_parser(args: Sequence[Any]) -> Args:
+    host = text(args, 0, 2, MAX_HOST_CHARS)
+    port = whole(args, 1, 2)
+    if not 1 <= port <= 65535:
+        raise ControlError(f"port {port} is outside 1..65535")
+    return (host, port)
