@@ -177,3 +177,73 @@ def test_status_reports_the_played_alpha_from_its_owner(tiny, vectors_dir, tmp_p
         assert server.control.targets["timbre"] == 0.0
     finally:
         server.stop()
+
+
+def test_per_stream_knobs_are_the_steerers(tiny) -> None:
+    """A batched static stream reads the steerer's own per-stream table: a knob turned for
+    one stream is reported by the steerer for that stream (what /status reads), and the
+    stream has no knob writer of its own."""
+    from steering_core.errors import UserError
+    from steering_core.steer.steerer import Steerer
+    from steering_core.stream.static_step import StaticStream
+    from tests.test_steering import make_vector
+
+    steerer = Steerer(tiny)
+    steerer.add(make_vector(tiny, concept="a"), alpha=0.5)
+    stream = StaticStream(tiny, ["drums", "bass"], steerer=steerer)
+    assert not hasattr(stream, "set_alpha") and not hasattr(stream, "set_enabled")
+    assert stream.knobs.data_ptr() == steerer.stream_knobs(2).alpha.data_ptr()  # one table, the steerer's
+    steerer.set_alpha("a", 2.0, stream=1)
+    steerer.set_enabled("a", False, stream=0)
+    assert steerer.alphas(stream=1) == {"a": 2.0} and steerer.alphas(stream=0) == {"a": 0.5}
+    assert stream.knobs[:, 0].tolist() == [0.5, 2.0] and stream.knob_enabled[:, 0].tolist() == [0.0, 1.0]
+    steerer.set_alpha("a", -1.0)  # every stream
+    assert stream.knobs[:, 0].tolist() == [-1.0, -1.0] and steerer.alpha("a", stream=1) == -1.0
+    with pytest.raises(UserError, match="stream"):
+        steerer.set_alpha("a", 1.0, stream=2)
+    with pytest.raises(UserError, match="2 streams"):
+        steerer.stream_knobs(3)
+
+
+def test_a_performance_is_its_steerers_only_knob_writer(tiny) -> None:
+    """A bare steerer takes knob writes from anyone (a script); once a Performance drives
+    it, a write beside the performance raises on any thread, naming the caller's thread and
+    the performance's, while ``apply`` still moves the knob. The claim ends with the performance."""
+    import gc
+    import threading
+
+    from steering_core.steer.steerer import Steerer
+    from steering_core.stream.decode_loop import MusicStream
+    from steering_core.stream.timeline import Change, Performance
+    from tests.test_steering import make_vector
+
+    steerer = Steerer(tiny)
+    steerer.add(make_vector(tiny, concept="a"), alpha=0.0)
+    steerer.set_alpha("a", 0.25)  # no driver yet: a script may turn knobs directly
+    performance = Performance(MusicStream(tiny, "drums", seed=1, steerer=steerer), steerer, smoothing_ms=0)
+    performance.step()
+    me = threading.current_thread().name
+    with pytest.raises(RuntimeError, match=f"thread '{me}'.*a Performance on thread '{me}'"):
+        steerer.set_alpha("a", 1.0)
+    with pytest.raises(RuntimeError, match="Performance"):
+        steerer.set_enabled("a", False)
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            steerer.set_alpha("a", 2.0)
+        except RuntimeError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=other, name="control")
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and "thread 'control'" in str(errors[0]) and f"thread '{me}'" in str(errors[0])
+    assert steerer.alpha("a") == 0.25  # neither write landed
+    performance.apply([Change("alpha", 1.5, "a")])
+    performance.step()
+    assert steerer.alpha("a") == 1.5
+    del performance
+    gc.collect()
+    steerer.set_alpha("a", 0.0)  # the performance is gone, and its claim with it
+    assert steerer.alpha("a") == 0.0

@@ -127,16 +127,38 @@ def test_on_device_sampling_draws_what_sample_draws(tiny) -> None:
                      SamplingSettings(3.0, 0.0, 250, 0.0)):
         logits = torch.randn(2 * stream.batch, stream.num_codebooks, stream.vocab, generator=g) * 4
         stream.settings = settings
-        stream._write_settings()
+        stream.sampling.write(settings)
         ref_gen, our_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
         ref = sample(guide(logits, settings.guidance_scale) if settings.uses_cfg else logits[:1], settings, ref_gen)
         if settings.temperature != 0.0:
-            stream._noise.exponential_(1, generator=our_gen)
+            stream.sampling.noise.exponential_(1, generator=our_gen)
         for span in (None, stream.cache_len):  # as a graph runs it (every stage), and eagerly
             stream._span = span
             ours = stream._sample(logits)
             assert torch.equal(ref, ours), (settings, span)
         assert torch.equal(ref_gen.get_state(), our_gen.get_state())  # the generator moved alike
+
+
+def test_the_race_draws_what_multinomial_draws() -> None:
+    """sampling.sample's draw (argmax of p / exponential noise) against torch.multinomial on
+    the same probabilities and generator: the same ids, and the generator moved alike."""
+    g = torch.Generator().manual_seed(3)
+    for settings in (SamplingSettings(3.0, 1.0, 250, 0.0), SamplingSettings(3.0, 0.7, 5, 0.0),
+                     SamplingSettings(3.0, 1.2, 0, 0.9)):
+        logits = torch.randn(2, 4, 300, generator=g) * 3
+        ours_gen, ref_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        ours = sample(logits, settings, ours_gen)
+        probs = logits / settings.temperature
+        if settings.top_k:
+            probs = probs.masked_fill(probs < torch.topk(probs, settings.top_k, dim=-1).values[..., -1:], -float("inf"))
+        if settings.top_p:
+            ordered, order = torch.sort(probs, descending=True, dim=-1)
+            soft = ordered.softmax(dim=-1)
+            drop = torch.zeros_like(soft, dtype=torch.bool).scatter(-1, order, soft.cumsum(dim=-1) - soft > settings.top_p)
+            probs = probs.masked_fill(drop, -float("inf"))
+        ref = torch.multinomial(probs.softmax(dim=-1).reshape(-1, 300), 1, generator=ref_gen).view(2, 4)
+        assert torch.equal(ours, ref), settings
+        assert torch.equal(ours_gen.get_state(), ref_gen.get_state())
 
 
 def test_per_stream_knobs_give_each_row_what_it_gets_alone(tiny) -> None:
@@ -149,9 +171,9 @@ def test_per_stream_knobs_give_each_row_what_it_gets_alone(tiny) -> None:
 
     def setup(stream: StaticStream, row: int, index: int) -> None:
         for name, alpha in rows[row].items():
-            stream.set_alpha(name, alpha, stream=index)
+            stream.steerer.set_alpha(name, alpha, stream=index)
         for name, on in enabled[row].items():
-            stream.set_enabled(name, on, stream=index)
+            stream.steerer.set_enabled(name, on, stream=index)
 
     def run(row_ids: list[int]) -> torch.Tensor:
         stream = StaticStream(tiny, ["drums"] * len(row_ids), seed=2, settings=greedy, steerer=_steerer(tiny, vectors))
@@ -160,7 +182,7 @@ def test_per_stream_knobs_give_each_row_what_it_gets_alone(tiny) -> None:
         with stream.steering():
             stream.generate_frames(20)
             if 1 in row_ids:  # stream 1 turns a knob mid-way
-                stream.set_alpha("c2", 6.0, stream=row_ids.index(1))
+                stream.steerer.set_alpha("c2", 6.0, stream=row_ids.index(1))
             stream.generate_frames(20)
         return stream.codes[:, :, :stream.frames_complete].clone()
 

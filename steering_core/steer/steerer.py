@@ -1,10 +1,12 @@
 """The steerer: owns the live concepts and the hooks that apply them.
 
 A concept is a ``SteeringVector`` plus a knob: ``alpha`` (a 0-d tensor on the model's
-device, updated in place) and ``enabled``. ``set_alpha`` may be called from any
-thread between any two frames; the hooks read the tensor at the next forward, so a
-knob turn needs no re-registration and no host-device sync. Which calls are safe
-from which thread is spelled out (and enforced) in ``Steerer``'s docstring.
+device, updated in place) and ``enabled``. The steerer owns every copy of every knob:
+its shared table (read by the hooks and the decode loop), the per-stream table a
+batched static step reads (``stream_knobs``), and the host values ``alphas()`` reports.
+The hooks read the tensors at the next forward, so a knob turn needs no
+re-registration and no host-device sync. Who may write knobs, and which calls are safe
+from which thread, is spelled out (and enforced) in ``Steerer``'s docstring.
 
 Hooks exist only inside ``with steerer.installed():``, which removes them on the way
 out, error or not. Within a site, the plain ``add`` concepts go first (fused, see
@@ -14,16 +16,17 @@ out, error or not. Within a site, the plain ``add`` concepts go first (fused, se
 from __future__ import annotations
 
 import threading
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
 from steering_core.errors import UnknownConceptError, UserError
 from steering_core.model.loading import MusicGenHandle
+from steering_core.steer.fold import AddTerm, add_matrix, cfg_row_masks, fold_rows
+from steering_core.steer.knobs import MAX_CONCEPTS, KnobDriver, KnobListener, KnobTables, StreamKnobs
 from steering_core.steer.operators import Operator, get_operator
 from steering_core.steer.operators import add as add_operator
 from steering_core.steer.sites import attach
@@ -64,28 +67,32 @@ class Concept:
     #: The knob as last written, on the host: what ``alphas()`` reports without a device sync.
     #: Written with ``alpha``, under the steerer's lock, so the two never disagree.
     value: float = 0.0
-
-
-#: Knob table size: concepts one steerer holds at once.
-MAX_CONCEPTS = 64
-
-#: Told of each knob turn: (concept slot, new alpha or None, new enabled or None).
-KnobListener = Callable[[int, "float | None", "bool | None"], None]
+    #: Per stream (row of a batch), on the host: ``values[0]`` is ``value`` and
+    #: ``enables[0]`` is ``enabled`` (stream 0's knob is the shared one).
+    values: list[float] = field(default_factory=list)
+    enables: list[bool] = field(default_factory=list)
 
 
 class Steerer:
     """Several concepts at once, each with its own layers, site, operator, CFG mode and alpha.
 
-    Threading model. Two kinds of call, two rules:
+    Threading model. Three rules:
 
-    * **Knobs, from any thread.** ``set_alpha`` and ``set_enabled`` only write a value
-      into the knob table (and pass it to the knob listeners). Each write happens whole
-      under the steerer's lock, so writers from several threads are serialised and every
-      copy of a knob (the alpha and enabled tables, ``Concept.enabled``, each listener's
-      own table) ends on the same last write. The forward pass reads the table without
-      the lock, so a control thread can never stall the thread making audio; a knob turn
-      lands at the forward that is running or at the next one. ``alphas()``,
-      ``concepts`` and ``add_knob_listener`` are safe from any thread too.
+    * **Knobs, from any thread, until something drives them.** ``set_alpha`` and
+      ``set_enabled`` only write a value into the knob tables (the shared one, the
+      per-stream one if a batched stream asked for it, the host values; and pass it to
+      the knob listeners). Each write happens whole under the steerer's lock, so writers
+      from several threads are serialised and every copy of a knob ends on the same last
+      write. The forward pass reads the tables without the lock, so a control thread can
+      never stall the thread making audio; a knob turn lands at the forward that is
+      running or at the next one. ``alphas()``, ``concepts`` and ``add_knob_listener``
+      are safe from any thread too.
+    * **One driver.** Once ``drive_knobs`` has handed out a ``KnobDriver`` (a
+      ``Performance`` takes one when it first applies or steps), knobs change only
+      through it: ``set_alpha``/``set_enabled`` from any caller on any thread raise
+      ``RuntimeError`` naming the caller's thread and the driver and its thread (a write
+      beside the driver would never reach its targets, its log or its replay). The
+      driver is released when its owner is garbage-collected.
     * **Structure, on the owning thread only.** ``add``, ``installed()``,
       ``layer_offsets()`` and the forward pass through the installed hooks change or
       read what the hooks are built from. While hooks are installed, the thread that
@@ -116,10 +123,8 @@ class Steerer:
         self._owner_ident: int | None = None
         # Every knob lives in one table (each concept's alpha is a 0-d view into it), so
         # all the plain `add` concepts at a site fuse into one matrix-vector product.
-        self._alpha_table = torch.zeros(MAX_CONCEPTS, device=handle.device, dtype=handle.dtype)
-        self._enabled_table = torch.ones(MAX_CONCEPTS, device=handle.device, dtype=handle.dtype)
-        # Streams that keep their own knob table (StaticStream) follow every knob turn here.
-        self._knob_listeners: list[weakref.WeakMethod[KnobListener]] = []
+        self._tables = KnobTables(self._lock, handle.device, handle.dtype)
+        self._alpha_table, self._enabled_table = self._tables.alpha, self._tables.enabled
 
     # --- concepts ---------------------------------------------------------------
     def add(self, vector: SteeringVector, *, alpha: float = 0.0, operator: str | None = None,
@@ -146,9 +151,10 @@ class Steerer:
             if len(self.concepts) >= MAX_CONCEPTS:
                 raise UserError(f"at most {MAX_CONCEPTS} concepts at once")
             slot = len(self.concepts)
-            knob = self._alpha_table[slot]  # a view: fill_ on it writes the table
-            knob.fill_(float(alpha))
-            concept = Concept(vector, op_name, mode, use_layers, knob, slot=slot, value=float(alpha))
+            knob = self._tables.new_knob(slot, float(alpha))
+            streams = self._tables.streams
+            concept = Concept(vector, op_name, mode, use_layers, knob, slot=slot, value=float(alpha),
+                              values=[float(alpha)] * streams, enables=[True] * streams)
             self.concepts[name] = concept
             for layer in use_layers:
                 i = vector.layers.index(layer)
@@ -161,58 +167,56 @@ class Steerer:
                 self._install_all(inline)
         return concept
 
-    def set_alpha(self, name: str, value: float) -> None:
-        """Knob turn: takes effect at the next forward pass, from any thread."""
-        with self._lock:  # the table and every listener's copy move together
-            concept = self._concept(name)
-            concept.alpha.fill_(float(value))
-            concept.value = float(value)
-            self._notify(concept.slot, float(value), None)
+    def set_alpha(self, name: str, value: float, stream: int | None = None) -> None:
+        """Knob turn for every stream, or one (a row of a batch that reads ``stream_knobs``):
+        takes effect at the next forward pass, from any thread, unless something drives the knobs."""
+        self._tables.refuse_if_driven("set_alpha")
+        self._tables.write_alpha(self._concept(name), value, stream)
 
-    def set_enabled(self, name: str, enabled: bool) -> None:
-        """Switch a concept on or off from the next forward pass, from any thread."""
-        with self._lock:  # the flag (read by operator hooks) and the table (fused adds) agree
-            concept = self._concept(name)
-            concept.enabled = bool(enabled)
-            self._enabled_table[concept.slot] = 1.0 if enabled else 0.0
-            self._notify(concept.slot, None, bool(enabled))
+    def set_enabled(self, name: str, enabled: bool, stream: int | None = None) -> None:
+        """Switch a concept on or off from the next forward pass, for every stream or one;
+        from any thread, unless something drives the knobs."""
+        self._tables.refuse_if_driven("set_enabled")
+        self._tables.write_enabled(self._concept(name), enabled, stream)
+
+    @property
+    def streams(self) -> int:
+        """Knob rows: the batch of the stream that asked for ``stream_knobs``, else 1."""
+        return self._tables.streams
+
+    def stream_knobs(self, streams: int) -> StreamKnobs:
+        """The per-stream knob table for a batch of ``streams`` rows (``StaticStream`` reads it):
+        made on the first call, rows filled with the knobs as they are; from then on
+        ``set_alpha(..., stream=i)`` turns one row's knob. One batch size per steerer."""
+        with self._lock:
+            return self._tables.per_stream(streams, list(self.concepts.values()))
+
+    def drive_knobs(self, owner: object, name: str) -> KnobDriver:
+        """Make the returned driver the only writer of this steerer's knobs, for as long as
+        ``owner`` lives (see the class docstring). Raises if another driver holds them."""
+        return self._tables.drive(owner, self._concept, name)
 
     def add_knob_listener(self, listener: KnobListener) -> None:
         """Call ``listener(slot, alpha, enabled)`` (None for what did not change) after every
-        ``set_alpha``/``set_enabled``, on the caller's thread, under the steerer's lock (keep
-        it short: it is a table write). ``listener`` must be a bound method; it is held
+        turn of a shared knob, on the caller's thread, under the steerer's lock (keep it
+        short: it is a table write). ``listener`` must be a bound method; it is held
         weakly, so a stream that is gone stops being called."""
+        self._tables.add_listener(listener)
+
+    def alphas(self, stream: int = 0) -> dict[str, float]:
+        """Every knob as it plays now (host values: no device sync) on one stream, from any thread."""
         with self._lock:
-            self._knob_listeners.append(weakref.WeakMethod(listener))  # type: ignore[arg-type]
+            row = self._tables.rows_of(stream)[0]
+            return {name: c.values[row] for name, c in self.concepts.items()}
 
-    def _notify(self, slot: int, alpha: float | None, enabled: bool | None) -> None:
-        for ref in tuple(self._knob_listeners):
-            listener = ref()
-            if listener is None:
-                self._knob_listeners = [r for r in self._knob_listeners if r is not ref]
-            else:
-                listener(slot, alpha, enabled)
-
-    def alphas(self) -> dict[str, float]:
-        """Every knob as it plays now (host values: no device sync), from any thread."""
-        with self._lock:
-            return {name: c.value for name, c in self.concepts.items()}
-
-    def alpha(self, name: str) -> float:
+    def alpha(self, name: str, stream: int = 0) -> float:
         """One knob as it plays now, from any thread."""
-        return self._concept(name).value
+        with self._lock:
+            return self._concept(name).values[self._tables.rows_of(stream)[0]]
 
     def slot(self, name: str) -> int:
         """The concept's row in the knob table (streams with their own tables use it)."""
         return self._concept(name).slot
-
-    @contextmanager
-    def knob_writes(self) -> Iterator[None]:
-        """Hold the knob lock: for a stream that writes its own copy of the knob table
-        outside ``set_alpha`` (one row of a batch), so it cannot interleave with a
-        steerer-wide write and leave the copies torn."""
-        with self._lock:
-            yield
 
     def _concept(self, name: str) -> Concept:
         try:
@@ -285,17 +289,20 @@ class Steerer:
     # a fixed buffer, gives every site's offset for every row; each site is then a single
     # add of a view into that buffer. Fixed buffers and in-place knobs keep it CUDA-graph
     # safe. Other operators (renorm, ablate, ...) depend on h and run one by one after it.
+    def add_matrix(self, sites: Sequence[tuple[int, str]]) -> torch.Tensor:
+        """The plain ``add`` concepts at ``sites`` (``(layer, site)`` keys), as ``fold.add_matrix``
+        lays them out: [concepts, cfg modes, len(sites), d_model]. Structure: owning thread only."""
+        self._check_owner("add_matrix()")
+        terms = [AddTerm(self.concepts[inj.concept].slot, inj.cfg_mode, s, inj.direction, inj.gain)
+                 for s, key in enumerate(sites) for inj in self._sites.get(key, ()) if inj.operator is add_operator]
+        h = self.handle
+        return add_matrix(terms, len(self.concepts), len(sites), h.d_model, h.device, h.dtype)
+
     def _install_all(self, resid_inline: bool = False) -> None:
-        d = self.handle.d_model
         add_sites = [key for key, injections in self._sites.items()
                      if any(i.operator is add_operator for i in injections)]
+        self._fused = self.add_matrix(add_sites)  # [concepts, cfg modes, sites, d]
         n = len(self.concepts)
-        matrix = torch.zeros(n, len(CFG_MODES), len(add_sites), d, device=self.handle.device, dtype=self.handle.dtype)
-        for s, key in enumerate(add_sites):
-            for inj in self._sites[key]:
-                if inj.operator is add_operator:
-                    matrix[self.concepts[inj.concept].slot, CFG_MODES.index(inj.cfg_mode), s] += inj.direction * inj.gain
-        self._fused = matrix  # [concepts, cfg modes, sites, d]
         self._knobs = (self._alpha_table[:n], self._enabled_table[:n], torch.empty_like(self._alpha_table[:n]))
         self._folded: dict[tuple[int, bool], _Folded] = {}
         self._row_deltas: tuple[torch.Tensor, ...] = ()
@@ -338,11 +345,8 @@ class Steerer:
         # Built as ordinary tensors (and views) even inside inference mode: the buffer is
         # rewritten in place every forward, and may be read outside inference mode too.
         with torch.inference_mode(False):
-            probe = torch.zeros(batch, 1, device=self.handle.device, dtype=self.handle.dtype)
-            masks = torch.stack([torch.ones_like(probe) if r is None else r.to(probe.dtype).expand_as(probe)
-                                 for r in (self._rows(probe, mode) for mode in CFG_MODES)])  # [modes, batch, 1]
-            # [concepts, modes, sites, 1, d] * [1, modes, 1, batch, 1], summed over the modes
-            matrix = (self._fused[:, :, :, None, :] * masks[None, :, None, :, :]).sum(dim=1)
+            masks = cfg_row_masks(batch, self.cfg_batch, self.handle.device, self.handle.dtype)
+            matrix = fold_rows(self._fused, masks)  # [concepts, sites, batch, d]
             matrix_t = matrix.reshape(matrix.shape[0], -1).T.contiguous()  # [sites * batch * d, concepts]
             out = torch.zeros(matrix_t.shape[0], device=matrix_t.device, dtype=matrix_t.dtype)
             site_deltas = out.view(-1, batch, 1, self.handle.d_model).unbind(0)

@@ -21,6 +21,16 @@ downstream (codec, recording, analysis) sees plain frames.
 Position/frame bookkeeping: the window starts at frame ``w0``; input position ``p``
 holds, for codebook k, frame ``w0 + p - 1 - d(k)`` (BOS where that is before the
 window); the logits at position ``p`` predict frame ``w0 + p - d(k)`` of codebook k.
+
+The pieces a stream is made of, shared with ``StaticStream`` (which subclasses this):
+the prefill (``layers.prefill_logits``, transformers' layers over new positions), the
+sampler (``sampling``), the fold of steering offsets (``steer.fold``, through the
+``Steerer``), and the bookkeeping of this class: positions, filled frames, re-prime,
+and rollback with its RNG history. A subclass varies only what its K/V store and its
+steering tables need, through four hooks: ``_layer_offsets`` (where the prefill's
+per-layer offsets come from), ``_truncate_kv`` (drop the K/V past a kept position),
+``_sync_tokens`` (bring ``codes`` up to date before the bookkeeping moves) and
+``_window_primed`` (after a re-prime's prefill).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from steering_core.errors import UserError
 from steering_core.model.loading import MusicGenHandle
 from steering_core.steer.steerer import Steerer
+from steering_core.stream.layers import LayerOffsets, decoder_parts, prefill_logits
 from steering_core.stream.sampling import SamplingSettings, guide, sample
 
 #: Called before each decode step with the index of the codebook-0 frame it will produce.
@@ -73,8 +84,7 @@ class MusicStream:
         self.generator.manual_seed(int(seed))
         self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         self.batch = len(self.prompts)
-        self._decoder = handle.model.decoder.model.decoder
-        self._lm_heads = handle.model.decoder.lm_heads
+        self._decoder, self._lm_heads = decoder_parts(handle)
         self._encode(self.prompts)
         self.codes = torch.full((self.batch, self.num_codebooks, 1024), self.bos,
                                 dtype=torch.long, device=self.device)
@@ -157,7 +167,7 @@ class MusicStream:
         if self.pos >= self.window_frames:
             self._reprime()
         else:
-            self._rng_history.append((self.next_frame, self.generator.get_state()))
+            self._remember_rng()
             ids = self._next_ids if self._next_ids is not None else self._inputs(self.pos, self.pos + 1)
             self._forward_and_sample(ids)
 
@@ -176,12 +186,12 @@ class MusicStream:
         ``s`` (and codebook k of frame ``s - d(k)``), so frames from ``step - max_delay``
         on become incomplete. Returns the step actually rolled back to: never into the current
         window's prefix, nor further back than the RNG history reaches."""
+        self._sync_tokens()
         step = max(step, self.w0 + 1, self._oldest_rollback_step())
         if step >= self.next_frame:
             return self.next_frame
         keep = step - self.w0  # input positions whose steps stay
-        # A negative crop removes that many positions (the form every transformers version accepts).
-        self.cache.self_attention_cache.crop(keep - self.pos)
+        self._truncate_kv(keep)
         self.pos = keep
         self._next_ids = None
         self.filled = [min(f, max(0, step - d)) for d, f in zip(self.delays, self.filled, strict=True)]
@@ -191,7 +201,29 @@ class MusicStream:
                 self.generator.set_state(state)
         return step
 
+    # --- what a subclass with another K/V store varies ------------------------------------
+    def _truncate_kv(self, keep: int) -> None:
+        """Forget the self-attention K/V past the first ``keep`` positions (``pos`` is still the old one)."""
+        # A negative crop removes that many positions (the form every transformers version accepts).
+        self.cache.self_attention_cache.crop(keep - self.pos)
+
+    def _layer_offsets(self, rows: int) -> LayerOffsets | None:
+        """The prefill's per-layer steering offsets: the steerer's inline ones, when installed so."""
+        steerer = self.steerer
+        return steerer.layer_offsets(rows) if steerer is not None and steerer.resid_inline else None
+
+    def _sync_tokens(self) -> None:
+        """Bring ``codes`` up to date before a rollback or re-prime moves the bookkeeping
+        (here they always are)."""
+
+    def _window_primed(self, tokens: torch.Tensor) -> None:
+        """After a re-prime's prefill, whose last step made ``tokens`` [B, K] (nothing to do here)."""
+
     # --- internals ------------------------------------------------------------------
+    def _remember_rng(self) -> None:
+        """The RNG state before the step that makes ``next_frame``, for a rollback to it."""
+        self._rng_history.append((self.next_frame, self.generator.get_state()))
+
     def _oldest_rollback_step(self) -> int:
         return self._rng_history[0][0] if self._rng_history else self.next_frame
 
@@ -220,40 +252,19 @@ class MusicStream:
         return torch.cat([ids, ids]).reshape(2 * self.batch * self.num_codebooks, stop - start)
 
     def _decoder_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The decoder over new positions -> last-position logits [2B, K, V].
+        """The decoder over new positions [2B * K, n] -> last-position logits [2B, K, V]."""
+        return prefill_logits(self._decoder, self._lm_heads, input_ids, self.cache, self.encoder_states,
+                              self._cross_mask, self._layer_offsets(input_ids.shape[0] // self.num_codebooks))
 
-        The same modules and weights as transformers' MusicgenForCausalLM, called
-        layer by layer (so every steering hook fires exactly as there), minus what a
-        streaming step does not need: the per-call mask building (self-attention is
-        either one query over the whole cache, or causal from an empty cache; the
-        cross-attention mask changes only with the prompt), output bookkeeping, and
-        the LM heads at every position but the last.
-        """
-        ids = input_ids.reshape(-1, self.num_codebooks, input_ids.shape[-1])
-        n = ids.shape[-1]
-        past = self.cache.get_seq_length()
-        dec = self._decoder
-        hidden = sum(dec.embed_tokens[k](ids[:, k]) for k in range(self.num_codebooks))
-        if past + n > dec.embed_positions.weights.shape[0]:
-            dec.embed_positions.make_weights(past + n, dec.embed_positions.embedding_dim)
-        hidden = hidden + dec.embed_positions.weights[past:past + n].to(hidden.dtype)
-        steerer = self.steerer
-        offsets = steerer.layer_offsets(hidden.shape[0]) if steerer is not None and steerer.resid_inline else None
-        for i, layer in enumerate(dec.layers):
-            hidden = layer(hidden, None, self.encoder_states, encoder_attention_mask=self._cross_mask,
-                           past_key_values=self.cache, use_cache=True)
-            if offsets is not None and (offset := offsets[i]) is not None:
-                hidden = hidden + offset
-        last = dec.layer_norm(hidden[:, -1:])
-        return torch.stack([head(last[:, 0]) for head in self._lm_heads], dim=1)
-
-    def _forward_and_sample(self, input_ids: torch.Tensor) -> None:
+    def _forward_and_sample(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Decode ``input_ids``, sample the last position's tokens, write them; returns them [B, K]."""
         use_cfg = self.settings.uses_cfg
         logits = self._decoder_logits(input_ids)
         logits = guide(logits, self.settings.guidance_scale) if use_cfg else logits[: self.batch]
         tokens = sample(logits, self.settings, self.generator)  # [B, K]
         self.pos += input_ids.shape[1]
         self._write(tokens)
+        return tokens
 
     def _write(self, tokens: torch.Tensor) -> None:
         last = self.w0 + self.pos - 1  # the position just consumed predicts frame last - d(k)
@@ -287,6 +298,7 @@ class MusicStream:
         BOS staircase; its last input position holds the newest token of every
         codebook, so the step that follows continues the stream with no gap.
         """
+        self._sync_tokens()
         newest = self.w0 + self.pos - 1  # newest codebook-0 frame
         self.w0 = self.frames_complete - self.reprime_frames
         positions = newest - self.w0 + 2
@@ -294,6 +306,6 @@ class MusicStream:
         self.cache = self._new_cache()
         self._rng_history.clear()  # no rollback across a window change
         self.reprimes += 1
-        self._forward_and_sample(self._inputs(0, positions))
+        self._window_primed(self._forward_and_sample(self._inputs(0, positions)))
         # The re-prime itself cannot be redone alone; the first step after it can.
-        self._rng_history.append((self.next_frame, self.generator.get_state()))
+        self._remember_rng()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from steering_core.errors import UnknownConceptError, UserError
-from steering_core.steer.steerer import Steerer
+from steering_core.steer.steerer import KnobDriver, Steerer
 from steering_core.stream.decode_loop import MusicStream
 from steering_core.stream.sampling import SamplingSettings
 
@@ -69,13 +69,14 @@ class Performance:
     the timeline of steps (set only by ``apply``). The steerer owns the *played* value
     of each knob (``current`` reads it): ``step`` moves it one smoothing step towards
     its target, and a rollback puts back the values from before the step it returns
-    to. While it runs, change knobs with ``apply``, not ``Steerer.set_alpha``, or the
-    log and the replay will not see the change.
+    to. Change knobs with ``apply``: once the performance runs it is the steerer's only
+    knob writer (``Steerer.drive_knobs``), and ``Steerer.set_alpha``/``set_enabled`` from
+    anywhere else raise, since the log and the replay would never see the change.
 
     Thread contract: one thread drives a performance (``apply``, ``step``,
-    ``run_to_frames``); the first one to call them owns it, and a call from any other
-    thread raises ``RuntimeError``. ``current`` and the read-only properties are safe
-    from any thread."""
+    ``run_to_frames``); the first one to call them owns it (and takes the steerer's
+    knobs), and a call from any other thread raises ``RuntimeError``. ``current`` and
+    the read-only properties are safe from any thread."""
 
     def __init__(self, stream: MusicStream, steerer: Steerer | None = None, *, smoothing_ms: float = 30.0,
                  history_steps: int = 512) -> None:
@@ -91,6 +92,8 @@ class Performance:
         # The played values before each recent step, for rollback.
         self._history: deque[tuple[int, dict[str, float]]] = deque(maxlen=history_steps)
         self._owner: int | None = None
+        #: The steerer's one knob writer, taken by the first call that drives the performance.
+        self._knobs: KnobDriver | None = None
 
     @property
     def current(self) -> dict[str, float]:
@@ -166,14 +169,16 @@ class Performance:
             self._play({name: value for name, value in played.items() if now.get(name) != value})
 
     def _play(self, values: Mapping[str, float]) -> None:
-        if self.steerer is not None:
+        if self._knobs is not None:
             for name, value in values.items():
-                self.steerer.set_alpha(name, value)
+                self._knobs.set_alpha(name, value)
 
     def _check_owner(self, call: str) -> None:
         me = threading.get_ident()
         if self._owner is None:
             self._owner = me
+            if self.steerer is not None:
+                self._knobs = self.steerer.drive_knobs(self, "a Performance")
         elif self._owner != me:
             raise RuntimeError(f"Performance.{call} from thread {threading.current_thread().name!r}: a performance "
                                "is driven by one thread (the engine's); send changes through its control queue")
@@ -206,8 +211,8 @@ class Performance:
         if kind == "alpha":
             self.targets[change.concept] = float(value)  # type: ignore[arg-type,index]
         elif kind == "enabled":
-            if self.steerer is not None:
-                self.steerer.set_enabled(change.concept, bool(value))  # type: ignore[arg-type]
+            if self._knobs is not None and change.concept is not None:
+                self._knobs.set_enabled(change.concept, bool(value))
         elif kind == "prompt":
             self.stream.set_prompt([str(value)] * self.stream.batch)
         elif kind == "seed":
