@@ -79,9 +79,9 @@ def classify(text: str) -> Command:
             return Command(text, "needs a CUDA GPU")
         if flag == "--midi-in" and value not in ("none", "virtual"):
             return Command(text, f"needs the MIDI controller {value}")
-    # Install and test-suite steps: network (pip) and the suite itself, run by .ci/run.
+    # Install, lint, type-check and test-suite steps: network (pip) and the suite itself, run by .ci/run.
     parts = [p.strip() for p in text.split(" && ")]
-    kept = [p for p in parts if not re.search(r"pip install|install-system-deps|-m venv|pytest|ruff check", p)]
+    kept = [p for p in parts if not re.search(r"pip install|install-system-deps|-m venv|pytest|ruff check|bin/mypy", p)]
     if not kept:
         return Command(text, "installs or runs the test suite (.ci/run does this)")
     text = " && ".join(kept)
