@@ -10,8 +10,9 @@ MIDI bindings resolve to their ``Target`` when the map loads; scenes save and re
 the targets marked ``scene``. This module imports nothing heavy (no torch): the front
 runs it.
 
-A new ``/gen/*`` setting is one row in ``SETTINGS`` here plus its field in
-``SamplingSettings`` (``steering_core/stream/sampling.py``).
+A new ``/gen/*`` setting is one row of ``SETTINGS`` and one field of ``SamplingSettings``
+(both in ``steering_core/stream/settings.py``, torch-free); this table builds its target from
+the row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from steering_core.errors import UserError
+from steering_core.stream.settings import SETTING_BY_NAME, SETTINGS, Setting
 
 from .oscmatch import AddressMatcher, PatternError, describe_unknown
 
@@ -41,25 +43,6 @@ class ControlError(UserError):
     """A control message that cannot be applied; it changed nothing."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    """A sampling setting as a control: ``/gen/<name>``, the change kind ``<name>``."""
-
-    name: str
-    field: str  # its ``SamplingSettings`` field
-    whole: bool  # a whole number
-    valid: tuple[float, float | None]  # what ``SamplingSettings.validate`` accepts; None: up to the vocabulary
-    span: tuple[float, float]  # what a MIDI knob on it spans, unless its map says otherwise
-    hint: str = ""  # said after the range when a value is refused
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("guidance", "guidance_scale", False, (0.0, 20.0), (1.0, 8.0)),
-    Setting("temperature", "temperature", False, (0.0, 5.0), (0.5, 1.5), " (0 = greedy)"),
-    Setting("top_k", "top_k", True, (0, None), (1.0, 250.0)),
-    Setting("top_p", "top_p", False, (0.0, 1.0), (0.0, 1.0), " (0 = off)"),
-)
-SETTING_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Turning the decoder's logits into the next tokens: CFG, temperature, top-k, top-p, the draw.
 
-``SamplingSettings`` may change between any two frames; the samplers read it fresh each
+``SamplingSettings`` (``settings.py``) may change between any two frames; the samplers read it fresh each
 step. Sampling draws from an explicit ``torch.Generator`` so a seed fixes the music.
 
 The draw. ``torch.multinomial(p, 1, generator=g)`` is, in ATen, ``argmax(p / q)`` with
@@ -25,34 +25,11 @@ One computation, two forms:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from steering_core.errors import UserError
-
-
-@dataclass
-class SamplingSettings:
-    guidance_scale: float = 3.0
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0  # 0 disables nucleus sampling
-
-    def validate(self) -> None:
-        if not (math.isfinite(self.guidance_scale) and 0.0 <= self.guidance_scale <= 20.0):
-            raise UserError(f"guidance must be in 0..20, got {self.guidance_scale}")
-        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 5.0):
-            raise UserError(f"temperature must be in 0..5 (0 = greedy), got {self.temperature}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise UserError(f"top_k must be a whole number >= 0, got {self.top_k}")
-        if not (math.isfinite(self.top_p) and 0.0 <= self.top_p <= 1.0):
-            raise UserError(f"top_p must be in 0..1, got {self.top_p}")
-
-    @property
-    def uses_cfg(self) -> bool:
-        return self.guidance_scale != 1.0
+from steering_core.stream.settings import SamplingSettings
 
 
 class SamplingValues(Protocol):

@@ -21,15 +21,16 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from steering_core.errors import UnknownConceptError, UserError
 from steering_core.steer.steerer import KnobDriver, Steerer
 from steering_core.stream.decode_loop import MusicStream
-from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.settings import SETTING_BY_NAME, SamplingSettings
 
-ChangeKind = Literal["alpha", "enabled", "prompt", "guidance", "temperature", "top_k", "top_p", "seed", "panic"]
-CHANGE_KINDS: tuple[str, ...] = ChangeKind.__args__  # type: ignore[attr-defined]
+#: What a ``Change`` may change: a concept's alpha or on/off, the prompt, each sampling
+#: setting by its control name (``settings.SETTINGS``), the seed, or everything at once (panic).
+ChangeKind = str
+CHANGE_KINDS: tuple[str, ...] = ("alpha", "enabled", "prompt", *SETTING_BY_NAME, "seed", "panic")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Change:
     kind: ChangeKind
     value: float | int | str | bool | None = None
     concept: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHANGE_KINDS:
+            raise ValueError(f"unknown change kind {self.kind!r}; one of {', '.join(CHANGE_KINDS)}")
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"kind": self.kind}
@@ -202,8 +207,8 @@ class Performance:
                 raise UserError(f"prompt must be a non-empty string, got {value!r}")
             elif kind == "seed" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise UserError(f"seed must be a whole number >= 0, got {value!r}")
-            elif kind in ("guidance", "temperature", "top_k", "top_p"):
-                settings["guidance_scale" if kind == "guidance" else kind] = value
+            elif kind in SETTING_BY_NAME:
+                settings[SETTING_BY_NAME[kind].field] = value
         SamplingSettings(**settings).validate()
 
     def _apply(self, change: Change) -> None:
@@ -221,7 +226,6 @@ class Performance:
             self.targets = dict.fromkeys(self.targets, 0.0)
             self._play(self.targets)
         else:  # sampling settings
-            settings = SamplingSettings(**{**vars(self.stream.settings),
-                                           "guidance_scale" if kind == "guidance" else kind: value})
+            settings = SamplingSettings(**{**vars(self.stream.settings), SETTING_BY_NAME[kind].field: value})
             settings.validate()
             self.stream.settings = settings
