@@ -40,8 +40,8 @@ def pipeline_rtf(seconds: float, runs: int = 3, codec_chunk: int | None = None) 
     import numpy as np
     import torch
 
+    from bridge.live.audio_path import AudioPath
     from bridge.live.chains import load_chain
-    from bridge.live.engine import AudioPath
     from bridge.live.ring import Ring
     from steering_core.codec.streaming import ChunkedDecoder, CodecStreaming
     from steering_core.extract.concepts import load_concept

@@ -83,7 +83,7 @@ def test_devices_lists_audio_and_midi() -> None:
 
 def test_audio_path_flushes_before_its_first_block_and_after() -> None:
     """A set stopped before any audio came out (Ctrl-C during start-up) must stop cleanly."""
-    from bridge.live.engine import AudioPath
+    from bridge.live.audio_path import AudioPath
 
     ring = Ring(48000, 2)
     path = AudioPath(32000, 48000, ring, load_chain("clean"))
@@ -186,3 +186,109 @@ def test_the_ring_refuses_a_second_writer_while_one_is_writing() -> None:
     assert ring.written == 480  # the first write completed; the refused one changed nothing
     ring.write(np.zeros((10, 2), np.float32))  # one at a time, from any thread, is fine
     assert ring.written == 490
+
+
+# --- outputs: a registry by name; the channel count and rate come from the output ----------
+class FakeOutput:
+    """An output of any format that only records what it was handed."""
+
+    def __init__(self, rest: str, *, sample_rate: int = 24000, channels: int = 1) -> None:
+        self.rest = rest
+        self.name = f"fake ({rest})"
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.ring: Ring | None = None
+        self.stopped = False
+
+    def start(self, ring: Ring) -> None:
+        self.ring = ring
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_an_unknown_output_is_one_line_naming_the_ones_there_are() -> None:
+    from bridge.live.outputs import OutputError, output_factory
+
+    with pytest.raises(OutputError) as caught:
+        output_factory("jack")
+    message = str(caught.value)
+    assert "\n" not in message and "unknown output 'jack'" in message and "device, none" in message
+
+
+def test_audio_out_names_an_output_or_else_a_sound_card(monkeypatch) -> None:
+    from bridge.live import outputs
+
+    monkeypatch.setitem(outputs.OUTPUTS, "fake", FakeOutput)
+    parse = outputs.parse_output_spec
+    assert parse("none") == ("none", "") and parse("fake") == ("fake", "") and parse("fake:a:b") == ("fake", "a:b")
+    assert parse("device:3") == ("device", "3")
+    for card in ("default", "3", "hw:0,0", "USB Audio", "fakeish"):
+        assert parse(card) == ("device", card)
+
+
+def test_an_output_that_cannot_open_falls_back_to_the_clock_with_one_line(monkeypatch, caplog) -> None:
+    from bridge.live import outputs
+
+    def broken(rest: str) -> outputs.Output:
+        raise outputs.OutputError(f"no audio output device {rest!r}")
+
+    monkeypatch.setitem(outputs.OUTPUTS, "device", broken)
+    out = outputs.open_output("USB Audio")
+    assert isinstance(out, outputs.ClockOutput) and (out.sample_rate, out.channels) == (48000, 2)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "'USB Audio'" in line and "silent clock" in line
+
+
+def test_the_output_sets_the_rate_and_channels_of_the_path_the_ring_and_the_recording(tmp_path) -> None:
+    from bridge.live.audio_path import AudioPath
+
+    for channels in (1, 2, 4):
+        output = FakeOutput("", sample_rate=24000, channels=channels)
+        path = AudioPath.for_output(output, 32000, load_chain("clean"), tmp_path / f"{channels}.wav")
+        assert path.ring.channels == channels and path.device_rate == 24000 and path.ring.capacity == 2 * 24000
+        for model_channels in (1, 2):
+            path.push(np.full((model_channels, 3200), 0.1, np.float32))
+        assert path.ring.fill > 0
+        block = np.empty((path.ring.fill, channels), np.float32)
+        path.ring.read_into(block)
+        assert np.allclose(block, block[:, :1])  # one mix on every side
+        assert path.recorder is not None
+        path.recorder.close()
+        with wave.open(str(tmp_path / f"{channels}.wav")) as w:
+            assert (w.getnchannels(), w.getframerate()) == (channels, 24000)
+
+
+def test_serve_plays_on_an_output_registered_by_name(monkeypatch, tiny, vectors_dir, tmp_path) -> None:
+    """A fake mono 24 kHz output, registered as one more entry, is what serve's wiring opens,
+    starts on its ring, shows in /status and stops."""
+    import time
+
+    from bridge.live import outputs
+    from bridge.live.serve import ServeOptions, Server
+
+    opened: list[FakeOutput] = []
+
+    def fake(rest: str) -> FakeOutput:
+        opened.append(FakeOutput(rest))
+        return opened[-1]
+
+    monkeypatch.setitem(outputs.OUTPUTS, "fake", fake)
+    options = ServeOptions(model="tiny", vectors=[str(vectors_dir)], osc_port=0, audio_out="fake:left",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False)
+    server = Server(options, handle=tiny)
+    (output,) = opened
+    assert server.output is output and output.rest == "left"
+    assert server.ring.channels == 1 and server.engine.path.device_rate == 24000
+    server.start()
+    try:
+        assert output.ring is server.ring
+        deadline = time.monotonic() + 30
+        while server.ring.written == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.ring.written > 0
+        status = server.status()
+        assert status["audio_out"] == "fake (left)" and status["sample_rate"] == 24000
+    finally:
+        server.stop()
+    assert output.stopped

@@ -74,11 +74,12 @@ def test_every_command_has_a_description_and_every_option_help_with_its_default(
 
 
 def test_the_names_spelled_out_for_help_match_the_code() -> None:
+    from bridge.cli.validators import METHOD_NAMES, SITE_NAMES
     from steering_core.extract.extraction import METHODS
     from steering_core.steer.sites import SITES
 
-    assert tuple(SITES) == cli.SITE_NAMES
-    assert tuple(METHODS) == cli.METHOD_NAMES
+    assert tuple(SITES) == SITE_NAMES
+    assert tuple(METHODS) == METHOD_NAMES
 
 
 @pytest.fixture

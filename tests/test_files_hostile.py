@@ -110,7 +110,7 @@ def test_effect_parameters_outside_their_physical_range_are_refused(tmp_path, ef
 
 @pytest.mark.parametrize("chain", ["default", "clean", "space", "lofi"])
 def test_the_limiter_is_a_true_ceiling(chain) -> None:
-    from bridge.live.engine import AudioPath
+    from bridge.live.audio_path import AudioPath
 
     board = load_chain(chain)
     ring = Ring(48000 * 4, 2)

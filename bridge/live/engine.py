@@ -29,20 +29,17 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pedalboard
-from pedalboard.io import StreamResampler
 
 from steering_core.codec.streaming import ChunkedDecoder
 from steering_core.stream.timeline import Performance
 
-from .chains import ceiling, enforce_ceiling
+from .audio_path import AudioPath
 from .control import ControlEvent, ControlState
+from .options import EngineSettings
 from .perflog import PerformanceLog
-from .recorder import WavRecorder
 from .ring import Ring
 
 log = logging.getLogger("steerbridge.engine")
@@ -50,74 +47,6 @@ log = logging.getLogger("steerbridge.engine")
 #: A rollback's regeneration is paid for out of the ring only if the ring holds this many
 #: times its measured cost (the decode that follows it is the rest) and half its goal.
 ROLLBACK_COST_MARGIN = 1.5
-
-
-@dataclass
-class EngineSettings:
-    ring_ms: float = 50.0  # audio kept ready after the effects: the safety margin
-    lookahead_frames: int = 0  # extra tokens generated ahead of the audio; rolled back on a change
-    fade_ms: float = 30.0  # fades on transport stop/play and panic
-    # Before each re-prime (a long prefill every half window), the ring is topped up by
-    # this multiple of the longest re-prime seen, so the sound rides through it. 0: off.
-    reprime_margin: float = 1.5
-
-
-class AudioPath:
-    """Model-rate PCM -> device rate -> effect chain -> ring buffer (+ recorder)."""
-
-    def __init__(self, model_rate: int, device_rate: int, ring: Ring, chain: pedalboard.Pedalboard,
-                 recorder: WavRecorder | None = None) -> None:
-        self.model_rate = model_rate
-        self.device_rate = device_rate
-        self.ring = ring
-        self.chain = chain
-        self.ceiling = ceiling(chain)
-        self.recorder = recorder
-        self.ratio = device_rate / model_rate
-        self.resampler = StreamResampler(model_rate, device_rate, ring.channels)
-        # The resampler holds back this many output samples: where a pushed block's first
-        # sample lands in the ring, behind what it emits now.
-        self.delay = round(self.resampler.input_latency * self.ratio)
-        self._gain_ramp: np.ndarray | None = None
-        self._pushed = False  # pedalboard's resampler cannot flush before its first block
-
-    def fade(self, up: bool, ms: float) -> None:
-        n = max(1, int(self.device_rate * ms / 1000))
-        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        self._gain_ramp = ramp if up else ramp[::-1].copy()
-
-    def push(self, audio: np.ndarray) -> int:
-        """audio [channels, n] at the model rate. Returns the ring counter at which its
-        first sample will be (the resampler delays it by ``delay`` samples)."""
-        if audio.shape[0] != self.ring.channels:  # mono model, stereo out: same signal both sides
-            audio = np.repeat(audio[:1], self.ring.channels, axis=0)
-        out = self.resampler.process(np.ascontiguousarray(audio, dtype=np.float32))
-        self._pushed = True
-        return self._emit(out) + self.delay
-
-    def flush(self) -> None:
-        """Whatever the resampler still holds, out through the chain (at the end of a set)."""
-        if self._pushed:
-            self._emit(self.resampler.process(None))
-
-    def _emit(self, out: np.ndarray) -> int:
-        if out.shape[1]:
-            out = self.chain.process(out, self.device_rate, reset=False)
-        block = enforce_ceiling(np.ascontiguousarray(out.T), self.ceiling)  # the limiter alone overshoots
-        ramp = self._gain_ramp
-        if ramp is not None and block.shape[0]:
-            n = min(len(ramp), block.shape[0])
-            block[:n] *= ramp[:n, None]
-            tail = ramp[n:]
-            if ramp[-1] == 0.0:  # faded out: the rest stays silent until a fade-in
-                block[n:] = 0.0
-                self._gain_ramp = tail if len(tail) else np.zeros(1, np.float32)
-            else:
-                self._gain_ramp = tail if len(tail) else None
-        start = self.ring.write(block)
-        if self.recorder is not None and block.shape[0]:
-            self.recorder.write(block)
-        return start
 
 
 class LatencyMeter:
@@ -341,8 +270,9 @@ class Engine:
         # again what was generated past it; the sound comes first, so when the ring cannot
         # pay for that (a slow model, a knob sending many changes a second), the change
         # lands at the next step instead, a few frames later.
-        at = self.decoder.emitted_frames + self.max_delay
-        if not self._can_regenerate(self.performance.next_step - at):
+        first_unplayed = self.decoder.emitted_frames + self.max_delay
+        at: int | None = first_unplayed
+        if not self._can_regenerate(self.performance.next_step - first_unplayed):
             at = None
             self.deferred_rollbacks += 1
         try:

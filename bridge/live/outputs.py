@@ -1,9 +1,14 @@
-"""Where the audio goes: a sound card through sounddevice, or a clock with no device.
+"""Where the audio goes: a registry of outputs, by name.
 
-Both read the ring buffer in fixed blocks and do nothing else: the sounddevice
-callback runs on PortAudio's thread and only copies (``Ring.read_into``); the clock
-output is the same reader paced by ``time.monotonic`` for ``--audio-out none``, so
-headless runs, CI and recording behave exactly like a live set.
+An output is opened from ``--audio-out``, reports its format (name, sample rate,
+channel count) before anything is built for it, and, once started, reads one ring
+buffer in fixed blocks and does nothing else: the sounddevice callback runs on
+PortAudio's thread and only copies (``Ring.read_into``); the clock output is the same
+reader paced by ``time.monotonic`` for ``--audio-out none``, so headless runs, CI and
+recording behave exactly like a live set.
+
+``OUTPUTS`` maps a name to a factory taking the rest of the spec; another kind of
+output (JACK ports, say) is one more entry.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,18 +28,28 @@ from .ring import Ring
 log = logging.getLogger("steerbridge.audio")
 
 DEFAULT_RATE = 48000
+#: Channels asked of an output that lets us choose: stereo (a mono model plays on both sides).
+DEFAULT_CHANNELS = 2
 
 
 class OutputError(UserError):
-    """No usable audio device: PortAudio missing, device unknown, or it failed to open."""
+    """No usable audio output: PortAudio missing, device unknown, or it failed to open."""
 
 
 class Output(Protocol):
-    sample_rate: int
-    name: str
+    """One output stream. Its format is known once it is opened; ``start`` hands it the
+    ring it reads from then on, on its own thread; ``stop`` ends the reading."""
 
-    def start(self) -> None: ...
+    name: str
+    sample_rate: int
+    channels: int
+
+    def start(self, ring: Ring) -> None: ...
     def stop(self) -> None: ...
+
+
+#: Opens an output from what follows its name in the spec ("" for none).
+OutputFactory = Callable[[str], Output]
 
 
 def _sounddevice() -> Any:
@@ -58,31 +74,29 @@ def list_audio_devices() -> list[str]:
 class DeviceOutput:
     """A sounddevice OutputStream whose callback only copies from the ring."""
 
-    def __init__(self, ring: Ring, device: str, *, blocksize: int = 256) -> None:
+    def __init__(self, device: str, *, blocksize: int = 256) -> None:
         sd = _sounddevice()
-        spec: int | str | None = None if device == "default" else (int(device) if device.isdigit() else device)
+        spec: int | str | None = None if device in ("", "default") else (int(device) if device.isdigit() else device)
         try:
             info = sd.query_devices(spec, "output")
         except (ValueError, sd.PortAudioError) as exc:
             raise OutputError(f"no audio output device {device!r}: {exc}") from None
-        self.ring = ring
         self.name = str(info["name"])
         self.sample_rate = int(info["default_samplerate"]) or DEFAULT_RATE
+        self.channels = max(1, min(DEFAULT_CHANNELS, int(info["max_output_channels"])))
         self._spec = spec
         self._blocksize = blocksize
         self._sd = sd
         self._stream: Any = None
 
-    def start(self) -> None:
-        ring = self.ring
-
+    def start(self, ring: Ring) -> None:
         def callback(outdata: np.ndarray, frames: int, _time: Any, _status: Any) -> None:
             # PortAudio's thread: copy, never raise, never lock.
             ring.read_into(outdata)
 
         try:
             self._stream = self._sd.OutputStream(
-                device=self._spec, samplerate=self.sample_rate, channels=self.ring.channels, dtype="float32",
+                device=self._spec, samplerate=self.sample_rate, channels=self.channels, dtype="float32",
                 blocksize=self._blocksize, latency="low", callback=callback)
             self._stream.start()
         except (self._sd.PortAudioError, ValueError) as exc:
@@ -98,15 +112,18 @@ class DeviceOutput:
 class ClockOutput:
     """``--audio-out none``: consumes the ring at real time, as a sound card would."""
 
-    def __init__(self, ring: Ring, *, sample_rate: int = DEFAULT_RATE, blocksize: int = 480) -> None:
-        self.ring = ring
+    def __init__(self, *, sample_rate: int = DEFAULT_RATE, channels: int = DEFAULT_CHANNELS,
+                 blocksize: int = 480) -> None:
         self.name = "none (clock)"
         self.sample_rate = sample_rate
+        self.channels = channels
+        self.ring: Ring | None = None  # start's
         self._blocksize = blocksize
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clock-output", daemon=True)
 
-    def start(self) -> None:
+    def start(self, ring: Ring) -> None:
+        self.ring = ring
         self._thread.start()
 
     def stop(self) -> None:
@@ -115,11 +132,13 @@ class ClockOutput:
             self._thread.join(timeout=2)
 
     def _run(self) -> None:
-        block = np.zeros((self._blocksize, self.ring.channels), np.float32)
+        ring = self.ring
+        assert ring is not None, "start() gives the clock its ring"
+        block = np.zeros((self._blocksize, ring.channels), np.float32)
         period = self._blocksize / self.sample_rate
         due = time.monotonic()
         while not self._stop.is_set():
-            self.ring.read_into(block)
+            ring.read_into(block)
             due += period
             delay = due - time.monotonic()
             if delay > 0:
@@ -128,14 +147,41 @@ class ClockOutput:
                 due = time.monotonic()
 
 
-def open_output(spec: str, ring_channels: int) -> tuple[str, int, Any]:
-    """Resolve ``--audio-out`` to (kind, sample rate, factory taking the ring). Falls back
-    to the clock with one clear line when the device cannot be used."""
-    if spec == "none":
-        return "none", DEFAULT_RATE, lambda ring: ClockOutput(ring)
+def open_clock(_rest: str) -> Output:
+    # ClockOutput looked up when called: the realtime tests put a slower clock in its place.
+    return ClockOutput()
+
+
+#: Every output ``--audio-out`` can name; a spec naming none of them is a sound card.
+OUTPUTS: dict[str, OutputFactory] = {"device": DeviceOutput, "none": open_clock}
+
+
+def parse_output_spec(spec: str) -> tuple[str, str]:
+    """``--audio-out`` -> (output name, the rest): ``none``, ``name`` or ``name:rest`` for a
+    registered output; anything else (``default``, a number, a device's name, which may
+    hold a colon, as ALSA's ``hw:0,0`` does) is the sound card of that name."""
+    name, sep, rest = spec.partition(":")
+    if name in OUTPUTS and (sep or name == spec):
+        return name, rest
+    return "device", spec
+
+
+def output_factory(name: str) -> OutputFactory:
     try:
-        probe = DeviceOutput(Ring(16, ring_channels), spec)
+        return OUTPUTS[name]
+    except KeyError:
+        raise OutputError(f"unknown output {name!r}; there are: {', '.join(sorted(OUTPUTS))}") from None
+
+
+def open_output(spec: str) -> Output:
+    """The output ``--audio-out`` names, opened. An output that cannot be used falls back
+    to the silent clock with one line, so a set without its sound card still runs."""
+    name, rest = parse_output_spec(spec)
+    factory = output_factory(name)
+    try:
+        return factory(rest)
     except OutputError as exc:
+        if name == "none":
+            raise
         log.warning("%s; playing on a silent clock instead (--audio-out none)", exc)
-        return "none", DEFAULT_RATE, lambda ring: ClockOutput(ring)
-    return "device", probe.sample_rate, lambda ring: DeviceOutput(ring, spec)
+        return output_factory("none")("")

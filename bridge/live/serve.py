@@ -4,8 +4,8 @@ Follow a knob turn from here: ``oscfront.py`` (decode, parse against ``targets.p
 / ``midi.py`` -> ``osc.py`` -> ``commands.py`` -> ``control.py`` (asked state, event
 queue) -> ``engine.py`` (takes effect at a step, rolls back the lookahead) ->
 ``steering_core.stream.timeline`` (smoothed alpha into the hooks) -> codec ->
-``engine.AudioPath`` (resample, effects, limiter) -> ``ring.py`` -> ``outputs.py`` (the
-sound card callback).
+``audio_path.py`` (resample, effects, limiter) -> ``ring.py`` -> ``outputs.py`` (the
+sound card callback, or the silent clock).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,54 +35,21 @@ from steering_core.stream.sampling import SamplingSettings
 from steering_core.stream.static_step import open_stream
 from steering_core.stream.timeline import Performance
 
+from .audio_path import AudioPath
 from .chains import load_chain
 from .commands import Commands
 from .control import ConceptKnob, ControlState
-from .engine import AudioPath, Engine, EngineSettings
+from .engine import Engine
 from .midi import MidiInput, MidiMapper, load_map
+from .options import ServeOptions
 from .osc import OscServer
 from .outputs import open_output
 from .perflog import PerformanceLog
-from .recorder import WavRecorder
-from .ring import Ring
 from .scenes import SceneStore
 
 log = logging.getLogger("steerbridge.serve")
 
 DEFAULT_CONCEPTS = ("timbre", "tempo")
-OUT_CHANNELS = 2
-
-
-@dataclass
-class ServeOptions:
-    model: str = "toy"
-    device: str = "auto"
-    dtype: str = "auto"
-    prompt: str = "an energetic electronic track with a steady beat"
-    seed: int = 0
-    vectors: list[str] = field(default_factory=list)
-    osc_host: str = "127.0.0.1"
-    osc_port: int = 9000
-    midi_in: str = "none"
-    midi_map: str = "generic"
-    midi_api: str = "auto"
-    audio_out: str = "default"
-    chain: str = "default"
-    record: str | None = None
-    log: str | None = None
-    scenes_dir: str | None = None
-    duration: float | None = None
-    smoothing_ms: float = 30.0
-    guidance: float = 3.0
-    temperature: float = 1.0
-    top_k: int = 250
-    engine: EngineSettings = field(default_factory=EngineSettings)
-    status_line: bool = True
-    threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's default
-    cuda_graphs: str | None = None  # None: today's decode loop; auto|on|off: the static step (steering_core.stream.static_step)
-    # Frames per codec decode; None: the model's own. More frames per call cost less per
-    # frame (a small codec's decode is mostly fixed cost) and each adds a frame of latency.
-    codec_chunk: int | None = None
 
 
 def default_vectors(handle: MusicGenHandle) -> list[Path]:
@@ -163,7 +130,7 @@ class Server:
         if o.cuda_graphs is None:
             stream = MusicStream(self.handle, o.prompt, seed=o.seed, settings=settings, steerer=steerer)
         else:
-            stream = open_stream(self.handle, o.prompt, cuda_graphs=o.cuda_graphs,  # type: ignore[arg-type]
+            stream = open_stream(self.handle, o.prompt, cuda_graphs=o.cuda_graphs,
                                  seed=o.seed, settings=settings, steerer=steerer)
         self.performance = Performance(stream, steerer, smoothing_ms=o.smoothing_ms)
         self.control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v, _ in self.vectors], o.prompt,
@@ -171,12 +138,11 @@ class Server:
         self.scenes = SceneStore(o.scenes_dir)
         self.commands = Commands(self.control, self.scenes, self.status)
 
-        kind, rate, make_output = open_output(o.audio_out, OUT_CHANNELS)
-        self.audio_kind = kind
-        self.ring = Ring(capacity=2 * rate, channels=OUT_CHANNELS)
-        self.output = make_output(self.ring)
-        self.recorder = WavRecorder(o.record, rate, OUT_CHANNELS) if o.record else None
-        path = AudioPath(self.handle.sample_rate, rate, self.ring, load_chain(o.chain), self.recorder)
+        # The output first: its sample rate and channel count shape the path, ring and recording.
+        self.output = open_output(o.audio_out)
+        path = AudioPath.for_output(self.output, self.handle.sample_rate, load_chain(o.chain), o.record)
+        self.ring = path.ring
+        self.recorder = path.recorder
         log_path = o.log or (str(Path(o.record).with_suffix(".performance.jsonl")) if o.record else None)
         self.codec_streaming = CodecStreaming.for_model(self.handle)  # the codec's own chunk and context
         if o.codec_chunk is not None:
@@ -216,7 +182,7 @@ class Server:
         gc.collect()
         gc.freeze()
         self.engine.start()
-        self.output.start()
+        self.output.start(self.ring)
         self.osc.start()
         concepts = ", ".join(f"{v.concept} {v.alpha_range[0]:g}..{v.alpha_range[1]:g}" for v, _ in self.vectors)
         log.info("playing %r on %s (model %s, %d Hz out); concepts: %s", self.options.prompt, self.output.name,

@@ -96,9 +96,10 @@ def activations_from_preset(handle: MusicGenHandle, name: str, o: AnalyzeOptions
     preset = load_concept(name)
     site = o.site or preset.site
     pairs = preset.pairs()
-    common = {"site": site, "frames": o.frames}
-    pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", **common)
-    neg = collect_activations(handle, [n for _, n in pairs], desc=f"{preset.name}: {preset.negative_label}", **common)
+    pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", site=site,
+                              frames=o.frames)
+    neg = collect_activations(handle, [n for _, n in pairs], desc=f"{preset.name}: {preset.negative_label}", site=site,
+                              frames=o.frames)
     labels = [preset.positive_label] * len(pos) + [preset.negative_label] * len(neg)
     pairs_index = list(range(len(pos))) + list(range(len(neg)))  # pair i: positive i and negative i
     return ConceptActivations(preset.name, pos, neg, torch.cat([pos, neg]), labels, pairs_index, preset.positive_label,

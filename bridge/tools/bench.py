@@ -18,7 +18,7 @@ from steering_core.steer.steerer import Steerer
 from steering_core.steer.vectors import SteeringVector
 from steering_core.stream.decode_loop import MusicStream
 from steering_core.stream.sampling import SamplingSettings
-from steering_core.stream.static_step import StaticStream, count_graph_breaks
+from steering_core.stream.static_step import CudaGraphsMode, StaticStream, count_graph_breaks
 
 PROMPT = "an energetic electronic track with punchy drums"
 
@@ -31,11 +31,11 @@ def _sync(handle: MusicGenHandle) -> None:
 
 
 def _engine_seconds(handle: MusicGenHandle, frames: int, steerer: Steerer | None, settings: SamplingSettings,
-                    static: bool = False, cuda_graphs: str = "off") -> tuple[float, torch.Tensor]:
+                    static: bool = False, cuda_graphs: CudaGraphsMode = "off") -> tuple[float, torch.Tensor]:
     """Seconds for ``frames`` frames of today's loop (or the static step), and the codes."""
     if static:
         stream: MusicStream = StaticStream(handle, PROMPT, seed=0, settings=settings, steerer=steerer,
-                                           cuda_graphs=cuda_graphs)  # type: ignore[arg-type]
+                                           cuda_graphs=cuda_graphs)
     else:
         stream = MusicStream(handle, PROMPT, seed=0, settings=settings, steerer=steerer)
     _sync(handle)
@@ -150,7 +150,7 @@ def static_step_figures(handle: MusicGenHandle, settings: SamplingSettings) -> d
 
 
 def run_bench(model: str, seconds: float, device: str = "auto", dtype: str = "auto", repeats: int = 3,
-              max_streams: int = 0, reprime: bool = False, cuda_graphs: str = "auto") -> dict[str, Any]:
+              max_streams: int = 0, reprime: bool = False, cuda_graphs: CudaGraphsMode = "auto") -> dict[str, Any]:
     """The figures ``steerbridge bench`` prints; ``max_streams`` > 0 adds the batched-streams
     sweep, ``reprime`` the time of one re-prime. The static step (``StaticStream``, with
     ``cuda_graphs``) is timed steered beside today's loop, same settings, same seed."""

@@ -37,8 +37,9 @@ def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo
     out.mkdir(parents=True, exist_ok=True)
     handle = load_model(model)
     log.info("model %s: %d layers, d_model %d", model, handle.num_layers, handle.d_model)
+    measured: dict[str, object] = {}
     summary: dict[str, object] = {"model": model, "prompt": prompt, "seconds": seconds, "seeds": seeds,
-                                  "concepts": {}}
+                                  "concepts": measured}
     lines = []
     for name in concepts:
         preset = load_concept(name)
@@ -49,8 +50,11 @@ def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo
         span = ALPHA_SPANS.get(name, max(abs(a) for a in preset.alpha_range))
         alphas = [float(a) for a in np.linspace(-span, span, points)]
         with tqdm(total=len(alphas), desc=f"{name}: alpha sweep", unit="alpha") as bar:
+            def advance(_alpha: float) -> None:
+                bar.update(1)
+
             sweep, clips = steering_sweep(handle, vector, prompt, alphas, metric=CONCEPT_METRIC.get(name),
-                                          seeds=seeds, seconds=seconds, seed=seed, progress=lambda _a: bar.update(1))
+                                          seeds=seeds, seconds=seconds, seed=seed, progress=advance)
         wavs = [write_wav(out / f"{name}_{a:+.1f}.wav", row[0], handle.sample_rate).name
                 for a, row in zip(alphas, clips, strict=True)]
         ylabel = UNITS.get(sweep.metric, sweep.metric)
@@ -58,7 +62,7 @@ def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo
                     title=f"{name} ({preset.positive_label} +, {preset.negative_label} −): {seeds} seeds")
         spectrogram_grid([(f"{name} α={a:+.1f}", row[0]) for a, row in zip(alphas, clips, strict=True)],
                          handle.sample_rate, out / f"{name}_spectrograms.png", title=f"{name} sweep, first seed")
-        summary["concepts"][name] = {**sweep.to_json(), "vector": vector_path.name, "layers": list(vector.layers),
+        measured[name] = {**sweep.to_json(), "vector": vector_path.name, "layers": list(vector.layers),
                                      "wavs": wavs}
         lines.append(sweep.summary())
     (out / "demo.json").write_text(json.dumps(summary, indent=2))

@@ -11,16 +11,20 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from steering_core.errors import UserError
 from steering_core.paths import cache_dir
+
+if TYPE_CHECKING:
+    from .parsing import Commands
 
 log = logging.getLogger("steerbridge.toy")
 
 DEFAULT_WORK = cache_dir("toy-train")
 
 
-def add_toy_parser(sub: argparse._SubParsersAction) -> None:
+def register(sub: Commands) -> None:
     toy = sub.add_parser("toy", help="the built-in trained toy model: train it, render its world, check its effects",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tsub = toy.add_subparsers(dest="toy_command", required=True, parser_class=type(toy), help="train | world | check")
@@ -75,7 +79,7 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
     if settings.codec_steps < 1 or settings.lm_steps < 1:
         raise UserError("--codec-steps and --lm-steps must be at least 1")
     out = Path(args.out) if args.out else TOY_MODEL_DIR
-    summary = train_toy(out, Path(args.work), settings, parallel=not args.sequential)
+    summary: dict[str, Any] = train_toy(out, Path(args.work), settings, parallel=not args.sequential)
     codec = summary["codec"]
     print(f"toy model written to {out} in {summary['seconds']:.0f} s")
     print(f"  codec: held-out multi-resolution STFT distance {codec['multires_stft_distance']:.3f}, "
@@ -85,7 +89,7 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_world(args: argparse.Namespace) -> int:
-    from steering_core.toy.world import write_labelled_folders
+    from steering_core.toy.captions import write_labelled_folders
 
     if args.per_class < 2 or not 0.5 <= args.seconds <= 60:
         raise UserError("--per-class must be at least 2 and --seconds within 0.5..60")
@@ -100,13 +104,13 @@ def cmd_toy_check(args: argparse.Namespace) -> int:
 
     if args.seeds < 2 or args.points < 3 or not 1 <= args.seconds <= 30:
         raise UserError("--seeds must be at least 2, --points at least 3, --seconds within 1..30")
-    from steering_core.toy.world import CLASSES
+    from steering_core.toy.captions import CLASSES
 
     data_concepts = [c.strip() for c in args.data.split(",") if c.strip()]
     unknown = [c for c in data_concepts if c not in CLASSES]
     if unknown:
         raise UserError(f"--data: no labelled world for {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
-    report = known_effect_check(seeds=args.seeds, points=args.points, seconds=args.seconds, method=args.method)
+    report: dict[str, Any] = known_effect_check(seeds=args.seeds, points=args.points, seconds=args.seconds, method=args.method)
     if data_concepts:
         from steering_core.model.loading import load_model
         from steering_core.toy.known_effect import data_direction_check
@@ -114,7 +118,8 @@ def cmd_toy_check(args: argparse.Namespace) -> int:
         handle = load_model("toy", device="cpu")
         report["data"] = {}
         for concept in data_concepts:
-            check = data_direction_check(handle, concept, seeds=args.seeds, points=args.points, seconds=args.seconds)
+            check: dict[str, Any] = data_direction_check(handle, concept, seeds=args.seeds, points=args.points,
+                                                         seconds=args.seconds)
             report["data"][concept] = check
             report["lines"] += [check["line"], "  checks: " + ", ".join(
                 f"{k} {'ok' if v else 'FAILED'}" for k, v in check["checks"].items())]

@@ -1,0 +1,109 @@
+"""``steerbridge serve``: its options, read off ``ServeOptions`` and ``EngineSettings``.
+
+Each option's ``dest`` is the name of the field it sets and its default is that field's
+default, so the command line and the dataclasses cannot disagree; ``cmd_serve`` builds
+both from the parsed namespace by field name (``--quiet`` is ``status_line`` off).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+from ..live.options import EngineSettings, ServeOptions
+from .parsing import add_command, cuda_graphs_arg, model_args
+from .validators import (
+    check_model,
+    check_output_file,
+    check_udp_port_free,
+    check_vector_paths,
+    non_negative_float,
+    non_negative_int,
+    port_number,
+    positive_float,
+    positive_int,
+)
+
+if TYPE_CHECKING:
+    from .parsing import Commands
+
+SERVE = ServeOptions()
+ENGINE = SERVE.engine
+
+
+def _option(p: argparse.ArgumentParser, flag: str, defaults: ServeOptions | EngineSettings, dest: str | None = None,
+            **kwargs: Any) -> None:
+    """``flag`` setting the field ``dest`` (default: the flag's own name) of ``defaults``'
+    class, with that field's default."""
+    own = flag.removeprefix("--").replace("-", "_")
+    if dest is not None:
+        kwargs["metavar"] = own.upper()  # the help shows the flag's name, not the field's
+    name = dest or own
+    p.add_argument(flag, dest=name, default=getattr(defaults, name), **kwargs)
+
+
+def register(sub: Commands) -> None:
+    p = add_command(sub, "serve", "the live bridge: OSC and MIDI knobs steer the music while it plays",
+                    "Generate music endlessly and play it, while OSC messages and MIDI knobs steer it. The status line "
+                    "shows the playing time, rtf (audio seconds generated per second; below 1 the music stutters), buf "
+                    "(audio ready), xruns (times the sound card ran dry), control latency and the alphas. OSC "
+                    "addresses: docs/OSC.md.")
+    model_args(p, model_default=SERVE.model)
+    _option(p, "--prompt", SERVE, help="text prompt to start with")
+    _option(p, "--seed", SERVE, type=int, help="sampling seed")
+    _option(p, "--vectors", SERVE, action="append",
+            help="vector file or folder (repeatable; default: timbre and tempo, extracted once and cached)")
+    _option(p, "--osc-host", SERVE, help="address to listen on; 0.0.0.0 accepts other machines")
+    _option(p, "--osc-port", SERVE, type=port_number, help="UDP port to listen on for OSC")
+    _option(p, "--midi-in", SERVE, help="MIDI input port name (or part of it) | virtual | none")
+    _option(p, "--midi-map", SERVE,
+            help="controller map: generic, nanokontrol2, launchcontrol_xl, midimix, beatstep, a saved map or a .yaml")
+    _option(p, "--midi-api", SERVE, choices=("auto", "jack", "alsa"), help="MIDI back end")
+    _option(p, "--audio-out", SERVE, help="device number or name | default | none (a silent clock)")
+    _option(p, "--chain", SERVE, help="effect chain: default, clean, space, lofi or a .yaml (a limiter always ends it)")
+    _option(p, "--record", SERVE, help="record the output to this .wav (valid even after Ctrl-C)")
+    _option(p, "--log", SERVE, help="performance log (.jsonl; default: beside --record)")
+    _option(p, "--scenes-dir", SERVE, help="where scenes are saved (default: ~/.local/share/steerbridge/scenes)")
+    _option(p, "--duration", SERVE, type=positive_float, help="stop cleanly after this many seconds")
+    _option(p, "--smoothing-ms", SERVE, type=non_negative_float, help="knob smoothing time constant")
+    _option(p, "--buffer-ms", ENGINE, dest="ring_ms", type=positive_float,
+            help="audio kept ready: more survives jitter, less reacts faster")
+    _option(p, "--lookahead", ENGINE, dest="lookahead_frames", type=non_negative_int,
+            help="frames of tokens generated ahead (rolled back on a change)")
+    _option(p, "--codec-chunk", SERVE, type=positive_int,
+            help="frames per codec decode (default: the model's own, 4 for toy): more cost less per frame "
+                 "but arrive in bigger bursts (raise --buffer-ms with it); each adds up to 20 ms of latency")
+    _option(p, "--guidance", SERVE, type=non_negative_float,
+            help="classifier-free guidance scale: how closely the music follows the prompt")
+    _option(p, "--temperature", SERVE, type=positive_float, help="sampling temperature")
+    _option(p, "--top-k", SERVE, type=non_negative_int, help="sample from the k most likely tokens (0: no limit)")
+    _option(p, "--threads", SERVE, type=positive_int,
+            help="torch CPU threads (default: 1 for the built-in models, else torch's)")
+    p.add_argument("--quiet", action="store_true", help="no status line")
+    cuda_graphs_arg(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _fields_from(cls: type[Any], args: argparse.Namespace) -> dict[str, Any]:
+    given = vars(args)
+    return {f.name: given[f.name] for f in fields(cls) if f.name in given}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    check_model(args.model)
+    check_vector_paths(args.vectors)
+    for path, option in ((args.record, "--record"), (args.log, "--log")):
+        if path is not None:
+            check_output_file(path, option)
+    from ..live.chains import load_chain
+    from ..live.midimaps import load_map
+
+    load_chain(args.chain)  # a wrong name lists the ones there are, before the model loads
+    load_map(args.midi_map)
+    check_udp_port_free(args.osc_host, args.osc_port)
+    from ..live.serve import run_serve
+
+    engine = EngineSettings(**_fields_from(EngineSettings, args))
+    return run_serve(ServeOptions(**{**_fields_from(ServeOptions, args), "engine": engine,
+                                     "status_line": not args.quiet}))

@@ -1,0 +1,64 @@
+"""What ``serve`` can be told, with its defaults: the one place they are written.
+
+Plain dataclasses and no imports beyond the standard library, so the command line
+reads its defaults from here while ``--help`` stays free of torch and numpy
+(tests/test_cli_defaults.py checks that argparse and these agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: The model, device and dtype every command uses unless told otherwise.
+DEFAULT_MODEL = "toy"
+DEFAULT_DEVICE = "auto"
+DEFAULT_DTYPE = "auto"
+#: The prompt ``serve`` starts with and ``render`` renders without --prompt.
+DEFAULT_PROMPT = "an energetic electronic track with a steady beat"
+
+
+@dataclass
+class EngineSettings:
+    ring_ms: float = 50.0  # audio kept ready after the effects: the safety margin
+    lookahead_frames: int = 0  # extra tokens generated ahead of the audio; rolled back on a change
+    fade_ms: float = 30.0  # fades on transport stop/play and panic
+    # Before each re-prime (a long prefill every half window), the ring is topped up by
+    # this multiple of the longest re-prime seen, so the sound rides through it. 0: off.
+    reprime_margin: float = 1.5
+
+
+@dataclass
+class ServeOptions:
+    model: str = DEFAULT_MODEL
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
+    prompt: str = DEFAULT_PROMPT
+    seed: int = 0
+    vectors: list[str] = field(default_factory=list)
+    osc_host: str = "127.0.0.1"
+    osc_port: int = 9000
+    midi_in: str = "none"
+    midi_map: str = "generic"
+    midi_api: str = "auto"
+    audio_out: str = "default"  # an output's name (bridge.live.outputs.OUTPUTS), else a sound card
+    chain: str = "default"
+    record: str | None = None
+    log: str | None = None
+    scenes_dir: str | None = None
+    duration: float | None = None
+    smoothing_ms: float = 30.0
+    # The sampling settings serve starts with; steering_core.stream.sampling.SamplingSettings'
+    # defaults (which import torch), checked equal by tests/test_cli_defaults.py.
+    guidance: float = 3.0
+    temperature: float = 1.0
+    top_k: int = 250
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    status_line: bool = True
+    threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's default
+    # None: today's decode loop (what in-process tests patch); auto|on|off: the static step
+    # (steering_core.stream.static_step), which ``steerbridge serve`` always opens.
+    cuda_graphs: Literal["auto", "on", "off"] | None = None
+    # Frames per codec decode; None: the model's own. More frames per call cost less per
+    # frame (a small codec's decode is mostly fixed cost) and each adds a frame of latency.
+    codec_chunk: int | None = None
