@@ -11,10 +11,6 @@ from bridge.live.options import DEFAULT_PROMPT, EngineSettings, ServeOptions
 
 #: Serve options whose parsed value is not a field of the same name.
 NOT_A_FIELD = {"quiet"}  # ServeOptions.status_line, inverted
-#: The one field whose in-process default differs from the command line's, on purpose: None
-#: opens the decode loop (which the in-process tests patch); the command line always opens
-#: the static step.
-IN_PROCESS_ONLY = {"cuda_graphs"}
 
 
 def _sub(name: str) -> argparse.ArgumentParser:
@@ -38,24 +34,23 @@ def test_every_serve_option_has_its_dataclass_field_default() -> None:
     assert not set(serve) & set(engine)  # a dest names exactly one field
     options = _options("serve")
     for dest, action in options.items():
-        if dest in NOT_A_FIELD or dest in IN_PROCESS_ONLY:
+        if dest in NOT_A_FIELD:
             continue
         assert dest in serve or dest in engine, f"serve {action.option_strings[0]} sets no ServeOptions/EngineSettings field"
         assert action.default == (serve[dest] if dest in serve else engine[dest]), (dest, action.default)
     assert options["quiet"].default is False and serve["status_line"] is True
-    assert options["cuda_graphs"].default == "auto" and serve["cuda_graphs"] is None
     # The two names the command line spells its own way still reach EngineSettings.
     assert options["ring_ms"].option_strings == ["--buffer-ms"]
     assert options["lookahead_frames"].option_strings == ["--lookahead"]
 
 
 def test_the_parsed_command_line_builds_the_dataclasses_unchanged() -> None:
-    """``serve`` with no options gives ServeOptions() itself (but for the static step)."""
+    """``serve`` with no options gives ServeOptions() itself."""
     from bridge.cli.serve import _fields_from
 
     args = build_parser().parse_args(["serve"])
     built = ServeOptions(**{**_fields_from(ServeOptions, args), "engine": EngineSettings(
-        **_fields_from(EngineSettings, args)), "status_line": not args.quiet, "cuda_graphs": None})
+        **_fields_from(EngineSettings, args)), "status_line": not args.quiet})
     assert built == ServeOptions()
     args = build_parser().parse_args(["serve", "--buffer-ms", "80", "--lookahead", "3", "--top-k", "7", "--quiet"])
     assert EngineSettings(**_fields_from(EngineSettings, args)) == EngineSettings(ring_ms=80.0, lookahead_frames=3)

@@ -33,8 +33,9 @@ def play_through_reprimes(tiny, vectors_dir, tmp_path, margin: float, speed: flo
                           reprimes: int = 3) -> dict:
     """Play until ``reprimes`` window changes have passed; returns the final status, the
     probe's reprime time and the audio buffered (seconds of audio) as each re-prime began."""
+    # The decode loop (cuda_graphs None): this test patches MusicStream's prefill and re-prime.
     options = ServeOptions(model="tiny", vectors=[str(vectors_dir)], osc_port=0, audio_out="none",
-                           scenes_dir=str(tmp_path / "scenes"), status_line=False,
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False, cuda_graphs=None,
                            engine=EngineSettings(reprime_margin=margin))
     server = Server(options, handle=tiny)
     buffered: list[float] = []

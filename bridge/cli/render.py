@@ -107,16 +107,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, base: dict[str, object]) -> SamplingSettings:
     """SamplingSettings' defaults, then ``base`` (a performance's), then the options given."""
-    from steering_core.stream.sampling import SamplingSettings
+    from steering_core.stream.settings import SamplingSettings, settings_from_controls
 
-    values = {**asdict(SamplingSettings()), **base}
-    for key, arg in (("guidance_scale", args.guidance), ("temperature", args.temperature), ("top_k", args.top_k),
-                     ("top_p", args.top_p)):
-        if arg is not None:
-            values[key] = arg
-    settings = SamplingSettings(**values)
-    settings.validate()
-    return settings
+    return settings_from_controls(vars(args), SamplingSettings(**{**asdict(SamplingSettings()), **base}))
 
 
 def _render_automation(args: argparse.Namespace) -> int:

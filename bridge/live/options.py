@@ -56,9 +56,9 @@ class ServeOptions:
     engine: EngineSettings = field(default_factory=EngineSettings)
     status_line: bool = True
     threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's default
-    # None: today's decode loop (what in-process tests patch); auto|on|off: the static step
-    # (steering_core.stream.static_step), which ``steerbridge serve`` always opens.
-    cuda_graphs: Literal["auto", "on", "off"] | None = None
+    # auto|on|off: the static step (steering_core.stream.static_step), CUDA graphs as asked;
+    # None: the plain decode loop (MusicStream), for an in-process caller that needs the loop.
+    cuda_graphs: Literal["auto", "on", "off"] | None = "auto"
     # Frames per codec decode; None: the model's own. More frames per call cost less per
     # frame (a small codec's decode is mostly fixed cost) and each adds a frame of latency.
     codec_chunk: int | None = None

@@ -31,7 +31,7 @@ from steering_core.paths import cache_dir
 from steering_core.steer.steerer import Steerer
 from steering_core.steer.vectors import SteeringVector, VectorFileError, load_vector, load_vectors
 from steering_core.stream.decode_loop import MusicStream
-from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.settings import settings_from_controls
 from steering_core.stream.static_step import open_stream
 from steering_core.stream.timeline import Performance
 
@@ -125,8 +125,7 @@ class Server:
         steerer = Steerer(self.handle)
         for vector, _ in self.vectors:
             steerer.add(vector, alpha=0.0)
-        settings = SamplingSettings(guidance_scale=o.guidance, temperature=o.temperature, top_k=o.top_k)
-        settings.validate()
+        settings = settings_from_controls(vars(o))
         if o.cuda_graphs is None:
             stream = MusicStream(self.handle, o.prompt, seed=o.seed, settings=settings, steerer=steerer)
         else:

@@ -11,7 +11,8 @@ pick it up from the row.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 from steering_core.errors import UserError
 
@@ -71,3 +72,16 @@ class SamplingSettings:
 
 
 assert [s.field for s in SETTINGS] == [f.name for f in fields(SamplingSettings)], "each setting needs its row in SETTINGS"
+
+
+def settings_from_controls(values: Mapping[str, object], base: SamplingSettings | None = None) -> SamplingSettings:
+    """``base`` (the defaults if None) with each setting that ``values`` names by its control
+    name (``guidance``, ``top_k``, ...; a command line's options, say) put in; a None value, or
+    one ``values`` lacks, keeps ``base``'s. Validated."""
+    merged = asdict(base or SamplingSettings())
+    for setting in SETTINGS:
+        if values.get(setting.name) is not None:
+            merged[setting.field] = values[setting.name]
+    settings = SamplingSettings(**merged)
+    settings.validate()
+    return settings
