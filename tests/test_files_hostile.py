@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from bridge.live.chains import ChainError, ceiling, load_chain
 from bridge.live.midimaps import MidiMapError, load_map
-from bridge.live.perflog import PerformanceLogError, read_log
+from bridge.live.performance_log import PerformanceLogError, read_log
 from bridge.live.ring import Ring
 from bridge.live.scenes import SceneError, SceneStore
 from bridge.live.serve import vector_files
@@ -151,7 +151,7 @@ HEADER = {"type": "header", "format": 1}
     [HEADER, {"type": "end", "frames": None, "codes_sha256": "x"}],
 ])
 def test_malformed_performance_logs_are_one_line_errors(tmp_path, lines) -> None:
-    from bridge.live.perflog import LOG_FORMAT
+    from bridge.live.performance_log import LOG_FORMAT
 
     assert HEADER["format"] == LOG_FORMAT
     log = tmp_path / "p.jsonl"

@@ -21,7 +21,7 @@ from bridge.live.control import ConceptKnob, ControlState
 from bridge.live.oscbudget import TokenBuckets
 from bridge.live.oscmatch import AddressMatcher
 from bridge.live.oscwire import MAX_BUNDLE_DEPTH, OscWireError, decode_packet
-from bridge.live.ratelog import RateLimitedLog
+from bridge.live.rate_limited_log import RateLimitedLog
 from bridge.live.scenes import SceneStore
 from bridge.live.targets import ControlTable
 from steering_core.stream.sampling import SamplingSettings

@@ -84,7 +84,7 @@ def test_the_performance_log_is_written_by_one_thread(tmp_path) -> None:
     import threading
 
     from bridge.live.control import ControlEvent
-    from bridge.live.perflog import PerformanceLog
+    from bridge.live.performance_log import PerformanceLog
 
     log = PerformanceLog(tmp_path / "p.jsonl", {})
     log.event(ControlEvent((), "test", "t"), 0.0)  # this thread writes it from now on

@@ -12,7 +12,7 @@ from bridge.live.control import ConceptKnob, ControlError, ControlState
 from bridge.live.midi import MidiMapper
 from bridge.live.midimaps import Binding, ControllerMap, MidiMapError
 from bridge.live.oscfront import ParsedMessage, pack_message, unpack_message
-from bridge.live.perflog import _check_change
+from bridge.live.performance_log import _check_change
 from bridge.live.scenes import SceneStore
 from bridge.live.targets import SETTINGS, ControlTable, Setting
 from steering_core.stream.sampling import SamplingSettings

@@ -39,7 +39,7 @@ from steering_core.stream.timeline import Performance
 from .audio_path import AudioPath
 from .control import ControlEvent, ControlState
 from .options import EngineSettings
-from .perflog import PerformanceLog
+from .performance_log import PerformanceLog
 from .ring import Ring
 
 log = logging.getLogger("steerbridge.engine")

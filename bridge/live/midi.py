@@ -25,7 +25,7 @@ import mido
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent
 from .midimaps import Binding, ControllerMap, MidiMapError, curve, load_map, save_map
-from .ratelog import RateLimitedLog
+from .rate_limited_log import RateLimitedLog
 from .targets import Target
 
 __all__ = ["Binding", "BoundControl", "ControllerMap", "MidiInput", "MidiMapError", "MidiMapper", "Pickup",

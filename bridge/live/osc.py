@@ -51,7 +51,7 @@ from .control import ControlError, ControlEvent, ControlState
 from .oscbudget import TokenBuckets
 from .oscfront import RECORD_COUNTS, RECORD_MESSAGE, RECORD_TABLE, ParsedMessage, unpack_counts, unpack_message
 from .oscwire import encode_message, short
-from .ratelog import RateLimitedLog
+from .rate_limited_log import RateLimitedLog
 from .targets import feedback_value
 
 log = logging.getLogger("steerbridge.osc")

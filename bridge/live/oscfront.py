@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 from .oscbudget import TokenBuckets
 from .oscwire import OscWireError, WireMessage, decode_packet, encode_message, short
-from .ratelog import RateLimitedLog
+from .rate_limited_log import RateLimitedLog
 from .targets import Args, ControlError, ControlTable, Target
 
 log = logging.getLogger("steerbridge.osc")

@@ -44,7 +44,7 @@ from .midi import MidiInput, MidiMapper, load_map
 from .options import ServeOptions
 from .osc import OscServer
 from .outputs import open_output
-from .perflog import PerformanceLog
+from .performance_log import PerformanceLog
 from .scenes import SceneStore
 
 log = logging.getLogger("steerbridge.serve")

@@ -31,7 +31,7 @@ from steering_core.stream.timeline import Change, Performance
 from ..live.commands import Commands
 from ..live.control import ConceptKnob, ControlState
 from ..live.midi import MidiMapper, load_map
-from ..live.perflog import Performed, read_log
+from ..live.performance_log import Performed, read_log
 from ..live.scenes import SceneStore
 
 log = logging.getLogger("steerbridge.replay")

@@ -24,7 +24,7 @@ from steering_core.stream.timeline import Change
 from .control import ControlEvent
 from .targets import SETTING_BY_NAME
 
-log = logging.getLogger("steerbridge.perflog")
+log = logging.getLogger("steerbridge.performance_log")
 
 LOG_FORMAT = 1
 MAX_LOG_BYTES = 512 * 1024 * 1024
