@@ -70,7 +70,7 @@ def change_for(target: Target, args: Args) -> Change:
     if target.kind == "prompt":
         return Change("prompt", str(args[0]))
     if target.setting is not None:
-        return Change(target.setting.name, args[0])  # type: ignore[arg-type]
+        return Change(target.setting.name, args[0])
     if target.kind == "seed":
         return Change("seed", int(args[0]))
     if target.kind == "panic":

@@ -64,7 +64,7 @@ class Change:
             raise UserError(f"change concept must be a string, got {concept!r}")
         if value is not None and not isinstance(value, float | int | str | bool):
             raise UserError(f"change value must be a number, bool or string, got {value!r}")
-        return cls(kind, value, concept)  # type: ignore[arg-type]
+        return cls(kind, value, concept)
 
 
 class Performance:
