@@ -4,7 +4,7 @@
    audio (a folder per class, teacher-forced, cached on disk).
 2. Per layer: probe accuracy (logistic and MSE, cross-validated), k-means ARI and NMI,
    and influence: how far steering that layer alone moves the next-token predictions
-   (``steering_core/influence.py``).
+   (``steering_core/evaluate/influence.py``).
    Cosines between directions: the methods against each other, and concepts against
    each other, layer by layer.
 3. A layer recommendation, and a vector on those layers (``<concept>.safetensors``,

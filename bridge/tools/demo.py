@@ -44,7 +44,7 @@ def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo
     for name in concepts:
         preset = load_concept(name)
         # One middle layer and the concept's measured alpha span: the protocol of the
-        # known-effect check (steering_core/knowneffect.py).
+        # known-effect check (steering_core/toy/known_effect.py).
         vector = extract_vector(handle, preset, frames=50, layers=(handle.num_layers // 2,), progress=True)
         vector_path = vector.save(out / f"{name}.safetensors")
         span = ALPHA_SPANS.get(name, max(abs(a) for a in preset.alpha_range))
