@@ -39,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import TypedDict
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -52,6 +53,18 @@ from steering_core.stream.sampling import SamplingSettings, guide, sample
 
 #: Called before each decode step with the index of the codebook-0 frame it will produce.
 FrameCallback = Callable[[int], None]
+
+
+class StreamOptions(TypedDict, total=False):
+    """The keyword options every stream takes, with ``MusicStream``'s defaults (a
+    ``StaticStream`` and ``open_stream`` pass them on as they are)."""
+
+    seed: int
+    settings: SamplingSettings | None
+    steerer: Steerer | None
+    window_frames: int | None
+    reprime_frames: int | None
+    rollback_depth: int
 
 
 class MusicStream:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +53,10 @@ from steering_core.model.loading import MusicGenHandle
 from steering_core.steer.fold import cfg_row_masks, fold_rows
 from steering_core.steer.knobs import MAX_CONCEPTS
 from steering_core.steer.steerer import Steerer
-from steering_core.stream.decode_loop import MusicStream
+from steering_core.stream.decode_loop import MusicStream, StreamOptions
 from steering_core.stream.graphs import CUDA_GRAPHS_MODES, CudaGraphRunner, CudaGraphsMode, GraphRunner, StepGraph
 from steering_core.stream.layers import LayerOffsets, LayerWeights
-from steering_core.stream.sampling import SamplingBuffers, SamplingSettings, draw_cfg, draw_every_stage
+from steering_core.stream.sampling import SamplingBuffers, draw_cfg, draw_every_stage
 
 log = logging.getLogger(__name__)
 
@@ -90,25 +90,18 @@ class StaticStream(MusicStream):
         handle: MusicGenHandle,
         prompts: Sequence[str] | str,
         *,
-        seed: int = 0,
-        settings: SamplingSettings | None = None,
-        steerer: Steerer | None = None,
-        window_frames: int | None = None,
-        reprime_frames: int | None = None,
-        rollback_depth: int = 512,
         cuda_graphs: CudaGraphsMode = "off",
         graph_check_steps: int = 8,
         graph_runner_factory: Callable[[], GraphRunner] | None = None,
+        **options: Unpack[StreamOptions],
     ) -> None:
-        why = static_step_supports(steerer)
+        why = static_step_supports(options.get("steerer"))
         if why is not None:
             raise UnsupportedSteering(why)
         self._graph = StepGraph(cuda_graphs, handle.device, graph_check_steps, graph_runner_factory)
         self.cuda_graphs = cuda_graphs
         self._tokens_dirty_from: int | None = None  # before super().__init__, which assigns codes
-        super().__init__(handle, prompts, seed=seed, settings=settings, steerer=steerer,
-                         window_frames=window_frames, reprime_frames=reprime_frames,
-                         rollback_depth=rollback_depth)
+        super().__init__(handle, prompts, **options)
         with torch.inference_mode(False):  # plain tensors: written in place in and out of inference mode
             self._allocate()
 
@@ -410,22 +403,21 @@ class StaticStream(MusicStream):
 
 
 def open_stream(handle: MusicGenHandle, prompts: Sequence[str] | str, *, engine: str = "auto",
-                cuda_graphs: CudaGraphsMode = "auto", **kwargs: object) -> MusicStream:
+                cuda_graphs: CudaGraphsMode = "auto", **options: Unpack[StreamOptions]) -> MusicStream:
     """The stream to use: ``engine`` ``static`` (StaticStream), ``loop`` (MusicStream), or
     ``auto``: static unless its steering cannot apply the concepts, then the loop with one
     log line. ``cuda_graphs`` applies to the static step only."""
     if engine not in ("auto", "static", "loop"):
         raise UserError(f"engine must be auto, static or loop, got {engine!r}")
     if engine == "loop":
-        return MusicStream(handle, prompts, **kwargs)  # type: ignore[arg-type]
-    steerer = kwargs.get("steerer")
-    why = static_step_supports(steerer if isinstance(steerer, Steerer) else None)
+        return MusicStream(handle, prompts, **options)
+    why = static_step_supports(options.get("steerer"))
     if why is not None:
         if engine == "static":
             raise UnsupportedSteering(why)
         log.info("decode loop instead of the static step: %s", why)
-        return MusicStream(handle, prompts, **kwargs)  # type: ignore[arg-type]
-    return StaticStream(handle, prompts, cuda_graphs=cuda_graphs, **kwargs)  # type: ignore[arg-type]
+        return MusicStream(handle, prompts, **options)
+    return StaticStream(handle, prompts, cuda_graphs=cuda_graphs, **options)
 
 
 def count_graph_breaks(stream: StaticStream) -> int:
