@@ -11,7 +11,7 @@
    (``CodecStreaming.for_model``, as serve), pedalboard's resampler to 48 kHz and the
    ``default`` effect chain with its limiter. rtf = audio seconds / wall seconds, the
    median of ``--pipeline-runs`` runs (a shared machine's speed wanders from run to run).
-3. The codec's held-out reconstruction (``toytrain.codec_report``).
+3. The codec's held-out reconstruction (``steering_core.toy.training.codec_report``).
 4. ``data_direction_check`` for tempo and timbre: the direction from labelled world audio
    (as ``extract --data``) against the prompt-set one, and its own sweep.
 

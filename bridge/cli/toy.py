@@ -34,7 +34,7 @@ def register(sub: Commands) -> None:
                         description="Train the toy MusicGen on the synthetic world: the codec and the language "
                                     "model side by side, one CPU thread each, with checkpoints in --work so a "
                                     "stopped run resumes. Seeded: the same command makes the same weights.")
-    p.add_argument("--out", default=None, help="model folder to write (default: the package's own toy_model/)")
+    p.add_argument("--out", default=None, help="model folder to write (default: the package's own steering_core/toy/weights/)")
     p.add_argument("--work", default=str(DEFAULT_WORK), help="checkpoints; delete it to start over")
     p.add_argument("--codec-steps", type=int, default=None, help="codec training steps (default 6000)")
     p.add_argument("--lm-steps", type=int, default=None, help="language model steps (default 3000)")

@@ -48,14 +48,14 @@ _T5_BASE: dict[str, Any] = {"d_model": 768, "d_ff": 3072, "d_kv": 64, "num_heads
 _T5_LARGE: dict[str, Any] = {"d_model": 1024, "d_ff": 4096, "d_kv": 64, "num_heads": 16, "num_layers": 24}
 
 
-#: How each built-in model (``model_names.BUILTIN_MODELS``) is built.
+#: How each built-in model (``names.BUILTIN_MODELS``) is built.
 _BUILTIN_BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, Any]]] = {
     "toy": lambda: _load_toy(torch.float32),  # load_model casts to the asked dtype after
     "tiny": lambda: (build_tiny_model(stereo=False), tiny_tokenizer()),
     "tiny-stereo": lambda: (build_tiny_model(stereo=True), tiny_tokenizer()),
 }
 assert set(_BUILTIN_BUILDERS) == set(BUILTIN_MODELS), "each built-in model name needs a builder here"
-assert set(REAL_SHAPES) == set(RANDOM_WEIGHT_MODELS), "model_names.RANDOM_WEIGHT_MODELS lists REAL_SHAPES"
+assert set(REAL_SHAPES) == set(RANDOM_WEIGHT_MODELS), "names.RANDOM_WEIGHT_MODELS lists REAL_SHAPES"
 
 
 @dataclass

@@ -16,7 +16,7 @@ Two pieces are fixed by design rather than learned:
   the codec's 64-dimensional latent, so EnCodec's residual quantiser, which picks the
   nearest entry stage by stage, picks each codebook's code from its slice alone. The
   encoder is trained to land near the world's own codes and the decoder to render them
-  (``toytrain.train_codec``).
+  (``training.train_codec``).
 """
 
 from __future__ import annotations
