@@ -5,8 +5,11 @@ the limiter is a true ceiling, measured."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from bridge.live.performance_log import PerformanceLogError, read_log
 from bridge.live.ring import Ring
 from bridge.live.scenes import SceneError, SceneStore
 from bridge.live.serve import vector_files
-from steering_core.extract.concepts import ConceptError, check_name
+from steering_core.extract.concepts import ConceptError, check_name, load_concept
 from steering_core.steer.vectors import METADATA_KEY, SteeringVector, VectorFileError, load_vector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,3 +170,60 @@ def test_render_automation_with_a_malformed_log_prints_one_line(tmp_path) -> Non
                            str(tmp_path / "o.wav")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "malformed header" in done.stderr
+
+
+# --- a FIFO where a file should be (issue 21, item 7) ------------------------------------
+def _raises_in_time(call, error: type[BaseException], fifo: Path, seconds: float = 10.0) -> str:
+    """``call()`` raises ``error`` within ``seconds``. Reading a FIFO used to block in open()
+    until a writer came: serve hung at start-up, silently."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:  # blocked: open the FIFO's other end so the thread can finish
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"still blocked on {fifo.name} after {seconds} s")
+    assert isinstance(outcome[0], error), outcome[0]
+    return str(outcome[0])
+
+
+@pytest.mark.parametrize(("name", "load", "error"), [
+    ("chain.yaml", lambda p: load_chain(str(p)), ChainError),
+    ("map.yaml", lambda p: load_map(str(p)), MidiMapError),
+    ("concept.yaml", lambda p: load_concept(str(p)), ConceptError),
+    ("set.performance.jsonl", read_log, PerformanceLogError),
+])
+def test_a_fifo_is_refused_at_once_with_one_line(tmp_path, name, load, error) -> None:
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    message = _raises_in_time(lambda: load(fifo), error, fifo)
+    assert "\n" not in message and ("FIFO" in message or "regular file" in message), message
+
+
+def test_serve_with_a_fifo_for_a_file_option_exits_with_one_line(tmp_path) -> None:
+    fifo = tmp_path / "f.yaml"
+    os.mkfifo(fifo)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = str(probe.getsockname()[1])
+    probe.close()
+    for option, value in (("--chain", fifo), ("--midi-map", fifo), ("--record", fifo)):
+        try:
+            done = subprocess.run([sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--audio-out", "none",
+                                   "--osc-port", port, "--duration", "1", option, str(value)],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail(f"serve {option} <a FIFO> hung")
+        assert done.returncode == 2, (option, done.stderr[-2000:])
+        lines = done.stderr.strip().splitlines()
+        assert "Traceback" not in done.stderr and len(lines) == 1, (option, done.stderr[-2000:])
+        assert "FIFO" in lines[0] or "regular file" in lines[0], (option, lines[0])

@@ -143,6 +143,8 @@ def check_output_file(path: str, option: str) -> None:
     target = Path(path).expanduser().absolute()
     if target.is_dir():
         raise CliError(f"{option} {path} is a folder; give a file name")
+    if target.exists() and not target.is_file():  # a FIFO would block the first write until a reader came
+        raise CliError(f"{option} {path} is not a regular file (a FIFO or a device?); give a file name")
     ancestor = target.parent
     while not ancestor.exists():
         ancestor = ancestor.parent

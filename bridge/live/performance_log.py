@@ -23,6 +23,7 @@ from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
 from .targets import SETTING_BY_NAME
+from .userfiles import NotARegularFile, read_user_file
 
 log = logging.getLogger("steerbridge.performance_log")
 
@@ -91,10 +92,11 @@ class Performed:
 def read_log(path: str | Path) -> Performed:
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_LOG_BYTES:
+        data = read_user_file(path, MAX_LOG_BYTES)
+        if len(data) > MAX_LOG_BYTES:
             raise PerformanceLogError(f"{path} is too large to be a performance log")
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = data.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError, NotARegularFile) as exc:
         raise PerformanceLogError(f"cannot read performance log {path}: {exc}") from None
     records = []
     for n, line in enumerate(lines, 1):

@@ -12,6 +12,7 @@ from typing import Any
 from steering_core.extract.concepts import ConceptError, check_name
 
 from .safeyaml import YamlLimitError, load_yaml_file
+from .userfiles import NotARegularFile
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -48,7 +49,7 @@ def read_preset(spec: str, folder: Path | Sequence[Path], what: str, error: type
         path = found[0]
     try:
         return path, load_yaml_file(path)
-    except YamlLimitError as exc:
+    except (YamlLimitError, NotARegularFile) as exc:
         raise error(f"cannot read {what} {path}: {exc}") from None
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None

@@ -16,6 +16,8 @@ import yaml
 
 from steering_core.errors import UserError
 
+from .userfiles import read_user_file
+
 MAX_YAML_BYTES = 256 * 1024
 MAX_ALIASES = 16
 
@@ -26,13 +28,9 @@ class YamlLimitError(UserError):
 
 def load_yaml_file(path: Path) -> Any:
     """Parse ``path`` within the limits. Raises ``YamlLimitError`` or ``OSError``."""
-    size = path.stat().st_size
-    if size > MAX_YAML_BYTES:
-        raise YamlLimitError(f"{path.name} is {size} bytes; the limit is {MAX_YAML_BYTES}")
-    with path.open("rb") as f:
-        data = f.read(MAX_YAML_BYTES + 1)  # the file may have grown since the stat
+    data = read_user_file(path, MAX_YAML_BYTES)
     if len(data) > MAX_YAML_BYTES:
-        raise YamlLimitError(f"{path.name} is over {MAX_YAML_BYTES} bytes")
+        raise YamlLimitError(f"{path.name} is over the limit of {MAX_YAML_BYTES} bytes")
     try:
         text = data.decode("utf-8")
         aliases = 0

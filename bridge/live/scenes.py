@@ -22,6 +22,7 @@ from steering_core.paths import PRESETS_DIR, data_dir
 
 from .presetfiles import write_atomically
 from .targets import MAX_PROMPT_CHARS, Asked, ControlTable, Scalar, Target
+from .userfiles import NotARegularFile, read_user_file
 
 SHIPPED_SCENES = PRESETS_DIR / "scenes"
 MAX_SCENE_BYTES = 64 * 1024
@@ -129,11 +130,12 @@ def _name(name: str) -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if path.stat().st_size > MAX_SCENE_BYTES:
-        raise SceneError(f"scene file {path.name} is too large")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = read_user_file(path, MAX_SCENE_BYTES)
+        if len(data) > MAX_SCENE_BYTES:
+            raise SceneError(f"scene file {path.name} is too large")
+        raw = json.loads(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, NotARegularFile) as exc:
         raise SceneError(f"scene file {path.name} is unreadable: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("targets", {}), dict):
         raise SceneError(f"scene file {path.name} is not a scene (expected an object with 'targets')")

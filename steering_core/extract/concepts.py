@@ -97,7 +97,8 @@ def load_concept(name_or_file: str | Path) -> ConceptPreset:
     if text.endswith((".yaml", ".yml")):
         path = Path(text)
         if not path.is_file():
-            raise ConceptError(f"no concept file at {path}")
+            raise ConceptError(f"{path} is not a regular file (a FIFO, a device or a folder?)" if path.exists()
+                               else f"no concept file at {path}")
     else:
         path = CONCEPTS_DIR / f"{check_name(text, 'concept')}.yaml"
         if not path.is_file():
