@@ -197,6 +197,7 @@ class FakeOutput:
         self.name = f"fake ({rest})"
         self.sample_rate = sample_rate
         self.channels = channels
+        self.latency_s = 0.0
         self.ring: Ring | None = None
         self.stopped = False
 

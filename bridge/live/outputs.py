@@ -43,6 +43,9 @@ class Output(Protocol):
     name: str
     sample_rate: int
     channels: int
+    #: Seconds from a sample leaving ``read_into`` to the listener hearing it (the device's
+    #: or the ports' own latency), so the musical grid is placed where it is heard.
+    latency_s: float
 
     def start(self, ring: Ring) -> None: ...
     def stop(self) -> None: ...
@@ -88,6 +91,7 @@ class DeviceOutput:
         self._blocksize = blocksize
         self._sd = sd
         self._stream: Any = None
+        self.latency_s = 0.0  # PortAudio's figure once the stream is open
 
     def start(self, ring: Ring) -> None:
         def callback(outdata: np.ndarray, frames: int, _time: Any, _status: Any) -> None:
@@ -99,6 +103,7 @@ class DeviceOutput:
                 device=self._spec, samplerate=self.sample_rate, channels=self.channels, dtype="float32",
                 blocksize=self._blocksize, latency="low", callback=callback)
             self._stream.start()
+            self.latency_s = float(self._stream.latency)
         except (self._sd.PortAudioError, ValueError) as exc:
             raise OutputError(f"cannot open audio output {self.name!r}: {exc}") from None
 
@@ -117,6 +122,7 @@ class ClockOutput:
         self.name = "none (clock)"
         self.sample_rate = sample_rate
         self.channels = channels
+        self.latency_s = 0.0
         self.ring: Ring | None = None  # start's
         self._blocksize = blocksize
         self._stop = threading.Event()
