@@ -139,7 +139,10 @@ class OscServer:
         self.commands: Commands | None = None
         self.control: ControlState | None = None
         self._stop = threading.Event()
-        self._pending: dict[str, tuple[list[Any], str]] = {}  # feedback address -> (args, origin label)
+        # What moved since the last feedback, and who moved it: (change kind, concept) -> origin
+        # label, and the transport. Values are read once per feedback period, not per event.
+        self._pending: dict[tuple[str, str | None], str] = {}
+        self._pending_transport: tuple[str, str] | None = None  # (play | stop, origin label)
         self._pending_lock = threading.Lock()
         self._budget = TokenBuckets(REPLIES_PER_S, REPLY_BYTES_PER_S)
         self.logs = RateLimitedLog(log)
@@ -356,28 +359,41 @@ class OscServer:
         return out
 
     def _on_event(self, event: ControlEvent) -> None:
+        """On the thread that submitted: note what moved (a flood of knob moves costs a dict
+        write each; the values are read at the next feedback period)."""
+        with self._pending_lock:
+            for change in event.changes:  # newest wins (and goes last, after a panic it follows): the throttle
+                key = (change.kind, change.concept)
+                self._pending.pop(key, None)
+                self._pending[key] = event.source
+            if event.transport:
+                self._pending_transport = (event.transport, event.source)
+
+    def _pending_updates(self) -> dict[str, tuple[list[Any], str]]:
+        """Feedback address -> (its value now, who moved it), for what moved since the last period."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+            transport, self._pending_transport = self._pending_transport, None
         assert self.commands is not None
         table = self.commands.table
-        touched = {t.address: t for c in event.changes for t in table.touched(c.kind, c.concept)}
-        asked = self.commands.control.asked()
-        updates: list[tuple[str, list[Any]]] = []
-        for target in touched.values():
-            value = target.read(asked)
-            if target.feedback is not None and value is not None:
-                updates.append((target.feedback, [feedback_value(value)]))
-        transport = table[f"/transport/{event.transport}"].feedback if event.transport else None
+        asked = self.commands.control.asked() if pending else None
+        updates: dict[str, tuple[list[Any], str]] = {}
+        for (kind, concept), source in pending.items():
+            for target in table.touched(kind, concept):
+                value = target.read(asked) if asked is not None else None
+                if target.feedback is not None and value is not None:
+                    updates[target.feedback] = ([feedback_value(value)], source)
         if transport is not None:
-            updates.append((transport, [int(event.transport == "play")]))
-        with self._pending_lock:
-            for address, args in updates:
-                self._pending[address] = (args, event.source)  # newest wins: that is the throttle
+            feedback = table[f"/transport/{transport[0]}"].feedback
+            if feedback is not None:
+                updates[feedback] = ([int(transport[0] == "play")], transport[1])
+        return updates
 
     def _feedback(self) -> None:
         period = 1.0 / FEEDBACK_HZ
         while not self._stop.wait(period):
             self._expire_subscribers()
-            with self._pending_lock:
-                pending, self._pending = self._pending, {}
+            pending = self._pending_updates()
             subscribers = self.subscribers
             if not pending or not subscribers:
                 continue

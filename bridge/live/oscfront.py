@@ -246,6 +246,12 @@ class Front:
         if is_own_address(sender, self.own):  # a forged source: answering it would be talking to ourselves
             self.reject(sender, "(packet)", "a packet from the server's own address", "own address")
             return
+        budgeted = self.table is not None and self.literal_command(data)
+        if budgeted:  # charged before the decoding, so a flood past its budget costs little here
+            refused = self.over_budget(sender, False)
+            if refused is not None:
+                self.reject(sender, data[:data.index(b"\0")].decode("ascii", "replace"), refused, "too fast")
+                return
         try:
             messages = decode_packet(data)
         except OscWireError as exc:
@@ -264,7 +270,18 @@ class Front:
             elif msg.timetag is not None and msg.timetag > now + 0.001:
                 self.schedule(msg, sender, arrived)
             else:
-                self.route(msg, sender, arrived)
+                self.route(msg, sender, arrived, budgeted=budgeted)
+
+    @staticmethod
+    def literal_command(data: bytes) -> bool:
+        """A plain message whose address is literal and is not /status or a reply address:
+        its budget can be charged before it is decoded (what else it is, decoding tells)."""
+        end = data.find(b"\0")
+        if data[:1] != b"/" or end < 0:
+            return False
+        address = data[:end]
+        return address != b"/status" and not any(c in b"?*[]{}" for c in address) \
+            and address.decode("ascii", "replace") not in REPLY_ADDRESSES
 
     def schedule(self, msg: WireMessage, sender: tuple[str, int], arrived: float) -> None:
         try:
@@ -281,7 +298,8 @@ class Front:
         for entry in self.scheduled.pop_due(time.time()):
             self.route(entry.msg, entry.sender, time.monotonic())  # latency counts from when it was due
 
-    def route(self, msg: WireMessage, sender: tuple[str, int], arrived: float) -> None:
+    def route(self, msg: WireMessage, sender: tuple[str, int], arrived: float, *, budgeted: bool = False) -> None:
+        """Pass ``msg`` on to the server, or refuse it; ``budgeted``: its budget was charged already."""
         if msg.address in REPLY_ADDRESSES:
             self.reject(sender, msg.address, "a reply address, not a command (a feedback loop?): not answered",
                         "reply received", answer=False)
@@ -300,7 +318,7 @@ class Front:
         except ControlError as exc:
             self.reject(sender, msg.address, str(exc), "rejected")
             return
-        refused = self.over_budget(sender, any(target.address == "/status" for target, _ in calls))
+        refused = None if budgeted else self.over_budget(sender, any(t.address == "/status" for t, _ in calls))
         if refused is not None:
             self.reject(sender, msg.address, refused, "too fast")
             return
