@@ -621,3 +621,84 @@ def test_the_default_top_k_is_one_the_model_accepts() -> None:
         table.parse("/gen/top_k", [settings.top_k])  # the default, fed back, is accepted
         assert (table["/gen/top_k"].span or (0, 0))[1] <= vocab
     assert within_vocabulary(SamplingSettings(), 2048).top_k == SamplingSettings().top_k
+
+
+# --- issue 21: floods against the running engine (real time) -------------------------------------
+FLOODER = """
+import socket, sys, time
+port, sockets, rate, seconds = (int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
+socks = []
+for _ in range(sockets):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+packet = bytes.fromhex(sys.argv[5])
+batch = max(1, int(rate / 200))
+due = start = time.monotonic()
+i = 0
+while time.monotonic() - start < seconds:
+    for _ in range(batch):
+        try:
+            socks[i % sockets].sendto(packet, ("127.0.0.1", port))
+        except OSError:
+            pass
+        i += 1
+    due += batch / rate
+    time.sleep(max(0.0, due - time.monotonic()))
+"""
+
+
+def probe_window(client: Client, seconds: float) -> list[float]:
+    """/status round trips (seconds) for ``seconds``; a probe the kernel dropped is sent again
+    after 0.2 s, and its time counts from the first send."""
+    rtts = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                client.status(timeout=0.2)
+                break
+            assert time.monotonic() - start < 10.0, "/status went unanswered for 10 s"
+        rtts.append(time.monotonic() - start)
+        time.sleep(0.05)
+    return rtts
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("sockets, rate", [(24, 12000.0), (2048, 12000.0)], ids=["many sockets", "rotating ports"])
+def test_a_flood_of_valid_knob_messages_does_not_starve_the_engine(tiny, vectors_dir, tmp_path, audio_clock,
+                                                                   sockets, rate) -> None:
+    """As many underruns as an idle window of the same length, and /status answered within a
+    bound from this machine's own idle round trip."""
+    import subprocess
+    import sys
+
+    from bridge.live.serve import ServeOptions, Server
+
+    options = ServeOptions(model="tiny", vectors=[str(vectors_dir)], osc_port=0, audio_out="none",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False)
+    server = Server(options, handle=tiny)
+    server.start()
+    client = Client(server.osc.port)
+    seconds = 4.0
+    try:
+        client.status(timeout=30.0)
+        time.sleep(1.0)  # settle
+        before = server.ring.underruns
+        idle = probe_window(client, seconds)
+        idle_underruns = server.ring.underruns - before
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(server.osc.port), str(sockets), str(rate),
+                                    str(seconds), message("/steer/timbre/knob", 0.6).hex()])
+        before = server.ring.underruns
+        flooded = probe_window(client, seconds)
+        flooder.wait(30)
+        flood_underruns = server.ring.underruns - before
+    finally:
+        client.close()
+        server.stop()
+    assert flood_underruns <= idle_underruns + 1, (flood_underruns, idle_underruns)
+    bound = max(0.25, 10 * sorted(idle)[len(idle) // 2]) / audio_clock
+    assert max(flooded) <= bound, (max(flooded), bound, sorted(flooded)[-5:])
+    assert server.control.coalesced > 0  # the knob moves that passed the budgets were merged, not each applied

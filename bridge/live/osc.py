@@ -67,6 +67,10 @@ MAX_SUBSCRIBERS = 16
 SUBSCRIPTION_TTL_S = 60.0
 REPLIES_PER_S = 200.0  # per destination and kind of reply; a burst of half a second's worth is allowed
 REPLY_BYTES_PER_S = 256 * 1024.0
+# The datagrams waiting for the front. Room for a burst (a few hundred small packets),
+# and no more: under a flood the buffer stays full, and a /status waits behind all of it,
+# so its size is a latency (the kernel drops what does not fit, as a network would).
+RECEIVE_BUFFER_BYTES = 128 * 1024
 FRONT_RESTART_S = 0.2  # the first restart's back-off; it doubles with each restart in a row
 FRONT_RESTART_MAX_S = 10.0
 FRONT_STABLE_S = 30.0  # a front that lived this long resets the back-off
@@ -119,7 +123,7 @@ class OscServer:
         try:
             self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((host, port))
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # ride out bursts in the front
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         except OSError as exc:
             raise OSError(f"cannot listen for OSC on {host}:{port}: {exc.strerror or exc}") from None
         self.host, self.port = self.sock.getsockname()[:2]

@@ -365,9 +365,10 @@ class Front:
     def reply(self, dest: tuple[str, int], address: str, args: list[object], kind: str) -> None:
         if is_own_address(dest, self.own):
             return
-        data = encode_message(address, args)
         now = time.monotonic()
-        if not (self._replies.allow((dest, kind), now, len(data)) and self._replies_all.allow(_ALL, now)):
+        # The overall count first: under a flood it is spent, and then a reply costs no encoding.
+        data = encode_message(address, args) if self._replies_all.allow(_ALL, now) else None
+        if data is None or not self._replies.allow((dest, kind), now, len(data)):
             self.dropped_replies += 1
             self._counts_dirty = True
             self.logs.warning("reply budget", "OSC %s replies to %s:%d over %d/s: some are dropped", kind,
