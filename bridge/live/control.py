@@ -159,9 +159,10 @@ class ControlState:
         with self._lock:
             for change in changes:
                 self._update_view(change)
-            self._enqueue(event)
+            queued = self._enqueue(event)
             listeners = list(self._listeners)
-        self.wake.set()
+        if queued:  # a coalesced move replaced one the engine was already woken for
+            self.wake.set()
         for listener in listeners:
             listener(event)
         return event
@@ -184,21 +185,22 @@ class ControlState:
             self._queued_knob.clear()
         return events
 
-    def _enqueue(self, event: ControlEvent) -> None:
+    def _enqueue(self, event: ControlEvent) -> bool:
         """Under the lock. A lone alpha change replaces the queued one of its concept; anything
         else that could touch alphas (panic, a batch, transport) ends coalescing until the drain,
-        so the order the engine sees stays the order that matters."""
+        so the order the engine sees stays the order that matters. False: it replaced one."""
         change = event.changes[0] if len(event.changes) == 1 else None
         if change is not None and change.kind == "alpha" and change.concept is not None and event.transport is None:
             at = self._queued_knob.get(change.concept)
             if at is not None:
                 self._queue[at] = event
                 self.coalesced += 1
-                return
+                return False
             self._queued_knob[change.concept] = len(self._queue)
         elif any(c.kind in ("alpha", "panic") for c in event.changes) or event.transport is not None:
             self._queued_knob.clear()
         self._queue.append(event)
+        return True
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
