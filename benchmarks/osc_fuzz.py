@@ -1,20 +1,27 @@
-"""Long-run OSC fuzz against ``steerbridge serve`` (issue 11), on loopback only.
+"""Hostile OSC load against ``steerbridge serve`` (issues 11 and 21), on loopback only.
 
-Starts ``steerbridge serve --model tiny --audio-out none`` as a real process, sets a
+Starts ``steerbridge serve --model <model> --audio-out none`` as a real process, sets a
 knob, then runs two windows of the same length on the same server:
 
-1. idle: only a ``/status`` probe every 0.25 s;
-2. fuzz: the same probe, plus malformed packets at --rate per second from another
-   socket (wildcard storms, negative and oversized bundle elements, truncated
-   messages, deep nesting, unknown type tags, non-UTF-8, long unknown addresses,
-   bundles of ``/status``, far-future and near-future bundles, subscriptions for other
-   hosts, random bytes, 60 KB datagrams).
+1. idle: only a ``/status`` probe every --probe-ms;
+2. attack: the same probe, plus one of (--attack):
+   - ``fuzz``: malformed packets at --rate per second from another socket (wildcard
+     storms, negative and oversized bundle elements, truncated messages, deep nesting,
+     unknown type tags, non-UTF-8, long unknown addresses, bundles of ``/status``,
+     far-future and near-future bundles, subscriptions for other hosts, random bytes,
+     60 KB datagrams);
+   - ``flood``: valid ``/steer/timbre/knob f`` from --senders sockets, --rate per second
+     each;
+   - ``rotate``: valid knob messages at --rate per second in all, from one sender
+     rotating over --ports source ports.
 
 Prints one JSON object: underruns in each window, the /status round-trip times
-(max, p99, and how many probes went unanswered within --status-deadline-ms), the
-server's RSS before and after the fuzz, and whether the knob kept its value.
+(max, p95, p99, and how many probes went unanswered within --status-deadline-ms), the
+server's RSS before and after the attack, and (fuzz) whether the knob kept its value.
 
     python benchmarks/osc_fuzz.py --seconds 60 --rate 5000
+    python benchmarks/osc_fuzz.py --model toy --attack flood --senders 24 --rate 500 --seconds 15
+    python benchmarks/osc_fuzz.py --model toy --attack rotate --ports 2048 --rate 12000 --seconds 15
 """
 
 from __future__ import annotations
@@ -102,7 +109,7 @@ def rss_kb(pid: int) -> int:
 class Prober:
     """``/status`` every ``period`` seconds from its own socket; records round-trip times."""
 
-    def __init__(self, server: tuple[str, int], period: float = 0.25) -> None:
+    def __init__(self, server: tuple[str, int], period: float = 0.1) -> None:
         self.server, self.period = server, period
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((HOST, 0))
@@ -137,16 +144,33 @@ class Prober:
     def summary(self, deadline_ms: float) -> dict:
         answered = sorted(r for r in self.rtts_ms if r is not None)
         late = sum(1 for r in self.rtts_ms if r is None or r > deadline_ms)
-        p99 = answered[min(len(answered) - 1, int(0.99 * len(answered)))] if answered else None
+        def pct(q: float) -> float | None:
+            return round(answered[min(len(answered) - 1, int(q * len(answered)))], 1) if answered else None
+
         return {"probes": len(self.rtts_ms), "unanswered": len(self.rtts_ms) - len(answered),
                 f"over_{deadline_ms:.0f}ms": late, "max_ms": round(answered[-1], 1) if answered else None,
-                "p99_ms": round(p99, 1) if p99 is not None else None}
+                "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
 
 
-def fuzz(server: tuple[str, int], pool: list[bytes], rate: float, seconds: float, sent: list[int]) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # replies to the fuzzer are not read
-    sock.bind((HOST, 0))
+def open_sockets(n: int) -> list[socket.socket]:
+    out = []
+    for _ in range(n):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # replies to the attackers are not read
+        sock.bind((HOST, 0))
+        out.append(sock)
+    return out
+
+
+def knob_pool(rng: random.Random, n: int = 4000) -> list[bytes]:
+    """Valid knob moves: what a flood of faders sends."""
+    return [encode("/steer/timbre/knob", rng.random()) for _ in range(n)]
+
+
+def fuzz(server: tuple[str, int], pool: list[bytes], rate: float, seconds: float, sent: list[int],
+         sockets: int = 1) -> None:
+    """``rate`` packets a second in all from ``pool``, each from the next of ``sockets`` sockets in turn."""
+    socks = open_sockets(sockets)
     batch = max(1, int(rate / 200))  # send in 5 ms batches
     period = batch / rate
     start = time.monotonic()
@@ -155,31 +179,41 @@ def fuzz(server: tuple[str, int], pool: list[bytes], rate: float, seconds: float
     while time.monotonic() - start < seconds:
         for _ in range(batch):
             with contextlib.suppress(OSError):  # loopback buffer full: dropped, as on a network
-                sock.sendto(pool[i % len(pool)], server)
+                socks[i % len(socks)].sendto(pool[i % len(pool)], server)
             i += 1
         due += period
         time.sleep(max(0.0, due - time.monotonic()))
     sent[0] = i
-    sock.close()
+    for sock in socks:
+        sock.close()
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--rate", type=float, default=5000.0, help="malformed packets per second")
+    p.add_argument("--attack", choices=("fuzz", "flood", "rotate"), default="fuzz")
+    p.add_argument("--rate", type=float, default=5000.0,
+                   help="packets per second (flood: per sender; fuzz and rotate: in all)")
+    p.add_argument("--senders", type=int, default=24, help="flood: sockets, each sending --rate per second")
+    p.add_argument("--ports", type=int, default=2048, help="rotate: source ports the one sender rotates over")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--probe-ms", type=float, default=100.0)
     p.add_argument("--port", type=int, default=9331)
     p.add_argument("--status-deadline-ms", type=float, default=100.0)
     p.add_argument("--extra", default="", help="more serve options, space-separated")
     args = p.parse_args()
 
     root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--audio-out", "none",
+    cmd = [sys.executable, "-m", "bridge.cli", "serve", "--model", args.model, "--audio-out", "none",
            "--osc-host", HOST, "--osc-port", str(args.port), "--quiet", *args.extra.split()]
     proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     server = (HOST, args.port)
-    prober = Prober(server)
-    pool = malformed_pool(random.Random(0))
+    prober = Prober(server, args.probe_ms / 1000)
+    rng = random.Random(0)
+    pool = malformed_pool(rng) if args.attack == "fuzz" else knob_pool(rng)
+    sockets = {"fuzz": 1, "flood": args.senders, "rotate": args.ports}[args.attack]
+    rate = args.rate * args.senders if args.attack == "flood" else args.rate
     try:
         first = None
         for _ in range(480):
@@ -198,7 +232,7 @@ def main() -> int:
         after_idle = prober.status() or {}
         rss_before = rss_kb(proc.pid)
         sent = [0]
-        fuzzer = threading.Thread(target=fuzz, args=(server, pool, args.rate, args.seconds, sent))
+        fuzzer = threading.Thread(target=fuzz, args=(server, pool, rate, args.seconds, sent, sockets))
         fuzzer.start()
         prober.run(args.seconds)
         fuzzer.join()
@@ -214,14 +248,16 @@ def main() -> int:
             proc.kill()
         prober.sock.close()
     result = {
-        "seconds": args.seconds, "rate": args.rate, "packets_sent": sent[0],
+        "attack": args.attack, "model": args.model, "seconds": args.seconds, "rate_total": rate, "sockets": sockets,
+        "packets_sent": sent[0],
         "packets_seen_by_server": after_fuzz.get("osc", {}).get("packets", 0) - after_idle.get("osc", {}).get("packets", 0),
         "underruns_idle": after_idle.get("underruns", 0) - before_idle.get("underruns", 0),
         "underruns_fuzz": after_fuzz.get("underruns", 0) - after_idle.get("underruns", 0),
         "status_idle": idle, "status_fuzz": fuzzed,
         "rss_mb_before_fuzz": round(rss_before / 1024, 1), "rss_mb_after_fuzz": round(rss_after / 1024, 1),
         "rss_growth_mb": round((rss_after - rss_before) / 1024, 1),
-        "state_kept": after_fuzz.get("targets") == before_idle.get("targets"),
+        "state_kept": after_fuzz.get("targets") == before_idle.get("targets") if args.attack == "fuzz" else None,
+        "osc": after_fuzz.get("osc"),
         "targets": after_fuzz.get("targets"), "rtf": after_fuzz.get("rtf"),
     }
     print(json.dumps(result))

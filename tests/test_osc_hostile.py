@@ -6,6 +6,7 @@ needed for these (the engine side is covered in test_osc.py), so they are fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -48,6 +49,9 @@ def server(tmp_path):
 @pytest.fixture
 def client(server):
     c = Client(server.port)
+    # The front is a fresh Python process: on a loaded machine it takes seconds to read its
+    # first packet, and a test that sends, then drains for a fixed 0.3 s, raced it.
+    c.status(timeout=30.0)
     yield c
     c.close()
 
@@ -353,3 +357,348 @@ def test_a_user_error_from_any_handler_is_an_error_reply_not_a_crash(server, cli
         reply = client.recv()
     assert reply is not None and reply.address == "/error" and "not a chain" in reply.params[0]
     assert not [r for r in caplog.records if "crashed its handler" in r.getMessage()]
+
+
+# --- issue 21: scenes ------------------------------------------------------------------------
+def many_scenes(folder, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"scene{i:05d}.json").write_text('{"targets": {"timbre": 1.0}}')
+
+
+def test_a_scene_miss_costs_about_what_a_hit_costs(tmp_path) -> None:
+    from bridge.live.scenes import SceneError
+
+    many_scenes(tmp_path, 3000)
+    store = SceneStore(tmp_path)
+    with pytest.raises(SceneError):
+        store.load("warm")  # the names are read once
+
+    def median_s(names) -> float:
+        times = []
+        for name in names:
+            t = time.perf_counter()
+            with contextlib.suppress(SceneError):
+                store.load(name)
+            times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2]
+
+    hit = median_s([f"scene{i:05d}" for i in range(0, 3000, 30)])
+    miss = median_s([f"nosuch{i}" for i in range(100)])
+    assert miss <= 3 * hit + 0.0005, (miss, hit)  # a glob and sort of 3,000 names: tens of times a hit
+    with pytest.raises(SceneError) as refused:
+        store.load("scene0100x")
+    text = str(refused.value)
+    assert len(text) < 200 and "did you mean" in text and "scene0100" in text  # its neighbours in order
+
+
+def test_scene_saves_are_capped_in_number_and_in_size(tmp_path, monkeypatch) -> None:
+    from bridge.live import scenes
+    from bridge.live.scenes import SceneError
+
+    monkeypatch.setattr(scenes, "MAX_SCENES", 5)
+    store = SceneStore(tmp_path)
+    for i in range(5):
+        store.save(f"s{i}", {"targets": {"timbre": 1.0}})
+    with pytest.raises(SceneError, match="limit 5"):
+        store.save("s5", {"targets": {}})
+    store.save("s0", {"targets": {"timbre": 2.0}})  # overwriting is always allowed
+    assert store.load("s0")["targets"] == {"timbre": 2.0} and not (tmp_path / "s5.json").exists()
+    monkeypatch.setattr(scenes, "MAX_SCENES", 1000)
+    monkeypatch.setattr(scenes, "MAX_SCENES_BYTES", 2048)
+    store = SceneStore(tmp_path)
+    with pytest.raises(SceneError, match="KiB"):
+        for i in range(100):
+            store.save(f"big{i}", {"prompt": "p" * 400})
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.json")) <= 2048
+
+
+def test_scene_misses_never_list_every_name_and_status_stays_answered(server, client, caplog) -> None:
+    many_scenes(server.commands.scenes.folder, 2000)
+    caplog.set_level(logging.INFO, logger="steerbridge")
+    for i in range(40):
+        client.send("/scene/recall", f"nosuch{i}")
+    errors = [m.params[0] for m in client.drain() if m.address == "/error"]
+    t = time.monotonic()
+    client.status()
+    assert time.monotonic() - t < 5.0
+    assert errors and all("nosuch" in e and len(e) < 200 for e in errors)
+    assert max(len(r.getMessage()) for r in caplog.records) < 400
+
+
+# --- issue 21: many senders ---------------------------------------------------------------------
+def flood_front(f: oscfront.Front, link: socket.socket, socks: list[socket.socket], packets: list[bytes]) -> list[bytes]:
+    """Send ``packets``, each from the next socket in turn, let the front read them, and
+    return the records it passed to the server."""
+    link.setblocking(False)
+    records: list[bytes] = []
+    deadline = time.monotonic() + 20
+    for i in range(0, len(packets), 8):
+        want = f.packets + len(packets[i:i + 8])
+        for j, packet in enumerate(packets[i:i + 8]):
+            socks[(i + j) % len(socks)].sendto(packet, f.sock.getsockname())
+        while f.packets < want:
+            assert time.monotonic() < deadline, "the front did not read what was sent"
+            f.read_udp()
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                records.append(link.recv(1 << 17))
+    return [r for r in records if r[:1] == oscfront.RECORD_MESSAGE]
+
+
+def sockets_on(hosts: list[str]) -> list[socket.socket]:
+    out = []
+    for host in hosts:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((host, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        out.append(s)
+    return out
+
+
+def test_many_ports_of_one_host_share_the_hosts_budget(front) -> None:
+    """One sender rotating its source port, or many sockets: each under the per-sender budget."""
+    f, _, link = front
+    socks = sockets_on(["127.0.0.1"] * 64)
+    try:
+        t = time.monotonic()
+        passed = flood_front(f, link, socks, [message("/steer/timbre/knob", 0.5)] * 1600)  # 25 per socket
+        allowed = oscfront.FORWARD_PER_HOST_S * (0.5 + time.monotonic() - t) + 1
+        assert len(passed) <= allowed < 1600, (len(passed), allowed)
+        status = flood_front(f, link, socks[:1], [message("/status")])  # /status has budgets of its own
+        assert len(status) == 1
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_all_hosts_together_have_a_budget(front) -> None:
+    f, _, link = front
+    socks = sockets_on([f"127.0.0.{i}" for i in range(2, 6)])  # four hosts, each under its own budget
+    try:
+        t = time.monotonic()
+        passed = flood_front(f, link, socks, [message("/steer/timbre/knob", 0.5)] * 1800)
+        allowed = oscfront.FORWARD_TOTAL_PER_S * (0.5 + time.monotonic() - t) + 1
+        assert len(passed) <= allowed < 1800, (len(passed), allowed)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_knob_moves_for_one_concept_coalesce_between_engine_steps() -> None:
+    from steering_core.stream.timeline import Change
+
+    control = ControlState([ConceptKnob("timbre", (-6.0, 6.0)), ConceptKnob("tempo", (-6.0, 6.0))], "p",
+                           SamplingSettings())
+    for i in range(100):
+        control.submit([control.change("/steer/timbre/knob", i / 100)], "osc a", "/steer/timbre/knob")
+        control.submit([control.change("/steer/tempo", 1.0 + i / 100)], "osc b", "/steer/tempo")
+    events = control.drain()
+    assert [e.changes for e in events] == [(Change("alpha", -6.0 + 12 * 0.99, "timbre"),),
+                                           (Change("alpha", 1.99, "tempo"),)]  # the newest of each
+    assert control.coalesced == 198
+    # Order that matters is kept: a move before a panic is not folded into one after it.
+    control.submit([control.change("/steer/timbre", 2.0)], "a", "t")
+    control.submit([Change("panic")], "a", "panic")
+    control.submit([control.change("/steer/timbre", 3.0)], "a", "t")
+    assert [e.label for e in control.drain()] == ["t", "panic", "t"]
+    control.submit([control.change("/steer/timbre", 4.0)], "a", "t")
+    assert [e.changes[0].value for e in control.drain()] == [4.0]  # a drain starts afresh
+
+
+# --- issue 21: address patterns and /status ------------------------------------------------------
+def test_a_bundle_of_status_patterns_gets_one_reply(server, client) -> None:
+    client.raw(bundle(0, *[message("/s?atus")] * 64))
+    first = client.recv(5.0)  # however slow the machine
+    replies = [m for m in [first, *client.drain(0.3)] if m is not None and m.address == "/status/json"]
+    assert len(replies) == 1
+
+
+def test_the_status_rate_limit_holds_for_patterns(front) -> None:
+    f, udp, link = front
+    t = time.monotonic()
+    passed = flood_front(f, link, [udp], [message(p) for p in ("/s?atus", "/st*", "/{status}")] * 100)
+    allowed = oscfront.STATUS_PER_S * (0.5 + time.monotonic() - t) + 1
+    assert len(passed) <= allowed < 300, (len(passed), allowed)
+
+
+# --- issue 21: the front comes back --------------------------------------------------------------
+def test_the_front_comes_back_after_kill_9(server, client, caplog) -> None:
+    import os
+    import signal
+
+    client.status()
+    assert server.front is not None
+    first = server.front.pid
+    caplog.set_level(logging.INFO, logger="steerbridge")
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30  # a Python start on a loaded machine, plus the back-off
+    status = None
+    while status is None and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            status = client.status(timeout=0.5)
+    assert status is not None and "targets" in status, "OSC never came back"
+    assert server.front.pid != first and server.front_restarts == 1
+    assert len([r for r in caplog.records if "restarting it" in r.getMessage()]) == 1
+    client.send("/steer/timbre", 1.5)  # and the knobs work again
+    deadline = time.monotonic() + 5
+    while server.control.targets["timbre"] != 1.5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.control.targets["timbre"] == 1.5
+
+
+# --- issue 21: the future queue is shared --------------------------------------------------------
+def test_one_senders_far_bundles_do_not_lock_out_anothers_near_ones(front) -> None:
+    f, udp, link = front
+    far = time.time() + 9.9
+    pump(f, udp, [bundle(far, *[message("/steer/timbre", 1.0)] * 32)] * (oscfront.MAX_SCHEDULED // 32 + 8))
+    assert len(f.scheduled) == oscfront.MAX_SCHEDULED  # alone, one sender may use it all
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    try:
+        soon = time.time() + 0.05
+        pump(f, other, [bundle(soon, message("/steer/timbre", 2.0))] * 20)
+        other.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            other.recvfrom(65536)  # no /error for any of them
+        time.sleep(0.1)
+        link.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while link.recv(1 << 17):
+                pass
+        f.fire_due()
+        fired = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                record = link.recv(1 << 17)
+                if record[:1] == oscfront.RECORD_MESSAGE:
+                    fired.append(oscfront.unpack_message(record, oscfront.unpack_counts(record, 1)[4])[1])
+        assert fired.count(other.getsockname()) == 20
+        assert len(f.scheduled) == oscfront.MAX_SCHEDULED - 20  # the first sender gave up its latest 20
+    finally:
+        other.close()
+
+
+# --- issue 21: feedback loops --------------------------------------------------------------------
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])
+def test_subscribing_the_servers_own_port_is_refused(server, client, host) -> None:
+    client.send("/subscribe", host, server.port)
+    reply = client.recv()
+    assert reply is not None and reply.address == "/error" and "own OSC port" in reply.params[0]
+    assert not server.subscribers
+
+
+def test_own_address_forms() -> None:
+    from bridge.live.oscwire import is_own_address
+
+    assert is_own_address(("127.0.0.1", 9000), ("127.0.0.1", 9000))
+    assert is_own_address(("0.0.0.0", 9000), ("127.0.0.1", 9000))
+    assert is_own_address(("::ffff:127.0.0.1", 9000), ("127.0.0.1", 9000))
+    assert is_own_address(("127.0.0.1", 9000), ("0.0.0.0", 9000))
+    assert not is_own_address(("127.0.0.1", 9001), ("127.0.0.1", 9000))
+    assert not is_own_address(("192.0.2.1", 9000), ("0.0.0.0", 9000))  # not an address of this machine
+
+
+def test_an_error_is_never_answered_nor_a_packet_from_ourselves(front) -> None:
+    f, udp, _ = front
+    pump(f, udp, [message("/error", "you are wrong"), message("/status/json", "{}")])
+    udp.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        udp.recvfrom(65536)
+    f.packet(message("/nowhere"), f.own, time.monotonic())  # a forged source: the server's own address
+    f.sock.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        f.sock.recvfrom(65536)  # nothing was sent to ourselves
+    assert f._errors == 3
+
+
+def test_the_default_top_k_is_one_the_model_accepts() -> None:
+    from steering_core.stream.settings import within_vocabulary
+
+    for vocab in (128, 2048):
+        table = ControlTable([], vocab)
+        settings = within_vocabulary(SamplingSettings(), vocab)
+        table.parse("/gen/top_k", [settings.top_k])  # the default, fed back, is accepted
+        assert (table["/gen/top_k"].span or (0, 0))[1] <= vocab
+    assert within_vocabulary(SamplingSettings(), 2048).top_k == SamplingSettings().top_k
+
+
+# --- issue 21: floods against the running engine (real time) -------------------------------------
+FLOODER = """
+import socket, sys, time
+port, sockets, rate, seconds = (int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
+socks = []
+for _ in range(sockets):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+packet = bytes.fromhex(sys.argv[5])
+batch = max(1, int(rate / 200))
+due = start = time.monotonic()
+i = 0
+while time.monotonic() - start < seconds:
+    for _ in range(batch):
+        try:
+            socks[i % sockets].sendto(packet, ("127.0.0.1", port))
+        except OSError:
+            pass
+        i += 1
+    due += batch / rate
+    time.sleep(max(0.0, due - time.monotonic()))
+"""
+
+
+def probe_window(client: Client, seconds: float) -> list[float]:
+    """/status round trips (seconds) for ``seconds``; a probe the kernel dropped is sent again
+    after 0.2 s, and its time counts from the first send."""
+    rtts = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                client.status(timeout=0.2)
+                break
+            assert time.monotonic() - start < 10.0, "/status went unanswered for 10 s"
+        rtts.append(time.monotonic() - start)
+        time.sleep(0.05)
+    return rtts
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("sockets, rate", [(24, 12000.0), (2048, 12000.0)], ids=["many sockets", "rotating ports"])
+def test_a_flood_of_valid_knob_messages_does_not_starve_the_engine(tiny, vectors_dir, tmp_path, audio_clock,
+                                                                   sockets, rate) -> None:
+    """As many underruns as an idle window of the same length, and /status answered within a
+    bound from this machine's own idle round trip."""
+    import subprocess
+    import sys
+
+    from bridge.live.serve import ServeOptions, Server
+
+    options = ServeOptions(model="tiny", vectors=[str(vectors_dir)], osc_port=0, audio_out="none",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False)
+    server = Server(options, handle=tiny)
+    server.start()
+    client = Client(server.osc.port)
+    seconds = 4.0
+    try:
+        client.status(timeout=30.0)
+        time.sleep(1.0)  # settle
+        before = server.ring.underruns
+        idle = probe_window(client, seconds)
+        idle_underruns = server.ring.underruns - before
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(server.osc.port), str(sockets), str(rate),
+                                    str(seconds), message("/steer/timbre/knob", 0.6).hex()])
+        before = server.ring.underruns
+        flooded = probe_window(client, seconds)
+        flooder.wait(30)
+        flood_underruns = server.ring.underruns - before
+    finally:
+        client.close()
+        server.stop()
+    assert flood_underruns <= idle_underruns + 1, (flood_underruns, idle_underruns)
+    bound = max(0.25, 10 * sorted(idle)[len(idle) // 2]) / audio_clock
+    assert max(flooded) <= bound, (max(flooded), bound, sorted(flooded)[-5:])
+    assert server.control.coalesced > 0  # the knob moves that passed the budgets were merged, not each applied

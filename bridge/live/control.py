@@ -5,7 +5,11 @@ Control threads (OSC, MIDI, scenes) call ``submit`` with already-validated chang
 arguments). ``submit`` updates the *asked* view at once (so ``/status`` and
 controller feedback follow the knob immediately), tells listeners, and queues a
 ``ControlEvent`` for the engine, which drains the queue once per loop and decides at
-which step each event takes effect. Transport is not held here: it is the engine's
+which step each event takes effect. Knob moves for one concept that arrive between two
+drains are coalesced: the newest replaces the one still queued (they would land at the
+same step, and only the last would be heard), so a flood of knob messages costs the
+engine one change per concept per loop. The engine logs what it applies, so the
+performance log (and a replay of it) holds exactly what was played. Transport is not held here: it is the engine's
 (``Engine.playing``), and reaches it as an event like any other. Nothing here
 touches the model.
 """
@@ -100,6 +104,8 @@ class ControlState:
         self.errors = 0
         self.last_error = ""
         self._queue: list[ControlEvent] = []
+        self._queued_knob: dict[str, int] = {}  # concept -> index in _queue of its queued knob move
+        self.coalesced = 0  # knob moves replaced in the queue by a newer one
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self.wake = threading.Event()  # set on every submit, so the engine reacts at once
@@ -153,9 +159,10 @@ class ControlState:
         with self._lock:
             for change in changes:
                 self._update_view(change)
-            self._queue.append(event)
+            queued = self._enqueue(event)
             listeners = list(self._listeners)
-        self.wake.set()
+        if queued:  # a coalesced move replaced one the engine was already woken for
+            self.wake.set()
         for listener in listeners:
             listener(event)
         return event
@@ -175,7 +182,25 @@ class ControlState:
     def drain(self) -> list[ControlEvent]:
         with self._lock:
             events, self._queue = self._queue, []
+            self._queued_knob.clear()
         return events
+
+    def _enqueue(self, event: ControlEvent) -> bool:
+        """Under the lock. A lone alpha change replaces the queued one of its concept; anything
+        else that could touch alphas (panic, a batch, transport) ends coalescing until the drain,
+        so the order the engine sees stays the order that matters. False: it replaced one."""
+        change = event.changes[0] if len(event.changes) == 1 else None
+        if change is not None and change.kind == "alpha" and change.concept is not None and event.transport is None:
+            at = self._queued_knob.get(change.concept)
+            if at is not None:
+                self._queue[at] = event
+                self.coalesced += 1
+                return False
+            self._queued_knob[change.concept] = len(self._queue)
+        elif any(c.kind in ("alpha", "panic") for c in event.changes) or event.transport is not None:
+            self._queued_knob.clear()
+        self._queue.append(event)
+        return True
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -14,6 +14,11 @@ while to start): until ``attach`` hands over the command table, the front answer
 ``/status`` with ``{"state": "loading"}`` and holds other messages, which run once the
 server is ready, so nothing sent during start-up is silently lost.
 
+If the front process dies (a bug, or someone's ``kill``), the ``osc`` thread starts a
+new one on the same socket, after a back-off that doubles with each restart in a row
+(``FRONT_RESTART_S`` up to ``FRONT_RESTART_MAX_S``), logs one line per restart and counts
+them (``front_restarts``, in ``/status/json`` under ``osc``).
+
 Replies are budgeted per destination (count and bytes per second; ``/error`` and other
 replies separately), so the server cannot be used to amplify traffic.
 
@@ -21,7 +26,8 @@ replies separately), so the server cannot be used to amplify traffic.
 ``FEEDBACK_HZ`` times a second per address, to every subscriber except the one that
 made the change (so a fader being dragged is not yanked back by its own echo). The host
 is a numeric address or ``localhost`` (no DNS lookup on the receive thread), by default
-the sender's own host, and a subscription lapses after ``SUBSCRIPTION_TTL_S`` unless
+the sender's own host, never the server's own address and port (its feedback would come
+back as commands), and a subscription lapses after ``SUBSCRIPTION_TTL_S`` unless
 it is renewed by sending ``/subscribe`` again.
 
 Threads: ``osc`` reads the front's records and runs commands; ``osc-feedback`` sends
@@ -50,7 +56,7 @@ from .commands import Commands, Origin
 from .control import ControlError, ControlEvent, ControlState
 from .oscbudget import TokenBuckets
 from .oscfront import RECORD_COUNTS, RECORD_MESSAGE, RECORD_TABLE, ParsedMessage, unpack_counts, unpack_message
-from .oscwire import encode_message, short
+from .oscwire import encode_message, is_own_address, short
 from .rate_limited_log import RateLimitedLog
 from .targets import feedback_value
 
@@ -61,6 +67,13 @@ MAX_SUBSCRIBERS = 16
 SUBSCRIPTION_TTL_S = 60.0
 REPLIES_PER_S = 200.0  # per destination and kind of reply; a burst of half a second's worth is allowed
 REPLY_BYTES_PER_S = 256 * 1024.0
+# The datagrams waiting for the front. Room for a burst (a few hundred small packets),
+# and no more: under a flood the buffer stays full, and a /status waits behind all of it,
+# so its size is a latency (the kernel drops what does not fit, as a network would).
+RECEIVE_BUFFER_BYTES = 128 * 1024
+FRONT_RESTART_S = 0.2  # the first restart's back-off; it doubles with each restart in a row
+FRONT_RESTART_MAX_S = 10.0
+FRONT_STABLE_S = 30.0  # a front that lived this long resets the back-off
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,14 @@ class Subscriber:
     @property
     def label(self) -> str:
         return f"osc {self.host}:{self.port}"
+
+
+def _link_pair() -> tuple[socket.socket, socket.socket]:
+    """The local socket to a front: (our end, its end)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    return ours, theirs
 
 
 def encode(address: str, args: list[Any]) -> bytes:
@@ -102,14 +123,17 @@ class OscServer:
         try:
             self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((host, port))
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # ride out bursts in the front
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         except OSError as exc:
             raise OSError(f"cannot listen for OSC on {host}:{port}: {exc.strerror or exc}") from None
         self.host, self.port = self.sock.getsockname()[:2]
-        self.link, self._front_link = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.link.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._front_link.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self.link, self._front_link = _link_pair()
+        self._link_lock = threading.Lock()  # osc replaces the link on a restart; attach and stop use it
+        self._table_record: bytes | None = None  # sent to each new front
         self.front: subprocess.Popen[bytes] | None = None
+        self.front_started = 0.0
+        self.front_restarts = 0
+        self._restart_s = FRONT_RESTART_S
         self.feedback_any_host = feedback_any_host
         self.packets = 0
         self.dropped_replies = 0
@@ -119,7 +143,10 @@ class OscServer:
         self.commands: Commands | None = None
         self.control: ControlState | None = None
         self._stop = threading.Event()
-        self._pending: dict[str, tuple[list[Any], str]] = {}  # feedback address -> (args, origin label)
+        # What moved since the last feedback, and who moved it: (change kind, concept) -> origin
+        # label, and the transport. Values are read once per feedback period, not per event.
+        self._pending: dict[tuple[str, str | None], str] = {}
+        self._pending_transport: tuple[str, str] | None = None  # (play | stop, origin label)
         self._pending_lock = threading.Lock()
         self._budget = TokenBuckets(REPLIES_PER_S, REPLY_BYTES_PER_S)
         self.logs = RateLimitedLog(log)
@@ -133,15 +160,46 @@ class OscServer:
         """Start the front (before the model is loaded, if ``attach`` has not happened yet)."""
         if self.front is not None:
             return
+        self._start_front()
+        self._receiver.start()
+        log.info("OSC listening on %s:%d (send /status for the full state)", self.host, self.port)
+
+    def _start_front(self) -> None:
         fds = (self.sock.fileno(), self._front_link.fileno())
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.front = subprocess.Popen([sys.executable, "-m", "bridge.live.oscfront", str(fds[0]), str(fds[1]), level],
                                       pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+        self.front_started = time.monotonic()
         self._front_link.close()  # the front holds its end now; its exit is our end-of-file
-        self._receiver.start()
-        log.info("OSC listening on %s:%d (send /status for the full state)", self.host, self.port)
+
+    def _restart_front(self) -> bool:
+        """After the front ended: wait the back-off, start a new one and hand it the table.
+        False if the server stopped meanwhile."""
+        assert self.front is not None
+        try:
+            self.front.wait(timeout=1)
+        except subprocess.TimeoutExpired:  # it closed the link yet lives on: two readers of one socket would race
+            self.front.kill()
+            self.front.wait()
+        if time.monotonic() - self.front_started >= FRONT_STABLE_S:
+            self._restart_s = FRONT_RESTART_S
+        delay, self._restart_s = self._restart_s, min(FRONT_RESTART_MAX_S, 2 * self._restart_s)
+        self.front_restarts += 1
+        log.error("the OSC front process ended (exit code %s): restarting it in %.1f s (restart %d)",
+                  self.front.poll(), delay, self.front_restarts)
+        if self._stop.wait(delay):
+            return False
+        with self._link_lock:
+            if self._stop.is_set():
+                return False
+            self.link.close()
+            self.link, self._front_link = _link_pair()
+            self._start_front()
+            if self._table_record is not None:
+                self.link.send(self._table_record)
+        return True
 
     def attach(self, commands: Commands) -> None:
         """Hand over the command table; the front then passes on what it held during loading."""
@@ -149,7 +207,9 @@ class OscServer:
         self.control = commands.control
         commands.subscribe = self._subscribe
         self.control.add_listener(self._on_event)
-        self.link.send(RECORD_TABLE + json.dumps(commands.table.spec()).encode())
+        with self._link_lock:
+            self._table_record = RECORD_TABLE + json.dumps(commands.table.spec()).encode()
+            self.link.send(self._table_record)
 
     def start(self) -> None:
         if self.commands is None:
@@ -160,7 +220,7 @@ class OscServer:
 
     def stop(self) -> None:
         self._stop.set()
-        with contextlib.suppress(OSError):
+        with self._link_lock, contextlib.suppress(OSError):
             self.link.shutdown(socket.SHUT_RDWR)  # the front sees end-of-file and exits
         if self.front is not None:
             try:
@@ -178,19 +238,19 @@ class OscServer:
 
     # --- from the front ---------------------------------------------------------------
     def _serve(self) -> None:
-        self.link.settimeout(0.1)
         while not self._stop.is_set():
+            link = self.link
+            link.settimeout(0.1)
             try:
-                record = self.link.recv(1 << 17)
+                record = link.recv(1 << 17)
             except TimeoutError:
                 continue
             except OSError:
-                break
+                record = b""
             if not record:
-                if not self._stop.is_set():
-                    log.error("the OSC front process ended (exit code %s): OSC is off until restart",
-                              self.front.poll() if self.front else None)
-                break
+                if self._stop.is_set() or not self._restart_front():
+                    break
+                continue
             try:
                 self._record(record)
             except Exception as exc:  # a bug must not take the server down mid-set, but it shows as one
@@ -264,6 +324,9 @@ class OscServer:
 
     def _subscribe(self, host: str, port: int, origin: Origin, on: bool) -> None:
         sender_host = origin.address[0] if origin.address else "127.0.0.1"
+        if is_own_address((host, port), (self.host, self.port)):
+            raise ControlError(f"{short(host, 40)}:{port} is this server's own OSC port: its feedback would come "
+                               "back as commands")
         key = (subscriber_host(host, sender_host, any_host=self.feedback_any_host), port)
         with self._subscribers_lock:
             if not on:
@@ -300,28 +363,41 @@ class OscServer:
         return out
 
     def _on_event(self, event: ControlEvent) -> None:
+        """On the thread that submitted: note what moved (a flood of knob moves costs a dict
+        write each; the values are read at the next feedback period)."""
+        with self._pending_lock:
+            for change in event.changes:  # newest wins (and goes last, after a panic it follows): the throttle
+                key = (change.kind, change.concept)
+                self._pending.pop(key, None)
+                self._pending[key] = event.source
+            if event.transport:
+                self._pending_transport = (event.transport, event.source)
+
+    def _pending_updates(self) -> dict[str, tuple[list[Any], str]]:
+        """Feedback address -> (its value now, who moved it), for what moved since the last period."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+            transport, self._pending_transport = self._pending_transport, None
         assert self.commands is not None
         table = self.commands.table
-        touched = {t.address: t for c in event.changes for t in table.touched(c.kind, c.concept)}
-        asked = self.commands.control.asked()
-        updates: list[tuple[str, list[Any]]] = []
-        for target in touched.values():
-            value = target.read(asked)
-            if target.feedback is not None and value is not None:
-                updates.append((target.feedback, [feedback_value(value)]))
-        transport = table[f"/transport/{event.transport}"].feedback if event.transport else None
+        asked = self.commands.control.asked() if pending else None
+        updates: dict[str, tuple[list[Any], str]] = {}
+        for (kind, concept), source in pending.items():
+            for target in table.touched(kind, concept):
+                value = target.read(asked) if asked is not None else None
+                if target.feedback is not None and value is not None:
+                    updates[target.feedback] = ([feedback_value(value)], source)
         if transport is not None:
-            updates.append((transport, [int(event.transport == "play")]))
-        with self._pending_lock:
-            for address, args in updates:
-                self._pending[address] = (args, event.source)  # newest wins: that is the throttle
+            feedback = table[f"/transport/{transport[0]}"].feedback
+            if feedback is not None:
+                updates[feedback] = ([int(transport[0] == "play")], transport[1])
+        return updates
 
     def _feedback(self) -> None:
         period = 1.0 / FEEDBACK_HZ
         while not self._stop.wait(period):
             self._expire_subscribers()
-            with self._pending_lock:
-                pending, self._pending = self._pending, {}
+            pending = self._pending_updates()
             subscribers = self.subscribers
             if not pending or not subscribers:
                 continue

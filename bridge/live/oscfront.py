@@ -38,8 +38,6 @@ The process ends when the server closes its end.
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import json
 import logging
 import os
@@ -54,7 +52,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .oscbudget import TokenBuckets
-from .oscwire import OscWireError, WireMessage, decode_packet, encode_message, short
+from .oscmatch import AddressMatcher, PatternError
+from .oscqueue import FutureQueue, QueueFull
+from .oscwire import OscWireError, WireMessage, decode_packet, encode_message, is_own_address, short
 from .rate_limited_log import RateLimitedLog
 from .targets import Args, ControlError, ControlTable, Target
 
@@ -65,10 +65,20 @@ MAX_SCHEDULED = 1024  # future-timetag messages waiting at once
 MAX_SCHEDULED_BYTES = 256 * 1024
 MAX_HELD_WHILE_LOADING = 256
 FORWARD_PER_S = 500.0  # messages per sender per second passed to the server (16 faders at 30 Hz fit)
+# Many sockets (or one rotating its source port) get past a per-sender budget: a host's
+# senders together, and all senders together, have their own. /status is outside these
+# (it has its own budgets), so a flood of knob messages cannot silence it.
+FORWARD_PER_HOST_S = 1000.0
+FORWARD_TOTAL_PER_S = 2000.0
 FRONT_NICENESS = 10  # below the engine: see main()
 STATUS_PER_S = 100.0  # /status per sender per second: each one costs the server a full snapshot (polls at 50 Hz fit)
+STATUS_TOTAL_PER_S = 400.0
 ERROR_REPLIES_PER_S = 100.0
 ERROR_REPLY_BYTES_PER_S = 64 * 1024.0
+ERROR_REPLIES_TOTAL_PER_S = 500.0  # all destinations together: refusing a flood must not cost a flood of replies
+#: What the server itself sends: receiving one means a loop (or a peer answering us), so it is
+#: counted and never answered, above all never an /error with an /error.
+REPLY_ADDRESSES = frozenset({"/error", "/status/json", "/midi/saved"})
 COUNTS_EVERY_S = 0.02
 READ_BATCH = 256  # datagrams read per wake-up before looking at the clock again
 _SO_TIMESTAMPNS = 35  # Linux: kernel receive time of each datagram, as a struct timespec
@@ -78,6 +88,16 @@ RECORD_COUNTS = b"C"
 RECORD_TABLE = b"T"
 _MESSAGE_HEAD = struct.Struct(">dHB")
 _COUNTS_HEAD = struct.Struct(">QQQH")
+_STATUS = AddressMatcher(["/status"])
+_ALL = "all"  # the one key of an overall budget
+
+
+def names_status(address: str) -> bool:
+    """Whether ``address`` (a pattern, maybe: ``/s?atus``) names ``/status``, as the table matches it."""
+    try:
+        return bool(_STATUS.match(address))
+    except PatternError:
+        return False
 
 
 def pack_counts(packets: int, errors: int, dropped: int, last_error: str) -> bytes:
@@ -155,13 +175,16 @@ class Front:
         self._last_error = ""
         self._counts_sent_at = 0.0
         self._counts_dirty = False
-        self.scheduled: list[tuple[float, int, WireMessage, tuple[str, int], float]] = []
-        self.scheduled_bytes = 0
-        self._seq = itertools.count()
+        self.scheduled = FutureQueue(MAX_SCHEDULED, MAX_SCHEDULED_BYTES)
         self.held: deque[tuple[WireMessage, tuple[str, int], float]] = deque()
+        self.own = sock.getsockname()[:2]
         self._forward = TokenBuckets(FORWARD_PER_S)
+        self._forward_host = TokenBuckets(FORWARD_PER_HOST_S)
+        self._forward_all = TokenBuckets(FORWARD_TOTAL_PER_S)
         self._status = TokenBuckets(STATUS_PER_S)
+        self._status_all = TokenBuckets(STATUS_TOTAL_PER_S)
         self._replies = TokenBuckets(ERROR_REPLIES_PER_S, ERROR_REPLY_BYTES_PER_S)
+        self._replies_all = TokenBuckets(ERROR_REPLIES_TOTAL_PER_S)
         self.logs = RateLimitedLog(log)
         self.closed = False
 
@@ -172,8 +195,9 @@ class Front:
         selector.register(self.link, selectors.EVENT_READ, "link")
         while not self.closed:
             timeout = COUNTS_EVERY_S if self._counts_dirty else 0.5
-            if self.scheduled:
-                timeout = min(timeout, max(0.0, self.scheduled[0][0] - time.time()))
+            due = self.scheduled.next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - time.time()))
             ready = {key.data for key, _ in selector.select(timeout)}
             if "link" in ready:  # first: the address table must be in place before the packets it decides
                 self.read_link()
@@ -212,9 +236,22 @@ class Front:
             self.packet(data, sender, arrived)
 
     # --- per packet ----------------------------------------------------------------------
+    @property
+    def scheduled_bytes(self) -> int:
+        return self.scheduled.nbytes
+
     def packet(self, data: bytes, sender: tuple[str, int], arrived: float) -> None:
         self.packets += 1
         self._counts_dirty = True
+        if is_own_address(sender, self.own):  # a forged source: answering it would be talking to ourselves
+            self.reject(sender, "(packet)", "a packet from the server's own address", "own address")
+            return
+        budgeted = self.table is not None and self.literal_command(data)
+        if budgeted:  # charged before the decoding, so a flood past its budget costs little here
+            refused = self.over_budget(sender, False)
+            if refused is not None:
+                self.reject(sender, data[:data.index(b"\0")].decode("ascii", "replace"), refused, "too fast")
+                return
         try:
             messages = decode_packet(data)
         except OscWireError as exc:
@@ -223,7 +260,7 @@ class Front:
         now = time.time()
         status_answered = False
         for msg in messages:
-            if msg.address == "/status":
+            if names_status(msg.address):
                 if status_answered:  # a bundle of /status must not multiply the reply
                     continue
                 status_answered = True
@@ -233,26 +270,42 @@ class Front:
             elif msg.timetag is not None and msg.timetag > now + 0.001:
                 self.schedule(msg, sender, arrived)
             else:
-                self.route(msg, sender, arrived)
+                self.route(msg, sender, arrived, budgeted=budgeted)
+
+    @staticmethod
+    def literal_command(data: bytes) -> bool:
+        """A plain message whose address is literal and is not /status or a reply address:
+        its budget can be charged before it is decoded (what else it is, decoding tells)."""
+        end = data.find(b"\0")
+        if data[:1] != b"/" or end < 0:
+            return False
+        address = data[:end]
+        return address != b"/status" and not any(c in b"?*[]{}" for c in address) \
+            and address.decode("ascii", "replace") not in REPLY_ADDRESSES
 
     def schedule(self, msg: WireMessage, sender: tuple[str, int], arrived: float) -> None:
-        if len(self.scheduled) >= MAX_SCHEDULED or self.scheduled_bytes + msg.size > MAX_SCHEDULED_BYTES:
+        try:
+            dropped = self.scheduled.add(msg, sender, arrived)
+        except QueueFull:
             self.reject(sender, msg.address, f"too many future-timetag messages waiting (limit {MAX_SCHEDULED} "
                         f"messages, {MAX_SCHEDULED_BYTES // 1024} KiB)", "future queue full")
             return
-        self.scheduled_bytes += msg.size
-        heapq.heappush(self.scheduled, (msg.timetag or 0.0, next(self._seq), msg, sender, arrived))
+        for entry in dropped:
+            self.reject(entry.sender, entry.msg.address, "future-timetag message dropped: the queue is full and "
+                        "you hold the largest share of it", "future queue share")
 
     def fire_due(self) -> None:
-        now = time.time()
-        while self.scheduled and self.scheduled[0][0] <= now:
-            _, _, msg, sender, _ = heapq.heappop(self.scheduled)
-            self.scheduled_bytes -= msg.size
-            self.route(msg, sender, time.monotonic())  # latency counts from when it was due
+        for entry in self.scheduled.pop_due(time.time()):
+            self.route(entry.msg, entry.sender, time.monotonic())  # latency counts from when it was due
 
-    def route(self, msg: WireMessage, sender: tuple[str, int], arrived: float) -> None:
+    def route(self, msg: WireMessage, sender: tuple[str, int], arrived: float, *, budgeted: bool = False) -> None:
+        """Pass ``msg`` on to the server, or refuse it; ``budgeted``: its budget was charged already."""
+        if msg.address in REPLY_ADDRESSES:
+            self.reject(sender, msg.address, "a reply address, not a command (a feedback loop?): not answered",
+                        "reply received", answer=False)
+            return
         if self.table is None:
-            if msg.address == "/status":
+            if names_status(msg.address):
                 self.reply(sender, "/status/json", [json.dumps({"state": "loading"})], "status")
             elif len(self.held) < MAX_HELD_WHILE_LOADING:
                 self.held.append((msg, sender, arrived))
@@ -265,13 +318,9 @@ class Front:
         except ControlError as exc:
             self.reject(sender, msg.address, str(exc), "rejected")
             return
-        if not self._forward.allow(sender, time.monotonic()):
-            self.reject(sender, msg.address, f"more than {FORWARD_PER_S:.0f} messages a second from one sender",
-                        "too fast")
-            return
-        if msg.address == "/status" and not self._status.allow(sender, time.monotonic()):
-            self.reject(sender, msg.address, f"more than {STATUS_PER_S:.0f} /status a second from one sender",
-                        "status too fast")
+        refused = None if budgeted else self.over_budget(sender, any(t.address == "/status" for t, _ in calls))
+        if refused is not None:
+            self.reject(sender, msg.address, refused, "too fast")
             return
         record = (RECORD_MESSAGE + pack_counts(self.packets, self._errors, self.dropped_replies, self._last_error)
                   + pack_message(arrived, sender, msg.address, calls))
@@ -285,18 +334,41 @@ class Front:
             return
         self._errors, self._counts_dirty, self._counts_sent_at = 0, False, time.monotonic()
 
+    def over_budget(self, sender: tuple[str, int], status: bool) -> str | None:
+        """Why a message from ``sender`` may not pass now (None: it may). /status has budgets
+        of its own; everything else, the sender's, its host's and the overall one."""
+        now = time.monotonic()
+        if status:
+            if not self._status.allow(sender, now):
+                return f"more than {STATUS_PER_S:.0f} /status a second from one sender"
+            if not self._status_all.allow(_ALL, now):
+                return f"more than {STATUS_TOTAL_PER_S:.0f} /status a second from all senders"
+            return None
+        if not self._forward.allow(sender, now):
+            return f"more than {FORWARD_PER_S:.0f} messages a second from one sender"
+        if not self._forward_host.allow(sender[0], now):
+            return f"more than {FORWARD_PER_HOST_S:.0f} messages a second from host {sender[0]}"
+        if not self._forward_all.allow(_ALL, now):
+            return f"more than {FORWARD_TOTAL_PER_S:.0f} messages a second from all senders"
+        return None
+
     # --- out -----------------------------------------------------------------------------
-    def reject(self, sender: tuple[str, int], address: str, reason: str, kind: str) -> None:
+    def reject(self, sender: tuple[str, int], address: str, reason: str, kind: str, *, answer: bool = True) -> None:
         address = short(address)
         self._errors += 1
         self._last_error = short(f"{address}: {reason}", 300)
         self._counts_dirty = True
-        self.reply(sender, "/error", [self._last_error], "error")
+        if answer:
+            self.reply(sender, "/error", [self._last_error], "error")
         self.logs.warning(kind, "OSC %s from %s:%d rejected: %s", address, sender[0], sender[1], reason)
 
     def reply(self, dest: tuple[str, int], address: str, args: list[object], kind: str) -> None:
-        data = encode_message(address, args)
-        if not self._replies.allow((dest, kind), time.monotonic(), len(data)):
+        if is_own_address(dest, self.own):
+            return
+        now = time.monotonic()
+        # The overall count first: under a flood it is spent, and then a reply costs no encoding.
+        data = encode_message(address, args) if self._replies_all.allow(_ALL, now) else None
+        if data is None or not self._replies.allow((dest, kind), now, len(data)):
             self.dropped_replies += 1
             self._counts_dirty = True
             self.logs.warning("reply budget", "OSC %s replies to %s:%d over %d/s: some are dropped", kind,

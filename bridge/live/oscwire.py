@@ -17,7 +17,10 @@ work per byte, never more, and raises ``OscWireError`` (one sentence, no traceba
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -202,3 +205,35 @@ def encode_message(address: str, args: list[Any] | tuple[Any, ...]) -> bytes:
         else:
             raise TypeError(f"cannot encode {type(arg).__name__} as an OSC argument")
     return _padded(address.encode("ascii")) + _padded("".join(tags).encode("ascii")) + b"".join(body)
+
+
+def is_own_address(dest: tuple[str, int], bound: tuple[str, int]) -> bool:
+    """Whether sending to ``dest`` reaches the socket bound to ``bound`` (the server's own
+    port): the same address, or, for a socket bound to every address, any address of this
+    machine (loopback, ``0.0.0.0``, or one it can bind). Sending there would feed the
+    server its own replies. No DNS: ``dest`` is numeric (or ``localhost``)."""
+    if dest[1] != bound[1]:
+        return False
+    try:
+        host = ipaddress.ip_address("127.0.0.1" if dest[0] == "localhost" else dest[0])
+        own = ipaddress.ip_address(bound[0])
+    except ValueError:
+        return False
+    if isinstance(host, ipaddress.IPv6Address) and host.ipv4_mapped is not None:
+        host = host.ipv4_mapped
+    if host == own or host.is_unspecified:  # sending to 0.0.0.0 reaches this machine
+        return True
+    if own.is_unspecified:
+        return host.is_loopback or _local(str(host))
+    return False
+
+
+def _local(host: str) -> bool:
+    """An address of this machine: one a socket can bind to (a system call, no lookup)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.closing(socket.socket(family, socket.SOCK_DGRAM)) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            return False
+    return True

@@ -6,12 +6,20 @@ A scene is a small JSON file ``<name>.json`` in the scene folder (by default
 {concept: bool}, "prompt": str, "settings": {name: number}}``, each part optional.
 Names are names, never paths. Scenes shipped in ``presets/scenes`` can be recalled
 too; a saved scene of the same name wins.
+
+The store is bounded, because ``/scene/save`` is open to anyone who can send OSC: at
+most ``MAX_SCENES`` saved scenes and ``MAX_SCENES_BYTES`` in all (overwriting a scene is
+always allowed). A recall of a name that is not there costs what a hit costs: the
+names are read from the folders once, kept sorted in memory and updated on each save,
+and the error offers at most ``SUGGESTIONS`` neighbours, never the whole list.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,9 @@ from .userfiles import NotARegularFile, read_user_file
 
 SHIPPED_SCENES = PRESETS_DIR / "scenes"
 MAX_SCENE_BYTES = 64 * 1024
+MAX_SCENES = 1000  # saved scenes (the shipped ones do not count)
+MAX_SCENES_BYTES = 16 * 1024 * 1024  # the saved scenes' files together
+SUGGESTIONS = 3  # names a miss offers ("did you mean")
 
 
 class SceneError(UserError):
@@ -37,16 +48,37 @@ def default_scene_dir() -> Path:
 
 
 class SceneStore:
+    """Thread-safe: the OSC thread saves and recalls, MIDI's thread recalls."""
+
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder) if folder is not None else default_scene_dir()
+        self._lock = threading.Lock()
+        self._known: list[str] | None = None  # saved and shipped names, sorted: read once, then kept
+        self._sizes: dict[str, int] = {}  # saved scene -> its file's size
 
     def names(self) -> list[str]:
         found = {p.stem for d in (SHIPPED_SCENES, self.folder) if d.is_dir() for p in d.glob("*.json")}
         return sorted(found)
 
     def save(self, name: str, view: Mapping[str, Any]) -> Path:
-        path = self.folder / f"{_name(name)}.json"
-        write_atomically(path, json.dumps({"name": name, **view}, indent=2))
+        name = _name(name)
+        path = self.folder / f"{name}.json"
+        text = json.dumps({"name": name, **view}, indent=2)
+        size = len(text.encode("utf-8"))
+        with self._lock:
+            known = self._index()
+            if name not in self._sizes and len(self._sizes) >= MAX_SCENES:
+                raise SceneError(f"the scene folder already holds {len(self._sizes)} scenes (limit {MAX_SCENES}); "
+                                 "overwrite one, or delete some from " + _short_path(self.folder))
+            total = sum(self._sizes.values()) - self._sizes.get(name, 0) + size
+            if total > MAX_SCENES_BYTES:
+                raise SceneError(f"the saved scenes would take {total // 1024} KiB (limit "
+                                 f"{MAX_SCENES_BYTES // (1024 * 1024)} MiB); delete some from " + _short_path(self.folder))
+            write_atomically(path, text)
+            self._sizes[name] = size
+            at = bisect.bisect_left(known, name)
+            if at == len(known) or known[at] != name:
+                known.insert(at, name)
         return path
 
     def load(self, name: str) -> dict[str, Any]:
@@ -55,8 +87,30 @@ class SceneStore:
             path = folder / f"{name}.json"
             if path.is_file():
                 return _read(path)
-        known = ", ".join(self.names()) or "none saved yet"
-        raise SceneError(f"no scene named {name!r} (scenes: {known})")
+        with self._lock:
+            near = self._neighbours(name)
+        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else " (none saved yet)"
+        raise SceneError(f"no scene named {name!r}{hint}")
+
+    def _index(self) -> list[str]:
+        """The sorted names, read from the folders the first time (under the lock)."""
+        if self._known is None:
+            self._sizes = {p.stem: p.stat().st_size for p in self.folder.glob("*.json") if p.is_file()} \
+                if self.folder.is_dir() else {}
+            shipped = {p.stem for p in SHIPPED_SCENES.glob("*.json")} if SHIPPED_SCENES.is_dir() else set()
+            self._known = sorted(shipped | set(self._sizes))
+        return self._known
+
+    def _neighbours(self, name: str) -> list[str]:
+        """A few names next to ``name`` in sorted order (those sharing its longest prefix)."""
+        known = self._index()
+        at = bisect.bisect_left(known, name)
+        return known[max(0, at - SUGGESTIONS // 2):max(0, at - SUGGESTIONS // 2) + SUGGESTIONS]
+
+
+def _short_path(folder: Path) -> str:
+    text = str(folder)
+    return text if len(text) <= 120 else "..." + text[-117:]
 
 
 def scene_of(table: ControlTable, asked: Asked) -> dict[str, Any]:

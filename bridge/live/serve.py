@@ -31,7 +31,7 @@ from steering_core.paths import cache_dir
 from steering_core.steer.steerer import Steerer
 from steering_core.steer.vectors import SteeringVector, VectorFileError, load_vector, load_vectors
 from steering_core.stream.decode_loop import MusicStream
-from steering_core.stream.settings import settings_from_controls
+from steering_core.stream.settings import settings_from_controls, within_vocabulary
 from steering_core.stream.static_step import open_stream
 from steering_core.stream.timeline import Performance
 
@@ -125,7 +125,7 @@ class Server:
         steerer = Steerer(self.handle)
         for vector, _ in self.vectors:
             steerer.add(vector, alpha=0.0)
-        settings = settings_from_controls(vars(o))
+        settings = within_vocabulary(settings_from_controls(vars(o)), self.handle.decoder_config.vocab_size)
         if o.cuda_graphs is None:
             stream = MusicStream(self.handle, o.prompt, seed=o.seed, settings=settings, steerer=steerer)
         else:
@@ -221,7 +221,8 @@ class Server:
             "audio_out": self.output.name, "recording": str(self.recorder.path) if self.recorder else None,
             "codec_streaming": self.codec_streaming.as_dict(),
             "osc": {"host": self.osc.host, "port": self.osc.port, "packets": self.osc.packets,
-                    "subscribers": len(self.osc.subscribers), "dropped_replies": self.osc.replies_dropped},
+                    "subscribers": len(self.osc.subscribers), "dropped_replies": self.osc.replies_dropped,
+                    "front_restarts": self.osc.front_restarts, "coalesced": self.control.coalesced},
             "midi": None if self.midi is None else {"port": self.midi.name, "map": self.mapper.name if self.mapper else None,
                                                      "ignored": self.mapper.ignored if self.mapper else 0},
             "uptime_s": round(time.monotonic() - self.started, 2),

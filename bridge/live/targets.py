@@ -113,8 +113,9 @@ class ControlTable:
         self._add(Target("/prompt", "prompt", _prompt_parser, feedback="/prompt", scene=("prompt", "")))
         for s in SETTINGS:
             valid = (float(s.valid[0]), float(vocab_size if s.valid[1] is None else s.valid[1]))
+            span = (s.span[0], min(s.span[1], valid[1]))  # a full turn stays within what the model accepts
             self._add(Target(f"/gen/{s.name}", "setting", _setting_parser(s, valid), setting=s, range=valid,
-                             whole=s.whole, span=s.span, feedback=f"/gen/{s.name}", scene=("settings", s.name)))
+                             whole=s.whole, span=span, feedback=f"/gen/{s.name}", scene=("settings", s.name)))
         self._add(Target("/gen/seed", "seed", _seed_parser, range=(0.0, float(MAX_SEED)), whole=True, span=(0.0, 1.0)))
         self._add(Target("/scene/save", "scene_save", _name_parser))
         self._add(Target("/scene/recall", "scene_recall", _name_parser))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from steering_core.errors import UserError
 
@@ -85,3 +85,11 @@ def settings_from_controls(values: Mapping[str, object], base: SamplingSettings 
     settings = SamplingSettings(**merged)
     settings.validate()
     return settings
+
+
+def within_vocabulary(settings: SamplingSettings, vocab_size: int) -> SamplingSettings:
+    """``settings`` with ``top_k`` no larger than the vocabulary. A top_k at or past the
+    vocabulary limits nothing (the sampler skips it), so the tokens are the same; but the
+    value a performer is shown, and may send back (``/gen/top_k`` takes 0..vocabulary), is
+    then one the model accepts: the default 250 is 128 on a 128-token model."""
+    return settings if settings.top_k <= vocab_size else replace(settings, top_k=vocab_size)
