@@ -58,7 +58,8 @@ def jack_server(tmp: Path, *, period: int = 1024, tag: str = "", realtime: bool 
     name = f"steerbridge-test-{os.getpid()}{tag}"
     env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
     log = (tmp / "jackd.log").open("w")
-    proc = subprocess.Popen(["jackd", "--realtime" if realtime else "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", str(period)],
+    proc = subprocess.Popen(["jackd", "--realtime" if realtime else "--no-realtime", "-n", name,
+                             "-d", "dummy", "-r", "48000", "-p", str(period)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     ok = _wait(lambda: subprocess.run(["jack_lsp"], env=env, capture_output=True).returncode == 0, 10)
     if not ok:

@@ -115,8 +115,8 @@ def test_a_clock_that_comes_back_after_a_pause_starts_a_new_line() -> None:
 
 
 # --- the transport's rules, messages handed straight in ------------------------------------
-def fed_source(meter: Meter = Meter()) -> tuple[MidiClockSource, list[ClockReading], list[float]]:
-    source = MidiClockSource(SyncOptions(midi_in="nowhere", meter=meter))
+def fed_source(meter: Meter | None = None) -> tuple[MidiClockSource, list[ClockReading], list[float]]:
+    source = MidiClockSource(SyncOptions(midi_in="nowhere", meter=meter or Meter()))
     readings: list[ClockReading] = []
     source._sink = readings.append
     clock = [0.0]
@@ -178,19 +178,17 @@ def jack_short_period(tmp_path_factory):
     test process's clients pointed at it for this module only."""
     from tests.realparts import jack_server
 
-    servers = jack_server(tmp_path_factory.mktemp("jack-clock"), period=256, tag="-clock", realtime=True)
-    env = next(servers)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        servers.close()
+    for env in jack_server(tmp_path_factory.mktemp("jack-clock"), period=256, tag="-clock", realtime=True):
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 class Daw:
@@ -283,7 +281,7 @@ def test_jack_midi_clock_tempo_after_two_beats(daw_and_source, bpm) -> None:
 
 @pytest.mark.realtime
 def test_jack_midi_clock_follows_a_jump_within_a_bar(daw_and_source) -> None:
-    daw, source, listener = daw_and_source
+    daw, _, listener = daw_and_source
     bar = 4 * TICKS_PER_QUARTER
     daw.send(START)
     daw.ticks(120.0, 2 * bar)

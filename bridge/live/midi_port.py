@@ -86,6 +86,7 @@ class RawMidiInput:
         self._last_delivery = time.monotonic()
         self._closed = threading.Event()
         self._terminator: Any = None
+        self._ended_by_us = False  # the terminator sent its end byte since the last delivery
         self.rt = rtmidi.MidiIn(api, client_name)
         self.rt.ignore_types(sysex=False, timing=False, active_sense=True)
         before = self._own_inputs(api, client_name)
@@ -113,12 +114,15 @@ class RawMidiInput:
         at = self._stamp.arrival(delta, time.monotonic(), restart=held)
         self._last_delivery = time.monotonic()
         messages, cut = split_held(data)
+        ended_by_us, self._ended_by_us = self._ended_by_us, False
+        if held and ended_by_us and not cut:  # its end byte was the terminator's: it had none
+            cut = True
+            messages = [m for m in messages if m[0] != SYSEX_START]
         if cut:
             self.dropped += 1
-            self.logs.warning("sysex", "MIDI in %s: a sysex without its end (F7) held back %d messages; "
-                              "it was cut at the next status byte and they were let through "
-                              "(cut sysexes are counted in /status/json midi.sysex_dropped)", self.name,
-                              len(messages))
+            self.logs.warning("sysex", "MIDI in %s: a sysex without its end (F7) was cut short and dropped; the %d "
+                              "messages held behind it were let through (counted in /status/json midi.sysex_dropped)",
+                              self.name, len(messages))
         for message in messages:
             try:
                 self.sink(message, at, held)
@@ -152,6 +156,7 @@ class RawMidiInput:
         while not self._closed.wait(TERMINATOR_S):
             if time.monotonic() - self._last_delivery >= TERMINATOR_S:
                 try:
+                    self._ended_by_us = True
                     self._terminator.send_message([SYSEX_END])
                 except Exception:  # closing under our feet: the next wait ends the loop
                     continue
