@@ -47,13 +47,19 @@ def _stop(proc: subprocess.Popen, log: IO[str]) -> None:
     log.close()
 
 
-def jack_server(tmp: Path) -> Iterator[dict[str, str]]:
+def jack_server(tmp: Path, *, period: int = 1024, tag: str = "", realtime: bool = False) -> Iterator[dict[str, str]]:
+    """A JACK server on the dummy driver, ``period`` frames a cycle at 48 kHz (rtmidi stamps
+    MIDI per cycle, so MIDI timing tests want a short one); ``tag`` tells two apart.
+    ``realtime``: its threads, and its clients' process threads, scheduled real-time, so
+    a busy machine does not make them miss cycles (a client that misses one loses its
+    MIDI); where that is not allowed, jackd runs without it."""
     if not shutil.which("jackd") or not shutil.which("jack_lsp"):
         unavailable("jackd is not installed (apt-get install jackd2)")
-    name = f"steerbridge-test-{os.getpid()}"
+    name = f"steerbridge-test-{os.getpid()}{tag}"
     env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
     log = (tmp / "jackd.log").open("w")
-    proc = subprocess.Popen(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", "1024"],
+    proc = subprocess.Popen(["jackd", "--realtime" if realtime else "--no-realtime", "-n", name,
+                             "-d", "dummy", "-r", "48000", "-p", str(period)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     ok = _wait(lambda: subprocess.run(["jack_lsp"], env=env, capture_output=True).returncode == 0, 10)
     if not ok:

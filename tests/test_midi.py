@@ -265,3 +265,46 @@ def test_unmapped_program_changes_are_logged_rate_limited(rig, caplog) -> None:
         mapper.handle(mido.Message("program_change", program=99))
     assert control.errors == 100
     assert len([r for r in caplog.records if "program change" in r.getMessage()]) <= 5
+
+
+def test_an_unterminated_sysex_is_cut_at_the_next_status_byte() -> None:
+    from bridge.live.midi_port import split_held
+
+    assert split_held([0xF0, 1, 2, 0xB0, 21, 5, 0xF8, 0xB0, 21, 6, 0xF7]) == ([[0xB0, 21, 5], [0xF8], [0xB0, 21, 6]], True)
+    # a whole sysex stays whole; real-time bytes inside it are messages of their own
+    assert split_held([0xF0, 1, 0xF8, 2, 0xF7]) == ([[0xF0, 1, 2, 0xF7], [0xF8]], False)
+    assert split_held([0xF7]) == ([], False)  # a terminator's lone end byte is nothing
+    assert split_held([0xB0, 1, 2]) == ([[0xB0, 1, 2]], False)
+
+
+def test_an_unterminated_sysex_does_not_swallow_the_next_ccs(jack, rig, monkeypatch, caplog) -> None:
+    """Issue 21 item 9: ``F0 01 02`` and no ``F7``, then CCs; rtmidi held every one of them."""
+    import time
+
+    import rtmidi
+
+    from bridge.live.midi import MidiInput
+
+    for k, v in jack.items():
+        monkeypatch.setenv(k, v)
+    control, mapper, _, _ = rig
+    midi = MidiInput("virtual", mapper, api="jack", client_name="sysex-test")
+    out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sysex-sender")
+    try:
+        out.open_port(next(i for i, n in enumerate(out.get_ports()) if "sysex-test" in n))
+        time.sleep(0.2)
+        out.send_message([0xF0, 0x01, 0x02])
+        for value in (10, 60, 127):
+            time.sleep(0.05)
+            out.send_message([0xB0, 21, value])
+        deadline = time.monotonic() + 3
+        while control.targets["timbre"] != 6.0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert control.targets["timbre"] == 6.0
+        assert midi.sysex_dropped == 1
+        assert [r.message for r in caplog.records].count(caplog.records[-1].message) == 1
+        assert "without its end" in caplog.text
+    finally:
+        out.close_port()
+        out.delete()
+        midi.close()

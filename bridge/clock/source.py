@@ -98,6 +98,7 @@ class SyncOptions:
     bpm: float = 120.0
     meter: Meter = field(default_factory=Meter)
     midi_in: str | None = None  # the MIDI input port MIDI clock arrives on
+    midi_api: str = "auto"  # the MIDI back end that port is on (serve --midi-api)
     jack_client: str = "steerbridge"  # the JACK client name the transport is read through
     link_quantum: float | None = None  # beats of Link's phase; None: one bar of ``meter``
 
@@ -117,7 +118,10 @@ def lazy(module: str, factory: str) -> SourceFactory:
 
 
 #: Every source ``serve --sync`` can name: one row per source, its module imported lazily.
-SOURCES: dict[str, SourceFactory] = {}
+SOURCES: dict[str, SourceFactory] = {
+    "midi": lazy("bridge.clock.midi_clock", "MidiClockSource"),
+    "link": lazy("bridge.clock.link", "LinkSource"),
+}
 
 
 def open_source(name: str, options: SyncOptions) -> ClockSource:

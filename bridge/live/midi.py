@@ -24,12 +24,13 @@ import mido
 
 from .commands import Commands, Origin
 from .control import ControlError, ControlEvent
+from .midi_port import RawMidiInput
 from .midimaps import Binding, ControllerMap, MidiMapError, curve, load_map, save_map
 from .rate_limited_log import RateLimitedLog
 from .targets import Target
 
 __all__ = ["Binding", "BoundControl", "ControllerMap", "MidiInput", "MidiMapError", "MidiMapper", "Pickup",
-           "list_midi_inputs", "load_map", "midi_backend", "relative_delta"]
+           "list_midi_inputs", "load_map", "midi_backend", "relative_delta", "rtmidi_api"]
 
 log = logging.getLogger("steerbridge.midi")
 
@@ -310,28 +311,37 @@ def list_midi_inputs(api: str = "auto") -> list[str]:
 
 
 class MidiInput:
-    """An rtmidi input port feeding a ``MidiMapper`` from rtmidi's thread."""
+    """An rtmidi input port feeding a ``MidiMapper`` from rtmidi's thread, through the
+    sysex guard of ``midi_port`` (a sysex without its end no longer silences the knobs)."""
 
     def __init__(self, spec: str, mapper: MidiMapper, *, api: str = "auto", client_name: str = "steerbridge") -> None:
         self.mapper = mapper
-        backend = midi_backend(api)
 
-        def callback(msg: mido.Message) -> None:
+        def deliver(data: list[int], _at: float, _held: bool) -> None:
             try:
-                mapper.handle(msg)
-            except Exception as exc:  # rtmidi's thread must never die on our account
-                log.warning("MIDI message %r dropped: %s", msg, exc)
+                msg = mido.Message.from_bytes(data)
+            except ValueError:  # bytes no message is made of
+                mapper.ignored += 1
+                return
+            mapper.handle(msg)
 
-        if spec == "virtual":
-            self.port = backend.open_input(client_name, virtual=True, callback=callback)
-            self.name = f"{client_name} (virtual)"
-        else:
-            names = backend.get_input_names()
-            found = [n for n in names if spec.lower() in n.lower()]
-            if not found:
-                raise MidiMapError(f"no MIDI input matching {spec!r} (inputs: {', '.join(names) or 'none'})")
-            self.port = backend.open_input(found[0], callback=callback)
-            self.name = found[0]
+        try:
+            self.port = RawMidiInput(spec, deliver, api=rtmidi_api(midi_backend(api)), client_name=client_name)
+        except LookupError as exc:
+            raise MidiMapError(str(exc)) from None
+        self.name = self.port.name
+
+    @property
+    def sysex_dropped(self) -> int:
+        return self.port.dropped
 
     def close(self) -> None:
         self.port.close()
+
+
+def rtmidi_api(backend: Any) -> int:
+    """The rtmidi API number of a mido rtmidi ``backend`` (``mido.backends.rtmidi/UNIX_JACK``)."""
+    import rtmidi
+
+    api: int = getattr(rtmidi, f"API_{backend.api}", rtmidi.API_UNSPECIFIED)
+    return api

@@ -224,7 +224,8 @@ class Server:
                     "subscribers": len(self.osc.subscribers), "dropped_replies": self.osc.replies_dropped,
                     "front_restarts": self.osc.front_restarts, "coalesced": self.control.coalesced},
             "midi": None if self.midi is None else {"port": self.midi.name, "map": self.mapper.name if self.mapper else None,
-                                                     "ignored": self.mapper.ignored if self.mapper else 0},
+                                                     "ignored": self.mapper.ignored if self.mapper else 0,
+                                                     "sysex_dropped": self.midi.sysex_dropped},
             "uptime_s": round(time.monotonic() - self.started, 2),
         }
 
