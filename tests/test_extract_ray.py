@@ -26,6 +26,7 @@ from steering_core.extract.extraction import METHODS
 from steering_core.extract.labelled_audio import collect_labelled
 from steering_core.extract.ray_engine import actor_resources, ray_engine
 from steering_core.model.loading import load_model
+from steering_core.scoped import torch_threads
 from steering_core.toy.captions import write_labelled_folders
 from steering_core.toy.world import SAMPLE_RATE
 from tests.test_layout import REPO, imported_modules, project_modules
@@ -81,7 +82,8 @@ def steerbridge(*args: str, cwd: Path, env: dict[str, str] | None = None) -> sub
 
 def test_ray_pools_the_windows_the_local_engine_pools(toy, ray_address, world, tmp_path) -> None:
     started = time.monotonic()
-    local = collect_labelled(toy, world, window_s=WINDOW_S, cache=tmp_path / "local", progress=False)
+    with torch_threads(1):  # as each actor runs; two threads on two cores shared with Ray's processes crawled
+        local = collect_labelled(toy, world, window_s=WINDOW_S, cache=tmp_path / "local", progress=False)
     local_s = time.monotonic() - started
     started = time.monotonic()
     on_ray = collect_labelled(toy, world, window_s=WINDOW_S, cache=tmp_path / "ray", progress=False,
