@@ -22,6 +22,8 @@ from .validators import (
 )
 
 if TYPE_CHECKING:
+    from steering_core.extract.shards import SkippedFile
+
     from .parsing import Commands
 
 
@@ -37,6 +39,8 @@ def register(sub: Commands) -> None:
     p.add_argument("--negative", default=None, help="--data: the class to steer away from (default: the next)")
     p.add_argument("--name", default=None, help="--data: concept name (default: <positive>_vs_<negative>)")
     p.add_argument("--window", type=positive_float, default=10.0, help="--data: window length in seconds")
+    p.add_argument("--cache", default=None, help="--data: activation cache folder (default: ~/.cache/steerbridge/activations)")
+    engine_args(p)
     p.add_argument("--method", type=method_name, default="diffmean", help=" | ".join(METHOD_NAMES))
     p.add_argument("--site", default=None, choices=SITE_NAMES, help="where in each layer (default: the preset's)")
     p.add_argument("--layers", type=layers_arg, default=None,
@@ -64,6 +68,7 @@ def register(sub: Commands) -> None:
     p.add_argument("--window", type=positive_float, default=10.0, help="--data: window length in seconds")
     p.add_argument("--data-prompt", default=None, help="--data: text prompt while teacher-forcing (default: none)")
     p.add_argument("--cache", default=None, help="activation cache folder (default: ~/.cache/steerbridge/activations)")
+    engine_args(p)
     p.add_argument("--sweep-points", type=positive_int, default=5, help="alphas across the concept's range (2 or more)")
     p.add_argument("--seeds", type=positive_int, default=2, help="seeds per sweep point")
     p.add_argument("--seconds", type=positive_float, default=2.0, help="seconds per sweep clip")
@@ -75,6 +80,28 @@ def register(sub: Commands) -> None:
     p.set_defaults(func=cmd_analyze)
 
 
+def engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="--data: who pools the windows: this process, or a Ray cluster (pip install 'steerbridge[scale]')")
+    p.add_argument("--ray-address", default=None,
+                   help="--engine ray: the cluster (auto: the one `ray start` made here; host:port: its head node); "
+                        "default: a Ray started for this run on this machine")
+    p.add_argument("--ray-workers", type=positive_int, default=None,
+                   help="--engine ray: model copies (default: one per GPU, else one per CPU but one)")
+
+
+def check_engine(args: argparse.Namespace) -> None:
+    """``--engine ray`` without Ray is one line, before the model loads."""
+    if args.engine == "ray":
+        if not args.data:
+            raise CliError("--engine ray pools labelled audio; give --data")
+        from steering_core.extract.ray_engine import require_ray
+
+        require_ray()
+    elif args.ray_address or args.ray_workers:
+        raise CliError("--ray-address and --ray-workers go with --engine ray")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from steering_core.extract.concepts import load_concept
 
@@ -82,6 +109,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise CliError("give --concept (a preset or .yaml) or --data (a folder per class), not both")
     check_output_file(args.out, "--out")
     check_model(args.model)
+    check_engine(args)
     if args.data:
         if not Path(args.data).is_dir():
             raise CliError(f"--data {args.data}: no such folder (it wants one sub-folder of audio files per class)")
@@ -129,8 +157,9 @@ def _extract_from_audio(args: argparse.Namespace) -> int:
     from ..tools.analyze import AnalyzeOptions, activations_from_data, vector_on_layers
 
     handle = load_model(args.model, args.device, args.dtype)
-    options = AnalyzeOptions(data=args.data, positive=args.positive, negative=args.negative, name=args.name,
-                             site=args.site, window_s=args.window)
+    options = AnalyzeOptions(device=args.device, data=args.data, positive=args.positive, negative=args.negative,
+                             name=args.name, site=args.site, window_s=args.window, cache=args.cache, engine=args.engine,
+                             ray_address=args.ray_address, ray_workers=args.ray_workers)
     acts = activations_from_data(handle, options)
     layers = _layers_on(handle.num_layers, args.layers, args.model)
     chosen = list(range(handle.num_layers)) if layers is None else list(layers)
@@ -138,7 +167,15 @@ def _extract_from_audio(args: argparse.Namespace) -> int:
     out = vector.save(args.out)
     print(f"wrote {out}: concept {vector.concept!r} ({acts.positive_label} vs {acts.negative_label}), {vector.method} "
           f"at {vector.site}, layers {chosen}, {vector.n_pos}+{vector.n_neg} audio windows")
+    _print_skipped(acts.skipped)
     return 0
+
+
+def _print_skipped(skipped: list[SkippedFile]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}:")
+        for bad in skipped:
+            print(f"  {bad.path}: {bad.reason}")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -149,10 +186,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.data and not Path(args.data).is_dir():
         raise CliError(f"--data {args.data}: no such folder (it wants one sub-folder of audio files per class)")
     check_model(args.model)
+    check_engine(args)
     from steering_core.extract.concepts import load_concept
 
     for concept in args.concept:
         load_concept(concept)
+    from steering_core.extract.shards import SkippedFile
+
     from ..tools.analyze import AnalyzeOptions, run_analyze
 
     options = AnalyzeOptions(
@@ -160,7 +200,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         positive=args.positive, negative=args.negative, name=args.name, site=args.site, frames=args.frames,
         window_s=args.window, data_prompt=args.data_prompt, sweep_points=args.sweep_points, seeds=args.seeds,
         seconds=args.seconds, prompt=args.prompt, clap=None if args.clap == "none" else args.clap,
-        write_back=args.write_back, cache=args.cache)
+        write_back=args.write_back, cache=args.cache, engine=args.engine, ray_address=args.ray_address,
+        ray_workers=args.ray_workers)
     out = Path(args.out)
     report = run_analyze(options, out)
     print(f"wrote {out / 'report.json'} and plots to {out}/")
@@ -168,4 +209,5 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         best = entry["layers"][entry["recommended_layers"][0]]
         print(f"  {name}: recommended layers {entry['recommended_layers']} (probe accuracy {best['acc_logistic']:.2f}, "
               f"NMI {best['nmi']:.2f}); vector {entry['vector']}" + (f", preset {entry['preset']}" if "preset" in entry else ""))
+        _print_skipped([SkippedFile(**bad) for bad in entry.get("skipped_files", [])])
     return 0

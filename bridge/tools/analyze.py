@@ -41,7 +41,8 @@ from steering_core.evaluate.metrics import describe
 from steering_core.evaluate.probes import cosine_matrix, recommend_layers, score_layers
 from steering_core.extract.concepts import ConceptPreset, check_name, load_concept
 from steering_core.extract.extraction import METHODS, collect_activations, vector_from_activations
-from steering_core.extract.labelled_audio import collect_labelled
+from steering_core.extract.labelled_audio import Engine, collect_labelled, local_engine
+from steering_core.extract.shards import SkippedFile
 from steering_core.model.loading import MusicGenHandle, load_model
 from steering_core.steer.vectors import SteeringVector
 from steering_core.stream.render import render
@@ -75,6 +76,9 @@ class AnalyzeOptions:
     clap: str | None = "tiny"
     write_back: bool = False
     cache: str | None = None
+    engine: str = "local"  # --data: local | ray
+    ray_address: str | None = None
+    ray_workers: int | None = None
 
 
 @dataclass
@@ -90,6 +94,7 @@ class ConceptActivations:
     preset: ConceptPreset | None
     alpha_range: tuple[float, float]
     site: str
+    skipped: list[SkippedFile] = dataclasses.field(default_factory=list)  # --data: files that gave no windows
 
 
 def activations_from_preset(handle: MusicGenHandle, name: str, o: AnalyzeOptions) -> ConceptActivations:
@@ -108,13 +113,21 @@ def activations_from_preset(handle: MusicGenHandle, name: str, o: AnalyzeOptions
 
 def activations_from_data(handle: MusicGenHandle, o: AnalyzeOptions) -> ConceptActivations:
     site = o.site or "resid_post"
-    data = collect_labelled(handle, o.data or "", site=site, window_s=o.window_s, prompt=o.data_prompt, cache=o.cache)
+    engine: Engine = local_engine
+    if o.engine == "ray":
+        from steering_core.extract.ray_engine import ray_engine
+
+        engine = ray_engine(o.ray_address, o.ray_workers, o.device)
+    elif o.engine != "local":
+        raise UserError(f"unknown engine {o.engine!r}; choose local or ray")
+    data = collect_labelled(handle, o.data or "", site=site, window_s=o.window_s, prompt=o.data_prompt, cache=o.cache,
+                            engine=engine)
     positive = o.positive or data.classes[0]
     negative = o.negative or next(c for c in data.classes if c != positive)
     pos, neg = data.split(positive, negative)
     name = check_name(o.name or f"{positive}_vs_{negative}", "concept name")
     return ConceptActivations(name, pos, neg, data.activations, data.labels, data.files, positive, negative, None,
-                              (-4.0, 4.0), site)
+                              (-4.0, 4.0), site, data.skipped)
 
 
 def vector_on_layers(handle: MusicGenHandle, c: ConceptActivations, layers: list[int],
@@ -204,6 +217,8 @@ def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
                                   "the diffmean direction at one layer alone"},
             "plots": [layer_plot.name, influence_plot.name],
         }
+        if c.skipped:
+            entry["skipped_files"] = [dataclasses.asdict(bad) for bad in c.skipped]
         if o.write_back and c.preset is not None:
             entry["preset"] = write_back_preset(c.preset, recommended, out).name
         best = scores[recommended[0]]

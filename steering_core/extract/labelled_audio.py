@@ -5,34 +5,38 @@ mono, resampled to the model's rate and cut into windows (10 s by default). Each
 window is encoded with the model's own EnCodec, and its codes are teacher-forced
 through the decoder in MusicGen's delay layout, with an optional text prompt (none
 by default: the unconditional branch, zero encoder states, as CFG's other half).
-Activations at every layer are pooled per window.
+Activations at every layer are pooled per window (``pooled_window``).
 
-Pooled activations are cached on disk, keyed by the file's bytes, the model
-configuration, site, window, prompt and pooling, so re-analysis is cheap.
+An *engine* runs that over the files and leaves one shard per file in the activation
+cache (``shards.py``), keyed by the file's bytes, the model, site, window, prompt and
+pooling, so re-analysis is cheap and a stopped run resumes. ``local_engine`` runs in this
+process; ``ray_engine.py`` spreads the same function over a Ray cluster. A file that gives
+no windows (unreadable, shorter than a second, neither mono nor stereo) is skipped and
+listed, never the end of the run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from pedalboard.io import AudioFile
 from tqdm import tqdm
 
 from steering_core import paths
 from steering_core.errors import UserError
-from steering_core.extract.extraction import recording
+from steering_core.extract.audio_windows import MIN_WINDOW_S, BadAudio, WindowPlan, file_windows, read_file
+from steering_core.extract.extraction import POOLING, recording
+from steering_core.extract.shards import EngineRun, ShardCache, SkippedFile
 from steering_core.model.loading import MusicGenHandle
 from steering_core.steer.sites import SITES
 
 log = logging.getLogger("steerbridge.labelled")
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".m4a")
-MIN_WINDOW_S = 1.0
 
 
 class DataError(UserError):
@@ -46,6 +50,9 @@ class LabelledActivations:
     classes: list[str]
     sources: list[str]  # "file#window" per row
     files: list[int]  # source file index per row (windows of one file share a fold)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    from_cache: int = 0  # files whose shard was already in the cache
+    computed: int = 0  # files whose shard this run computed
 
     def split(self, positive: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
         for name in (positive, negative):
@@ -69,22 +76,6 @@ def discover(folder: str | Path) -> dict[str, list[Path]]:
     if len(classes) < 2:
         raise DataError(f"--data {root}: need at least two class folders with audio files, found {list(classes)}")
     return classes
-
-
-def read_mono(path: Path, sample_rate: int) -> np.ndarray:
-    try:
-        with AudioFile(str(path)).resampled_to(float(sample_rate)) as f:
-            audio = f.read(f.frames)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise DataError(f"cannot read audio {path}: {exc}") from None
-    return audio.mean(axis=0).astype(np.float32)
-
-
-def windows(audio: np.ndarray, sample_rate: int, seconds: float) -> list[np.ndarray]:
-    """Consecutive windows; a short tail is kept if it is at least a second long."""
-    size = int(seconds * sample_rate)
-    out = [audio[i:i + size] for i in range(0, len(audio), size)]
-    return [w for w in out if len(w) >= MIN_WINDOW_S * sample_rate]
 
 
 @torch.inference_mode()
@@ -126,52 +117,89 @@ def window_activations(handle: MusicGenHandle, codes: torch.Tensor, *, site: str
     return torch.stack([p.value()[0] for p in pools])
 
 
-def collect_labelled(handle: MusicGenHandle, folder: str | Path, *, site: str = "resid_post",
-                     window_s: float = 10.0, prompt: str | None = None, pool: str = "mean",
-                     cache: str | Path | None = None, progress: bool = True) -> LabelledActivations:
+def model_fingerprint(handle: MusicGenHandle) -> str:
+    return f"{handle.config_sha256}|{handle.weights_sha256}"
+
+
+def plan_windows(handle: MusicGenHandle, *, site: str = "resid_post", window_s: float = 10.0,
+                 prompt: str | None = None, pool: str = "mean") -> WindowPlan:
+    """The checked settings of a run on ``handle``'s model."""
     if site not in SITES:
         raise DataError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+    if pool not in POOLING:
+        raise DataError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLING)}")
     if not window_s >= MIN_WINDOW_S:
         raise DataError(f"--window must be at least {MIN_WINDOW_S} s")
     trained_s = handle.window_frames / handle.frame_rate
     if window_s > trained_s:  # positions past the trained window were never seen: their activations mean little
         log.info("--window %.1f s is longer than %s's trained window; using %.1f s", window_s, handle.model_id, trained_s)
         window_s = trained_s
+    return WindowPlan(model_fingerprint(handle), handle.sample_rate, site, window_s, prompt, pool)
+
+
+def pooled_window(handle: MusicGenHandle, window: np.ndarray, plan: WindowPlan) -> torch.Tensor:
+    """One window of mono audio -> its pooled activations [num_layers, d_model]: the one
+    computation every engine runs."""
+    return window_activations(handle, encode_codes(handle, window), site=plan.site, prompt=plan.prompt, pool=plan.pool)
+
+
+#: An engine: (handle, files, plan, cache, progress) -> what it did. It leaves a shard in
+#: the cache for every usable file and lists the others.
+Engine = Callable[[MusicGenHandle, Sequence[Path], WindowPlan, ShardCache, bool], EngineRun]
+
+
+def local_engine(handle: MusicGenHandle, files: Sequence[Path], plan: WindowPlan, cache: ShardCache,
+                 progress: bool) -> EngineRun:
+    """Every file in this process, one window at a time."""
+    run = EngineRun()
+    for path in tqdm(files, desc="labelled audio", unit="file", disable=not progress):
+        try:
+            data = read_file(path)
+            key = plan.shard_key(data)
+            if cache.has(key):
+                run.from_cache += 1
+            else:
+                parts = file_windows(data, plan.sample_rate, plan.window_s)
+                cache.save(key, torch.stack([pooled_window(handle, w, plan) for w in parts]))
+                run.computed += 1
+        except BadAudio as exc:
+            run.skipped.append(SkippedFile(str(path), str(exc)))
+            continue
+        run.keys[path] = key
+    return run
+
+
+def collect_labelled(handle: MusicGenHandle, folder: str | Path, *, site: str = "resid_post",
+                     window_s: float = 10.0, prompt: str | None = None, pool: str = "mean",
+                     cache: str | Path | None = None, progress: bool = True,
+                     engine: Engine = local_engine) -> LabelledActivations:
+    """Pooled activations of every window of every file under ``folder``, in file order
+    (classes sorted, files sorted), whichever engine computed them."""
+    plan = plan_windows(handle, site=site, window_s=window_s, prompt=prompt, pool=pool)
     classes = discover(folder)
-    cache_dir = Path(cache) if cache is not None else paths.cache_dir("activations")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # The shape fingerprint says which vectors fit; the weights decide the activations (a
-    # retrained toy has the same shape).
-    setting = f"{handle.config_sha256}|{handle.weights_sha256}|{site}|{window_s}|{prompt or ''}|{pool}".encode()
+    shards = ShardCache(cache if cache is not None else paths.cache_dir("activations"))
+    files = [(label, path) for label, found in classes.items() for path in found]
+    run = engine(handle, [path for _, path in files], plan, shards, progress)
     rows: list[torch.Tensor] = []
     labels: list[str] = []
     sources: list[str] = []
     file_ids: list[int] = []
-    files = [(label, path) for label, paths in classes.items() for path in paths]
-    hits = 0
-    for index, (label, path) in enumerate(tqdm(files, desc="labelled audio", unit="file", disable=not progress)):
-        key = hashlib.sha256(setting + path.read_bytes()).hexdigest()
-        cached = cache_dir / f"{key}.npy"
-        if cached.is_file():
-            acts = torch.from_numpy(np.load(cached, allow_pickle=False))
-            hits += 1
-        else:
-            parts = windows(read_mono(path, handle.sample_rate), handle.sample_rate, window_s)
-            if not parts:
-                log.warning("%s is shorter than %.0f s; skipped", path, MIN_WINDOW_S)
-                continue
-            acts = torch.stack([window_activations(handle, encode_codes(handle, w), site=site, prompt=prompt,
-                                                   pool=pool) for w in parts])
-            tmp = cached.with_suffix(".tmp.npy")
-            np.save(tmp, acts.numpy(), allow_pickle=False)
-            tmp.replace(cached)
+    for index, (label, path) in enumerate(files):
+        if path not in run.keys:
+            continue
+        acts = shards.load(run.keys[path])
         rows.append(acts)
         labels += [label] * len(acts)
         sources += [f"{path.name}#{i}" for i in range(len(acts))]
         file_ids += [index] * len(acts)
-    if hits:
-        log.info("activations: %d of %d files from the cache (%s)", hits, len(files), cache_dir)
+    skipped = sorted(run.skipped, key=lambda s: s.path)
+    for bad in skipped:
+        log.warning("%s: %s; skipped", bad.path, bad.reason)
+    if skipped:
+        log.warning("skipped %d of %d files (listed above)", len(skipped), len(files))
+    if run.from_cache:
+        log.info("activations: %d of %d files from the cache (%s)", run.from_cache, len(files), shards.folder)
     if not rows:
         raise DataError(f"--data {folder}: no usable audio")
-    return LabelledActivations(torch.cat(rows), labels, list(classes), sources, file_ids)
-
+    return LabelledActivations(torch.cat(rows), labels, list(classes), sources, file_ids, skipped,
+                               run.from_cache, run.computed)
