@@ -215,6 +215,7 @@ class JackRecorder:
         self.recording = False
         self.client.set_process_callback(self._process)
         self.client.activate()
+        self.closed = False
 
     def _process(self, frames: int) -> None:
         if not self.recording or self.filled + frames > len(self.audio):

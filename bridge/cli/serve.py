@@ -11,6 +11,8 @@ import argparse
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
+from steering_core.errors import UserError
+
 from ..live.options import EngineSettings, ServeOptions
 from .parsing import add_command, cuda_graphs_arg, model_args
 from .validators import (
@@ -43,6 +45,11 @@ def _option(p: argparse.ArgumentParser, flag: str, defaults: ServeOptions | Engi
     p.add_argument(flag, dest=name, default=getattr(defaults, name), **kwargs)
 
 
+def port_list(text: str) -> tuple[str, ...]:
+    """``--jack-connect a,b`` -> ("a", "b")."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def register(sub: Commands) -> None:
     p = add_command(sub, "serve", "the live bridge: OSC and MIDI knobs steer the music while it plays",
                     "Generate music endlessly and play it, while OSC messages and MIDI knobs steer it. The status line "
@@ -60,7 +67,10 @@ def register(sub: Commands) -> None:
     _option(p, "--midi-map", SERVE,
             help="controller map: generic, nanokontrol2, launchcontrol_xl, midimix, beatstep, a saved map or a .yaml")
     _option(p, "--midi-api", SERVE, choices=("auto", "jack", "alsa"), help="MIDI back end")
-    _option(p, "--audio-out", SERVE, help="device number or name | default | none (a silent clock)")
+    _option(p, "--audio-out", SERVE,
+            help="device number or name | default | none (a silent clock) | jack[:CLIENT] (JACK ports out_L/out_R)")
+    _option(p, "--jack-connect", SERVE, type=port_list,
+            help="JACK input ports to connect to, comma-separated (e.g. system:playback_1,system:playback_2)")
     _option(p, "--chain", SERVE, help="effect chain: default, clean, space, lofi or a .yaml (a limiter always ends it)")
     _option(p, "--record", SERVE, help="record the output to this .wav (valid even after Ctrl-C)")
     _option(p, "--log", SERVE, help="performance log (.jsonl; default: beside --record)")
@@ -102,6 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     load_chain(args.chain)  # a wrong name lists the ones there are, before the model loads
     load_map(args.midi_map)
     check_udp_port_free(args.osc_host, args.osc_port)
+    if args.jack_connect and args.audio_out.partition(":")[0] != "jack":
+        raise UserError("--jack-connect needs --audio-out jack")
     from ..live.serve import run_serve
 
     engine = EngineSettings(**_fields_from(EngineSettings, args))

@@ -42,6 +42,7 @@ class ServeOptions:
     midi_map: str = "generic"
     midi_api: str = "auto"
     audio_out: str = "default"  # an output's name (bridge.live.outputs.OUTPUTS), else a sound card
+    jack_connect: tuple[str, ...] = ()  # JACK input ports --audio-out jack connects to
     chain: str = "default"
     record: str | None = None
     log: str | None = None

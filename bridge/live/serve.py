@@ -138,7 +138,7 @@ class Server:
         self.commands = Commands(self.control, self.scenes, self.status)
 
         # The output first: its sample rate and channel count shape the path, ring and recording.
-        self.output = open_output(o.audio_out)
+        self.output = open_output(o.audio_out, o.jack_connect)
         path = AudioPath.for_output(self.output, self.handle.sample_rate, load_chain(o.chain), o.record)
         self.ring = path.ring
         self.recorder = path.recorder
