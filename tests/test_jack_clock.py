@@ -12,7 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from bridge.clock.jack_transport import TempoMap, TransportMotion
 from bridge.clock.source import ClockError, ClockReading, ClockSource, SyncOptions, open_source
 from tests.realparts import JackServer, TimebaseMaster
 
@@ -252,3 +255,45 @@ def test_jack_master_leads_a_client_that_follows_jack(server) -> None:
         follower.deactivate()
         follower.close()
         source.stop()
+
+
+# --- the arithmetic, without a server ------------------------------------------------
+@given(st.lists(st.tuples(st.integers(0, 48000 * 600), st.floats(20.0, 400.0)), max_size=6),
+       st.floats(0.0, 2000.0))
+def test_the_tempo_map_finds_each_beats_frame_and_changes_tempo_without_a_jump(changes, beat) -> None:
+    tempo = TempoMap(48000, bpms=(128.0,))
+    for frame, bpm in sorted(changes):
+        before = tempo.beat_at(frame)
+        tempo = tempo.with_tempo(frame, bpm)
+        assert tempo.beat_at(frame) == pytest.approx(before, abs=1e-9), "a tempo change moves no beat"
+        assert tempo.bpm_at(frame) == bpm
+    assert tempo.beat_at(tempo.frame_at(beat)) == pytest.approx(beat, abs=1 / 48000 * 400 / 60)
+    assert list(tempo.frames) == sorted(tempo.frames) and list(tempo.beats) == sorted(tempo.beats)
+
+
+def test_a_tempo_change_before_the_last_drops_the_later_ones() -> None:
+    tempo = TempoMap(48000, bpms=(120.0,)).with_tempo(48000 * 10, 90.0).with_tempo(48000 * 5, 60.0)
+    assert tempo.frames == (0, 48000 * 5) and tempo.bpm_at(48000 * 20) == 60.0
+    assert tempo.beat_at(48000 * 6) == pytest.approx(10.0 + 1.0)  # 5 s at 120, then 1 s at 60
+
+
+def test_late_cycles_are_no_relocation_and_a_locate_is() -> None:
+    import random
+
+    rng = random.Random(7)
+    motion = TransportMotion()
+    period, rate, frame, woke = 1024, 48000, 0, 100.0
+    assert motion.cycle(woke, frame, False, period, rate) is False
+    assert motion.cycle(woke + 0.02, frame, True, period, rate) is False  # starts: it stood still
+    for _ in range(400):  # rolling, read a cycle or three apart, each wake-up up to 40 ms late
+        cycles = rng.choice((1, 1, 2, 3))
+        frame += cycles * period
+        late = rng.uniform(0.0, 0.04)
+        assert motion.cycle(woke + frame / rate + late, frame, True, period, rate) is False
+    t = woke + frame / rate
+    assert motion.cycle(t + 0.021, frame + 48000 * 30, True, period, rate) is True  # a locate forwards
+    assert motion.cycle(t + 0.042, 0, True, period, rate) is True  # and back
+    assert motion.cycle(t + 0.063, 700, True, period, rate) is True  # by part of a period
+    assert motion.cycle(t + 0.084, 700 + period, False, period, rate) is False  # a stop, seen a cycle late
+    assert motion.cycle(t + 0.105, 700 + period, False, period, rate) is False  # stopped: it stands
+    assert motion.cycle(t + 0.126, 0, False, period, rate) is True  # a locate while stopped
