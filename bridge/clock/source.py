@@ -117,7 +117,10 @@ def lazy(module: str, factory: str) -> SourceFactory:
 
 
 #: Every source ``serve --sync`` can name: one row per source, its module imported lazily.
-SOURCES: dict[str, SourceFactory] = {}
+SOURCES: dict[str, SourceFactory] = {
+    "internal": lazy("bridge.clock.told", "InternalClock"),
+    "osc": lazy("bridge.clock.told", "OscTransport"),
+}
 
 
 def open_source(name: str, options: SyncOptions) -> ClockSource:
