@@ -255,8 +255,8 @@ def quantized(parse: Callable[[Sequence[Any]], Args], n: int) -> Callable[[Seque
     """``parse`` for a target's own ``n`` arguments, then an optional quantize (a string:
     off, beat, bar or <n>bar), checked here and passed on as written."""
     def parse_quantized(args: Sequence[Any]) -> Args:
-        if len(args) != n + 1:
-            return parse(args)
+        if len(args) != n + 1 or not isinstance(args[n], str):
+            return parse(args)  # its own arity error, for one argument too many that is no quantize
         spec = text(args, n, n + 1, 16)
         try:
             Quantize.parse(spec)
