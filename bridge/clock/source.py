@@ -120,6 +120,8 @@ def lazy(module: str, factory: str) -> SourceFactory:
 SOURCES: dict[str, SourceFactory] = {
     "jack": lazy("bridge.clock.jack_transport", "JackTransport"),
     "jack-master": lazy("bridge.clock.jack_transport", "JackMaster"),
+    "internal": lazy("bridge.clock.told", "InternalClock"),
+    "osc": lazy("bridge.clock.told", "OscTransport"),
 }
 
 
