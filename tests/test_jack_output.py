@@ -182,3 +182,68 @@ def test_serve_plays_its_music_to_the_jack_ports_it_connects(tmp_path, server, v
     assert float(found.group(1)) == round(1000 * (PERIOD + speakers_latency()) / RATE, 1)
     for trouble in ("Traceback", "From cffi callback", "process callback failed"):
         assert trouble not in text, text
+
+
+@pytest.mark.realtime
+def test_play_in_the_daw_enters_on_a_downbeat_at_the_jack_ports(tmp_path, server, vectors_dir) -> None:
+    """JACK transport at 128 BPM from a timebase master in the test; serve follows it
+    (--sync jack, --transport follow) and plays to JACK ports recorded in the test. The
+    music goes to the speakers, as the master's would, and to the recorder, which takes
+    each JACK cycle's samples with that cycle's transport frame; both reach the listener
+    with the same latency, so the first non-silent sample recorded lies, in the master's
+    own transport frames, on a downbeat within one 20 ms frame."""
+    import json
+    import sys
+
+    from tests.oscclient import Client
+    from tests.realparts import TimebaseMaster
+    from tests.test_serve_live import server_log_on_failure, stop
+
+    master = TimebaseMaster(128.0)
+    recorder = JackRecorder(40.0)
+    probe = Client(0)
+    port = probe.port
+    probe.close()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--osc-port", str(port), "--quiet",
+         "--vectors", str(vectors_dir), "--audio-out", "jack", "--jack-connect",
+         "system:playback_1,system:playback_2,test-recorder:in_L,test-recorder:in_R",
+         "--sync", "jack", "--transport", "follow"],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    osc = Client(port)
+
+    def status() -> dict:
+        osc.send("/status")
+        m = osc.recv(0.5)
+        return json.loads(m.params[0]) if m is not None and m.address == "/status/json" else {}
+
+    try:
+        with server_log_on_failure(tmp_path):
+            assert wait_for(lambda: status().get("clock", {}).get("source") == "jack" and proc.poll() is None, 120)
+            assert {p.name for p in recorder.client.get_all_connections("test-recorder:in_L")} == {"steerbridge:out_L"}
+            assert status()["audio_out"] == "JACK (steerbridge:out_L/out_R)"
+            # Until the source's first reading the engine may have begun (see the report); from
+            # the clock's stop on, the ports must be silent.
+            assert wait_for(lambda: status().get("transport") == "stop", 30)
+            time.sleep(0.5)
+            recorder.recording = True
+            time.sleep(1.0)
+            assert not np.abs(recorder.audio[:recorder.filled]).any(), "silence while the transport is stopped"
+            master.client.transport_start()
+            assert wait_for(lambda: np.abs(recorder.audio[:recorder.filled]).max(initial=0.0) > 0.01, 30)
+            heard = np.abs(recorder.audio[:recorder.filled, 0])
+            first = int(np.argmax(heard > 1e-5))
+            assert recorder.started_at is not None
+            where = master.transport_frame_at(recorder.started_at + first)
+            assert where is not None and where[1], "the music enters while the transport rolls"
+            beat = master.beat_at(where[0])
+            off_by = beat - 4 * round(beat / 4)  # from the nearest downbeat, in beats
+            frame_beats = 0.02 * 128.0 / 60.0
+            assert abs(off_by) <= frame_beats, f"first sound at beat {beat:.4f}, {off_by * 60 / 128 * 1000:.1f} ms off"
+    finally:
+        code = stop(proc)
+        osc.close()
+        recorder.close()
+        master.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()
