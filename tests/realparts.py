@@ -47,28 +47,53 @@ def _stop(proc: subprocess.Popen, log: IO[str]) -> None:
     log.close()
 
 
-def jack_server(tmp: Path, *, period: int = 1024, tag: str = "", realtime: bool = False) -> Iterator[dict[str, str]]:
-    """A JACK server on the dummy driver, ``period`` frames a cycle at 48 kHz (rtmidi stamps
-    MIDI per cycle, so MIDI timing tests want a short one); ``tag`` tells two apart.
-    ``realtime``: its threads, and its clients' process threads, scheduled real-time, so
-    a busy machine does not make them miss cycles (a client that misses one loses its
-    MIDI); where that is not allowed, jackd runs without it."""
-    if not shutil.which("jackd") or not shutil.which("jack_lsp"):
-        unavailable("jackd is not installed (apt-get install jackd2)")
-    name = f"steerbridge-test-{os.getpid()}{tag}"
-    env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
-    log = (tmp / "jackd.log").open("w")
-    proc = subprocess.Popen(["jackd", "--realtime" if realtime else "--no-realtime", "-n", name,
-                             "-d", "dummy", "-r", "48000", "-p", str(period)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    ok = _wait(lambda: subprocess.run(["jack_lsp"], env=env, capture_output=True).returncode == 0, 10)
-    if not ok:
-        proc.kill()
-        unavailable(f"jackd -d dummy did not start: {(tmp / 'jackd.log').read_text()[-300:]}")
+class JackServer:
+    """One ``jackd -d dummy`` under its own name, which a test may stop and start again
+    (the server going away mid-set and coming back). ``period`` frames a cycle (rtmidi
+    stamps MIDI per cycle, so MIDI timing tests want a short one). ``realtime``: its
+    threads, and its clients' process threads, scheduled real-time, so a busy machine does
+    not make them miss cycles (a client that misses one loses its MIDI); where that is not
+    allowed, jackd runs without it."""
+
+    def __init__(self, tmp: Path, name: str, period: int = 1024, rate: int = 48000, *, realtime: bool = False) -> None:
+        if not shutil.which("jackd") or not shutil.which("jack_lsp"):
+            unavailable("jackd is not installed (apt-get install jackd2)")
+        self.tmp, self.name, self.period, self.rate, self.realtime = tmp, name, period, rate, realtime
+        self.env = {"JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
+        self.proc: subprocess.Popen | None = None
+        self._log: IO[str] | None = None
+        self.starts = 0
+
+    def _up(self) -> bool:
+        return subprocess.run(["jack_lsp"], env={**os.environ, **self.env}, capture_output=True).returncode == 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log_path = self.tmp / f"jackd-{self.starts}.log"
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(["jackd", "--realtime" if self.realtime else "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(self.rate),
+                                      "-p", str(self.period)],
+                                     env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT)
+        if not _wait(self._up, 10):
+            self.proc.kill()
+            unavailable(f"jackd -d dummy did not start: {log_path.read_text()[-300:]}")
+
+    def stop(self) -> None:
+        """SIGTERM, as a DAW or a session manager stops JACK; it cleans up after itself."""
+        if self.proc is not None and self._log is not None:
+            _stop(self.proc, self._log)
+        self.proc = None
+
+
+def jack_server(tmp: Path, name: str | None = None, *, period: int = 1024, tag: str = "",
+                realtime: bool = False) -> Iterator[dict[str, str]]:
+    """A JACK server on the dummy driver for one test; ``tag`` tells two apart."""
+    server = JackServer(tmp, name or f"steerbridge-test-{os.getpid()}{tag}", period, realtime=realtime)
+    server.start()
     try:
-        yield {"JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
+        yield server.env
     finally:
-        _stop(proc, log)
+        server.stop()
 
 
 def pulse_server(tmp: Path) -> Iterator[dict[str, str]]:
@@ -94,3 +119,127 @@ def pulse_server(tmp: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         _stop(proc, log)
+
+
+class TimebaseMaster:
+    """A DAW in the test: a JACK client that is timebase master at ``bpm`` in 4/4 (BBT
+    with 1920 ticks a beat) and starts, stops, locates and changes tempo when told.
+    Independent of steerbridge's code: it is what the tests hold steerbridge to.
+    Each process cycle it records (cycle start in JACK frames, transport frame, rolling)."""
+
+    TICKS = 1920.0
+
+    def __init__(self, bpm: float, name: str = "test-master") -> None:
+        import collections
+
+        import jack
+
+        self.client = jack.Client(name, no_start_server=True)
+        self.rate = self.client.samplerate
+        self.period = self.client.blocksize
+        self.anchor = (0, 0.0, float(bpm))  # the frame, its beat, the tempo from there on
+        self.cycles: collections.deque[tuple[int, int, bool]] = collections.deque(maxlen=4096)
+        self.client.set_process_callback(self._process)
+        self.client.set_timebase_callback(self._timebase)
+        self.client.activate()
+        self.closed = False
+
+    @property
+    def bpm(self) -> float:
+        return self.anchor[2]
+
+    def beat_at(self, frame: int) -> float:
+        start, beat, bpm = self.anchor
+        return beat + (frame - start) / self.rate * bpm / 60.0
+
+    def set_tempo(self, bpm: float) -> None:
+        frame = self.client.transport_frame
+        self.anchor = (frame, self.beat_at(frame), float(bpm))
+
+    def _process(self, _frames: int) -> None:
+        import jack
+
+        state, pos = self.client.transport_query_struct()
+        self.cycles.append((self.client.last_frame_time, int(pos.frame), state == jack.ROLLING))
+
+    def _timebase(self, _state: int, _blocksize: int, pos, _new_pos: bool) -> None:
+        import jack
+
+        beat = self.beat_at(int(pos.frame))
+        bar, in_bar = divmod(beat, 4)
+        pos.valid = pos.valid | jack._lib.JackPositionBBT
+        pos.bar, pos.beat = int(bar) + 1, int(in_bar) + 1
+        pos.tick = int((in_bar - int(in_bar)) * self.TICKS)
+        pos.bar_start_tick = bar * 4 * self.TICKS
+        pos.beats_per_bar, pos.beat_type, pos.ticks_per_beat = 4.0, 4.0, self.TICKS
+        pos.beats_per_minute = self.bpm
+
+    def frame_time_at(self, monotonic: float) -> float:
+        """JACK's frame time at a ``time.monotonic()`` moment, from the closest of a few
+        back-to-back readings of both clocks (a preempted pair is thrown away)."""
+        best = None
+        for _ in range(20):
+            before = time.monotonic()
+            frames = self.client.frame_time
+            after = time.monotonic()
+            if best is None or after - before < best[0]:
+                best = (after - before, (before + after) / 2, frames)
+        assert best is not None
+        return best[2] + (monotonic - best[1]) * self.rate
+
+    def transport_frame_at(self, frame_time: float) -> tuple[int, bool] | None:
+        """The transport frame being played at JACK frame time ``frame_time``, and whether
+        it rolled, from the recorded cycles."""
+        for start, frame, rolling in reversed(self.cycles):
+            if start <= frame_time:
+                return (round(frame + (frame_time - start)) if rolling else frame), rolling
+        return None
+
+    def close(self) -> None:
+        """Before its server stops: a client of a dead server left to the garbage collector
+        crashes the interpreter in libjack. Closing twice is harmless."""
+        if not self.closed:
+            self.closed = True
+            self.client.deactivate()
+            self.client.close()
+
+
+class JackRecorder:
+    """A JACK client in the test with two input ports that records what reaches them,
+    with the JACK frame time at which its recording started."""
+
+    def __init__(self, seconds: float, name: str = "test-recorder") -> None:
+        import jack
+        import numpy as np
+
+        self.client = jack.Client(name, no_start_server=True)
+        self.rate = self.client.samplerate
+        self.ports = [self.client.inports.register(f"in_{side}") for side in ("L", "R")]
+        self.audio = np.zeros((int(seconds * self.rate), 2), np.float32)
+        self.filled = 0
+        self.started_at: int | None = None  # JACK frame time of the first recorded sample
+        self.recording = False
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+        self.closed = False
+
+    def _process(self, frames: int) -> None:
+        if not self.recording or self.filled + frames > len(self.audio):
+            return
+        if self.started_at is None:
+            self.started_at = self.client.last_frame_time
+        for side, port in enumerate(self.ports):
+            self.audio[self.filled:self.filled + frames, side] = port.get_array()
+        self.filled += frames
+
+    def connect(self, sources: list[str]) -> None:
+        for source, port in zip(sources, self.ports, strict=True):
+            self.client.connect(source, port)
+
+    def close(self) -> None:
+        """Before its server stops: a client of a dead server left to the garbage collector
+        crashes the interpreter in libjack. Closing twice is harmless."""
+        if not self.closed:
+            self.closed = True
+            self.client.deactivate()
+            self.client.close()

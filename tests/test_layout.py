@@ -139,6 +139,6 @@ def test_steering_core_keeps_a_handful_of_modules_at_its_top() -> None:
 
 
 def test_bridge_has_only_the_entry_point_at_its_top() -> None:
-    """``bridge/`` holds ``__init__.py`` and three packages: ``cli`` (the entry point), ``live``, ``tools``."""
+    """``bridge/`` holds ``__init__.py`` and four packages: ``cli`` (the entry point), ``clock``, ``live``, ``tools``."""
     top = sorted(p.name for p in (REPO / "bridge").iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file())
-    assert top == ["__init__.py", "cli", "live", "tools"], top
+    assert top == ["__init__.py", "cli", "clock", "live", "tools"], top

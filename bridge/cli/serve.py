@@ -8,9 +8,14 @@ both from the parsed namespace by field name (``--quiet`` is ``status_line`` off
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
+from steering_core.errors import UserError
+
+from ..clock.grid import Quantize, exact_bpm
+from ..clock.source import SOURCES, Meter
 from ..live.options import EngineSettings, ServeOptions
 from .parsing import add_command, cuda_graphs_arg, model_args
 from .validators import (
@@ -32,7 +37,8 @@ SERVE = ServeOptions()
 ENGINE = SERVE.engine
 
 
-def _option(p: argparse.ArgumentParser, flag: str, defaults: ServeOptions | EngineSettings, dest: str | None = None,
+def _option(p: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, defaults: ServeOptions | EngineSettings,
+            dest: str | None = None,
             **kwargs: Any) -> None:
     """``flag`` setting the field ``dest`` (default: the flag's own name) of ``defaults``'
     class, with that field's default."""
@@ -41,6 +47,29 @@ def _option(p: argparse.ArgumentParser, flag: str, defaults: ServeOptions | Engi
         kwargs["metavar"] = own.upper()  # the help shows the flag's name, not the field's
     name = dest or own
     p.add_argument(flag, dest=name, default=getattr(defaults, name), **kwargs)
+
+
+def port_list(text: str) -> tuple[str, ...]:
+    """``--jack-connect a,b`` -> ("a", "b")."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+def _checked(parse: Callable[[str], object]) -> Callable[[str], str]:
+    """An argument type that checks the text with ``parse`` (one line if it fails) and keeps the text."""
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return check
+
+
+def _tempo(text: str) -> float:
+    try:
+        return float(exact_bpm(float(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: Commands) -> None:
@@ -60,7 +89,20 @@ def register(sub: Commands) -> None:
     _option(p, "--midi-map", SERVE,
             help="controller map: generic, nanokontrol2, launchcontrol_xl, midimix, beatstep, a saved map or a .yaml")
     _option(p, "--midi-api", SERVE, choices=("auto", "jack", "alsa"), help="MIDI back end")
-    _option(p, "--audio-out", SERVE, help="device number or name | default | none (a silent clock)")
+    _option(p, "--audio-out", SERVE,
+            help="device number or name | default | none (a silent clock) | jack[:CLIENT] (JACK ports out_L/out_R)")
+    _option(p, "--jack-connect", SERVE, type=port_list,
+            help="JACK input ports to connect to, comma-separated (e.g. system:playback_1,system:playback_2)")
+    clock = p.add_argument_group("musical clock", "tempo, bar grid and transport: steerbridge's own, or a DAW's")
+    _option(clock, "--sync", SERVE, choices=sorted(SOURCES),
+            help="where tempo, position and play/stop come from (internal: our own clock at --bpm)")
+    _option(clock, "--bpm", SERVE, type=_tempo, help="tempo to start with (a source that follows a DAW takes the DAW's)")
+    _option(clock, "--meter", SERVE, type=_checked(Meter.parse), help="beats per bar / beat unit, such as 4/4 or 7/8")
+    _option(clock, "--transport", ENGINE, choices=("follow", "ignore"),
+            help="follow: the source's play enters on its next downbeat, its stop fades out; ignore: it does not")
+    _option(clock, "--quantize", ENGINE, type=_checked(Quantize.parse),
+            help="where scene recalls, morphs and prompt changes land: off | beat | bar | <n>bar (a message may "
+                 "say its own, and knobs too)")
     _option(p, "--chain", SERVE, help="effect chain: default, clean, space, lofi or a .yaml (a limiter always ends it)")
     _option(p, "--record", SERVE, help="record the output to this .wav (valid even after Ctrl-C)")
     _option(p, "--log", SERVE, help="performance log (.jsonl; default: beside --record)")
@@ -102,6 +144,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     load_chain(args.chain)  # a wrong name lists the ones there are, before the model loads
     load_map(args.midi_map)
     check_udp_port_free(args.osc_host, args.osc_port)
+    if args.jack_connect and args.audio_out.partition(":")[0] != "jack":
+        raise UserError("--jack-connect needs --audio-out jack")
     from ..live.serve import run_serve
 
     engine = EngineSettings(**_fields_from(EngineSettings, args))

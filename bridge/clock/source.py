@@ -119,6 +119,10 @@ def lazy(module: str, factory: str) -> SourceFactory:
 
 #: Every source ``serve --sync`` can name: one row per source, its module imported lazily.
 SOURCES: dict[str, SourceFactory] = {
+    "internal": lazy("bridge.clock.told", "InternalClock"),
+    "osc": lazy("bridge.clock.told", "OscTransport"),
+    "jack": lazy("bridge.clock.jack_transport", "JackTransport"),
+    "jack-master": lazy("bridge.clock.jack_transport", "JackMaster"),
     "midi": lazy("bridge.clock.midi_clock", "MidiClockSource"),
     "link": lazy("bridge.clock.link", "LinkSource"),
 }

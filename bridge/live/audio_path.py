@@ -51,10 +51,21 @@ class AudioPath:
         recorder = WavRecorder(record, output.sample_rate, output.channels) if record else None
         return cls(model_rate, output.sample_rate, ring, chain, recorder)
 
-    def fade(self, up: bool, ms: float) -> None:
+    def fade(self, up: bool, ms: float, after: int = 0) -> None:
+        """A fade over ``ms`` from the next sample emitted, or ``after`` samples later
+        (silent until then: a fade-in that starts on an exact ring sample)."""
         n = max(1, int(self.device_rate * ms / 1000))
         ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        self._gain_ramp = ramp if up else ramp[::-1].copy()
+        ramp = ramp if up else ramp[::-1].copy()
+        self._gain_ramp = np.concatenate([np.zeros(after, np.float32), ramp]) if after else ramp
+
+    def silence(self, n: int) -> None:
+        """``n`` samples of silence straight into the ring (and the recording), past the
+        chain: while the transport is stopped the ring's counters keep pace with the output."""
+        block = np.zeros((n, self.ring.channels), np.float32)
+        self.ring.write(block)
+        if self.recorder is not None:
+            self.recorder.write(block)
 
     def push(self, audio: np.ndarray) -> int:
         """audio [channels, n] at the model rate. Returns the ring counter at which its

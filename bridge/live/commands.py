@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steering_core.errors import UserError
 from steering_core.extract.concepts import check_name
@@ -26,6 +27,9 @@ from .midimaps import MidiMapError
 from .oscwire import short
 from .scenes import SceneError, SceneStore, morph, scene_of, scene_values
 from .targets import Args, Target
+
+if TYPE_CHECKING:
+    from ..clock.clock import MusicalClock
 
 #: /status/json stays one UDP datagram (65,507 bytes at most on IPv4), with room for the OSC framing.
 MAX_STATUS_BYTES = 32_000
@@ -47,6 +51,8 @@ class Plan:
     transport: str | None = None
     effect: Callable[[], None] | None = None
     replies: list[tuple[str, list[Any]]] = field(default_factory=list)
+    #: When the changes land (``ControlEvent.quantize``): None at once, "default" serve's --quantize.
+    quantize: str | None = None
 
 
 #: A target's handler: its parsed arguments (``Target.parse``) and who sent them -> a plan.
@@ -66,6 +72,8 @@ class Commands:
         self.subscribe: Callable[[str, int, Origin, bool], None] | None = None
         self.midi_learn: Callable[[Target], None] | None = None
         self.midi_save: Callable[[str], Path] | None = None
+        #: The musical clock, set by serve: /transport/* ask its source.
+        self.clock: MusicalClock | None = None
         self._handlers: dict[str, Handler] = {t.address: self._handler(t) for t in self.table}
 
     def run(self, address: str, args: Sequence[Any], origin: Origin) -> list[Reply]:
@@ -87,8 +95,10 @@ class Commands:
             raise ControlError(str(exc)) from None
         changes = [c for plan in plans for c in plan.changes]
         transport = next((p.transport for p in plans if p.transport), None)
+        quantize = next((p.quantize for p in plans if p.quantize), None)
         if changes or transport:
-            self.control.submit(changes, origin.label, label, transport=transport, arrived=origin.arrived)
+            self.control.submit(changes, origin.label, label, transport=transport, arrived=origin.arrived,
+                                quantize=quantize)
         replies: list[Reply] = []
         for plan in plans:
             if plan.effect is not None:
@@ -99,11 +109,14 @@ class Commands:
     # --- handlers, by kind of target ------------------------------------------------
     def _handler(self, target: Target) -> Handler:
         kind = target.kind
-        if kind in ("alpha", "knob", "on", "prompt", "setting", "seed", "panic"):
-            return lambda args, _o: Plan([change_for(target, args)])
+        if kind == "prompt":  # a new prompt lands on the grid unless the message says otherwise
+            return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args) or "default")
+        if kind in ("alpha", "knob", "on", "setting", "seed", "panic"):
+            return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args))
         if kind == "transport":
-            state = target.address.rsplit("/", 1)[1]
-            return lambda _a, _o: Plan(transport=state)
+            return self._transport(target.address.rsplit("/", 1)[1])
+        if kind in ("transport_bpm", "transport_beat"):
+            return self._clock_request(kind)
         if kind in ("subscribe", "unsubscribe"):
             return self._subscription(kind == "subscribe")
         handlers: dict[str, Handler] = {
@@ -119,11 +132,44 @@ class Commands:
         return Plan(effect=save)
 
     def _scene_recall(self, args: Args, _o: Origin) -> Plan:
-        return Plan(self._changes_to(self.scenes.load(str(args[0]))))
+        quantize = self.table["/scene/recall"].quantize(args) or "default"
+        return Plan(self._changes_to(self.scenes.load(str(args[0]))), quantize=quantize)
 
     def _scene_morph(self, args: Args, _o: Origin) -> Plan:
         a, b = self.scenes.load(str(args[0])), self.scenes.load(str(args[1]))
-        return Plan(self._changes_to(morph(self.table, a, b, float(args[2]))))
+        quantize = self.table["/scene/morph"].quantize(args) or "default"
+        return Plan(self._changes_to(morph(self.table, a, b, float(args[2]))), quantize=quantize)
+
+    # --- the clock's source (--sync) ---------------------------------------------------
+    def _transport(self, state: str) -> Handler:
+        def handler(_args: Args, _o: Origin) -> Plan:
+            clock = self.clock
+            if clock is not None:
+                # Asked before the event is queued, so the engine sees the clock roll
+                # before the play: the music enters on its next downbeat. A source that
+                # follows a DAW refuses: then play/stop move our music alone.
+                with suppress(UserError):
+                    clock.source.request_playing(state == "play")
+            return Plan(transport=state)
+        return handler
+
+    def _clock_request(self, kind: str) -> Handler:
+        def handler(args: Args, _o: Origin) -> Plan:
+            clock = self.clock
+            if clock is None:
+                raise ControlError("no musical clock runs here (serve starts one)")
+            source = clock.source
+
+            def effect() -> None:
+                try:
+                    if kind == "transport_bpm":
+                        source.request_tempo(float(args[0]))
+                    else:
+                        source.request_beat(float(args[0]))
+                except UserError as exc:  # a source that follows another clock says who sets it
+                    raise ControlError(str(exc)) from None
+            return Plan(effect=effect)
+        return handler
 
     def _changes_to(self, scene: dict[str, Any]) -> list[Change]:
         """Changes that bring the asked state to a scene's; what it already is, is left alone

@@ -59,6 +59,10 @@ class ControlEvent:
     arrived: float = field(default_factory=time.monotonic)
     transport: str | None = None  # "play" | "stop"
     step: int | None = None  # set by the engine: the step it takes effect at
+    #: When it lands: None (at once), "default" (serve --quantize) or off|beat|bar|<n>bar.
+    quantize: str | None = None
+    #: Set by the engine when a clock runs: where it landed (ring sample, bar, beat).
+    landed: dict[str, Any] | None = None
 
 
 def change_for(target: Target, args: Args) -> Change:
@@ -154,8 +158,8 @@ class ControlState:
 
     # --- the write side (control threads) ---------------------------------------
     def submit(self, changes: Sequence[Change], source: str, label: str, *, transport: str | None = None,
-               arrived: float | None = None) -> ControlEvent:
-        event = ControlEvent(tuple(changes), source, label, arrived or time.monotonic(), transport)
+               arrived: float | None = None, quantize: str | None = None) -> ControlEvent:
+        event = ControlEvent(tuple(changes), source, label, arrived or time.monotonic(), transport, quantize=quantize)
         with self._lock:
             for change in changes:
                 self._update_view(change)

@@ -19,6 +19,13 @@ audio already buffered covers it.
 
 Latency bookkeeping: an event's first affected frame is found in the ring by its
 sample counter; when the reader passes that counter, arrival -> output is recorded.
+
+With a musical clock (``clock``), the loop first lets the clock place its source's
+readings; a quantised change waits in ``scheduling.OnTheGrid`` for the step that first
+touches the frame on its bar line; with ``--transport follow`` the source's play arms an
+entry on the next downbeat at the output (the ring is fed silence up to that sample,
+then the music fades in on it) and its stop fades out. While stopped the ring is fed
+silence, so its counters keep pace with the output and the grid stays placed.
 """
 
 from __future__ import annotations
@@ -29,18 +36,24 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Any
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from steering_core.codec.streaming import ChunkedDecoder
-from steering_core.stream.timeline import Performance
+from steering_core.stream.timeline import Change, Performance
 
+from ..clock.grid import Quantize
 from .audio_path import AudioPath
 from .control import ControlEvent, ControlState
 from .options import EngineSettings
 from .performance_log import PerformanceLog
 from .ring import Ring
+from .scheduling import BPM_FIELD, OnTheGrid, fill_bpm
+
+if TYPE_CHECKING:
+    from ..clock.clock import MusicalClock
 
 log = logging.getLogger("steerbridge.engine")
 
@@ -106,7 +119,8 @@ class Engine:
     thread."""
 
     def __init__(self, performance: Performance, decoder: ChunkedDecoder, path: AudioPath, control: ControlState,
-                 *, settings: EngineSettings | None = None, perf_log: PerformanceLog | None = None) -> None:
+                 *, settings: EngineSettings | None = None, perf_log: PerformanceLog | None = None,
+                 clock: MusicalClock | None = None, prompt_template: str | None = None) -> None:
         self.performance = performance
         self.stream = performance.stream
         self.decoder = decoder
@@ -128,6 +142,13 @@ class Engine:
         self.deferred_rollbacks = 0  # changes applied from the next step because the ring could not pay
         self.reprime_s = 0.0  # the longest re-prime so far: a probe at start, then each real one
         self.fault: BaseException | None = None
+        self.clock = clock
+        per_frame = Fraction(self.hop * path.device_rate, path.model_rate)
+        self.grid = OnTheGrid(clock, per_frame, self.max_delay, Quantize.parse(self.settings.quantize))
+        self._enter_at: int | None = None  # the ring sample the music enters at (play, on the downbeat)
+        self._clock_playing = True  # the clock's transport as last followed
+        self._prompt_template = prompt_template or self.performance.prompt  # may hold {bpm}
+        self._bpm_prompt_held = False  # a {bpm} re-conditioning waits for its bar line
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -175,11 +196,12 @@ class Engine:
             with self.stream.steering():
                 self._probe_reprime()
                 while not self._stop.is_set():
+                    self._follow_clock()
                     self._take_events()
                     self.latency.poll()
                     goal = self._ring_goal()
-                    if not self._playing:
-                        self.control.wake.wait(0.01)
+                    if (not self._playing or self._enter_at is not None) and self._feed_silence(goal):
+                        self.control.wake.wait(0.005)
                         self.control.wake.clear()
                     elif self.ring.fill < goal:
                         self._produce_chunk()
@@ -203,6 +225,8 @@ class Engine:
         return self.decoder.frames_per_pull
 
     def _step(self) -> None:
+        for event, step in self.grid.due(self.performance.next_step, self.decoder.emitted_frames):
+            self._apply(event, step)
         reprimes = self.stream.reprimes
         t = time.perf_counter()
         self.performance.step()
@@ -254,7 +278,9 @@ class Engine:
         audio = self.decoder.pull()[0]
         last = self.decoder.emitted_frames
         if audio.shape[-1]:
-            self.latency.placed((first, last), self.path.push(audio), self.hop * self.path.ratio)
+            at = self.path.push(audio)
+            self.latency.placed((first, last), at, self.hop * self.path.ratio)
+            self.grid.placed(first, at)
         self.compute_s += time.perf_counter() - t
 
     def _take_events(self) -> None:
@@ -262,19 +288,28 @@ class Engine:
             if event.transport is not None:
                 self._transport(event)
             if event.changes:
-                self._apply(event)
+                quantize = self.grid.quantize_of(event)
+                frame = self.grid.landing(event, quantize, self.decoder.emitted_frames)
+                if frame is None:
+                    self._apply(event)
+                else:
+                    self.grid.hold(event, quantize, frame)
 
-    def _apply(self, event: ControlEvent) -> None:
+    def _apply(self, event: ControlEvent, step: int | None = None) -> None:
         # The first step whose tokens are all unplayed: its last codebook's token belongs
         # to the first frame not yet turned into audio. Rolling back to it means generating
         # again what was generated past it; the sound comes first, so when the ring cannot
         # pay for that (a slow model, a knob sending many changes a second), the change
-        # lands at the next step instead, a few frames later.
+        # lands at the next step instead, a few frames later. A change held for its bar
+        # line comes with its ``step``, normally the next one (no rollback at all).
         first_unplayed = self.decoder.emitted_frames + self.max_delay
-        at: int | None = first_unplayed
-        if not self._can_regenerate(self.performance.next_step - first_unplayed):
+        want = first_unplayed if step is None else max(step, first_unplayed)
+        at: int | None = want
+        if (step is None or want < self.performance.next_step) \
+                and not self._can_regenerate(self.performance.next_step - want):
             at = None
             self.deferred_rollbacks += 1
+        event.changes = tuple(self._filled(c) for c in event.changes)
         try:
             event.step = self.performance.apply(event.changes, at_step=at)
         except (KeyError, ValueError) as exc:  # validated upstream; a last guard, never fatal
@@ -287,6 +322,7 @@ class Engine:
         if any(c.kind == "panic" for c in event.changes):
             self.path.fade(up=True, ms=self.settings.fade_ms)
         self.latency.expect(max(0, event.step - self.max_delay), event)
+        event.landed = self.grid.where(event.step - self.max_delay)
         if self.perf_log is not None:
             self.perf_log.event(event, time.monotonic() - self.started)
 
@@ -301,13 +337,75 @@ class Engine:
         if play == self._playing:
             return
         self.ring.expect_audio = False
-        self.path.fade(up=play, ms=self.settings.fade_ms)
-        if not play:  # one last faded chunk, so the stop is a fade, not a click
+        entering, self._enter_at = self._enter_at, None
+        if play:
+            self._enter_at = self._downbeat_ahead()
+            if self._enter_at is None:
+                self.path.fade(up=True, ms=self.settings.fade_ms)
+        elif entering is None:  # one last faded chunk, so the stop is a fade, not a click
+            self.path.fade(up=False, ms=self.settings.fade_ms)
             self._produce_chunk()
         self._playing = play
-        log.info("transport: %s at frame %d", "play" if play else "stop", self.frames_generated)
+        where = "" if self._enter_at is None else f", entering on the downbeat at sample {self._enter_at}"
+        log.info("transport: %s at frame %d%s", "play" if play else "stop", self.frames_generated, where)
         if self.perf_log is not None:
             self.perf_log.event(event, time.monotonic() - self.started)
+
+    # --- the musical clock ------------------------------------------------------------
+    def _follow_clock(self) -> None:
+        """The clock places its readings; the transport follows its play and stop
+        (``--transport follow``); a tempo change re-conditions a ``{bpm}`` prompt on a bar line."""
+        if self.clock is None:
+            return
+        snap = self.clock.update()
+        if snap.grid is None:
+            return
+        if self.settings.transport == "follow" and snap.playing != self._clock_playing:
+            self._clock_playing = snap.playing
+            state = "play" if snap.playing else "stop"
+            self._transport(ControlEvent((), f"clock {snap.source}", f"/transport/{state}", transport=state))
+        if BPM_FIELD in self._prompt_template and not self._bpm_prompt_held \
+                and fill_bpm(self._prompt_template, float(snap.bpm)) != self.performance.prompt:
+            self._bpm_prompt_held = True
+            event = ControlEvent((Change("prompt", self._prompt_template),), f"clock {snap.source}", BPM_FIELD,
+                                 quantize="bar")
+            frame = self.grid.landing(event, Quantize("bar"), self.decoder.emitted_frames)
+            if frame is None:
+                self._apply(event)
+            else:
+                self.grid.hold(event, Quantize("bar"), frame)
+
+    def _filled(self, change: Change) -> Change:
+        """A prompt change with ``{bpm}`` filled from the clock (the log keeps the filled text)."""
+        if change.kind != "prompt" or self.clock is None:
+            return change
+        self._prompt_template, self._bpm_prompt_held = str(change.value), False
+        return Change("prompt", fill_bpm(self._prompt_template, float(self.clock.snapshot.bpm)))
+
+    def _downbeat_ahead(self) -> int | None:
+        """The ring sample of the next downbeat the music can still enter on; None when no
+        clock rolls (then the music comes back at once)."""
+        clock = self.clock
+        snap = None if clock is None else clock.snapshot
+        if clock is None or snap is None or not snap.playing or snap.grid is None:
+            return None
+        earliest = self.ring.written + self.path.delay
+        return math.ceil(snap.next_boundary(max(earliest, clock.heard_now() or earliest), Quantize("bar")))
+
+    def _feed_silence(self, goal: int) -> bool:
+        """Keep the ring at its goal with silence (stopped, or waiting for the downbeat), up
+        to the entry sample; True while silence goes on, False once the music enters."""
+        room = goal - self.ring.fill
+        if self._enter_at is not None:
+            room = min(room, self._enter_at - self.path.delay - self.ring.written)
+        if room > 0:
+            self.path.silence(room)
+        if self._enter_at is None or self.ring.written + self.path.delay < self._enter_at:
+            return True
+        self.grid.restart(self.decoder.emitted_frames, self._enter_at)
+        self.path.fade(up=True, ms=self.settings.fade_ms, after=self.path.delay)  # the first sample on the downbeat
+        self._enter_at = None
+        return False
 
     def status(self) -> dict[str, Any]:
         return {
@@ -326,4 +424,5 @@ class Engine:
             "deferred_rollbacks": self.deferred_rollbacks,
             "reprime_ms": round(self.reprime_s * 1000, 1),
             "playing": self._playing,
+            "quantised_waiting": len(self.grid.held),
         }

@@ -26,6 +26,12 @@ class EngineSettings:
     # Before each re-prime (a long prefill every half window), the ring is topped up by
     # this multiple of the longest re-prime seen, so the sound rides through it. 0: off.
     reprime_margin: float = 1.5
+    # When a scene recall, a morph or a prompt change lands (off|beat|bar|<n>bar), unless
+    # its message says; knob changes land at once unless theirs asks. "off": at once.
+    quantize: str = "off"
+    # follow: the clock source's play and stop start (on the next downbeat) and stop the
+    # music; ignore: only /transport/play|stop do.
+    transport: Literal["follow", "ignore"] = "follow"
 
 
 @dataclass
@@ -42,6 +48,11 @@ class ServeOptions:
     midi_map: str = "generic"
     midi_api: str = "auto"
     audio_out: str = "default"  # an output's name (bridge.live.outputs.OUTPUTS), else a sound card
+    jack_connect: tuple[str, ...] = ()  # JACK input ports --audio-out jack connects to
+    # The musical clock: its source (bridge.clock.source.SOURCES), tempo and meter to start with.
+    sync: str = "internal"
+    bpm: float = 120.0
+    meter: str = "4/4"
     chain: str = "default"
     record: str | None = None
     log: str | None = None

@@ -8,7 +8,7 @@ reader paced by ``time.monotonic`` for ``--audio-out none``, so headless runs, C
 recording behave exactly like a live set.
 
 ``OUTPUTS`` maps a name to a factory taking the rest of the spec; another kind of
-output (JACK ports, say) is one more entry.
+output is one more entry (``jack``'s lives in ``jack_output.py``, imported when asked for).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib import import_module
 from typing import Any, Protocol
 
 import numpy as np
@@ -153,13 +154,20 @@ class ClockOutput:
                 due = time.monotonic()
 
 
+def open_jack(rest: str, connect: Sequence[str] = ()) -> Output:
+    """``jack`` or ``jack:CLIENT``: JACK output ports. Its module (JACK-Client, libjack) is
+    loaded by name when asked for, as ``--sync`` sources are; it builds on this one."""
+    made: Output = import_module("bridge.live.jack_output").JackOutput(rest, connect=connect)
+    return made
+
+
 def open_clock(_rest: str) -> Output:
     # ClockOutput looked up when called: the realtime tests put a slower clock in its place.
     return ClockOutput()
 
 
 #: Every output ``--audio-out`` can name; a spec naming none of them is a sound card.
-OUTPUTS: dict[str, OutputFactory] = {"device": DeviceOutput, "none": open_clock}
+OUTPUTS: dict[str, OutputFactory] = {"device": DeviceOutput, "jack": open_jack, "none": open_clock}
 
 
 def parse_output_spec(spec: str) -> tuple[str, str]:
@@ -179,13 +187,16 @@ def output_factory(name: str) -> OutputFactory:
         raise OutputError(f"unknown output {name!r}; there are: {', '.join(sorted(OUTPUTS))}") from None
 
 
-def open_output(spec: str) -> Output:
-    """The output ``--audio-out`` names, opened. An output that cannot be used falls back
-    to the silent clock with one line, so a set without its sound card still runs."""
+def open_output(spec: str, jack_connect: Sequence[str] = ()) -> Output:
+    """The output ``--audio-out`` names, opened (a JACK output connected to the ports
+    ``jack_connect`` names). An output that cannot be used falls back to the silent clock
+    with one line, so a set without its sound card still runs."""
     name, rest = parse_output_spec(spec)
     factory = output_factory(name)
+    if jack_connect and name != "jack":
+        raise UserError("--jack-connect needs --audio-out jack")
     try:
-        return factory(rest)
+        return open_jack(rest, jack_connect) if jack_connect else factory(rest)
     except OutputError as exc:
         if name == "none":
             raise

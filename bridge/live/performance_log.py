@@ -2,7 +2,8 @@
 
 JSON lines. The first line is the header (model, seed, prompt, sampling, smoothing,
 vector files with their hashes); then one line per applied control event with the
-step it took effect at; a clean stop adds an ``end`` line with the number of frames
+step it took effect at (and, with a musical clock, the frame, ring sample, bar and
+beat where it landed, and the quantize it asked); a clean stop adds an ``end`` line with the number of frames
 played and a hash of their tokens, which ``render --automation`` checks its replay
 against. Each line is flushed as it is written, so a set cut short still replays.
 """
@@ -57,6 +58,10 @@ class PerformanceLog:
             record["changes"] = [c.to_json() for c in event.changes]
         if event.transport:
             record["transport"] = event.transport
+        if event.quantize:
+            record["quantize"] = event.quantize
+        if event.landed:  # where it landed on the clock's grid: frame, ring sample, bar, beat
+            record.update(event.landed)
         self._write(record)
 
     def end(self, frames: int, codes_sha256: str) -> None:

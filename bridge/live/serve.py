@@ -35,6 +35,8 @@ from steering_core.stream.settings import settings_from_controls, within_vocabul
 from steering_core.stream.static_step import open_stream
 from steering_core.stream.timeline import Performance
 
+from ..clock.clock import MusicalClock
+from ..clock.source import Meter, SyncOptions, open_source
 from .audio_path import AudioPath
 from .chains import load_chain
 from .commands import Commands
@@ -46,6 +48,7 @@ from .osc import OscServer
 from .outputs import open_output
 from .performance_log import PerformanceLog
 from .scenes import SceneStore
+from .scheduling import fill_bpm
 
 log = logging.getLogger("steerbridge.serve")
 
@@ -126,10 +129,11 @@ class Server:
         for vector, _ in self.vectors:
             steerer.add(vector, alpha=0.0)
         settings = within_vocabulary(settings_from_controls(vars(o)), self.handle.decoder_config.vocab_size)
+        prompt = fill_bpm(o.prompt, o.bpm)  # {bpm} in the prompt: the clock's tempo
         if o.cuda_graphs is None:
-            stream = MusicStream(self.handle, o.prompt, seed=o.seed, settings=settings, steerer=steerer)
+            stream = MusicStream(self.handle, prompt, seed=o.seed, settings=settings, steerer=steerer)
         else:
-            stream = open_stream(self.handle, o.prompt, cuda_graphs=o.cuda_graphs,
+            stream = open_stream(self.handle, prompt, cuda_graphs=o.cuda_graphs,
                                  seed=o.seed, settings=settings, steerer=steerer)
         self.performance = Performance(stream, steerer, smoothing_ms=o.smoothing_ms)
         self.control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v, _ in self.vectors], o.prompt,
@@ -138,7 +142,7 @@ class Server:
         self.commands = Commands(self.control, self.scenes, self.status)
 
         # The output first: its sample rate and channel count shape the path, ring and recording.
-        self.output = open_output(o.audio_out)
+        self.output = open_output(o.audio_out, o.jack_connect)
         path = AudioPath.for_output(self.output, self.handle.sample_rate, load_chain(o.chain), o.record)
         self.ring = path.ring
         self.recorder = path.recorder
@@ -148,7 +152,16 @@ class Server:
             self.codec_streaming = replace(self.codec_streaming, chunk_frames=o.codec_chunk)
         self.perf_log = PerformanceLog(log_path, self._log_header()) if log_path else None
         decoder = ChunkedDecoder.streaming(self.handle, self.codec_streaming)
-        self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log)
+        meter = Meter.parse(o.meter)
+        sync = SyncOptions(bpm=o.bpm, meter=meter, midi_in=None if o.midi_in == "none" else o.midi_in,
+                           midi_api=o.midi_api)
+        # The grid is placed on this ring's counters, at the output's rate; its latency is
+        # known once the output has started (serve's start sets it).
+        self.clock = MusicalClock(open_source(o.sync, sync), self.ring, self.output.sample_rate,
+                                  self.output.latency_s, meter=meter, bpm=o.bpm)
+        self.commands.clock = self.clock
+        self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log,
+                             clock=self.clock, prompt_template=o.prompt)
 
         self.midi: MidiInput | None = None
         self.mapper: MidiMapper | None = None
@@ -165,7 +178,9 @@ class Server:
         o = self.options
         stream = self.performance.stream
         return {
-            "model": o.model, "model_config_sha256": self.handle.config_sha256, "seed": o.seed, "prompt": o.prompt,
+            "model": o.model, "model_config_sha256": self.handle.config_sha256, "seed": o.seed,
+            "prompt": stream.prompts[0], "clock": {"sync": o.sync, "bpm": o.bpm, "meter": o.meter,
+                                                  "quantize": o.engine.quantize, "transport": o.engine.transport},
             "settings": vars(stream.settings), "smoothing_ms": o.smoothing_ms,
             "window_frames": stream.window_frames, "reprime_frames": stream.reprime_frames,
             "codec_streaming": self.codec_streaming.as_dict(),
@@ -182,6 +197,8 @@ class Server:
         gc.freeze()
         self.engine.start()
         self.output.start(self.ring)
+        self.clock.latency_s = self.output.latency_s
+        self.clock.start()
         self.osc.start()
         concepts = ", ".join(f"{v.concept} {v.alpha_range[0]:g}..{v.alpha_range[1]:g}" for v, _ in self.vectors)
         log.info("playing %r on %s (model %s, %d Hz out); concepts: %s", self.options.prompt, self.output.name,
@@ -198,6 +215,7 @@ class Server:
             if self.midi is not None:
                 self.midi.close()
             self.osc.stop()
+            self.clock.stop()
             self.engine.stop()
             self.engine.path.flush()
             time.sleep(0.05)
@@ -226,6 +244,7 @@ class Server:
             "midi": None if self.midi is None else {"port": self.midi.name, "map": self.mapper.name if self.mapper else None,
                                                      "ignored": self.mapper.ignored if self.mapper else 0,
                                                      "sysex_dropped": self.midi.sysex_dropped},
+            "clock": self.clock.status(),
             "uptime_s": round(time.monotonic() - self.started, 2),
         }
 

@@ -25,13 +25,15 @@ from typing import Any, Literal
 from steering_core.errors import UserError
 from steering_core.stream.settings import SETTING_BY_NAME, SETTINGS, Setting
 
+from ..clock.grid import Quantize
 from .oscmatch import AddressMatcher, PatternError, describe_unknown
 
 #: A parsed argument: what a parser returns, typed as the target wants it.
 Scalar = bool | int | float | str
 Args = tuple[Scalar, ...]
-Kind = Literal["alpha", "knob", "on", "prompt", "setting", "seed", "transport", "panic", "scene_save", "scene_recall",
-               "scene_morph", "midi_learn", "midi_save", "subscribe", "unsubscribe", "status"]
+Kind = Literal["alpha", "knob", "on", "prompt", "setting", "seed", "transport", "transport_bpm", "transport_beat", "panic",
+               "scene_save", "scene_recall", "scene_morph", "midi_learn", "midi_save", "subscribe", "unsubscribe",
+               "status"]
 
 MAX_PROMPT_CHARS = 500
 MAX_NAME_CHARS = 64
@@ -73,6 +75,15 @@ class Target:
     button: bool = False  # a MIDI button can press it (a switch toggles)
     feedback: str | None = None  # the address its changes are fed back on
     scene: tuple[str, str] | None = None  # (section, key) in a scene file; None: not stored
+    #: Where an optional trailing quantize argument (off|beat|bar|<n>bar) may follow the
+    #: target's own arguments; None: the target takes none.
+    quantize_at: int | None = None
+
+    def quantize(self, args: Args) -> str | None:
+        """The quantize a message asked for (its trailing argument), or None."""
+        if self.quantize_at is None or len(args) <= self.quantize_at:
+            return None
+        return str(args[self.quantize_at])
 
     def read(self, asked: Asked) -> Scalar | None:
         """The target's asked value, in its own units (None: it holds no value)."""
@@ -104,13 +115,15 @@ class ControlTable:
         self.vocab_size = vocab_size
         self._targets: dict[str, Target] = {}
         for name, alpha_range in self.concepts:
-            self._add(Target(f"/steer/{name}", "alpha", _alpha_parser(name, alpha_range), name, alpha_range,
-                             range=alpha_range, span=alpha_range, feedback=f"/steer/{name}", scene=("targets", name)))
-            self._add(Target(f"/steer/{name}/knob", "knob", _knob_parser(name), name, alpha_range, range=(0.0, 1.0),
-                             span=(0.0, 1.0), feedback=f"/steer/{name}/knob"))
-            self._add(Target(f"/steer/{name}/on", "on", _switch_parser, name, button=True,
-                             feedback=f"/steer/{name}/on", scene=("enabled", name)))
-        self._add(Target("/prompt", "prompt", _prompt_parser, feedback="/prompt", scene=("prompt", "")))
+            self._add(Target(f"/steer/{name}", "alpha", quantized(_alpha_parser(name, alpha_range), 1), name,
+                             alpha_range, range=alpha_range, span=alpha_range, feedback=f"/steer/{name}",
+                             scene=("targets", name), quantize_at=1))
+            self._add(Target(f"/steer/{name}/knob", "knob", quantized(_knob_parser(name), 1), name, alpha_range,
+                             range=(0.0, 1.0), span=(0.0, 1.0), feedback=f"/steer/{name}/knob", quantize_at=1))
+            self._add(Target(f"/steer/{name}/on", "on", quantized(_switch_parser, 1), name, button=True,
+                             feedback=f"/steer/{name}/on", scene=("enabled", name), quantize_at=1))
+        self._add(Target("/prompt", "prompt", quantized(_prompt_parser, 1), feedback="/prompt", scene=("prompt", ""),
+                         quantize_at=1))
         for s in SETTINGS:
             valid = (float(s.valid[0]), float(vocab_size if s.valid[1] is None else s.valid[1]))
             span = (s.span[0], min(s.span[1], valid[1]))  # a full turn stays within what the model accepts
@@ -118,10 +131,12 @@ class ControlTable:
                              whole=s.whole, span=span, feedback=f"/gen/{s.name}", scene=("settings", s.name)))
         self._add(Target("/gen/seed", "seed", _seed_parser, range=(0.0, float(MAX_SEED)), whole=True, span=(0.0, 1.0)))
         self._add(Target("/scene/save", "scene_save", _name_parser))
-        self._add(Target("/scene/recall", "scene_recall", _name_parser))
-        self._add(Target("/scene/morph", "scene_morph", _morph_parser))
+        self._add(Target("/scene/recall", "scene_recall", quantized(_name_parser, 1), quantize_at=1))
+        self._add(Target("/scene/morph", "scene_morph", quantized(_morph_parser, 3), quantize_at=3))
         for state in ("play", "stop"):
             self._add(Target(f"/transport/{state}", "transport", _no_args, button=True, feedback="/transport/playing"))
+        self._add(Target("/transport/bpm", "transport_bpm", _bpm_parser, range=(1.0, 999.0), span=(60.0, 180.0)))
+        self._add(Target("/transport/beat", "transport_beat", _beat_parser))
         self._add(Target("/panic", "panic", _no_args, button=True))
         self._add(Target("/midi/learn", "midi_learn", self._learn_parser))
         self._add(Target("/midi/save", "midi_save", _name_parser))
@@ -235,6 +250,35 @@ def text(args: Sequence[Any], i: int, n: int, limit: int) -> str:
 def _no_args(args: Sequence[Any]) -> Args:
     arity(args, 0)
     return ()
+
+
+def quantized(parse: Callable[[Sequence[Any]], Args], n: int) -> Callable[[Sequence[Any]], Args]:
+    """``parse`` for a target's own ``n`` arguments, then an optional quantize (a string:
+    off, beat, bar or <n>bar), checked here and passed on as written."""
+    def parse_quantized(args: Sequence[Any]) -> Args:
+        if len(args) != n + 1 or not isinstance(args[n], str):
+            return parse(args)  # its own arity error, for one argument too many that is no quantize
+        spec = text(args, n, n + 1, 16)
+        try:
+            Quantize.parse(spec)
+        except UserError as exc:
+            raise ControlError(str(exc)) from None
+        return (*parse(args[:n]), spec)
+    return parse_quantized
+
+
+def _bpm_parser(args: Sequence[Any]) -> Args:
+    bpm = number(args, 0, 1)
+    if not 1.0 <= bpm <= 999.0:
+        raise ControlError(f"tempo {bpm:g} BPM is outside 1..999")
+    return (bpm,)
+
+
+def _beat_parser(args: Sequence[Any]) -> Args:
+    beat = number(args, 0, 1)
+    if abs(beat) > 1e7:
+        raise ControlError(f"beat {beat:g} is beyond any song (beats count from the song's start)")
+    return (beat,)
 
 
 def _alpha_parser(name: str, alpha_range: tuple[float, float]) -> Callable[[Sequence[Any]], Args]:
