@@ -177,3 +177,21 @@ def test_a_stale_source_never_stops_the_sound_and_is_reported_once(tiny, vectors
     finally:
         client.close()
         server.stop()
+
+
+def test_bpm_in_the_prompt_follows_the_clock_on_the_next_bar_line(tiny, vectors_dir, tmp_path):
+    server = serve(tiny, vectors_dir, tmp_path, prompt="techno at {bpm} bpm", log=str(tmp_path / "set.jsonl"))
+    assert server.performance.prompt == "techno at 240 bpm"
+    server.start()
+    try:
+        assert wait_for(lambda: server.clock.snapshot.grid is not None)
+        server.commands.run("/transport/bpm", [128.0], TEST)
+        assert wait_for(lambda: server.performance.prompt == "techno at 128 bpm")
+        assert server.control.prompt == "techno at {bpm} bpm"  # asked: the template
+    finally:
+        server.stop()
+    lines = [json.loads(x) for x in (tmp_path / "set.jsonl").read_text().splitlines()]
+    assert lines[0]["prompt"] == "techno at 240 bpm"  # the replay starts from the filled prompt
+    [event] = [r for r in lines if r.get("label") == "{bpm}"]
+    assert event["changes"] == [{"kind": "prompt", "value": "techno at 128 bpm"}]
+    assert event["beat"] == pytest.approx(1.0, abs=128 / 60 / 50)  # re-conditioned on a bar line
