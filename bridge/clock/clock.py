@@ -139,7 +139,7 @@ class MusicalClock:
             if self._pending is not None and self._pending.relocated:
                 reading = replace(reading, relocated=True)  # a jump among readings held back is still a jump
             self._pending = reading
-        if self._pending is not None:
+        if self._pending is not None:  # placed once the reader has carried audio
             counter = self.counter_at(self._pending.at)
             if counter is not None:
                 snap = self._place(snap, self._pending, counter)
@@ -153,13 +153,14 @@ class MusicalClock:
         return snap
 
     def counter_at(self, at: float) -> int | None:
-        """The ring counter a listener hears at monotonic time ``at``; None while the reader
-        is not moving (before the first audio), when no time can be mapped to a counter."""
-        reads = list(self.ring.reads)[-2:]
-        if len(reads) < 2 or reads[1][0] <= reads[0][0]:
-            return None
-        (block_start, _), (_, left) = reads  # the later block's first sample left at its time
-        return block_start + round((at - self.latency_s - left) * self.rate)
+        """The ring counter a listener hears at monotonic time ``at``, from the last block
+        that carried audio (a block's first sample left at its time); None before any did."""
+        reads = list(self.ring.reads)
+        for i in range(len(reads) - 1, 0, -1):
+            block_start, (end, left) = reads[i - 1][0], reads[i]
+            if end > block_start:
+                return block_start + round((at - self.latency_s - left) * self.rate)
+        return None
 
     def _place(self, snap: ClockSnapshot, r: ClockReading, counter: int) -> ClockSnapshot:
         beat = Fraction(round(r.beat * PHASE_DENOMINATOR), PHASE_DENOMINATOR)  # whole beats stay exact

@@ -63,6 +63,8 @@ class ControlEvent:
     quantize: str | None = None
     #: Set by the engine when a clock runs: where it landed (ring sample, bar, beat).
     landed: dict[str, Any] | None = None
+    #: Set by the engine once its first frame's audio is in the ring: the ring sample it starts at.
+    placed: int | None = None
 
 
 def change_for(target: Target, args: Args) -> Change:

@@ -84,6 +84,7 @@ class LatencyMeter:
         for frame, event in self._waiting_frame:
             if frame < b:
                 index = ring_start + round(max(0, frame - a) * samples_per_frame)
+                event.placed = index
                 self._waiting_sample.append((index, event))
             else:
                 keep.append((frame, event))
@@ -225,7 +226,7 @@ class Engine:
         return self.decoder.frames_per_pull
 
     def _step(self) -> None:
-        for event, step in self.grid.due(self.performance.next_step, self.decoder.emitted_frames):
+        for event, step in self.grid.due(self.performance.next_step, self._untouched_frame()):
             self._apply(event, step)
         reprimes = self.stream.reprimes
         t = time.perf_counter()
@@ -289,7 +290,7 @@ class Engine:
                 self._transport(event)
             if event.changes:
                 quantize = self.grid.quantize_of(event)
-                frame = self.grid.landing(event, quantize, self.decoder.emitted_frames)
+                frame = self.grid.landing(event, quantize, self._untouched_frame())
                 if frame is None:
                     self._apply(event)
                 else:
@@ -346,6 +347,9 @@ class Engine:
             self.path.fade(up=False, ms=self.settings.fade_ms)
             self._produce_chunk()
         self._playing = play
+        if self._enter_at is not None and self.clock is not None:  # the log says where the music enters
+            bar, beat = self.clock.snapshot.bar_beat(self._enter_at) or (None, None)
+            event.landed = {"sample": self._enter_at, "bar": bar, "beat": beat}
         where = "" if self._enter_at is None else f", entering on the downbeat at sample {self._enter_at}"
         log.info("transport: %s at frame %d%s", "play" if play else "stop", self.frames_generated, where)
         if self.perf_log is not None:
@@ -369,11 +373,16 @@ class Engine:
             self._bpm_prompt_held = True
             event = ControlEvent((Change("prompt", self._prompt_template),), f"clock {snap.source}", BPM_FIELD,
                                  quantize="bar")
-            frame = self.grid.landing(event, Quantize("bar"), self.decoder.emitted_frames)
+            frame = self.grid.landing(event, Quantize("bar"), self._untouched_frame())
             if frame is None:
                 self._apply(event)
             else:
                 self.grid.hold(event, Quantize("bar"), frame)
+
+    def _untouched_frame(self) -> int:
+        """The first frame no generated step has touched: a quantised change placed from here
+        lands at its step without a rollback, so a slow machine cannot make it late."""
+        return max(self.decoder.emitted_frames, self.performance.next_step - self.max_delay)
 
     def _filled(self, change: Change) -> Change:
         """A prompt change with ``{bpm}`` filled from the clock (the log keeps the filled text)."""
