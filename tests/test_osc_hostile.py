@@ -504,6 +504,11 @@ def test_knob_moves_for_one_concept_coalesce_between_engine_steps() -> None:
     assert [e.label for e in control.drain()] == ["t", "panic", "t"]
     control.submit([control.change("/steer/timbre", 4.0)], "a", "t")
     assert [e.changes[0].value for e in control.drain()] == [4.0]  # a drain starts afresh
+    # A quantised move waits for its bar line: the moves around it play until then and after it.
+    control.submit([control.change("/steer/timbre", 1.0)], "a", "now")
+    control.submit([control.change("/steer/timbre", 5.0)], "a", "on the bar", quantize="bar")
+    control.submit([control.change("/steer/timbre", 2.0)], "a", "now")
+    assert [(e.label, e.changes[0].value) for e in control.drain()] == [("now", 1.0), ("on the bar", 5.0), ("now", 2.0)]
 
 
 # --- issue 21: address patterns and /status ------------------------------------------------------

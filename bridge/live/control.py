@@ -194,9 +194,11 @@ class ControlState:
     def _enqueue(self, event: ControlEvent) -> bool:
         """Under the lock. A lone alpha change replaces the queued one of its concept; anything
         else that could touch alphas (panic, a batch, transport) ends coalescing until the drain,
-        so the order the engine sees stays the order that matters. False: it replaced one."""
+        so the order the engine sees stays the order that matters. A quantised move waits for its
+        grid line and is never merged: the moves before it play until then. False: it replaced one."""
         change = event.changes[0] if len(event.changes) == 1 else None
-        if change is not None and change.kind == "alpha" and change.concept is not None and event.transport is None:
+        if (change is not None and change.kind == "alpha" and change.concept is not None and event.transport is None
+                and event.quantize is None):
             at = self._queued_knob.get(change.concept)
             if at is not None:
                 self._queue[at] = event
