@@ -71,8 +71,8 @@ class JackServer:
         self.starts += 1
         log_path = self.tmp / f"jackd-{self.starts}.log"
         self._log = log_path.open("w")
-        self.proc = subprocess.Popen(["jackd", "--realtime" if self.realtime else "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(self.rate),
-                                      "-p", str(self.period)],
+        self.proc = subprocess.Popen(["jackd", "--realtime" if self.realtime else "--no-realtime", "-n", self.name,
+                                      "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
                                      env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT)
         if not _wait(self._up, 10):
             self.proc.kill()

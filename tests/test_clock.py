@@ -79,6 +79,19 @@ def test_a_reading_is_placed_where_the_listener_hears_it() -> None:
         assert snap.next_boundary(heard + 1, Quantize("bar")) == heard + 2 * RATE  # bar 4, two seconds on
 
 
+def test_the_outputs_latency_is_followed_as_it_changes() -> None:
+    latency = [0.0]
+    ring, source = SimRing(), FakeSource()
+    clock = MusicalClock(source, ring, RATE, 0.0, now=lambda: ring.t, latency_of=lambda: latency[0])
+    clock.start()
+    ring.advance(0.05)
+    clock.update()
+    before = clock.counter_at(ring.t)
+    latency[0] = 0.043  # a DAW connected to our ports: the listener now hears 43 ms later
+    clock.update()
+    assert before is not None and clock.counter_at(ring.t) == before - round(0.043 * RATE)
+
+
 def test_jitter_is_smoothed_and_a_constant_offset_followed_without_drift() -> None:
     rng = random.Random(7)
     ring, source, clock = make()

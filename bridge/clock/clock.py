@@ -95,11 +95,14 @@ class MusicalClock:
 
     def __init__(self, source: ClockSource, ring: ReadLog, rate: int, latency_s: float, *,
                  meter: Meter | None = None, bpm: float = 120.0, jump_s: float = JUMP_S,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = time.monotonic, latency_of: Callable[[], float] | None = None) -> None:
         self.source = source
         self.ring = ring
         self.rate = int(rate)
         self.latency_s = float(latency_s)
+        #: Read at every update when given: an output's latency can change during a set (a DAW
+        #: connecting to our JACK ports adds its own), and the grid must stay where it is heard.
+        self.latency_of = latency_of
         self.jump_s = jump_s
         self._now = now
         self._inbox: deque[tuple[ClockReading, float]] = deque()  # (reading, arrival): the sink's, lock-free
@@ -128,6 +131,8 @@ class MusicalClock:
         """Place every reading received since the last call; note a source gone or back."""
         self._check_owner()
         now = self._now()
+        if self.latency_of is not None:
+            self.latency_s = float(self.latency_of())
         snap = self.snapshot
         while self._inbox:
             reading, arrived = self._inbox.popleft()

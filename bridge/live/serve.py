@@ -158,7 +158,8 @@ class Server:
         # The grid is placed on this ring's counters, at the output's rate; its latency is
         # known once the output has started (serve's start sets it).
         self.clock = MusicalClock(open_source(o.sync, sync), self.ring, self.output.sample_rate,
-                                  self.output.latency_s, meter=meter, bpm=o.bpm)
+                                  self.output.latency_s, meter=meter, bpm=o.bpm,
+                                  latency_of=lambda: self.output.latency_s)
         self.commands.clock = self.clock
         self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log,
                              clock=self.clock, prompt_template=o.prompt)
@@ -197,7 +198,6 @@ class Server:
         gc.freeze()
         self.engine.start()
         self.output.start(self.ring)
-        self.clock.latency_s = self.output.latency_s
         self.clock.start()
         self.osc.start()
         concepts = ", ".join(f"{v.concept} {v.alpha_range[0]:g}..{v.alpha_range[1]:g}" for v, _ in self.vectors)
