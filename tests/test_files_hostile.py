@@ -227,3 +227,97 @@ def test_serve_with_a_fifo_for_a_file_option_exits_with_one_line(tmp_path) -> No
         lines = done.stderr.strip().splitlines()
         assert "Traceback" not in done.stderr and len(lines) == 1, (option, done.stderr[-2000:])
         assert "FIFO" in lines[0] or "regular file" in lines[0], (option, lines[0])
+
+
+# --- bad files are one line, exit status 2 (issue 21, item 8) ---------------------------------
+def _one_line_exit_2(argv: list[str], *expected: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "bridge.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-3000:]
+    assert all(word in lines[0] for word in expected), lines[0]
+    return lines[0]
+
+
+BAD_CONTROLS = {
+    "lsb: x": "{cc: 16, target: /steer/@1/knob, lsb: x}",
+    "step: fast": "{cc: 16, target: /steer/@1/knob, mode: relative_twos, step: fast}",
+    "step: .inf": "{cc: 16, target: /steer/@1/knob, mode: relative_twos, step: .inf}",
+    "range: [0, .nan]": "{cc: 16, target: /steer/@1/knob, range: [0, .nan]}",
+    "range past float": "{cc: 16, target: /steer/@1/knob, range: [-1.0e308, 1.0e308]}",
+    "cc: true": "{cc: true, target: /steer/@1/knob}",
+    "cc: 1.5": "{cc: 1.5, target: /steer/@1/knob}",
+    "target: a list": "{cc: 16, target: [1, 2]}",
+    "button: maybe": "{cc: 41, target: /transport/play, button: maybe}",
+    "channel: true": "{cc: 16, target: /steer/@1/knob, channel: true}",
+}
+
+
+@pytest.mark.parametrize("control", BAD_CONTROLS.values(), ids=BAD_CONTROLS.keys())
+def test_midi_map_controls_of_the_wrong_type_are_one_line_errors(tmp_path, control) -> None:
+    (tmp_path / "m.yaml").write_text(f"controls:\n  - {control}\n")
+    with pytest.raises(MidiMapError) as info:
+        load_map(str(tmp_path / "m.yaml"))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("program_change", ["{zero: calm}", "{1: calm, 200: other}", "{true: calm}", "{1: ../x}"])
+def test_midi_map_program_changes_must_be_numbers_to_scene_names(tmp_path, program_change) -> None:
+    (tmp_path / "m.yaml").write_text(f"controls: []\nprogram_change: {program_change}\n")
+    with pytest.raises(MidiMapError, match="program_change"):
+        load_map(str(tmp_path / "m.yaml"))
+    (tmp_path / "ok.yaml").write_text("controls: []\nprogram_change: {0: calm, 127: loud}\n")
+    assert load_map(str(tmp_path / "ok.yaml")).program_change == {0: "calm", 127: "loud"}
+
+
+def test_serve_with_a_midi_map_of_the_wrong_type_prints_one_line(tmp_path) -> None:
+    (tmp_path / "m.yaml").write_text(f"controls:\n  - {BAD_CONTROLS['lsb: x']}\n")
+    _one_line_exit_2(["serve", "--model", "tiny", "--audio-out", "none", "--duration", "1", "--midi-map",
+                      str(tmp_path / "m.yaml")], "m.yaml", "0-127")
+
+
+def _event(change: dict) -> dict:
+    return {"type": "event", "t": 0.1, "source": "osc", "label": "x", "step": 5, "changes": [change]}
+
+
+HOSTILE_LOGS = {
+    "alpha 1e308": [HEADER, _event({"kind": "alpha", "concept": "timbre", "value": 1e308})],
+    "unknown setting": [{**HEADER, "settings": {"guidance_scale": 3.0, "warp": 1.0}}],
+    "setting out of range": [{**HEADER, "settings": {"temperature": 1e308}}],
+    "1 MB prompt": [{**HEADER, "prompt": "x" * 1_000_000}],
+    "1 MB prompt change": [HEADER, _event({"kind": "prompt", "value": "y" * 1_000_000})],
+    "seed past 64 bits": [{**HEADER, "seed": 2**70}],
+    "top_k change of -1": [HEADER, _event({"kind": "top_k", "value": -1})],
+    "enabled: maybe": [HEADER, _event({"kind": "enabled", "concept": "timbre", "value": "maybe"})],
+}
+
+
+@pytest.mark.parametrize("lines", HOSTILE_LOGS.values(), ids=HOSTILE_LOGS.keys())
+def test_performance_logs_past_what_serve_writes_are_refused(tmp_path, lines) -> None:
+    log = tmp_path / "p.jsonl"
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(PerformanceLogError) as info:
+        read_log(log)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("case", ["alpha 1e308", "unknown setting", "1 MB prompt"])
+def test_render_automation_with_a_hostile_log_prints_one_line(tmp_path, case) -> None:
+    log = tmp_path / "p.jsonl"
+    log.write_text("\n".join(json.dumps(line) for line in HOSTILE_LOGS[case]) + "\n")
+    _one_line_exit_2(["render", "--automation", str(log), "--out", str(tmp_path / "o.wav")], "p.jsonl")
+
+
+def test_a_model_folder_with_pickled_or_broken_weights_is_one_line(tmp_path) -> None:
+    subprocess.run([sys.executable, "-m", "bridge.cli", "save-tiny", str(tmp_path / "m")], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    (tmp_path / "m" / "model.safetensors").unlink()
+    # A pickle that names a class: never unpickled, whatever it holds.
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"\x80\x04cposix\nsystem\n.")
+    _one_line_exit_2(["render", "--model", str(tmp_path / "m"), "--seconds", "1", "--out", str(tmp_path / "o.wav")],
+                     "pickled weights")
+    (tmp_path / "m" / "pytorch_model.bin").unlink()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\xff" * 64 + weights[64:])
+    _one_line_exit_2(["render", "--model", str(tmp_path / "m"), "--seconds", "1", "--out", str(tmp_path / "o.wav")],
+                     "not a valid safetensors")

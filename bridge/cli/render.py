@@ -21,6 +21,7 @@ from .validators import (
     non_negative_int,
     parse_steer,
     positive_float,
+    prompt_text,
     unit_interval,
 )
 
@@ -43,7 +44,8 @@ def register(sub: Commands) -> None:
                     "bit-identical to no vectors.")
     model_args(p, model_default=None, model_help=f"as for extract (default: {DEFAULT_MODEL}, or the performance's "
                "model with --automation)")
-    p.add_argument("--prompt", default=None, help=f"text prompt (default: {DEFAULT_PROMPT!r}, or the performance's)")
+    p.add_argument("--prompt", type=prompt_text, default=None,
+                   help=f"text prompt (default: {DEFAULT_PROMPT!r}, or the performance's)")
     p.add_argument("--vectors", action="append", default=[], help="vector file or folder (repeatable)")
     p.add_argument("--steer", action="append", type=parse_steer, default=[], metavar="CONCEPT=ALPHA",
                    help="steer a concept from --vectors by alpha (repeatable; default: no steering)")

@@ -72,6 +72,16 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def prompt_text(text: str) -> str:
+    """A prompt as OSC's ``/prompt`` takes it: a longer one would not fit the text encoder."""
+    from ..live.targets import MAX_PROMPT_CHARS
+
+    if not text.strip() or len(text) > MAX_PROMPT_CHARS:
+        raise argparse.ArgumentTypeError(f"a prompt is non-empty text of at most {MAX_PROMPT_CHARS} characters, "
+                                         f"got {len(text)}")
+    return text
+
+
 def port_number(text: str) -> int:
     value = int(_number(int, text))
     if not 1 <= value <= 65535:

@@ -19,16 +19,20 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from steering_core.errors import UserError
+from steering_core.steer.vectors import MAX_ABS_ALPHA
+from steering_core.stream.settings import SETTINGS
 from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
-from .targets import SETTING_BY_NAME
+from .targets import MAX_PROMPT_CHARS, MAX_SEED, SETTING_BY_NAME
 from .userfiles import NotARegularFile, read_user_file
 
 log = logging.getLogger("steerbridge.performance_log")
 
 LOG_FORMAT = 1
 MAX_LOG_BYTES = 512 * 1024 * 1024
+#: A hub id or a folder's path: longer is not a model name but a mistake.
+MAX_MODEL_CHARS = 4096
 
 
 class PerformanceLogError(UserError):
@@ -143,7 +147,7 @@ def _whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -152,34 +156,71 @@ def _bad(change: object) -> Change:
 
 
 def _check_change(change: Change) -> None:
-    """What a replay would otherwise find out, with a traceback, minutes into rendering."""
-    if change.kind == "alpha" and not (_number(change.value) and change.concept):
-        raise PerformanceLogError(f"alpha change needs a concept and a finite number, got {str(change.value)[:20]!r}")
+    """What a replay would otherwise find out, with a traceback, minutes into rendering.
+    The bounds are the live server's: a log it wrote always passes."""
+    if change.kind == "alpha" and not (_number(change.value) and abs(change.value) <= MAX_ABS_ALPHA
+                                       and change.concept):
+        raise PerformanceLogError(f"alpha change needs a concept and a number within +-{MAX_ABS_ALPHA:g}, "
+                                  f"got {str(change.value)[:20]!r}")
+    if change.kind == "enabled" and not (isinstance(change.value, bool) and change.concept):
+        raise PerformanceLogError("enabled change needs a concept and true or false")
+    if change.kind == "seed" and not _seed(change.value):
+        raise PerformanceLogError(f"seed must be a whole number in 0..{MAX_SEED}")
     setting = SETTING_BY_NAME.get(change.kind)
-    whole = change.kind == "seed" or (setting is not None and setting.whole)
-    if whole and not (_whole(change.value) and change.value >= 0):
-        raise PerformanceLogError(f"{change.kind} must be a whole number >= 0")
-    if setting is not None and not _number(change.value):
-        raise PerformanceLogError(f"{change.kind} must be a finite number")
-    if change.kind == "prompt" and not (isinstance(change.value, str) and change.value.strip()):
-        raise PerformanceLogError("prompt must be a non-empty string")
+    if setting is not None:
+        problem = setting.problem(change.value)
+        if problem is not None:
+            raise PerformanceLogError(problem[:200])
+    if change.kind == "prompt":
+        _check_prompt(change.value, "prompt")
+
+
+def _seed(value: object) -> bool:
+    return _whole(value) and 0 <= value <= MAX_SEED
+
+
+def _check_prompt(value: object, what: str) -> None:
+    if not (isinstance(value, str) and value.strip() and len(value) <= MAX_PROMPT_CHARS):
+        raise PerformanceLogError(f"{what} must be non-empty text of at most {MAX_PROMPT_CHARS} characters")
+
+
+SETTING_BY_FIELD = {s.field: s for s in SETTINGS}
+
+
+def _settings_problem(settings: object) -> str | None:
+    """The header's ``settings``: ``SamplingSettings`` fields, each valid."""
+    if not isinstance(settings, dict):
+        return "'settings' must map setting names to numbers"
+    for key, value in settings.items():
+        setting = SETTING_BY_FIELD.get(key)
+        if setting is None:
+            return f"unknown setting {str(key)[:40]!r} in 'settings' (known: {', '.join(SETTING_BY_FIELD)})"
+        problem = setting.problem(value)
+        if problem is not None:
+            return f"'settings': {problem[:120]}"
+    return None
 
 
 def _check_header(h: dict[str, Any], path: Path) -> None:
     """The header's fields, typed as ``render --automation`` uses them."""
     problems = []
-    if not isinstance(h.get("model", ""), str) or not isinstance(h.get("prompt", ""), str):
-        problems.append("'model' and 'prompt' must be strings")
-    if not _whole(h.get("seed", 0)) or h.get("seed", 0) < 0:
-        problems.append("'seed' must be a whole number >= 0")
+    if not isinstance(h.get("model", ""), str) or len(h.get("model", "")) > MAX_MODEL_CHARS:
+        problems.append(f"'model' must be a string of at most {MAX_MODEL_CHARS} characters")
+    if "prompt" in h:
+        try:
+            _check_prompt(h["prompt"], "'prompt'")
+        except PerformanceLogError as exc:
+            problems.append(str(exc))
+    if not _seed(h.get("seed", 0)):
+        problems.append(f"'seed' must be a whole number in 0..{MAX_SEED}")
     if not (_number(h.get("smoothing_ms", 30.0)) and h.get("smoothing_ms", 30.0) >= 0):
         problems.append("'smoothing_ms' must be a finite number >= 0")
     for key in ("window_frames", "reprime_frames"):
         if h.get(key) is not None and not (_whole(h[key]) and h[key] > 0):
             problems.append(f"'{key}' must be a whole number > 0 or null")
-    settings = h.get("settings", {})
-    if not isinstance(settings, dict) or not all(isinstance(k, str) and _number(v) for k, v in settings.items()):
-        problems.append("'settings' must map names to finite numbers")
+    settings_problem = _settings_problem(h.get("settings", {}))
+    if settings_problem:
+        problems.append(settings_problem)
     vectors = h.get("vectors", [])
     if not isinstance(vectors, list) or not all(
             isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("sha256", ""), str)
