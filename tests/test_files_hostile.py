@@ -321,3 +321,91 @@ def test_a_model_folder_with_pickled_or_broken_weights_is_one_line(tmp_path) -> 
     (tmp_path / "m" / "model.safetensors").write_bytes(b"\xff" * 64 + weights[64:])
     _one_line_exit_2(["render", "--model", str(tmp_path / "m"), "--seconds", "1", "--out", str(tmp_path / "o.wav")],
                      "not a valid safetensors")
+
+
+# --- a full disk leaves both files exact, and the log quiet (issue 21, item 10) ---------------
+FILL_THE_DISK = r"""
+import json, logging, sys, time
+import numpy as np
+from bridge.live.control import ControlEvent
+from bridge.live.performance_log import PerformanceLog
+from bridge.live.recorder import WavRecorder
+from steering_core.stream.timeline import Change
+
+folder, kind = sys.argv[1], sys.argv[2]
+errors = []
+class Count(logging.Handler):
+    def emit(self, record):
+        if record.levelno >= logging.ERROR:
+            errors.append(record.getMessage())
+logging.getLogger("steerbridge").addHandler(Count())
+if kind == "log":
+    log = PerformanceLog(f"{folder}/p.jsonl", {"prompt": "x" * 300})
+    for step in range(2000):  # a knob turned for a minute
+        log.event(ControlEvent((Change("alpha", step / 1000, "timbre"),), "osc", "/steer/timbre", step=step), 0.1)
+    log.end(2000, "0" * 64)
+    print(json.dumps({"errors": errors, "lines": log.lines, "unwritten": log.unwritten, "summary": log.summary()}))
+else:
+    rec = WavRecorder(f"{folder}/r.wav", 48000, 2)
+    for _ in range(400):
+        rec.write(np.full((960, 2), 0.25, np.float32))
+        time.sleep(0.001)
+    rec.close()
+    print(json.dumps({"errors": errors, "frames": rec.frames, "failure": rec.failure}))
+"""
+
+
+@pytest.fixture(params=["tmpfs", "file size limit"])
+def small_full_disk(request, tmp_path):
+    """A folder and how to run a process so that its writes run out of room after 96 KiB: a real
+    tmpfs of that size where mounting is allowed (root), and everywhere the kernel's file
+    size limit (RLIMIT_FSIZE: the same partial write, then EFBIG)."""
+    room = 96 * 1024
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if request.param == "tmpfs":
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", str(folder)],
+                                 capture_output=True)
+        if mounted.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (not root); the file size limit case runs instead")
+        yield folder, None
+        subprocess.run(["umount", str(folder)], check=True)
+        return
+
+    def limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+
+    yield folder, limit
+
+
+def _fill(small_full_disk, kind: str) -> tuple[Path, dict]:
+    folder, limit = small_full_disk
+    done = subprocess.run([sys.executable, "-c", FILL_THE_DISK, str(folder), kind], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, preexec_fn=limit, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder, json.loads(done.stdout)
+
+
+def test_a_full_disk_leaves_the_recording_exact(small_full_disk) -> None:
+    folder, result = _fill(small_full_disk, "wav")
+    data = (folder / "r.wav").read_bytes()
+    assert result["failure"] and len(result["errors"]) == 1, result
+    riff, data_bytes = int.from_bytes(data[4:8], "little"), int.from_bytes(data[40:44], "little")
+    # the header, the length and the frames agree, and nothing follows the data chunk
+    assert riff == len(data) - 8 and data_bytes == len(data) - 44 == result["frames"] * 4, (len(data), riff, data_bytes)
+    assert result["frames"] > 0
+
+
+def test_a_full_disk_stops_the_performance_log_on_a_whole_line_with_one_error(small_full_disk) -> None:
+    folder, result = _fill(small_full_disk, "log")
+    data = (folder / "p.jsonl").read_bytes()
+    assert len(result["errors"]) == 1 and "stopped after" in result["errors"][0], result["errors"][:3]
+    assert data.endswith(b"\n") and data.count(b"\n") == result["lines"] > 1
+    assert result["lines"] + result["unwritten"] == 2002  # the header, 2000 events, the end
+    performed = read_log(folder / "p.jsonl")  # what is there replays: the set's exact beginning
+    assert [step for step, _ in performed.schedule] == list(range(result["lines"] - 1))
+    assert performed.frames is None and "stopped early" in result["summary"]

@@ -9,6 +9,7 @@ against. Each line is flushed as it is written, so a set cut short still replays
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from steering_core.stream.settings import SETTINGS
 from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
+from .recorder import write_all
 from .targets import MAX_PROMPT_CHARS, MAX_SEED, SETTING_BY_NAME
 from .userfiles import NotARegularFile, read_user_file
 
@@ -42,15 +44,24 @@ class PerformanceLogError(UserError):
 class PerformanceLog:
     """Written by one thread: the header where it is made, then events and the end by the
     thread that writes the first of them (the engine's, in ``serve``); a write from any
-    other thread raises ``RuntimeError``."""
+    other thread raises ``RuntimeError``.
+
+    Each line goes to the disk whole, or not at all: a disk that fails (full, gone) stops
+    the log for good after its last whole line, said in one line, and the set plays on.
+    The file is then the set's exact beginning, which replays as it was played; writing
+    on past a hole would make a log that replays another set."""
 
     def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", buffering=1)  # line-buffered: every line reaches the disk
-        self._write({"type": "header", "format": LOG_FORMAT, **header})
+        self._file = self.path.open("wb", buffering=0)  # no buffer: a line reaches the disk, or fails, at once
+        self._whole_bytes = 0  # the file's length up to its last whole line
+        self.lines = 0
+        self.failure: str | None = None
+        self.unwritten = 0  # lines not written since the failure
         self.closed = False
         self._writer: int | None = None
+        self._write({"type": "header", "format": LOG_FORMAT, **header})
 
     def event(self, event: ControlEvent, t: float) -> None:
         self._check_writer("event")
@@ -79,10 +90,32 @@ class PerformanceLog:
                                "is written by one thread (the engine's)")
 
     def _write(self, record: dict[str, Any]) -> None:
+        if self.failure is not None or self.closed:
+            self.unwritten += 1
+            return
+        line = (json.dumps(record) + "\n").encode()
         try:
-            self._file.write(json.dumps(record) + "\n")
-        except (OSError, ValueError) as exc:
-            log.error("performance log %s: %s", self.path, exc)
+            write_all(self._file, line)
+        except OSError as exc:
+            self.failure = exc.strerror or str(exc)
+            self.unwritten += 1
+            # What the failed write left of its line goes; if the disk is gone the part line
+            # stays, and read_log drops a last part line.
+            with contextlib.suppress(OSError):
+                self._file.truncate(self._whole_bytes)
+            log.error("performance log %s stopped after %d lines: %s; it replays the set up to there "
+                      "(render --automation with --seconds), and the set plays on", self.path, self.lines, self.failure)
+            return
+        self._whole_bytes += len(line)
+        self.lines += 1
+
+    def summary(self) -> str:
+        """What the file holds, for the last log line of a set."""
+        if self.failure is None:
+            return f"{self.path} (replay with: steerbridge render --automation {self.path} --out replay.wav)"
+        return (f"{self.path} stopped early ({self.failure}) after {self.lines} lines; {self.unwritten} were not "
+                f"written (replay what it holds with: steerbridge render --automation {self.path} --seconds S "
+                "--out replay.wav)")
 
 
 @dataclass

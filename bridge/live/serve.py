@@ -290,6 +290,5 @@ def run_serve(options: ServeOptions) -> int:
     if server.recorder is not None:
         log.info("recording: %s", server.recorder.summary())
     if server.perf_log is not None:
-        log.info("performance log: %s (replay with: steerbridge render --automation %s --out replay.wav)",
-                 server.perf_log.path, server.perf_log.path)
+        log.info("performance log: %s", server.perf_log.summary())
     return code
