@@ -35,8 +35,10 @@ from transformers import (
 )
 
 from steering_core.model.names import BUILTIN_MODELS, RANDOM_WEIGHT_MODELS, ModelLoadError, check_model_spec, download_fixes
+from steering_core.model.quiet import loading_quietly, quiet_musicgen_configs
 from steering_core.model.tiny import build_tiny_model, randomize_codebooks, tiny_tokenizer
 
+quiet_musicgen_configs()
 log = logging.getLogger(__name__)
 
 #: Decoder shapes of the released checkpoints (facebook/musicgen-*), for random-weight builds.
@@ -264,7 +266,8 @@ def _read_pretrained(spec: str, dtype: torch.dtype, local_files_only: bool) -> t
     cls = (MusicgenMelodyForConditionalGeneration if config.model_type == "musicgen_melody"
            else MusicgenForConditionalGeneration)
     # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code as it loads.
-    model = cls.from_pretrained(path, dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
+    with loading_quietly():
+        model = cls.from_pretrained(path, dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
     return model, tokenizer
 

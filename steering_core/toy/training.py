@@ -25,6 +25,8 @@ import json
 import logging
 import math
 import random
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -331,10 +333,25 @@ def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, second
 
 # --- both ------------------------------------------------------------------------------------------
 def _codec_stage(work: Path, settings: TrainSettings, progress: bool) -> None:
-    """The codec stage on its own (a child process in a parallel run): its checkpoint is its result."""
+    """The codec stage on its own (a child process in a parallel run): its checkpoint is its result.
+
+    The parent alone decides when it stops: Ctrl-C in a terminal reaches the whole process
+    group, and a child that took it would print a traceback of its own; the parent stops
+    it instead (``_train_toy``), and the kernel does if the parent dies unwarned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     torch.set_num_threads(1)  # the spawned child's own process, so its setting to make
     model = toy.build_untrained_toy(settings.seed)
     train_codec(model, settings, work / "codec.pt", progress)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (a SIGKILL the parent cannot pass on)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _load_trained_codec(model: MusicgenForConditionalGeneration, work: Path, settings: TrainSettings) -> None:
@@ -374,6 +391,10 @@ def _train_toy(out: Path, work: Path, settings: TrainSettings, progress: bool, c
         if child is None:
             train_codec(model, settings, work / "codec.pt", progress)
         lm_losses = train_lm(model, settings, work / "lm.pt", progress)
+    except BaseException:  # Ctrl-C, a signal or a failure: the codec stage stops with it
+        if child is not None:
+            child.terminate()
+        raise
     finally:
         if child is not None:
             child.join()
