@@ -192,6 +192,7 @@ def test_log_lines_do_not_glue_onto_serve_s_status_line_in_a_terminal(tmp_path) 
                              stderr=follower, env={**os.environ, "PYTHONPATH": str(REPO)})
     os.close(follower)
     seen = b""
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         while True:
             ready, _, _ = select.select([leader], [], [], 120)
@@ -204,11 +205,14 @@ def test_log_lines_do_not_glue_onto_serve_s_status_line_in_a_terminal(tmp_path) 
             if not chunk:
                 break
             seen += chunk
+            if b"xruns" in seen:  # the status line is up: make the server log a line under it
+                sender.sendto(b"/nosuch\x00,\x00\x00\x00", ("127.0.0.1", int(port)))
     finally:
+        sender.close()
         serve.wait(timeout=60)
         os.close(leader)
     text = seen.decode(errors="replace")
-    assert "xruns" in text and "stopped after" in text, text[-2000:]
+    assert "xruns" in text and "stopped after" in text and "/nosuch" in text, text[-2000:]
     # what the terminal shows: each \r returns to the line's start and ESC[K erases it
     for raw in text.replace("\r\n", "\n").split("\n"):
         shown = raw.split("\x1b[K")[-1].split("\r")[-1] if "\x1b[K" in raw else raw
