@@ -242,29 +242,6 @@ def latency_summary(lat: dict[str, Any]) -> str:
     return f"control latency p50 {lat['p50']:.0f} / p95 {lat['p95']:.0f} ms over {lat['n']} events"
 
 
-class _ClearingFormatter(logging.Formatter):
-    """A log line that first erases the terminal's status line (drawn with ``\\r``, no newline),
-    so the two never share a line; the status line is drawn again on its next tick."""
-
-    def __init__(self, inner: logging.Formatter) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def format(self, record: logging.LogRecord) -> str:
-        return "\r\033[K" + self.inner.format(record)
-
-
-def _log_lines_clear_the_status_line() -> list[tuple[logging.Handler, logging.Formatter | None]]:
-    """Wrap the formatter of each root handler that writes to the terminal's stderr; returns
-    what to put back."""
-    replaced: list[tuple[logging.Handler, logging.Formatter | None]] = []
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stderr:
-            replaced.append((handler, handler.formatter))
-            handler.setFormatter(_ClearingFormatter(handler.formatter or logging.Formatter()))
-    return replaced
-
-
 def run_serve(options: ServeOptions) -> int:
     server = Server(options)
     stop = server.stop_requested
@@ -278,7 +255,6 @@ def run_serve(options: ServeOptions) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     tty = options.status_line and sys.stderr.isatty()
     code = 0
-    restore_formats = _log_lines_clear_the_status_line() if tty else []
     try:
         server.start()
         deadline = None if options.duration is None else time.monotonic() + options.duration
@@ -301,8 +277,6 @@ def run_serve(options: ServeOptions) -> int:
     finally:
         if tty:
             print(file=sys.stderr)
-        for log_handler, formatter in restore_formats:
-            log_handler.setFormatter(formatter)
         server.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
