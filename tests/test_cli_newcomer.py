@@ -59,9 +59,11 @@ def test_verbose_works_after_the_command_too() -> None:
             "analyze": ["--out", "x"], "save-tiny": ["x"], "toy world": ["--concept", "tempo", "--out", "x"]}
     for words in [w for w in _parsers() if w and w != "toy"]:
         args = parser.parse_args([*words.split(), "-v", *argv.get(words, [])])
-        assert args.verbose, words
-    assert parser.parse_args(["-v", "render", "--out", "x.wav"]).verbose  # before it, as ever
-    assert not parser.parse_args(["render", "--out", "x.wav"]).verbose
+        assert args.verbose_after_command, words
+    args = parser.parse_args(["-v", "render", "--out", "x.wav"])  # before it, as ever
+    assert args.verbose and not args.verbose_after_command
+    args = parser.parse_args(["render", "--out", "x.wav"])
+    assert not (args.verbose or args.verbose_after_command)
 
 
 def test_the_toy_training_defaults_in_help_are_the_training_s_own() -> None:

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.verbose = args.verbose or getattr(args, "verbose_after_command", False)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=log_format(),
                         datefmt=LOG_DATE_FORMAT)
     func: Callable[[argparse.Namespace], int] = args.func

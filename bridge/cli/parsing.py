@@ -40,9 +40,9 @@ def add_command(sub: Commands, name: str, summary: str, description: str) -> arg
 
 
 def verbose_arg(p: argparse.ArgumentParser) -> None:
-    """``-v`` after the command as well as before it (``steerbridge render -v``). SUPPRESS:
-    a sub-command without it leaves the one given before the command standing."""
-    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    """``-v`` after the command as well as before it (``steerbridge render -v``). Its own dest:
+    a sub-command's default would overwrite the ``-v`` given before the command."""
+    p.add_argument("-v", "--verbose", dest="verbose_after_command", action="store_true", help="debug logging")
 
 
 def model_args(p: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL, model_help: str = "") -> None:
