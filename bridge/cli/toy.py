@@ -86,12 +86,9 @@ def register(sub: Commands) -> None:
     p.set_defaults(func=cmd_toy_check)
 
 
-class _Stopped(Exception):
-    """A signal asked training to stop."""
-
-
 def _stop_on(signum: int, _frame: object) -> None:
-    raise _Stopped(signal.Signals(signum).name)
+    """Another signal than SIGINT stops training as Ctrl-C does, naming itself."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def cmd_toy_train(args: argparse.Namespace) -> int:
@@ -107,11 +104,11 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, _stop_on) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         summary: dict[str, Any] = train_toy(out, Path(args.work), settings, parallel=not args.sequential)
-    except (KeyboardInterrupt, _Stopped) as exc:
-        name = str(exc) if isinstance(exc, _Stopped) else "Ctrl-C"
-        print(f"steerbridge toy train: stopped ({name}); the same command resumes from the checkpoints in "
-              f"{args.work}", file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.Signals[name].value
+    except KeyboardInterrupt as exc:
+        by = str(exc)  # a signal's name from _stop_on; empty for Ctrl-C
+        print(f"steerbridge toy train: stopped ({by or 'Ctrl-C'}); the same command resumes from the checkpoints "
+              f"in {args.work}", file=sys.stderr)
+        return 128 + signal.Signals[by].value if by else 130
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
