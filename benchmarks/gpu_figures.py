@@ -18,6 +18,7 @@ rtf = seconds of audio per second of wall time (> 1 is faster than real time).
 
     python benchmarks/gpu_figures.py                 # on the GPU machine, <= 8 min on an H100
     python benchmarks/gpu_figures.py --smoke         # tiny, a few seconds, any machine (CI)
+    python benchmarks/gpu_figures.py --allow-cpu     # the full run without a GPU (hours; refused without it)
 """
 
 from __future__ import annotations
@@ -182,13 +183,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="audio seconds per timed run (default 10; smoke 1)")
     p.add_argument("--soak-seconds", type=float, default=None, help="serve soak, first model (default 60; smoke 3; 0 skips)")
     p.add_argument("--max-streams", type=int, default=None, help="where the streams sweep stops (default 64; smoke 2)")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="measure the full figures on a CPU anyway (hours: the large shape alone is far below real time)")
     args = p.parse_args(argv)
     smoke = args.smoke
+    on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if not smoke and not on_gpu and not args.allow_cpu:
+        print("gpu_figures: no GPU here (torch sees no CUDA device, or --device cpu): the full figures take about "
+              "8 min on an H100 and hours on a CPU. Run it on a GPU machine; --smoke proves it runs anywhere in "
+              "seconds; --allow-cpu measures here anyway.", file=sys.stderr)
+        return 2
     models = (args.models or ("tiny" if smoke else "musicgen-small,musicgen-medium,musicgen-large")).split(",")
     dtype = args.dtype or ("float32" if smoke else "bfloat16")
     seconds = args.seconds or (1.0 if smoke else 10.0)
     soak = args.soak_seconds if args.soak_seconds is not None else (3.0 if smoke else 60.0)
     limit = args.max_streams or (2 if smoke else 64)
+    print(f"gpu_figures: measuring {', '.join(models)} ({dtype}, {seconds:g} s per timed run; the streams sweep "
+          f"to {limit} and a {soak:g} s serve soak on {models[0]}) on {'the GPU' if on_gpu else 'the CPU'}; "
+          + ("a few seconds" if smoke else "about 8 min on an H100" if on_gpu else "hours on a CPU"),
+          file=sys.stderr, flush=True)
     started = time.perf_counter()
     rows = []
     for i, model in enumerate(models):

@@ -10,7 +10,7 @@ from bridge.cli import build_parser
 from bridge.live.options import DEFAULT_PROMPT, EngineSettings, ServeOptions
 
 #: Serve options whose parsed value is not a field of the same name.
-NOT_A_FIELD = {"quiet"}  # ServeOptions.status_line, inverted
+NOT_A_FIELD = {"quiet", "verbose_after_command"}  # ServeOptions.status_line, inverted; -v after the command
 
 
 def _sub(name: str) -> argparse.ArgumentParser:

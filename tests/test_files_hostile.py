@@ -227,3 +227,185 @@ def test_serve_with_a_fifo_for_a_file_option_exits_with_one_line(tmp_path) -> No
         lines = done.stderr.strip().splitlines()
         assert "Traceback" not in done.stderr and len(lines) == 1, (option, done.stderr[-2000:])
         assert "FIFO" in lines[0] or "regular file" in lines[0], (option, lines[0])
+
+
+# --- bad files are one line, exit status 2 (issue 21, item 8) ---------------------------------
+def _one_line_exit_2(argv: list[str], *expected: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "bridge.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-3000:]
+    assert all(word in lines[0] for word in expected), lines[0]
+    return lines[0]
+
+
+BAD_CONTROLS = {
+    "lsb: x": "{cc: 16, target: /steer/@1/knob, lsb: x}",
+    "step: fast": "{cc: 16, target: /steer/@1/knob, mode: relative_twos, step: fast}",
+    "step: .inf": "{cc: 16, target: /steer/@1/knob, mode: relative_twos, step: .inf}",
+    "range: [0, .nan]": "{cc: 16, target: /steer/@1/knob, range: [0, .nan]}",
+    "range past float": "{cc: 16, target: /steer/@1/knob, range: [-1.0e308, 1.0e308]}",
+    "cc: true": "{cc: true, target: /steer/@1/knob}",
+    "cc: 1.5": "{cc: 1.5, target: /steer/@1/knob}",
+    "target: a list": "{cc: 16, target: [1, 2]}",
+    "button: maybe": "{cc: 41, target: /transport/play, button: maybe}",
+    "channel: true": "{cc: 16, target: /steer/@1/knob, channel: true}",
+}
+
+
+@pytest.mark.parametrize("control", BAD_CONTROLS.values(), ids=BAD_CONTROLS.keys())
+def test_midi_map_controls_of_the_wrong_type_are_one_line_errors(tmp_path, control) -> None:
+    (tmp_path / "m.yaml").write_text(f"controls:\n  - {control}\n")
+    with pytest.raises(MidiMapError) as info:
+        load_map(str(tmp_path / "m.yaml"))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("program_change", ["{zero: calm}", "{1: calm, 200: other}", "{true: calm}", "{1: ../x}"])
+def test_midi_map_program_changes_must_be_numbers_to_scene_names(tmp_path, program_change) -> None:
+    (tmp_path / "m.yaml").write_text(f"controls: []\nprogram_change: {program_change}\n")
+    with pytest.raises(MidiMapError, match="program_change"):
+        load_map(str(tmp_path / "m.yaml"))
+    (tmp_path / "ok.yaml").write_text("controls: []\nprogram_change: {0: calm, 127: loud}\n")
+    assert load_map(str(tmp_path / "ok.yaml")).program_change == {0: "calm", 127: "loud"}
+
+
+def test_serve_with_a_midi_map_of_the_wrong_type_prints_one_line(tmp_path) -> None:
+    (tmp_path / "m.yaml").write_text(f"controls:\n  - {BAD_CONTROLS['lsb: x']}\n")
+    _one_line_exit_2(["serve", "--model", "tiny", "--audio-out", "none", "--duration", "1", "--midi-map",
+                      str(tmp_path / "m.yaml")], "m.yaml", "0-127")
+
+
+def _event(change: dict) -> dict:
+    return {"type": "event", "t": 0.1, "source": "osc", "label": "x", "step": 5, "changes": [change]}
+
+
+HOSTILE_LOGS = {
+    "alpha 1e308": [HEADER, _event({"kind": "alpha", "concept": "timbre", "value": 1e308})],
+    "unknown setting": [{**HEADER, "settings": {"guidance_scale": 3.0, "warp": 1.0}}],
+    "setting out of range": [{**HEADER, "settings": {"temperature": 1e308}}],
+    "1 MB prompt": [{**HEADER, "prompt": "x" * 1_000_000}],
+    "1 MB prompt change": [HEADER, _event({"kind": "prompt", "value": "y" * 1_000_000})],
+    "seed past 64 bits": [{**HEADER, "seed": 2**70}],
+    "top_k change of -1": [HEADER, _event({"kind": "top_k", "value": -1})],
+    "enabled: maybe": [HEADER, _event({"kind": "enabled", "concept": "timbre", "value": "maybe"})],
+}
+
+
+@pytest.mark.parametrize("lines", HOSTILE_LOGS.values(), ids=HOSTILE_LOGS.keys())
+def test_performance_logs_past_what_serve_writes_are_refused(tmp_path, lines) -> None:
+    log = tmp_path / "p.jsonl"
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(PerformanceLogError) as info:
+        read_log(log)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("case", ["alpha 1e308", "unknown setting", "1 MB prompt"])
+def test_render_automation_with_a_hostile_log_prints_one_line(tmp_path, case) -> None:
+    log = tmp_path / "p.jsonl"
+    log.write_text("\n".join(json.dumps(line) for line in HOSTILE_LOGS[case]) + "\n")
+    _one_line_exit_2(["render", "--automation", str(log), "--out", str(tmp_path / "o.wav")], "p.jsonl")
+
+
+def test_a_model_folder_with_pickled_or_broken_weights_is_one_line(tmp_path) -> None:
+    subprocess.run([sys.executable, "-m", "bridge.cli", "save-tiny", str(tmp_path / "m")], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    (tmp_path / "m" / "model.safetensors").unlink()
+    # A pickle that names a class: never unpickled, whatever it holds.
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"\x80\x04cposix\nsystem\n.")
+    _one_line_exit_2(["render", "--model", str(tmp_path / "m"), "--seconds", "1", "--out", str(tmp_path / "o.wav")],
+                     "pickled weights")
+    (tmp_path / "m" / "pytorch_model.bin").unlink()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\xff" * 64 + weights[64:])
+    _one_line_exit_2(["render", "--model", str(tmp_path / "m"), "--seconds", "1", "--out", str(tmp_path / "o.wav")],
+                     "not a valid safetensors")
+
+
+# --- a full disk leaves both files exact, and the log quiet (issue 21, item 10) ---------------
+FILL_THE_DISK = r"""
+import json, logging, sys, time
+import numpy as np
+from bridge.live.control import ControlEvent
+from bridge.live.performance_log import PerformanceLog
+from bridge.live.recorder import WavRecorder
+from steering_core.stream.timeline import Change
+
+folder, kind = sys.argv[1], sys.argv[2]
+errors = []
+class Count(logging.Handler):
+    def emit(self, record):
+        if record.levelno >= logging.ERROR:
+            errors.append(record.getMessage())
+logging.getLogger("steerbridge").addHandler(Count())
+if kind == "log":
+    log = PerformanceLog(f"{folder}/p.jsonl", {"prompt": "x" * 300})
+    for step in range(2000):  # a knob turned for a minute
+        log.event(ControlEvent((Change("alpha", step / 1000, "timbre"),), "osc", "/steer/timbre", step=step), 0.1)
+    log.end(2000, "0" * 64)
+    print(json.dumps({"errors": errors, "lines": log.lines, "unwritten": log.unwritten, "summary": log.summary()}))
+else:
+    rec = WavRecorder(f"{folder}/r.wav", 48000, 2)
+    for _ in range(400):
+        rec.write(np.full((960, 2), 0.25, np.float32))
+        time.sleep(0.001)
+    rec.close()
+    print(json.dumps({"errors": errors, "frames": rec.frames, "failure": rec.failure}))
+"""
+
+
+@pytest.fixture(params=["tmpfs", "file size limit"])
+def small_full_disk(request, tmp_path):
+    """A folder and how to run a process so that its writes run out of room after 96 KiB: a real
+    tmpfs of that size where mounting is allowed (root), and everywhere the kernel's file
+    size limit (RLIMIT_FSIZE: the same partial write, then EFBIG)."""
+    room = 96 * 1024
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if request.param == "tmpfs":
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", str(folder)],
+                                 capture_output=True)
+        if mounted.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (not root); the file size limit case runs instead")
+        yield folder, None
+        subprocess.run(["umount", str(folder)], check=True)
+        return
+
+    def limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+
+    yield folder, limit
+
+
+def _fill(small_full_disk, kind: str) -> tuple[Path, dict]:
+    folder, limit = small_full_disk
+    done = subprocess.run([sys.executable, "-c", FILL_THE_DISK, str(folder), kind], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, preexec_fn=limit, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder, json.loads(done.stdout)
+
+
+def test_a_full_disk_leaves_the_recording_exact(small_full_disk) -> None:
+    folder, result = _fill(small_full_disk, "wav")
+    data = (folder / "r.wav").read_bytes()
+    assert result["failure"] and len(result["errors"]) == 1, result
+    riff, data_bytes = int.from_bytes(data[4:8], "little"), int.from_bytes(data[40:44], "little")
+    # the header, the length and the frames agree, and nothing follows the data chunk
+    assert riff == len(data) - 8 and data_bytes == len(data) - 44 == result["frames"] * 4, (len(data), riff, data_bytes)
+    assert result["frames"] > 0
+
+
+def test_a_full_disk_stops_the_performance_log_on_a_whole_line_with_one_error(small_full_disk) -> None:
+    folder, result = _fill(small_full_disk, "log")
+    data = (folder / "p.jsonl").read_bytes()
+    assert len(result["errors"]) == 1 and "stopped after" in result["errors"][0], result["errors"][:3]
+    assert data.endswith(b"\n") and data.count(b"\n") == result["lines"] > 1
+    assert result["lines"] + result["unwritten"] == 2002  # the header, 2000 events, the end
+    performed = read_log(folder / "p.jsonl")  # what is there replays: the set's exact beginning
+    assert [step for step, _ in performed.schedule] == list(range(result["lines"] - 1))
+    assert performed.frames is None and "stopped early" in result["summary"]

@@ -27,3 +27,15 @@ def test_gpu_figures_smoke_runs_end_to_end(capsys) -> None:
         assert row[key] > 0, key
     assert row["max_realtime_streams"] in (0, 1, 2) and row["streams_sweep"]
     assert out[1].startswith("| model |") and out[3].startswith("| tiny |")
+
+
+def test_without_a_gpu_the_full_run_refuses_at_once_unless_asked(capsys) -> None:
+    """On a CPU the full figures would grind for hours without a word (issue 21)."""
+    import time
+
+    script = _load_script()
+    started = time.perf_counter()
+    assert script.main(["--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no GPU" in err[0] and "--smoke" in err[0] and "--allow-cpu" in err[0]
+    assert time.perf_counter() - started < 5

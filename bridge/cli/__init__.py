@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from steering_core.errors import UserError
 
 from .. import __version__
+from ..live.rate_limited_log import LOG_DATE_FORMAT, log_format
 from . import bench, extract, render, serve, starter, toy
 from .parsing import DefaultsFormatter, OneLineParser
 
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args.verbose = args.verbose or getattr(args, "verbose_after_command", False)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=log_format(),
+                        datefmt=LOG_DATE_FORMAT)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -12,6 +12,7 @@ from .validators import (
     METHOD_NAMES,
     SITE_NAMES,
     CliError,
+    check_clap,
     check_model,
     check_output_file,
     layers_arg,
@@ -74,7 +75,8 @@ def register(sub: Commands) -> None:
     p.add_argument("--seconds", type=positive_float, default=2.0, help="seconds per sweep clip")
     p.add_argument("--prompt", default="an ambient synth piece with drums", help="prompt for the sweep")
     p.add_argument("--clap", default="tiny",
-                   help="CLAP hub id or folder (e.g. laion/clap-htsat-unfused) | tiny (random weights, plumbing only) | none")
+                   help="CLAP hub id or folder (e.g. laion/clap-htsat-unfused) | tiny (RANDOM weights: plumbing only, "
+                        "its plots say so) | none")
     p.add_argument("--write-back", action="store_true", help="also write <concept>.yaml with the recommended layers")
     p.add_argument("--out", required=True, help="report folder")
     p.set_defaults(func=cmd_analyze)
@@ -187,6 +189,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise CliError(f"--data {args.data}: no such folder (it wants one sub-folder of audio files per class)")
     check_model(args.model)
     check_engine(args)
+    check_clap(args.clap)
     from steering_core.extract.concepts import load_concept
 
     for concept in args.concept:

@@ -27,7 +27,7 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or action.default == [] or "%(default)" in text:
+        if action.default in (None, False, "", argparse.SUPPRESS) or action.default == [] or "%(default)" in text:
             return text
         return super()._get_help_string(action)
 
@@ -35,7 +35,14 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_command(sub: Commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description,
                                                      formatter_class=DefaultsFormatter)
+    verbose_arg(parser)
     return parser
+
+
+def verbose_arg(p: argparse.ArgumentParser) -> None:
+    """``-v`` after the command as well as before it (``steerbridge render -v``). Its own dest:
+    a sub-command's default would overwrite the ``-v`` given before the command."""
+    p.add_argument("-v", "--verbose", dest="verbose_after_command", action="store_true", help="debug logging")
 
 
 def model_args(p: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL, model_help: str = "") -> None:

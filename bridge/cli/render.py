@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..live.options import DEFAULT_MODEL, DEFAULT_PROMPT, ServeOptions
+from ..live.options import DEFAULT_MODEL, DEFAULT_PROMPT, ServeOptions, torch_threads_for
 from .parsing import add_command, cuda_graphs_arg, model_args
 from .validators import (
     CliError,
@@ -21,13 +23,18 @@ from .validators import (
     non_negative_int,
     parse_steer,
     positive_float,
+    positive_int,
+    prompt_text,
     unit_interval,
 )
 
 if TYPE_CHECKING:  # the command line imports torch only once a command runs (``--help`` stays instant)
+    from steering_core.model.loading import MusicGenHandle
     from steering_core.stream.sampling import SamplingSettings
 
     from .parsing import Commands
+
+log = logging.getLogger("steerbridge.render")
 
 #: What render falls back on without --automation; a replay takes the performance's.
 DEFAULT_SECONDS = 5.0
@@ -43,7 +50,8 @@ def register(sub: Commands) -> None:
                     "bit-identical to no vectors.")
     model_args(p, model_default=None, model_help=f"as for extract (default: {DEFAULT_MODEL}, or the performance's "
                "model with --automation)")
-    p.add_argument("--prompt", default=None, help=f"text prompt (default: {DEFAULT_PROMPT!r}, or the performance's)")
+    p.add_argument("--prompt", type=prompt_text, default=None,
+                   help=f"text prompt (default: {DEFAULT_PROMPT!r}, or the performance's)")
     p.add_argument("--vectors", action="append", default=[], help="vector file or folder (repeatable)")
     p.add_argument("--steer", action="append", type=parse_steer, default=[], metavar="CONCEPT=ALPHA",
                    help="steer a concept from --vectors by alpha (repeatable; default: no steering)")
@@ -67,8 +75,26 @@ def register(sub: Commands) -> None:
     p.add_argument("--top-p", type=unit_interval, default=None,
                    help=f"nucleus sampling threshold (0: off) (default: 0,{performance}")
     p.add_argument("--out", required=True, help="output .wav")
+    p.add_argument("--threads", type=positive_int, default=ServeOptions.threads,
+                   help="torch CPU threads (default: 1 for the built-in models, else torch's), as serve")
     cuda_graphs_arg(p)
     p.set_defaults(func=cmd_render)
+
+
+def _load(args: argparse.Namespace, spec: str) -> MusicGenHandle:
+    """The model, with serve's torch thread count for it (``--threads``)."""
+    import torch
+
+    from steering_core.model.loading import load_model
+
+    started = time.perf_counter()
+    handle = load_model(spec, args.device, args.dtype)
+    threads = torch_threads_for(handle.device.type, handle.d_model, args.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    log.debug("model %s on %s (%s) loaded in %.1f s; %d torch threads", spec, handle.device, handle.dtype,
+              time.perf_counter() - started, torch.get_num_threads())
+    return handle
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -84,7 +110,6 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise CliError(f"--steer {args.steer[0][0]}=... needs the --vectors file that holds {args.steer[0][0]!r}")
     seconds = DEFAULT_SECONDS if args.seconds is None else args.seconds
     from steering_core.audio import write_wav
-    from steering_core.model.loading import load_model
     from steering_core.steer.vectors import load_vectors
     from steering_core.stream.render import render
 
@@ -94,15 +119,22 @@ def cmd_render(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"--steer names {', '.join(unknown)} but no --vectors file holds "
                        f"{'it' if len(unknown) == 1 else 'them'} (loaded: {', '.join(v.concept for v in vectors) or 'none'})")
-    handle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
+    handle = _load(args, args.model or DEFAULT_MODEL)
     settings = _settings(args, {})
     seed = args.seed or DEFAULT_SEED
+    started = time.perf_counter()
     audio = render(handle, args.prompt or DEFAULT_PROMPT, seconds, seed=seed, vectors=vectors, alphas=alphas,
                    settings=settings, cuda_graphs=args.cuda_graphs)
+    _log_speed(seconds, time.perf_counter() - started)
     out = write_wav(args.out, audio, handle.sample_rate)
     steer = ", ".join(f"{k}={v:g}" for k, v in alphas.items()) or "no steering"
     print(f"wrote {out}: {audio.shape[-1] / handle.sample_rate:.2f} s at {handle.sample_rate} Hz, {steer}, seed {seed}")
     return 0
+
+
+def _log_speed(seconds: float, took: float) -> None:
+    log.debug("generated %.2f s of audio in %.1f s (rtf %.2f: audio seconds per second)", seconds, took,
+              seconds / took if took else float("inf"))
 
 
 def _settings(args: argparse.Namespace, base: dict[str, object]) -> SamplingSettings:
@@ -114,7 +146,6 @@ def _settings(args: argparse.Namespace, base: dict[str, object]) -> SamplingSett
 
 def _render_automation(args: argparse.Namespace) -> int:
     from steering_core.audio import write_wav
-    from steering_core.model.loading import load_model
     from steering_core.steer.vectors import load_vector, load_vectors
 
     from ..tools.replay import midi_schedule, read_log, replay
@@ -126,7 +157,7 @@ def _render_automation(args: argparse.Namespace) -> int:
         if not args.vectors:
             raise CliError("a .mid automation needs --vectors for the concepts its controller map drives")
         vectors = [v for p in args.vectors for v in load_vectors(p)]
-        handle = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
+        handle = _load(args, args.model or DEFAULT_MODEL)
         settings = _settings(args, {})
         prompt, seed = args.prompt or DEFAULT_PROMPT, args.seed or DEFAULT_SEED
         smoothing, window = DEFAULT_SMOOTHING_MS, {}
@@ -150,7 +181,7 @@ def _render_automation(args: argparse.Namespace) -> int:
                 if hashlib.sha256(vpath.read_bytes()).hexdigest() != entry.get("sha256"):
                     raise CliError(f"{vpath} changed since the performance; pass --vectors to use it anyway")
                 vectors.append(load_vector(vpath))
-        handle = load_model(args.model or str(h.get("model", DEFAULT_MODEL)), args.device, args.dtype)
+        handle = _load(args, args.model or str(h.get("model", DEFAULT_MODEL)))
         if h.get("model_config_sha256") not in (None, handle.config_sha256):
             raise CliError("this performance was played on another model configuration; pass the same --model")
         settings = _settings(args, dict(h.get("settings", {})))
@@ -164,8 +195,10 @@ def _render_automation(args: argparse.Namespace) -> int:
         frames = performed.frames
     else:
         raise CliError("the automation does not say how long it ran; pass --seconds")
+    started = time.perf_counter()
     result = replay(handle, vectors, performed, prompt=prompt, seed=seed, settings=settings, smoothing_ms=smoothing,
                     frames=frames, **window)
+    _log_speed(frames / handle.frame_rate, time.perf_counter() - started)
     out = write_wav(args.out, result.audio, handle.sample_rate)
     print(f"wrote {out}: {frames / handle.frame_rate:.2f} s, {len(performed.schedule)} control events replayed; "
           f"tokens sha256 {result.codes_sha256[:16]}")

@@ -28,6 +28,7 @@ from .validators import (
     port_number,
     positive_float,
     positive_int,
+    prompt_text,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def register(sub: Commands) -> None:
                     "(audio ready), xruns (times the sound card ran dry), control latency and the alphas. OSC "
                     "addresses: docs/OSC.md.")
     model_args(p, model_default=SERVE.model)
-    _option(p, "--prompt", SERVE, help="text prompt to start with")
+    _option(p, "--prompt", SERVE, type=prompt_text, help="text prompt to start with")
     _option(p, "--seed", SERVE, type=int, help="sampling seed")
     _option(p, "--vectors", SERVE, action="append",
             help="vector file or folder (repeatable; default: timbre and tempo, extracted once and cached)")

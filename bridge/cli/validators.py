@@ -72,6 +72,16 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def prompt_text(text: str) -> str:
+    """A prompt as OSC's ``/prompt`` takes it: a longer one would not fit the text encoder."""
+    from ..live.targets import MAX_PROMPT_CHARS
+
+    if not text.strip() or len(text) > MAX_PROMPT_CHARS:
+        raise argparse.ArgumentTypeError(f"a prompt is non-empty text of at most {MAX_PROMPT_CHARS} characters, "
+                                         f"got {len(text)}")
+    return text
+
+
 def port_number(text: str) -> int:
     value = int(_number(int, text))
     if not 1 <= value <= 65535:
@@ -129,6 +139,21 @@ def check_model(spec: str) -> None:
     from steering_core.model.names import check_model_spec
 
     check_model_spec(spec)
+
+
+def check_clap(spec: str) -> None:
+    """``--clap`` as ``--model`` is checked: a missing folder, or a hub id neither cached nor
+    reachable, is one line before any work (offline, the hub client retries for half a minute)."""
+    from steering_core.model.names import hub_cached, hub_reachable, looks_like_path
+
+    if spec in ("tiny", "none") or Path(spec).expanduser().is_dir():
+        return
+    if looks_like_path(spec) or "/" not in spec:
+        raise CliError(f"--clap {spec}: no such folder, and not a hub id (owner/name) or tiny | none")
+    if not hub_cached(spec) and not hub_reachable():
+        raise CliError(f"--clap {spec} is not in the local cache and the hub cannot be reached (offline?). Fixes: "
+                       f"--clap none (no CLAP scores); download it once while online (`hf download {spec}`), after "
+                       f"which it loads from the cache offline; or point --clap at a local folder")
 
 
 def check_vector_paths(paths: Sequence[str]) -> None:

@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -104,14 +104,34 @@ def load_map(spec: str) -> ControllerMap:
     if pc is not None and pc != "scenes" and not isinstance(pc, dict):
         raise MidiMapError(f"controller map {path.name}: program_change must be 'scenes' or a number->scene map")
     if isinstance(pc, dict):
-        pc = {int(k): check_name(str(v), "scene name") for k, v in pc.items()}
+        pc = _program_scenes(pc, path.name)
     return ControllerMap(str(raw.get("name", path.stem)), bindings, pc)
+
+
+def _program_scenes(pc: dict[Any, Any], where: str) -> dict[int, str]:
+    scenes = {}
+    for number, name in pc.items():
+        if not (_whole(number) and 0 <= number <= 127):
+            raise MidiMapError(f"controller map {where}: program_change numbers are 0-127, got {str(number)[:40]!r}")
+        try:
+            scenes[number] = check_name(str(name), "scene name")
+        except ConceptError as exc:
+            raise MidiMapError(f"controller map {where}: program_change {number}: {exc}") from None
+    return scenes
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _channel(value: Any, where: str) -> int | None:
     if value is None or value == "any":
         return None
-    if isinstance(value, int) and 1 <= value <= 16:
+    if _whole(value) and 1 <= value <= 16:
         return value - 1
     raise MidiMapError(f"controller map {where}: channel must be 1-16 or 'any', got {value!r}")
 
@@ -119,29 +139,36 @@ def _channel(value: Any, where: str) -> int | None:
 def _binding(entry: Any, channel: int | None, where: str) -> Binding:
     if not isinstance(entry, dict):
         raise MidiMapError(f"controller map {where}: each control must be a mapping, got {entry!r}")
-    try:
-        cc = int(entry["cc"])
-        target = str(entry["target"])
-    except (KeyError, TypeError, ValueError):
-        raise MidiMapError(f"controller map {where}: each control needs 'cc' and 'target': {entry!r}") from None
-    lsb = entry.get("lsb")
-    if not 0 <= cc <= 127 or (lsb is not None and not 0 <= int(lsb) <= 127):
-        raise MidiMapError(f"controller map {where}: CC numbers are 0-127: {entry!r}")
+    cc, target, lsb = entry.get("cc"), entry.get("target"), entry.get("lsb")
+    if not (_whole(cc) and isinstance(target, str)):
+        raise MidiMapError(f"controller map {where}: each control needs a whole 'cc' and a 'target' address: "
+                           f"{str(entry)[:120]}")
+    if not 0 <= cc <= 127 or (lsb is not None and not (_whole(lsb) and 0 <= lsb <= 127)):
+        raise MidiMapError(f"controller map {where}: CC numbers are whole numbers 0-127: {str(entry)[:120]}")
     mode = str(entry.get("mode", "absolute"))
     if mode not in MODES:
-        raise MidiMapError(f"controller map {where}: unknown mode {mode!r} (choose {', '.join(MODES)})")
+        raise MidiMapError(f"controller map {where}: unknown mode {mode[:40]!r} (choose {', '.join(MODES)})")
+    step = entry.get("step", 0.01)
+    if not (_finite(step) and 0 < step <= 1):
+        raise MidiMapError(f"controller map {where}: step is a number in (0, 1] (of the knob's span), "
+                           f"got {str(step)[:40]!r}")
     rng = entry.get("range")
     if rng is not None:
-        if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, int | float) for v in rng)):
-            raise MidiMapError(f"controller map {where}: range must be [low, high]: {entry!r}")
+        if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(v) for v in rng)
+                and math.isfinite(rng[1] - rng[0])):
+            raise MidiMapError(f"controller map {where}: range must be [low, high], two finite numbers: "
+                               f"{str(entry)[:120]}")
         rng = (float(rng[0]), float(rng[1]))
     shape = str(entry.get("curve", "linear"))
     curve(shape)
     takeover = str(entry.get("takeover", "pickup"))
     if takeover not in ("pickup", "jump"):
-        raise MidiMapError(f"controller map {where}: takeover is 'pickup' or 'jump', got {takeover!r}")
-    return Binding(cc=cc, target=target, range=rng, curve=shape, mode=mode, step=float(entry.get("step", 0.01)),
-                   lsb=None if lsb is None else int(lsb), takeover=takeover, button=bool(entry.get("button", False)),
+        raise MidiMapError(f"controller map {where}: takeover is 'pickup' or 'jump', got {takeover[:40]!r}")
+    button = entry.get("button", False)
+    if not isinstance(button, bool):
+        raise MidiMapError(f"controller map {where}: button is true or false, got {str(button)[:40]!r}")
+    return Binding(cc=cc, target=target, range=rng, curve=shape, mode=mode, step=float(step), lsb=lsb,
+                   takeover=takeover, button=button,
                    channel=_channel(entry["channel"], where) if "channel" in entry else channel)
 
 

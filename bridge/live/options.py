@@ -73,3 +73,17 @@ class ServeOptions:
     # Frames per codec decode; None: the model's own. More frames per call cost less per
     # frame (a small codec's decode is mostly fixed cost) and each adds a frame of latency.
     codec_chunk: int | None = None
+
+
+#: A model this narrow is all per-op overhead on a CPU: extra torch threads cost more than
+#: they give, and compete with the audio and control threads on a small machine.
+SMALL_MODEL_D_MODEL = 256
+
+
+def torch_threads_for(device_type: str, d_model: int, asked: int | None) -> int | None:
+    """The torch CPU thread count serve and render use: ``asked`` (``--threads``), else 1
+    for a small model on the CPU, else None (torch's own default)."""
+    if asked is not None:
+        return asked
+    return 1 if device_type == "cpu" and d_model <= SMALL_MODEL_D_MODEL else None
+

@@ -55,7 +55,7 @@ from .oscbudget import TokenBuckets
 from .oscmatch import AddressMatcher, PatternError
 from .oscqueue import FutureQueue, QueueFull
 from .oscwire import OscWireError, WireMessage, decode_packet, encode_message, is_own_address, short
-from .rate_limited_log import RateLimitedLog
+from .rate_limited_log import LOG_DATE_FORMAT, RateLimitedLog, log_format
 from .targets import Args, ControlError, ControlTable, Target
 
 log = logging.getLogger("steerbridge.osc")
@@ -394,7 +394,7 @@ class Front:
 
 def main(argv: list[str]) -> int:
     udp_fd, link_fd, level = int(argv[0]), int(argv[1]), argv[2]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=level, format=log_format(), datefmt=LOG_DATE_FORMAT)
     # Ctrl-C reaches the whole process group: the server decides, and closes the link.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The music comes first: under a flood this process, not the engine, waits for a core,

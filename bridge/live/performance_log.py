@@ -10,6 +10,7 @@ against. Each line is flushed as it is written, so a set cut short still replays
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,16 +21,21 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from steering_core.errors import UserError
+from steering_core.steer.vectors import MAX_ABS_ALPHA
+from steering_core.stream.settings import SETTINGS
 from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
-from .targets import SETTING_BY_NAME
+from .recorder import write_all
+from .targets import MAX_PROMPT_CHARS, MAX_SEED, SETTING_BY_NAME
 from .userfiles import NotARegularFile, read_user_file
 
 log = logging.getLogger("steerbridge.performance_log")
 
 LOG_FORMAT = 1
 MAX_LOG_BYTES = 512 * 1024 * 1024
+#: A hub id or a folder's path: longer is not a model name but a mistake.
+MAX_MODEL_CHARS = 4096
 
 
 class PerformanceLogError(UserError):
@@ -39,15 +45,24 @@ class PerformanceLogError(UserError):
 class PerformanceLog:
     """Written by one thread: the header where it is made, then events and the end by the
     thread that writes the first of them (the engine's, in ``serve``); a write from any
-    other thread raises ``RuntimeError``."""
+    other thread raises ``RuntimeError``.
+
+    Each line goes to the disk whole, or not at all: a disk that fails (full, gone) stops
+    the log for good after its last whole line, said in one line, and the set plays on.
+    The file is then the set's exact beginning, which replays as it was played; writing
+    on past a hole would make a log that replays another set."""
 
     def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", buffering=1)  # line-buffered: every line reaches the disk
-        self._write({"type": "header", "format": LOG_FORMAT, **header})
+        self._file = self.path.open("wb", buffering=0)  # no buffer: a line reaches the disk, or fails, at once
+        self._whole_bytes = 0  # the file's length up to its last whole line
+        self.lines = 0
+        self.failure: str | None = None
+        self.unwritten = 0  # lines not written since the failure
         self.closed = False
         self._writer: int | None = None
+        self._write({"type": "header", "format": LOG_FORMAT, **header})
 
     def event(self, event: ControlEvent, t: float) -> None:
         self._check_writer("event")
@@ -80,10 +95,32 @@ class PerformanceLog:
                                "is written by one thread (the engine's)")
 
     def _write(self, record: dict[str, Any]) -> None:
+        if self.failure is not None or self.closed:
+            self.unwritten += 1
+            return
+        line = (json.dumps(record) + "\n").encode()
         try:
-            self._file.write(json.dumps(record) + "\n")
-        except (OSError, ValueError) as exc:
-            log.error("performance log %s: %s", self.path, exc)
+            write_all(self._file, line)
+        except OSError as exc:
+            self.failure = exc.strerror or str(exc)
+            self.unwritten += 1
+            # What the failed write left of its line goes; if the disk is gone the part line
+            # stays, and read_log drops a last part line.
+            with contextlib.suppress(OSError):
+                self._file.truncate(self._whole_bytes)
+            log.error("performance log %s stopped after %d lines: %s; it replays the set up to there "
+                      "(render --automation with --seconds), and the set plays on", self.path, self.lines, self.failure)
+            return
+        self._whole_bytes += len(line)
+        self.lines += 1
+
+    def summary(self) -> str:
+        """What the file holds, for the last log line of a set."""
+        if self.failure is None:
+            return f"{self.path} (replay with: steerbridge render --automation {self.path} --out replay.wav)"
+        return (f"{self.path} stopped early ({self.failure}) after {self.lines} lines; {self.unwritten} were not "
+                f"written (replay what it holds with: steerbridge render --automation {self.path} --seconds S "
+                "--out replay.wav)")
 
 
 @dataclass
@@ -148,7 +185,7 @@ def _whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -157,34 +194,71 @@ def _bad(change: object) -> Change:
 
 
 def _check_change(change: Change) -> None:
-    """What a replay would otherwise find out, with a traceback, minutes into rendering."""
-    if change.kind == "alpha" and not (_number(change.value) and change.concept):
-        raise PerformanceLogError(f"alpha change needs a concept and a finite number, got {str(change.value)[:20]!r}")
+    """What a replay would otherwise find out, with a traceback, minutes into rendering.
+    The bounds are the live server's: a log it wrote always passes."""
+    if change.kind == "alpha" and not (_number(change.value) and abs(change.value) <= MAX_ABS_ALPHA
+                                       and change.concept):
+        raise PerformanceLogError(f"alpha change needs a concept and a number within +-{MAX_ABS_ALPHA:g}, "
+                                  f"got {str(change.value)[:20]!r}")
+    if change.kind == "enabled" and not (isinstance(change.value, bool) and change.concept):
+        raise PerformanceLogError("enabled change needs a concept and true or false")
+    if change.kind == "seed" and not _seed(change.value):
+        raise PerformanceLogError(f"seed must be a whole number in 0..{MAX_SEED}")
     setting = SETTING_BY_NAME.get(change.kind)
-    whole = change.kind == "seed" or (setting is not None and setting.whole)
-    if whole and not (_whole(change.value) and change.value >= 0):
-        raise PerformanceLogError(f"{change.kind} must be a whole number >= 0")
-    if setting is not None and not _number(change.value):
-        raise PerformanceLogError(f"{change.kind} must be a finite number")
-    if change.kind == "prompt" and not (isinstance(change.value, str) and change.value.strip()):
-        raise PerformanceLogError("prompt must be a non-empty string")
+    if setting is not None:
+        problem = setting.problem(change.value)
+        if problem is not None:
+            raise PerformanceLogError(problem[:200])
+    if change.kind == "prompt":
+        _check_prompt(change.value, "prompt")
+
+
+def _seed(value: object) -> bool:
+    return _whole(value) and 0 <= value <= MAX_SEED
+
+
+def _check_prompt(value: object, what: str) -> None:
+    if not (isinstance(value, str) and value.strip() and len(value) <= MAX_PROMPT_CHARS):
+        raise PerformanceLogError(f"{what} must be non-empty text of at most {MAX_PROMPT_CHARS} characters")
+
+
+SETTING_BY_FIELD = {s.field: s for s in SETTINGS}
+
+
+def _settings_problem(settings: object) -> str | None:
+    """The header's ``settings``: ``SamplingSettings`` fields, each valid."""
+    if not isinstance(settings, dict):
+        return "'settings' must map setting names to numbers"
+    for key, value in settings.items():
+        setting = SETTING_BY_FIELD.get(key)
+        if setting is None:
+            return f"unknown setting {str(key)[:40]!r} in 'settings' (known: {', '.join(SETTING_BY_FIELD)})"
+        problem = setting.problem(value)
+        if problem is not None:
+            return f"'settings': {problem[:120]}"
+    return None
 
 
 def _check_header(h: dict[str, Any], path: Path) -> None:
     """The header's fields, typed as ``render --automation`` uses them."""
     problems = []
-    if not isinstance(h.get("model", ""), str) or not isinstance(h.get("prompt", ""), str):
-        problems.append("'model' and 'prompt' must be strings")
-    if not _whole(h.get("seed", 0)) or h.get("seed", 0) < 0:
-        problems.append("'seed' must be a whole number >= 0")
+    if not isinstance(h.get("model", ""), str) or len(h.get("model", "")) > MAX_MODEL_CHARS:
+        problems.append(f"'model' must be a string of at most {MAX_MODEL_CHARS} characters")
+    if "prompt" in h:
+        try:
+            _check_prompt(h["prompt"], "'prompt'")
+        except PerformanceLogError as exc:
+            problems.append(str(exc))
+    if not _seed(h.get("seed", 0)):
+        problems.append(f"'seed' must be a whole number in 0..{MAX_SEED}")
     if not (_number(h.get("smoothing_ms", 30.0)) and h.get("smoothing_ms", 30.0) >= 0):
         problems.append("'smoothing_ms' must be a finite number >= 0")
     for key in ("window_frames", "reprime_frames"):
         if h.get(key) is not None and not (_whole(h[key]) and h[key] > 0):
             problems.append(f"'{key}' must be a whole number > 0 or null")
-    settings = h.get("settings", {})
-    if not isinstance(settings, dict) or not all(isinstance(k, str) and _number(v) for k, v in settings.items()):
-        problems.append("'settings' must map names to finite numbers")
+    settings_problem = _settings_problem(h.get("settings", {}))
+    if settings_problem:
+        problems.append(settings_problem)
     vectors = h.get("vectors", [])
     if not isinstance(vectors, list) or not all(
             isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("sha256", ""), str)

@@ -10,11 +10,23 @@ Thread-safe.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 MAX_KINDS = 256  # kinds are chosen by the code, not the sender, but stay bounded anyway
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+
+
+def log_format() -> str:
+    """The format of every steerbridge process's log lines (the command's, the OSC front's).
+    On a terminal each line first erases the one it starts on: serve's status line is drawn
+    with a carriage return and no newline, and a log line from any process would otherwise
+    be glued onto its end. The status line is drawn again on its next tick."""
+    return ("\r\033[K" if sys.stderr.isatty() else "") + LOG_FORMAT
 
 
 class RateLimitedLog:

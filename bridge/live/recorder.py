@@ -13,11 +13,13 @@ says exactly that, ``write`` drops everything after, and the set plays on.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import struct
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -47,9 +49,10 @@ class WavRecorder:
         self.channels = int(channels)
         self.frames = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("wb")
-        self._file.write(_header(self.channels, self.sample_rate, 0))
-        self._file.flush()
+        # Unbuffered: a buffer would hold bytes that a failed write left behind, and flush them
+        # (and fail again) on truncate, so a full disk would leave stray bytes after the data.
+        self._file = self.path.open("wb", buffering=0)
+        write_all(self._file, _header(self.channels, self.sample_rate, 0))
         self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
         self._queued_frames = 0
         self._queued_lock = threading.Lock()  # the engine thread adds, the recorder thread takes
@@ -104,8 +107,7 @@ class WavRecorder:
                 with self._queued_lock:
                     self._queued_frames -= block.shape[0]
                 pcm = (np.clip(block, -1.0, 1.0) * 32767.0).round().astype("<i2")
-                self._file.write(pcm.tobytes())
-                self._file.flush()
+                write_all(self._file, pcm.tobytes())
                 data_bytes += pcm.nbytes
                 self.frames += block.shape[0]
                 self._patch(data_bytes)
@@ -116,11 +118,14 @@ class WavRecorder:
             self._drain()
         finally:
             try:
-                self._file.truncate(_HEADER + data_bytes)  # a half-written block goes (frees space, too)
+                # What a failed write left of its block goes (freeing space, too): the header and
+                # the file's length then agree, with nothing after the data.
+                self._file.truncate(_HEADER + data_bytes)
                 self._patch(data_bytes)
-                self._file.close()
             except OSError as exc:  # the disk is gone; the header from the last block still stands
                 log.error("could not finish %s: %s", self.path, exc)
+            finally:
+                self._file.close()
 
     def _drain(self) -> None:
         """Free what was queued before the failure; ``write`` queues nothing after it."""
@@ -135,8 +140,18 @@ class WavRecorder:
     def _patch(self, data_bytes: int) -> None:
         f = self._file
         f.seek(4)
-        f.write(struct.pack("<I", 36 + data_bytes))
+        write_all(f, struct.pack("<I", 36 + data_bytes))
         f.seek(40)
-        f.write(struct.pack("<I", data_bytes))
+        write_all(f, struct.pack("<I", data_bytes))
         f.seek(0, 2)
-        f.flush()
+
+
+def write_all(f: BinaryIO, data: bytes) -> None:
+    """An unbuffered write may take part of ``data`` (a disk filling up): write the rest, or
+    raise the ``OSError`` the disk gives."""
+    view = memoryview(data)
+    while view:
+        written = f.write(view)
+        if not written:
+            raise OSError(errno.ENOSPC, "the disk took no more bytes")
+        view = view[written:]

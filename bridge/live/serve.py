@@ -43,7 +43,7 @@ from .commands import Commands
 from .control import ConceptKnob, ControlState
 from .engine import Engine
 from .midi import MidiInput, MidiMapper, load_map
-from .options import ServeOptions
+from .options import ServeOptions, torch_threads_for
 from .osc import OscServer
 from .outputs import open_output
 from .performance_log import PerformanceLog
@@ -117,12 +117,9 @@ class Server:
     def _build(self, handle: MusicGenHandle | None) -> None:
         o = self.options
         self.handle = handle or load_model(o.model, o.device, o.dtype)
-        if o.threads is not None:
-            torch.set_num_threads(o.threads)
-        elif self.handle.device.type == "cpu" and self.handle.d_model <= 256:
-            # A small model is all per-op overhead: extra threads cost more than they give,
-            # and they compete with the audio and control threads on a small machine.
-            torch.set_num_threads(1)
+        threads = torch_threads_for(self.handle.device.type, self.handle.d_model, o.threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         vector_paths = [Path(p) for p in o.vectors] or default_vectors(self.handle)
         self.vectors: list[tuple[SteeringVector, Path]] = vector_files(vector_paths)
         steerer = Steerer(self.handle)
@@ -311,6 +308,5 @@ def run_serve(options: ServeOptions) -> int:
     if server.recorder is not None:
         log.info("recording: %s", server.recorder.summary())
     if server.perf_log is not None:
-        log.info("performance log: %s (replay with: steerbridge render --automation %s --out replay.wav)",
-                 server.perf_log.path, server.perf_log.path)
+        log.info("performance log: %s", server.perf_log.summary())
     return code

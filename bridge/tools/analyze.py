@@ -54,6 +54,9 @@ log = logging.getLogger("steerbridge.analyze")
 METRICS = ("centroid_hz", "rms", "onset_rate", "tempo_bpm")
 
 
+#: On every plot and report of the random-weight CLAP, so a plot is never read as a measurement.
+RANDOM_CLAP_NOTE = "CLAP 'tiny' has RANDOM weights: plumbing only, these scores mean nothing (--clap <hub id>)"
+
 @dataclass
 class AnalyzeOptions:
     model: str = "toy"
@@ -160,14 +163,17 @@ def _sweep(handle: MusicGenHandle, c: ConceptActivations, vector: SteeringVector
         values["clap_positive"] = clap_pos
     plots = []
     for metric, table in values.items():
-        plots.append(metric_band(alphas, table, metric, out / f"sweep_{c.name}_{metric}.png",
-                                 title=f"{c.name}: {metric} vs alpha ({o.seeds} seeds)").name)
+        title = f"{c.name}: {metric} vs alpha ({o.seeds} seeds)"
+        if metric == "clap_positive" and clap is not None and clap.spec == "tiny":
+            title += f"\n{RANDOM_CLAP_NOTE}"
+        plots.append(metric_band(alphas, table, metric, out / f"sweep_{c.name}_{metric}.png", title=title).name)
     plots.append(spectrogram_grid(grid, handle.sample_rate, out / f"spectrograms_{c.name}.png",
                                   title=f"{c.name} sweep, seed 0").name)
     return {
         "alphas": alphas, "seeds": o.seeds, "seconds": o.seconds, "prompt": o.prompt,
         "clap": None if clap is None else {"model": clap.spec, "labels": labels,
-                                            "note": "score = softmax probability of the first label"},
+                                            "note": "score = softmax probability of the first label"
+                                                    + (f"; {RANDOM_CLAP_NOTE}" if clap.spec == "tiny" else "")},
         "metrics": {m: {"mean": t.mean(axis=1).round(4).tolist(), "std": t.std(axis=1).round(4).tolist(),
                         "per_seed": t.round(4).tolist()} for m, t in values.items()},
         "plots": plots,

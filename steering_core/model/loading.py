@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoTokenizer,
@@ -34,8 +35,10 @@ from transformers import (
 )
 
 from steering_core.model.names import BUILTIN_MODELS, RANDOM_WEIGHT_MODELS, ModelLoadError, check_model_spec, download_fixes
+from steering_core.model.quiet import loading_quietly, quiet_musicgen_configs
 from steering_core.model.tiny import build_tiny_model, randomize_codebooks, tiny_tokenizer
 
+quiet_musicgen_configs()
 log = logging.getLogger(__name__)
 
 #: Decoder shapes of the released checkpoints (facebook/musicgen-*), for random-weight builds.
@@ -240,11 +243,14 @@ def _from_pretrained(spec: str, dtype: torch.dtype) -> tuple[PreTrainedModel, An
         return _read_pretrained(spec, dtype, local_files_only=True)
     except OSError:
         pass
+    except SafetensorError as exc:  # the files are there, and broken: the hub would not mend them
+        raise ModelLoadError(f"cannot load MusicGen {spec!r}: its weights are not a valid safetensors file "
+                             f"({str(exc).splitlines()[0][:160]})") from exc
     try:
         return _read_pretrained(spec, dtype, local_files_only=False)
     except ModelLoadError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         where = "folder" if Path(spec).exists() else "hub id"
         raise ModelLoadError(
             f"cannot load MusicGen {where} {spec!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
@@ -259,7 +265,9 @@ def _read_pretrained(spec: str, dtype: torch.dtype, local_files_only: bool) -> t
         raise ModelLoadError(f"{spec!r} is a {config.model_type!r} model, not MusicGen")
     cls = (MusicgenMelodyForConditionalGeneration if config.model_type == "musicgen_melody"
            else MusicgenForConditionalGeneration)
-    model = cls.from_pretrained(path, dtype=dtype, local_files_only=local_files_only)
+    # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code as it loads.
+    with loading_quietly():
+        model = cls.from_pretrained(path, dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
     return model, tokenizer
 

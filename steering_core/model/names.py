@@ -95,6 +95,7 @@ def check_model_spec(spec: str) -> None:
         return
     folder = Path(spec).expanduser()
     if folder.is_dir():
+        _check_weights_are_safetensors(folder, spec)
         return
     if looks_like_path(spec):
         raise ModelLoadError(f"no model folder at {spec!r}. Use --model tiny, a folder written by save_pretrained "
@@ -106,3 +107,19 @@ def check_model_spec(spec: str) -> None:
     if not hub_cached(spec) and not hub_reachable():
         raise ModelLoadError(f"{spec!r} is not in the local cache and the hub cannot be reached (offline?). "
                              + download_fixes(spec))
+
+
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _check_weights_are_safetensors(folder: Path, spec: str) -> None:
+    """A folder whose weights are pickled is refused before anything is unpickled: a
+    pickle runs code as it loads. Safetensors (one file or an index of shards) only."""
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickled = [name for name in PICKLED_WEIGHTS if (folder / name).exists()]
+    if pickled:
+        raise ModelLoadError(f"model folder {spec!r} holds pickled weights ({pickled[0]}), which steerbridge does "
+                             "not load (a pickle can run code): save the model with safetensors "
+                             "(save_pretrained's default) and try again")
+

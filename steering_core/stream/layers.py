@@ -11,17 +11,24 @@ per-row table). ``LayerWeights`` is one layer's weights for the static step, whi
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import EncoderDecoderCache
+from transformers.models.musicgen.modeling_musicgen import MusicgenDecoderLayer
 
 from steering_core.model.loading import MusicGenHandle
 
 #: What to add to each decoder layer's output ([rows, 1, d_model]), None for nothing.
 LayerOffsets = Sequence[torch.Tensor | None]
+
+#: What a decoder layer calls its KV cache: ``cache`` in the transformers releases that renamed it
+#: (they warn, FutureWarning, on each call that still says ``past_key_values``), the old name
+#: before them (pyproject's floor).
+CACHE_KWARG = "cache" if "cache" in inspect.signature(MusicgenDecoderLayer.forward).parameters else "past_key_values"
 
 
 def decoder_parts(handle: MusicGenHandle) -> tuple[Any, Any]:
@@ -51,8 +58,8 @@ def prefill_logits(decoder: Any, lm_heads: Any, input_ids: torch.Tensor, cache: 
         positions.make_weights(past + n, positions.embedding_dim)
     hidden = hidden + positions.weights[past:past + n].to(hidden.dtype)
     for i, layer in enumerate(decoder.layers):
-        hidden = layer(hidden, None, encoder_states, encoder_attention_mask=cross_mask,
-                       past_key_values=cache, use_cache=True)
+        hidden = layer(hidden, None, encoder_states, encoder_attention_mask=cross_mask, use_cache=True,
+                       **{CACHE_KWARG: cache})
         if offsets is not None and (offset := offsets[i]) is not None:
             hidden = hidden + offset
     last = decoder.layer_norm(hidden[:, -1:])

@@ -38,9 +38,12 @@ from transformers import (
 )
 
 from steering_core.codec.streaming import STREAMING_CONFIG_KEY, CodecStreaming
+from steering_core.model.quiet import quiet_musicgen_configs
 from steering_core.scoped import seeded
 from steering_core.toy import captions
 from steering_core.toy import world as toyworld
+
+quiet_musicgen_configs()  # the toy's pad token is MusicGen's extra embedding row
 
 #: Where the trained weights ship (a folder written by ``save_pretrained``).
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "weights"

@@ -25,8 +25,12 @@ import json
 import logging
 import math
 import random
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -167,15 +171,17 @@ def _cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
 def _run(name: str, total: int, step: int, losses: list[float], one_step: Callable[[int], float],
          save: Callable[[int], None], every: int, progress: bool) -> list[float]:
     bar = tqdm(total=total, initial=step, desc=name, unit="step", disable=not progress)
-    while step < total:
-        losses.append(one_step(step))
-        step += 1
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-        if step % every == 0 or step == total:
-            save(step)
-    bar.close()
+    try:
+        while step < total:
+            losses.append(one_step(step))
+            step += 1
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+            if step % every == 0 or step == total:
+                save(step)
+    finally:  # a stopped run too: the bar ends its line, so what is said next starts a fresh one
+        bar.close()
     return losses
 
 
@@ -331,10 +337,37 @@ def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, second
 
 # --- both ------------------------------------------------------------------------------------------
 def _codec_stage(work: Path, settings: TrainSettings, progress: bool) -> None:
-    """The codec stage on its own (a child process in a parallel run): its checkpoint is its result."""
+    """The codec stage on its own (a child process in a parallel run): its checkpoint is its result.
+
+    The parent alone decides when it stops: Ctrl-C in a terminal reaches the whole process
+    group, and a child that took it would print a traceback of its own; the parent stops
+    it instead (``_train_toy``), and the kernel does if the parent dies unwarned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored from the start too (train_toy)
+    _die_with_parent()
     torch.set_num_threads(1)  # the spawned child's own process, so its setting to make
     model = toy.build_untrained_toy(settings.seed)
     train_codec(model, settings, work / "codec.pt", progress)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (a SIGKILL the parent cannot pass on)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _load_trained_codec(model: MusicgenForConditionalGeneration, work: Path, settings: TrainSettings) -> None:
@@ -362,7 +395,8 @@ def train_toy(out: Path, work: Path, settings: TrainSettings | None = None, prog
     if parallel:
         child = multiprocessing.get_context("spawn").Process(target=_codec_stage, args=(work, settings, progress),
                                                             name="toy-codec")
-        child.start()
+        with _sigint_ignored():  # from its first instant (an ignored signal is inherited): see _codec_stage
+            child.start()
     with torch_threads(1):  # one thread per stage (see above); the caller's count after
         return _train_toy(out, work, settings, progress, child, started)
 
@@ -374,6 +408,10 @@ def _train_toy(out: Path, work: Path, settings: TrainSettings, progress: bool, c
         if child is None:
             train_codec(model, settings, work / "codec.pt", progress)
         lm_losses = train_lm(model, settings, work / "lm.pt", progress)
+    except BaseException:  # Ctrl-C, a signal or a failure: the codec stage stops with it
+        if child is not None:
+            child.terminate()
+        raise
     finally:
         if child is not None:
             child.join()
