@@ -190,7 +190,7 @@ class TimebaseMaster:
     def transport_frame_at(self, frame_time: float) -> tuple[int, bool] | None:
         """The transport frame being played at JACK frame time ``frame_time``, and whether
         it rolled, from the recorded cycles."""
-        for start, frame, rolling in reversed(self.cycles):
+        for start, frame, rolling in reversed(list(self.cycles)):  # a copy: the process thread appends
             if start <= frame_time:
                 return (round(frame + (frame_time - start)) if rolling else frame), rolling
         return None

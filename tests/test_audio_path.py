@@ -293,3 +293,29 @@ def test_serve_plays_on_an_output_registered_by_name(monkeypatch, tiny, vectors_
     finally:
         server.stop()
     assert output.stopped
+
+
+def test_a_stop_fades_the_buffered_audio_at_once_and_the_recording_plays_what_was_heard(tmp_path) -> None:
+    """The transport's stop is heard within the fade, not after what the ring held: the
+    unplayed samples fade out in place and the rest are silent, and the recording's end is
+    rewritten to match, so it still holds exactly what left the output."""
+    from bridge.live.audio_path import AudioPath
+
+    ring = Ring(48000, 2)
+    rec = WavRecorder(tmp_path / "set.wav", 48000, 2)
+    path = AudioPath(48000, 48000, ring, load_chain("clean"), recorder=rec)
+    path.push(np.full((1, 9600), 0.5, np.float32))
+    played = np.zeros((1000, 2), np.float32)
+    ring.read_into(played)  # 1000 samples have left the output; the rest is buffered
+    path.fade_out_now(10.0)  # 480 samples at 48 kHz
+    path.push(np.full((1, 2400), 0.5, np.float32))  # generated after the stop: silent until a fade-in
+    rest = np.zeros((ring.fill, 2), np.float32)
+    ring.read_into(rest)
+    heard = np.concatenate([played, rest])[:, 0]
+    assert heard[999] > 0.3 and heard[1000] == pytest.approx(heard[999], abs=0.01)  # no click where the fade begins
+    assert np.all(np.diff(heard[1000:1480]) <= 1e-6) and heard[1479] < 0.01  # down over the fade
+    assert not heard[1480:].any()  # and silent after it, the audio buffered before the stop included
+    rec.close()
+    with wave.open(str(tmp_path / "set.wav")) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)[:, 0] / 32767.0
+    assert len(pcm) == len(heard) and np.allclose(pcm, heard, atol=1e-4)  # the file is what was played

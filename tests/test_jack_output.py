@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from bridge.live.options import EngineSettings
 from bridge.live.outputs import ClockOutput, open_output
 from bridge.live.ring import Ring
 from steering_core.errors import UserError
@@ -241,6 +242,23 @@ def test_play_in_the_daw_enters_on_a_downbeat_at_the_jack_ports(tmp_path, server
             off_by = beat - 4 * round(beat / 4)  # from the nearest downbeat, in beats
             frame_beats = 0.02 * 128.0 / 60.0
             assert abs(off_by) <= frame_beats, f"first sound at beat {beat:.4f}, {off_by * 60 / 128 * 1000:.1f} ms off"
+            # Stop in the DAW: silence within the fade plus one frame of the moment the
+            # listener hears the transport stop (the recorder's sample whose cycle stopped).
+            time.sleep(1.0)
+            master.client.transport_stop()
+            assert wait_for(lambda: status().get("transport") == "stop", 30)
+            time.sleep(1.0)
+            recorder.recording = False
+            heard = np.abs(recorder.audio[:recorder.filled, 0]) > 1e-5
+            rolling = [master.transport_frame_at(recorder.started_at + i) for i in range(0, recorder.filled, 64)]
+            stopped_at = next(64 * i for i, r in enumerate(rolling) if 64 * i > first and r is not None and not r[1])
+            last_sound = recorder.filled - 1 - int(np.argmax(heard[::-1]))
+            tail_ms = (last_sound - stopped_at) / recorder.rate * 1000
+            # JACK hands the output a whole period at a time: the one copied when the stop
+            # comes plays out, so the bound is the fade, a frame and that period.
+            fade_ms, period_ms = EngineSettings().fade_ms, recorder.client.blocksize / recorder.rate * 1000
+            assert tail_ms <= fade_ms + 20.0 + period_ms, \
+                f"sound {tail_ms:.1f} ms after the stop (fade {fade_ms:g} ms + a frame + a {period_ms:.1f} ms period)"
     finally:
         code = stop(proc)
         osc.close()

@@ -59,6 +59,15 @@ class AudioPath:
         ramp = ramp if up else ramp[::-1].copy()
         self._gain_ramp = np.concatenate([np.zeros(after, np.float32), ramp]) if after else ramp
 
+    def fade_out_now(self, ms: float) -> None:
+        """Stop at once: what the ring holds unplayed fades out over ``ms`` and the rest is
+        silent (in the recording too), and everything emitted after stays silent until a
+        fade-in. A stop is then heard within the fade, not after the buffered audio."""
+        _, faded = self.ring.fade_unread(max(1, int(self.device_rate * ms / 1000)))
+        if self.recorder is not None:
+            self.recorder.rewrite_tail(faded)
+        self._gain_ramp = np.zeros(1, np.float32)
+
     def silence(self, n: int) -> None:
         """``n`` samples of silence straight into the ring (and the recording), past the
         chain: while the transport is stopped the ring's counters keep pace with the output."""

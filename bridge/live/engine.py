@@ -343,9 +343,8 @@ class Engine:
             self._enter_at = self._downbeat_ahead()
             if self._enter_at is None:
                 self.path.fade(up=True, ms=self.settings.fade_ms)
-        elif entering is None:  # one last faded chunk, so the stop is a fade, not a click
-            self.path.fade(up=False, ms=self.settings.fade_ms)
-            self._produce_chunk()
+        elif entering is None:  # the audio already buffered fades out now: the stop is heard at once, not a click
+            self.path.fade_out_now(self.settings.fade_ms)
         self._playing = play
         if self._enter_at is not None and self.clock is not None:  # the log says where the music enters
             bar, beat = self.clock.snapshot.bar_beat(self._enter_at) or (None, None)

@@ -53,7 +53,8 @@ class WavRecorder:
         # (and fail again) on truncate, so a full disk would leave stray bytes after the data.
         self._file = self.path.open("wb", buffering=0)
         write_all(self._file, _header(self.channels, self.sample_rate, 0))
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
+        #: Blocks to append; a (frames back, block) pair rewrites the end of what was written.
+        self._queue: queue.Queue[np.ndarray | tuple[int, np.ndarray] | None] = queue.Queue()
         self._queued_frames = 0
         self._queued_lock = threading.Lock()  # the engine thread adds, the recorder thread takes
         self.max_queued_frames = int(MAX_QUEUED_S * self.sample_rate)
@@ -77,6 +78,13 @@ class WavRecorder:
             self.dropped_frames += block.shape[0]
             return
         self._queue.put(np.ascontiguousarray(block, dtype=np.float32))
+
+    def rewrite_tail(self, block: np.ndarray) -> None:
+        """The last ``len(block)`` frames handed to ``write`` become ``block``: a stop faded
+        in the ring (``Ring.fade_unread``) is recorded as it is played."""
+        if self.closed or self.failure is not None or self.dropped_frames or not block.shape[0]:
+            return  # after a drop the file's end is not the ring's: leave it as written
+        self._queue.put((block.shape[0], np.ascontiguousarray(block, dtype=np.float32)))
 
     def summary(self) -> str:
         """Exactly what the file holds, for the last log line of a set."""
@@ -104,9 +112,17 @@ class WavRecorder:
                 block = self._queue.get()
                 if block is None:
                     break
+                if isinstance(block, tuple):  # everything queued before it is on disk: its end is known
+                    back, tail = block
+                    back = min(back, self.frames)
+                    if back:
+                        self._file.seek(_HEADER + (self.frames - back) * self.channels * 2)
+                        write_all(self._file, _pcm(tail[-back:]).tobytes())
+                        self._file.seek(0, 2)
+                    continue
                 with self._queued_lock:
                     self._queued_frames -= block.shape[0]
-                pcm = (np.clip(block, -1.0, 1.0) * 32767.0).round().astype("<i2")
+                pcm = _pcm(block)
                 write_all(self._file, pcm.tobytes())
                 data_bytes += pcm.nbytes
                 self.frames += block.shape[0]
@@ -134,7 +150,7 @@ class WavRecorder:
                 block = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if block is not None:
+            if isinstance(block, np.ndarray):  # a rewrite of the end adds no frames
                 self.dropped_frames += block.shape[0]
 
     def _patch(self, data_bytes: int) -> None:
@@ -144,6 +160,10 @@ class WavRecorder:
         f.seek(40)
         write_all(f, struct.pack("<I", data_bytes))
         f.seek(0, 2)
+
+
+def _pcm(block: np.ndarray) -> np.ndarray:
+    return (np.clip(block, -1.0, 1.0) * 32767.0).round().astype("<i2")
 
 
 def write_all(f: BinaryIO, data: bytes) -> None:

@@ -66,6 +66,26 @@ class Ring:
         finally:
             self._writing.release()
 
+    def fade_unread(self, n: int) -> tuple[int, np.ndarray]:
+        """Writer side: the samples written but not yet read fade out over their first ``n``
+        and are silent after, in place, so a stop is heard now rather than after the audio
+        already buffered. Returns the first counter changed and the samples as they now are
+        (the recording takes the same). The reader may be copying the first of them this
+        instant; it then plays each sample faded or not, both of them sound."""
+        if not self._writing.acquire(blocking=False):
+            raise RuntimeError(f"Ring.fade_unread from thread {threading.current_thread().name!r} while another "
+                               "thread is writing: the ring has one writer (the engine thread)")
+        try:
+            start, end = self.read, self.written
+            index = np.arange(start, end) % self.capacity
+            gain = np.zeros(end - start, np.float32)
+            k = min(max(1, n), end - start)
+            gain[:k] = np.linspace(1.0, 0.0, k, dtype=np.float32)
+            self._data[index] *= gain[:, None]
+            return start, self._data[index].copy()
+        finally:
+            self._writing.release()
+
     # --- reader side (the audio callback: no locks, no allocation beyond slicing) ---
     def read_into(self, out: np.ndarray) -> int:
         """Fill ``out`` [frames, channels]; silence where the ring runs dry. Returns the
