@@ -42,7 +42,7 @@ class LinkSource:
         try:
             import link
         except ImportError:
-            raise ClockError("--sync link needs LinkPython-extern (pip install 'steerbridge[link]')") from None
+            raise ClockError("--sync link needs LinkPython-extern (pip install LinkPython-extern)") from None
         self.meter = options.meter
         self.per_quarter = self.meter.beat_unit / 4  # beats of the meter's unit in one of Link's beats
         self.quantum = options.link_quantum or self.meter.beats_per_bar / self.per_quarter
