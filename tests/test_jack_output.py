@@ -233,6 +233,7 @@ def test_play_in_the_daw_enters_on_a_downbeat_at_the_jack_ports(tmp_path, server
             assert not np.abs(recorder.audio[:recorder.filled]).any(), "silence while the transport is stopped"
             master.client.transport_start()
             assert wait_for(lambda: np.abs(recorder.audio[:recorder.filled]).max(initial=0.0) > 0.01, 30)
+            assert status()["clock"]["bpm"] == pytest.approx(128.0, abs=0.01)  # the DAW's tempo, as the clock holds it
             heard = np.abs(recorder.audio[:recorder.filled, 0])
             first = int(np.argmax(heard > 1e-5))
             assert recorder.started_at is not None

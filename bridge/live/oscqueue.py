@@ -14,6 +14,8 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
+from steering_core.errors import UserError
+
 from .oscwire import WireMessage
 
 Sender = tuple[str, int]
@@ -36,8 +38,9 @@ class _Share:
     latest: list[tuple[float, int, Scheduled]] = field(default_factory=list)  # max-heap by due (negated)
 
 
-class QueueFull(Exception):
-    """The queue is full and the newcomer already holds the largest share."""
+class QueueFull(UserError):
+    """The queue is full and the newcomer already holds the largest share: its bundle is
+    refused, as any bad input is (answered with ``/error``)."""
 
 
 class FutureQueue:

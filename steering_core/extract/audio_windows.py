@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 from pedalboard.io import AudioFile
 
+from steering_core.errors import UserError
+
 MIN_WINDOW_S = 1.0
 
 
-class BadAudio(Exception):
-    """One file that gives no windows; the message is the reason, for the report."""
+class BadAudio(UserError):
+    """One of the user's files that gives no windows (unreadable, too short, too many
+    channels); the message is the reason, for the report. The run skips it."""
 
 
 @dataclass(frozen=True)
