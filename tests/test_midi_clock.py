@@ -287,6 +287,7 @@ def daw_and_source(jack_short_period):
         daw.close()
 
 
+@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 @pytest.mark.parametrize("bpm", [90.0, 128.0, 174.0])
 def test_jack_midi_clock_tempo_after_two_beats(daw_and_source, bpm) -> None:
@@ -302,6 +303,7 @@ def test_jack_midi_clock_tempo_after_two_beats(daw_and_source, bpm) -> None:
     assert max(errors) < 0.005, (max(errors), source.health())
 
 
+@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 def test_jack_midi_clock_follows_a_jump_within_a_bar(daw_and_source) -> None:
     daw, _, listener = daw_and_source
@@ -339,6 +341,7 @@ def test_jack_midi_transport_start_stop_continue_and_song_position(daw_and_sourc
     assert resumed[0].beat == 16.0 and resumed[0].relocated
 
 
+@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 def test_jack_midi_port_closed_mid_run_is_noticed_and_picked_up_again(daw_and_source, caplog) -> None:
     daw, source, listener = daw_and_source
