@@ -21,7 +21,6 @@ from steering_core.stream.timeline import Performance
 
 from .plots import target_response
 
-
 SETPOINTS = (80.0, 150.0)  # BPM: within the toy's tempo range (60-180), far enough apart to hear
 
 
