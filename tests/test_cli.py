@@ -79,6 +79,8 @@ def test_demo_writes_wavs_and_plots(tmp_path: Path) -> None:
         for png in (f"{name}_{metric}_vs_alpha.png", f"{name}_spectrograms.png"):
             assert (tmp_path / "demo" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"{name}: {metric}" in run.stdout
+    assert (tmp_path / "demo" / "tempo_target_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["tempo_target"]["setpoints"] == [80.0, 150.0] and "tempo as a target knob" in run.stdout
 
 
 def test_render_45_seconds_is_45_seconds(tmp_path: Path) -> None:

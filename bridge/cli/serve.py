@@ -104,6 +104,8 @@ def register(sub: Commands) -> None:
     _option(clock, "--quantize", ENGINE, type=_checked(Quantize.parse),
             help="where scene recalls, morphs and prompt changes land: off | beat | bar | <n>bar (a message may "
                  "say its own, and knobs too)")
+    _option(clock, "--tempo-lock", ENGINE, action="store_true",
+            help="lock the tempo knob to the clock: tempo becomes a target at its tempo and beat (/sync/lock 1)")
     _option(p, "--chain", SERVE, help="effect chain: default, clean, space, lofi or a .yaml (a limiter always ends it)")
     _option(p, "--record", SERVE, help="record the output to this .wav (valid even after Ctrl-C)")
     _option(p, "--log", SERVE, help="performance log (.jsonl; default: beside --record)")

@@ -26,6 +26,8 @@ from .control import ControlError, ControlState, change_for
 from .midimaps import MidiMapError
 from .oscwire import short
 from .scenes import SceneError, SceneStore, morph, scene_of, scene_values
+from .target_loop import TargetAsk
+from .target_units import LOCK_CONCEPT, UNITS
 from .targets import Args, Target
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ class Plan:
     replies: list[tuple[str, list[Any]]] = field(default_factory=list)
     #: When the changes land (``ControlEvent.quantize``): None at once, "default" serve's --quantize.
     quantize: str | None = None
+    #: A target knob's setpoint, off, or the tempo lock.
+    target: TargetAsk | None = None
 
 
 #: A target's handler: its parsed arguments (``Target.parse``) and who sent them -> a plan.
@@ -96,9 +100,10 @@ class Commands:
         changes = [c for plan in plans for c in plan.changes]
         transport = next((p.transport for p in plans if p.transport), None)
         quantize = next((p.quantize for p in plans if p.quantize), None)
-        if changes or transport:
+        target = next((p.target for p in plans if p.target), None)
+        if changes or transport or target:
             self.control.submit(changes, origin.label, label, transport=transport, arrived=origin.arrived,
-                                quantize=quantize)
+                                quantize=quantize, target=target)
         replies: list[Reply] = []
         for plan in plans:
             if plan.effect is not None:
@@ -113,6 +118,8 @@ class Commands:
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args) or "default")
         if kind in ("alpha", "knob", "on", "setting", "seed", "panic"):
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args))
+        if kind in ("target", "target_knob", "target_off", "sync_lock"):
+            return self._target(target)
         if kind == "transport":
             return self._transport(target.address.rsplit("/", 1)[1])
         if kind in ("transport_bpm", "transport_beat"):
@@ -139,6 +146,21 @@ class Commands:
         a, b = self.scenes.load(str(args[0])), self.scenes.load(str(args[1]))
         quantize = self.table["/scene/morph"].quantize(args) or "default"
         return Plan(self._changes_to(morph(self.table, a, b, float(args[2]))), quantize=quantize)
+
+    def _target(self, target: Target) -> Handler:
+        """A setpoint in the concept's unit, the same over the unit's knob span, off, or the lock."""
+        def handler(args: Args, _o: Origin) -> Plan:
+            if target.kind == "sync_lock":
+                return Plan(target=TargetAsk(LOCK_CONCEPT, lock=bool(args[0])))
+            concept = str(target.concept)
+            if target.kind == "target_off":
+                return Plan(target=TargetAsk(concept))
+            value = float(args[0])
+            if target.kind == "target_knob":
+                lo, hi = UNITS[concept].knob
+                value = lo + value * (hi - lo)
+            return Plan(target=TargetAsk(concept, value))
+        return handler
 
     # --- the clock's source (--sync) ---------------------------------------------------
     def _transport(self, state: str) -> Handler:

@@ -26,6 +26,7 @@ from typing import Any
 from steering_core.stream.sampling import SamplingSettings
 from steering_core.stream.timeline import Change
 
+from .target_loop import TargetAsk
 from .targets import SETTING_BY_NAME, Args, Asked, ControlError, ControlTable, Target
 
 #: A listener sees every submitted event (controller feedback, MIDI pickup).
@@ -65,6 +66,10 @@ class ControlEvent:
     landed: dict[str, Any] | None = None
     #: Set by the engine once its first frame's audio is in the ring: the ring sample it starts at.
     placed: int | None = None
+    #: A target knob's setpoint, off, or the tempo lock (``target_loop.TargetAsk``).
+    target: TargetAsk | None = None
+    #: The target loop's state when it set this event's alpha (for the performance log).
+    info: dict[str, Any] | None = None
 
 
 def change_for(target: Target, args: Args) -> Change:
@@ -160,8 +165,10 @@ class ControlState:
 
     # --- the write side (control threads) ---------------------------------------
     def submit(self, changes: Sequence[Change], source: str, label: str, *, transport: str | None = None,
-               arrived: float | None = None, quantize: str | None = None) -> ControlEvent:
-        event = ControlEvent(tuple(changes), source, label, arrived or time.monotonic(), transport, quantize=quantize)
+               arrived: float | None = None, quantize: str | None = None,
+               target: TargetAsk | None = None) -> ControlEvent:
+        event = ControlEvent(tuple(changes), source, label, arrived or time.monotonic(), transport, quantize=quantize,
+                             target=target)
         with self._lock:
             for change in changes:
                 self._update_view(change)
@@ -205,7 +212,8 @@ class ControlState:
                 self.coalesced += 1
                 return False
             self._queued_knob[change.concept] = len(self._queue)
-        elif any(c.kind in ("alpha", "panic") for c in event.changes) or event.transport is not None:
+        elif any(c.kind in ("alpha", "panic") for c in event.changes) or event.transport is not None \
+                or event.target is not None:
             self._queued_knob.clear()
         self._queue.append(event)
         return True

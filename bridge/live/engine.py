@@ -51,6 +51,7 @@ from .options import EngineSettings
 from .performance_log import PerformanceLog
 from .ring import Ring
 from .scheduling import BPM_FIELD, OnTheGrid, fill_bpm
+from .target_loop import TargetLoop
 
 if TYPE_CHECKING:
     from ..clock.clock import MusicalClock
@@ -150,6 +151,8 @@ class Engine:
         self._clock_playing = True  # the clock's transport as last followed
         self._prompt_template = prompt_template or self.performance.prompt  # may hold {bpm}
         self._bpm_prompt_held = False  # a {bpm} re-conditioning waits for its bar line
+        self.targets = TargetLoop(control.table.alpha_ranges(), path.model_rate, path.ratio,
+                                  lock=self.settings.tempo_lock)  # target knobs and the lock: this thread's
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -196,6 +199,7 @@ class Engine:
         try:
             with self.stream.steering():
                 self._probe_reprime()
+                self.targets.start_locked(self.performance.current)
                 while not self._stop.is_set():
                     self._follow_clock()
                     self._take_events()
@@ -282,10 +286,18 @@ class Engine:
             at = self.path.push(audio)
             self.latency.placed((first, last), at, self.hop * self.path.ratio)
             self.grid.placed(first, at)
+            for change in self.targets.heard(audio, at, None if self.clock is None else self.clock.snapshot):
+                self._apply(ControlEvent((change,), "target loop", f"/steer/{change.concept}/target",
+                                         info=self.targets.info(str(change.concept))), self.performance.next_step)
         self.compute_s += time.perf_counter() - t
 
     def _take_events(self) -> None:
         for event in self.control.drain():
+            self.targets.touched(event.changes)  # a plain knob write takes the knob back from its target
+            if event.target is not None:
+                self.targets.ask(event.target, self.performance.current)
+                if self.perf_log is not None:
+                    self.perf_log.event(event, time.monotonic() - self.started)
             if event.transport is not None:
                 self._transport(event)
             if event.changes:
@@ -433,4 +445,5 @@ class Engine:
             "reprime_ms": round(self.reprime_s * 1000, 1),
             "playing": self._playing,
             "quantised_waiting": len(self.grid.held),
+            **self.targets.status(),
         }

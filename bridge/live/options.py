@@ -32,6 +32,8 @@ class EngineSettings:
     # follow: the clock source's play and stop start (on the next downbeat) and stop the
     # music; ignore: only /transport/play|stop do.
     transport: Literal["follow", "ignore"] = "follow"
+    # The tempo lock from the start (/sync/lock 1): tempo is a target at the clock's tempo and beat.
+    tempo_lock: bool = False
 
 
 @dataclass

@@ -75,6 +75,10 @@ class PerformanceLog:
             record["transport"] = event.transport
         if event.quantize:
             record["quantize"] = event.quantize
+        if event.target is not None:  # a target knob's setpoint, off, or the lock (no change of its own)
+            record["target"] = {k: v for k, v in vars(event.target).items() if v is not None}
+        if event.info is not None:  # the target loop's state when it set this alpha
+            record["loop"] = event.info
         if event.landed:  # where it landed on the clock's grid: frame, ring sample, bar, beat
             record.update(event.landed)
         self._write(record)

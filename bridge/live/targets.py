@@ -27,13 +27,14 @@ from steering_core.stream.settings import SETTING_BY_NAME, SETTINGS, Setting
 
 from ..clock.grid import Quantize
 from .oscmatch import AddressMatcher, PatternError, describe_unknown
+from .target_units import LOCK_CONCEPT, UNITS
 
 #: A parsed argument: what a parser returns, typed as the target wants it.
 Scalar = bool | int | float | str
 Args = tuple[Scalar, ...]
 Kind = Literal["alpha", "knob", "on", "prompt", "setting", "seed", "transport", "transport_bpm", "transport_beat", "panic",
                "scene_save", "scene_recall", "scene_morph", "midi_learn", "midi_save", "subscribe", "unsubscribe",
-               "status"]
+               "status", "target", "target_knob", "target_off", "sync_lock"]
 
 MAX_PROMPT_CHARS = 500
 MAX_NAME_CHARS = 64
@@ -122,6 +123,7 @@ class ControlTable:
                              range=(0.0, 1.0), span=(0.0, 1.0), feedback=f"/steer/{name}/knob", quantize_at=1))
             self._add(Target(f"/steer/{name}/on", "on", quantized(_switch_parser, 1), name, button=True,
                              feedback=f"/steer/{name}/on", scene=("enabled", name), quantize_at=1))
+            self._add_target_rows(name)
         self._add(Target("/prompt", "prompt", quantized(_prompt_parser, 1), feedback="/prompt", scene=("prompt", ""),
                          quantize_at=1))
         for s in SETTINGS:
@@ -137,6 +139,8 @@ class ControlTable:
             self._add(Target(f"/transport/{state}", "transport", _no_args, button=True, feedback="/transport/playing"))
         self._add(Target("/transport/bpm", "transport_bpm", _bpm_parser, range=(1.0, 999.0), span=(60.0, 180.0)))
         self._add(Target("/transport/beat", "transport_beat", _beat_parser))
+        if any(name == LOCK_CONCEPT for name, _ in self.concepts):
+            self._add(Target("/sync/lock", "sync_lock", _switch_parser, button=True))
         self._add(Target("/panic", "panic", _no_args, button=True))
         self._add(Target("/midi/learn", "midi_learn", self._learn_parser))
         self._add(Target("/midi/save", "midi_save", _name_parser))
@@ -196,6 +200,20 @@ class ControlTable:
     # --- internals -----------------------------------------------------------------
     def _add(self, target: Target) -> None:
         self._targets[target.address] = target
+
+    def alpha_ranges(self) -> dict[str, tuple[float, float]]:
+        return dict(self.concepts)
+
+    def _add_target_rows(self, name: str) -> None:
+        """A concept a sensor reads (``target_units.UNITS``) can be driven by a target."""
+        unit = UNITS.get(name)
+        if unit is None:
+            return
+        self._add(Target(f"/steer/{name}/target", "target", _unit_parser(name, unit.valid, unit.unit), name,
+                         range=unit.valid, span=unit.knob))
+        self._add(Target(f"/steer/{name}/target/knob", "target_knob", _knob_parser(name), name, range=(0.0, 1.0),
+                         span=(0.0, 1.0)))
+        self._add(Target(f"/steer/{name}/target/off", "target_off", _no_args, name, button=True))
 
     def _learn_parser(self, args: Sequence[Any]) -> Args:
         address = text(args, 0, 1, 200)
@@ -289,6 +307,17 @@ def _alpha_parser(name: str, alpha_range: tuple[float, float]) -> Callable[[Sequ
         if not lo <= alpha <= hi:
             raise ControlError(f"alpha {alpha:g} is outside {name}'s range {lo:g}..{hi:g}")
         return (alpha,)
+    return parse
+
+
+def _unit_parser(name: str, valid: tuple[float, float], unit: str) -> Callable[[Sequence[Any]], Args]:
+    lo, hi = valid
+
+    def parse(args: Sequence[Any]) -> Args:
+        value = number(args, 0, 1)
+        if not lo <= value <= hi:
+            raise ControlError(f"{name} target {value:g} {unit} is outside {lo:g}..{hi:g}")
+        return (value,)
     return parse
 
 

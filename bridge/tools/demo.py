@@ -24,6 +24,7 @@ from steering_core.extract.extraction import extract_vector
 from steering_core.model.loading import load_model
 from steering_core.toy.known_effect import ALPHA_SPANS
 
+from .demo_target import SETPOINTS, target_run
 from .plots import metric_band, spectrogram_grid
 
 log = logging.getLogger("steerbridge.demo")
@@ -65,6 +66,12 @@ def run_demo(out: Path, *, model: str = "toy", concepts: Sequence[str] = ("tempo
         measured[name] = {**sweep.to_json(), "vector": vector_path.name, "layers": list(vector.layers),
                                      "wavs": wavs}
         lines.append(sweep.summary())
+        if name == "tempo":  # the same vector as a target knob, closed loop (bridge/live/target_loop.py)
+            summary["tempo_target"] = step = target_run(handle, vector, prompt, out, seed=seed,
+                                                          seconds=max(4.0, 2 * seconds))
+            lines.append(f"tempo as a target knob: {SETPOINTS[0]:g} -> {SETPOINTS[1]:g} BPM, "
+                         f"the loop's sensor reads {step['final_measured_bpm']} BPM at the end "
+                         f"(alpha {step['alpha_end']:+.2f}; tempo_target_step.png)")
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"\nsteerbridge demo on {model}: wrote WAVs, plots and demo.json to {out}/")
     for line in lines:

@@ -111,3 +111,19 @@ def metric_band(alphas: Sequence[float], values: np.ndarray, ylabel: str, out: s
     if title:
         ax.set_title(title)
     return _save(fig, out)
+
+
+def target_response(trace: Sequence[tuple[float, float, float, float]], path: Path, *, title: str) -> Path:
+    """A target knob's run: setpoint and sensor reading over time, and the alpha it played."""
+    fig = _figure((7, 4.5))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    t = [row[0] for row in trace]
+    top.plot(t, [row[1] for row in trace], "--", label="setpoint")
+    top.plot(t, [row[2] for row in trace], ".", label="measured (the loop's sensor)")
+    top.set_ylabel("BPM")
+    top.legend(fontsize=8)
+    bottom.plot(t, [row[3] for row in trace])
+    bottom.set_ylabel("alpha played")
+    bottom.set_xlabel("seconds")
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,183 @@
+"""Issue 19 items 3-4: a tempo target's step response and the tempo lock, on the toy, live.
+
+Each run is a real server in-process (the toy on the CPU, ``--audio-out none``: the silent
+clock plays in real time), recorded; the recording is judged by librosa's onset detection,
+independent of the controller's own sensor: the local tempo per bar (the median interval
+between onsets, as eighths) and each onset's offset from the clock's nearest eighth-note
+grid line (the toy plays eighths). Writes ``target_knobs.json`` and step-response plots.
+
+    PYTHONPATH=$PWD python benchmarks/target_knobs.py --out bench_targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bridge.live.commands import Origin
+from bridge.live.serve import ServeOptions, Server
+from steering_core.extract.concepts import load_concept
+from steering_core.extract.extraction import extract_vector
+from steering_core.model.loading import load_model
+
+BENCH = Origin("benchmark")
+
+
+def run(handle, vectors: list[str], out: Path, name: str, bpm: float, seconds: float, actions, seed: int = 0):
+    """Play ``seconds`` with ``actions`` [(t, callable(server))]; the recording, the grid and a status trace."""
+    o = ServeOptions(model="toy", osc_port=0, audio_out="none", status_line=False, record=str(out / f"{name}.wav"),
+                     bpm=bpm, vectors=vectors, seed=seed)
+    server = Server(o, handle=handle)
+    trace = []
+    server.start()
+    t0 = time.monotonic()
+    pending = sorted(actions, key=lambda a: a[0])
+    try:
+        while (t := time.monotonic() - t0) < seconds:
+            while pending and pending[0][0] <= t:
+                pending.pop(0)[1](server)
+            st = server.status()
+            trace.append({"t": round(t, 2), "alpha": st["alphas"].get("tempo"), "lock": st["lock"],
+                          "loop": st["target_knobs"].get("tempo"), "bpm": float(server.clock.snapshot.bpm),
+                          "underruns": st["underruns"]})
+            time.sleep(0.25)
+    finally:
+        server.stop()
+    grid = server.clock.snapshot.grid
+    audio, rate = librosa.load(str(out / f"{name}.wav"), sr=None, mono=True)
+    return audio, rate, grid, trace, server.status()["underruns"]
+
+
+def judge(audio: np.ndarray, rate: int, grid, start_s: float, end_s: float | None = None):
+    """librosa onsets -> per-bar tempo (BPM, from eighths) and phase errors (s) vs the grid's eighths."""
+    onsets = librosa.onset.onset_detect(y=audio, sr=rate, units="samples", backtrack=False)
+    t = onsets / rate
+    keep = (t >= start_s) & (t <= (end_s if end_s is not None else t.max() + 1))
+    onsets, t = onsets[keep], t[keep]
+    phase = []
+    tempo_err = []
+    for sample in onsets:
+        beat = float(grid.beat_at(int(sample)))
+        eighth = beat * 2
+        off = eighth - round(eighth)  # in eighths
+        host_bpm = float(grid.segment_at(int(sample)).bpm)
+        phase.append(off * 30.0 / host_bpm)
+    # local tempo: per 3 s window, median IOI -> BPM (eighths)
+    for a in np.arange(start_s, (end_s or t.max()) - 2.0, 1.0):
+        w = t[(t >= a) & (t < a + 3.0)]
+        if len(w) >= 3:
+            ioi = np.median(np.diff(w))
+            host = float(grid.segment_at(int((a + 1.5) * rate)).bpm)
+            tempo_err.append(30.0 / ioi / host - 1)
+    return np.array(tempo_err), np.array(phase), t
+
+
+STEP_AT_S, STEP_FROM, STEP_TO = 10.0, 60.0, 180.0  # the knob's 0 and 1 (target_units.UNITS)
+
+
+def local_tempo(audio: np.ndarray, rate: int, window_s: float = 2.0, hop_s: float = 0.5):
+    """(centre s, BPM as eighths) per window of librosa's onsets: the judge's tempo track."""
+    t = librosa.onset.onset_detect(y=audio, sr=rate, units="time")
+    out = []
+    for a in np.arange(0.0, len(audio) / rate - window_s, hop_s):
+        w = t[(t >= a) & (t < a + window_s)]
+        if len(w) >= 3:
+            out.append((a + window_s / 2, 30.0 / float(np.median(np.diff(w)))))
+    return out
+
+
+def step_metrics(audio: np.ndarray, rate: int, at_s: float, to: float) -> dict:
+    track = [(t, b) for t, b in local_tempo(audio, rate) if t >= at_s]
+    before = [b for t, b in local_tempo(audio, rate) if at_s - 4 <= t < at_s]
+    start = float(np.median(before)) if before else float("nan")
+    within = [abs(b / to - 1) <= 0.05 for _, b in track]
+    settle = next((track[i][0] - at_s for i in range(len(track)) if all(within[i:])), None)
+    peak = max((b for _, b in track), default=float("nan"))
+    return {"judged_before_bpm": start, "judged_final_bpm": float(np.median([b for _, b in track[-6:]])) if track else None,
+            "settle_s": settle, "overshoot": (peak - to) / (to - start) if peak > to else 0.0,
+            "judged_track": [(round(t, 2), round(b, 1)) for t, b in track]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="bench_targets")
+    p.add_argument("--layer", type=int, default=3)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    handle = load_model("toy", "cpu", "float32")
+    # The demo's protocol: one middle layer (serve's default span does not order tempo on the toy, issue 19).
+    vec = out / "tempo.safetensors"
+    extract_vector(handle, load_concept("tempo"), layers=(args.layer,), progress=False).save(vec)
+    results: dict = {"layer": args.layer}
+    runs = [("step", 120.0, 24.0), *[(f"lock{b:g}_{m}", b, 26.0) for b in (90.0, 120.0, 150.0) for m in ("on", "off")],
+            ("ramp_on", 100.0, 40.0), ("ramp_off", 100.0, 40.0)]
+    for name, bpm, seconds in tqdm(runs, desc="runs", unit="run"):
+        actions = []
+        if name == "step":
+            actions = [(0.5, lambda s: s.commands.run("/steer/tempo/target/knob", [0.0], BENCH)),
+                       (STEP_AT_S, lambda s: s.commands.run("/steer/tempo/target/knob", [1.0], BENCH))]
+        elif name.endswith("_on"):
+            actions = [(0.5, lambda s: s.commands.run("/sync/lock", [1], BENCH))]
+        if name.startswith("ramp"):  # 100 -> 140 BPM over 16 bars (64 beats), a step each beat, from t=4 s
+            t, b = 4.0, 100.0
+            for i in range(64):
+                bb = 100.0 + 40.0 * (i + 1) / 64
+                actions.append((t, lambda s, bb=bb: s.clock.source.request_tempo(bb)))
+                t += 60.0 / b
+                b = bb
+        audio, rate, grid, trace, underruns = run(handle, [str(vec)], out, name, bpm, seconds, actions)
+        record = {"underruns": underruns, "trace": trace}
+        if name == "step":
+            record.update(step_metrics(audio, rate, STEP_AT_S, STEP_TO))
+        else:
+            # after 8 bars of the host (the ramp: 8 bars after it starts), to the end
+            start = 0.5 + 8 * 4 * 60.0 / bpm if not name.startswith("ramp") else 4.0 + 8 * 4 * 60.0 / 110.0
+            tempo_err, phase, _ = judge(audio, rate, grid, start)
+            record.update(median_abs_tempo_error=float(np.median(np.abs(tempo_err))) if len(tempo_err) else None,
+                          median_abs_phase_ms=float(np.median(np.abs(phase)) * 1000) if len(phase) else None,
+                          onsets=len(phase))
+        results[name] = record
+        print(name, {k: v for k, v in record.items() if k != "trace"}, flush=True)
+    (out / "target_knobs.json").write_text(json.dumps(results, indent=1))
+    plot(results, out)
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    tr = results["step"]["trace"]
+    ts = [r["t"] for r in tr]
+    axes[0].plot(ts, [(r["loop"] or {}).get("measured") for r in tr], label="measured (sensor)")
+    axes[0].plot(ts, [(r["loop"] or {}).get("setpoint") for r in tr], label="setpoint")
+    axes[0].set_ylabel("BPM")
+    axes[0].legend()
+    axes[1].plot(ts, [r["alpha"] for r in tr])
+    axes[1].set_ylabel("alpha played")
+    axes[1].set_xlabel("s")
+    fig.suptitle("tempo target: step 60 -> 180 BPM (knob 0 -> 1)")
+    fig.savefig(out / "tempo_step_response.png", dpi=100)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name in ("lock120_on", "ramp_on"):
+        tr = results[name]["trace"]
+        ax.plot([r["t"] for r in tr], [(r["loop"] or {}).get("measured") for r in tr], label=f"{name} measured")
+        ax.plot([r["t"] for r in tr], [r["bpm"] for r in tr], "--", label=f"{name} host")
+    ax.set_ylabel("BPM")
+    ax.legend()
+    fig.savefig(out / "tempo_lock.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()

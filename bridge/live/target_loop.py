@@ -1,0 +1,215 @@
+"""Target knobs and the tempo lock, on the engine thread: sensors read, PI sets alpha.
+
+The engine hands every chunk of audio it generated (not yet played) to ``TargetLoop.heard``
+with the ring sample it starts at; once per ``every_beats`` of audio a concept with a
+target reads its sensor (``sensors.py``) over the last few beats and its controller
+(``steering_core.steer.controller``) answers an alpha. That alpha goes back to the engine
+as an ordinary alpha ``Change``, applied at the next step through the timeline's smoothing
+like a knob, and logged with the loop's state: the log holds the alpha played, so a
+replay needs no sensor and stays bit-identical.
+
+With the tempo lock on, the tempo target is the host's: the clock's tempo, pulled by the
+beat-phase error of the audio's onsets against the clock's grid at the output (a
+phase-locked loop, ``controller.locked_setpoint``).
+
+Loops are keyed by (stream, concept): one controller per stream and concept. Owned by the
+engine thread (its one caller); ``status`` reads a copy made there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from steering_core.steer.controller import LoopSettings, PIController, locked_setpoint
+from steering_core.stream.timeline import Change
+
+from .sensors import centroid_reading, pulse_reading
+from .target_units import LOCK_CONCEPT, UNITS, TargetUnit
+
+if TYPE_CHECKING:
+    from ..clock.clock import ClockSnapshot
+
+log = logging.getLogger("steerbridge.targets")
+
+#: Audio kept for the sensors (seconds), and how much of it the pulse sensor reads.
+BUFFER_S = 4.0
+PULSE_WINDOW_BEATS = 3.0
+MIN_PULSE_WINDOW_S = 1.2
+#: Alpha moves smaller than this are not sent (no change of the music, a log line each).
+MIN_ALPHA_STEP = 0.01
+#: Locked: tempo within this fraction of the host's and beats within this of its grid.
+LOCKED_TEMPO, LOCKED_PHASE_S = 0.03, 0.04
+
+
+@dataclass(frozen=True)
+class TargetAsk:
+    """What a target message asks: a setpoint (in the unit's own measure), off, or the lock."""
+
+    concept: str
+    setpoint: float | None = None  # None and lock None: back to a plain force knob
+    lock: bool | None = None  # /sync/lock 1|0
+
+
+class ActiveTarget:
+    def __init__(self, unit: TargetUnit, alpha_range: tuple[float, float], alpha: float,
+                 setpoint: float | None) -> None:
+        self.unit = unit
+        self.setpoint = setpoint  # None: the host's tempo (the lock)
+        self.controller = PIController(LoopSettings(alpha_range, unit.prior_slope), alpha)
+        self.measured = math.nan
+        self.phase_s = math.nan
+        self.since = 0.0  # audio seconds heard since the last update
+        self.aim = math.nan  # the setpoint the last update aimed at (the lock's pulled tempo)
+
+    def status(self) -> dict[str, Any]:
+        def r(x: float, n: int) -> float | None:
+            return None if not math.isfinite(x) else round(x, n)
+        return {"setpoint": None if self.setpoint is None else r(self.setpoint, 2), "aim": r(self.aim, 2),
+                "unit": self.unit.unit, "measured": r(self.measured, 2), "phase_ms": r(self.phase_s * 1000, 1),
+                **self.controller.status()}
+
+
+class TargetLoop:
+    """Every active target of one engine. Engine thread only (its owner)."""
+
+    def __init__(self, concepts: Mapping[str, tuple[float, float]], model_rate: int, ring_ratio: float, *,
+                 lock: bool = False, streams: int = 1) -> None:
+        self.concepts = dict(concepts)
+        self.rate = model_rate
+        self.ratio = ring_ratio  # ring samples per model sample
+        self.streams = streams
+        self.active: dict[tuple[int, str], ActiveTarget] = {}
+        self._audio = np.zeros(0, np.float32)
+        self._end: float | None = None  # ring sample just past the buffered audio
+        self.lock = False
+        self._lock_state = "off"
+        self._lock_asked = lock
+
+    # --- asks, from control events ---------------------------------------------------
+    def ask(self, ask: TargetAsk, alpha_now: Mapping[str, float], stream: int = 0) -> None:
+        if ask.lock is not None:
+            self.lock = ask.lock and LOCK_CONCEPT in self.concepts
+            key = (stream, LOCK_CONCEPT)
+            if self.lock:
+                self._start(key, None, alpha_now)
+                self._lock_state = "acquiring"
+            else:
+                if key in self.active and self.active[key].setpoint is None:
+                    del self.active[key]
+                self._lock_state = "off"
+            log.info("tempo lock %s", "on: tempo follows the clock's tempo and beat" if self.lock else "off")
+            return
+        key = (stream, ask.concept)
+        if ask.setpoint is None:
+            self._drop(key, "off")
+        else:
+            self._start(key, ask.setpoint, alpha_now)
+
+    def touched(self, changes: Sequence[Change], stream: int = 0) -> None:
+        """A performer's plain alpha (or panic) takes the knob back from its target."""
+        for change in changes:
+            if change.kind == "panic":
+                for key in [k for k in self.active if k[0] == stream]:
+                    self._drop(key, "panic")
+            elif change.kind == "alpha" and change.concept is not None:
+                self._drop((stream, change.concept), f"a plain /steer/{change.concept} write")
+
+    def _start(self, key: tuple[int, str], setpoint: float | None, alpha_now: Mapping[str, float]) -> None:
+        unit = UNITS[key[1]]
+        current = self.active.get(key)
+        if current is not None:  # a new setpoint keeps the loop's state (bumpless)
+            current.setpoint = setpoint
+            return
+        self.active[key] = ActiveTarget(unit, self.concepts[key[1]], alpha_now.get(key[1], 0.0), setpoint)
+        what = "the clock's tempo" if setpoint is None else f"{setpoint:g} {unit.unit}"
+        log.info("%s: a target knob now (%s); alpha follows its sensor", key[1], what)
+
+    def _drop(self, key: tuple[int, str], why: str) -> None:
+        target = self.active.pop(key, None)
+        if target is None:
+            return
+        if target.setpoint is None:
+            self.lock, self._lock_state = False, "off"
+        log.info("%s: back to a force knob (%s); alpha stays at %+.2f", key[1], why, target.controller.state.alpha)
+
+    # --- the audio, after each chunk -------------------------------------------------
+    def heard(self, audio: np.ndarray, at: int, clock: ClockSnapshot | None, stream: int = 0) -> list[Change]:
+        """Take a chunk of generated audio ([channels, samples] or [samples], model rate) that
+        starts at ring sample ``at``; the alpha changes the targets ask for, if any updated."""
+        mono = np.asarray(audio, np.float32)
+        mono = mono.mean(axis=0) if mono.ndim == 2 else mono
+        if self._end is None or abs(at - self._end) > self.ratio:  # a gap (stopped, silence): start afresh
+            self._audio = np.zeros(0, np.float32)
+        self._audio = np.concatenate([self._audio, mono])[-int(BUFFER_S * self.rate):]
+        self._end = at + len(mono) * self.ratio
+        seconds = len(mono) / self.rate
+        out = []
+        for key, target in self.active.items():
+            if key[0] != stream:
+                continue
+            target.since += seconds
+            alpha = self._update(key[1], target, clock)
+            if alpha is not None:
+                out.append(Change("alpha", round(alpha, 4), key[1]))
+        return out
+
+    def _update(self, concept: str, target: ActiveTarget, clock: ClockSnapshot | None) -> float | None:
+        host = float(clock.bpm) if clock is not None else 120.0
+        reference = host if target.setpoint is None or target.unit.sensor != "pulse" else target.setpoint
+        every = target.unit.every_beats * 60.0 / reference
+        if target.since < every:
+            return None
+        dt, target.since = target.since, 0.0
+        before = target.controller.state.alpha
+        grid = clock.grid if clock is not None and clock.playing else None
+        if target.unit.sensor == "pulse":
+            window = int(max(MIN_PULSE_WINDOW_S, PULSE_WINDOW_BEATS * 60.0 / reference) * self.rate)
+            audio = self._audio[-window:]
+            start = (self._end or 0.0) - len(audio) * self.ratio
+            beat_of = None if grid is None else (lambda t: float(grid.beat_at(round(start + t * self.rate * self.ratio))))
+            reading = pulse_reading(audio, self.rate, reference, grid_beat_of=beat_of)
+            target.measured, target.phase_s = reading.bpm, reading.phase_s
+        else:
+            target.measured = centroid_reading(self._audio[-int(60.0 / reference * self.rate):], self.rate)
+        if target.setpoint is None:  # the lock: the host's tempo, pulled onto its beat
+            if grid is None:
+                self._lock_state = "no clock"
+                return None
+            target.aim = locked_setpoint(host, target.phase_s if math.isfinite(target.phase_s) else 0.0)
+        else:
+            target.aim = target.setpoint
+        alpha = target.controller.update(target.aim, target.measured, dt)
+        if target.setpoint is None:
+            self._lock_state = self._lock_of(target, host)
+        return alpha if abs(alpha - before) >= MIN_ALPHA_STEP else None
+
+    def _lock_of(self, target: ActiveTarget, host: float) -> str:
+        if target.controller.state.mode == "out of range":
+            return "out of range"
+        if math.isfinite(target.measured) and abs(target.measured / host - 1) <= LOCKED_TEMPO \
+                and math.isfinite(target.phase_s) and abs(target.phase_s) <= LOCKED_PHASE_S:
+            return "locked"
+        return "acquiring"
+
+    def status(self) -> dict[str, Any]:
+        loops = {(name if s == 0 else f"{s}:{name}"): t.status() for (s, name), t in self.active.items()}
+        return {"lock": self._lock_state, "target_knobs": loops}
+
+    def info(self, concept: str, stream: int = 0) -> dict[str, Any] | None:
+        """A loop's state for the performance log line of the alpha it set."""
+        target = self.active.get((stream, concept))
+        return None if target is None else target.status()
+
+    def start_locked(self, alpha_now: Mapping[str, float]) -> None:
+        """``serve --tempo-lock``: the lock from the first frame."""
+        if self._lock_asked:
+            self.ask(TargetAsk(LOCK_CONCEPT, lock=True), alpha_now)
+
+
+__all__ = ["TargetAsk", "TargetLoop"]

@@ -1,0 +1,181 @@
+"""A knob that sets a target: the PI controller that turns a measured value into alpha.
+
+Plain addition of ``alpha * direction`` is a proportional-only controller with the
+performer in the loop; a target knob closes the loop on a sensor instead (a probe on
+the activations, a measure of the audio). This module is the maths alone, pure Python
+with no torch and no clock, so it is tested against a simulated plant:
+
+* **PI** in the plant's own units: the error is divided by the local slope of the
+  measure against alpha, so ``kp`` is "the fraction of the error closed at once" and
+  ``ki`` "per second", whatever the concept's unit.
+* **Gain scheduling**: alpha's effect is not linear (the toy's tempo moves in 20 BPM
+  buckets; a probe saturates), so the slope is estimated on line from the last
+  updates (a least-squares line through recent (alpha, measured) pairs, kept only
+  when alpha moved enough to tell); the gains follow it down where alpha acts
+  steeply, never above the prior's.
+* **Anti-windup**: the integral is clamped to the alpha range (it *is* the alpha the
+  loop holds) and does not grow while the output is pinned at a bound.
+* **Rate limit** (alpha per second) and **deadband** (no correction for an error
+  inside it), and alpha always within the calibrated ``alpha_range``.
+* **Out of range**: when alpha sits at a bound and the error still asks for more for
+  ``patience`` updates, the setpoint is out of reach; the loop holds that bound (the
+  nearest alpha) and says so, instead of fighting.
+
+``PhaseLock`` wraps the PI for the tempo lock: a phase-locked loop whose frequency
+setpoint is the host's tempo pulled by the measured beat-phase error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+#: What the error is measured in: "relative" (log ratio: tempo, centroid; a 5 % error is
+#: the same size at 60 and at 180 BPM) or "absolute" (a probability).
+ERROR_SCALES = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How one target loop behaves; the defaults suit a sensor read every beat."""
+
+    alpha_range: tuple[float, float]
+    #: The measure's slope against alpha, in error units per unit of alpha, before any is measured.
+    prior_slope: float
+    kp: float = 0.4  # fraction of the (slope-scaled) error corrected at once
+    ki: float = 0.8  # fraction of the error integrated per second
+    deadband: float = 0.01  # |error| below this is no error (hold): no hunting on sensor noise
+    rate: float = 8.0  # alpha per second at most
+    error_scale: str = "relative"
+    #: The scheduled slope stays within [prior, prior * spread].
+    slope_spread: float = 4.0
+    #: Updates in a row at a bound with the error still pushing past it before "out of range".
+    patience: int = 3
+
+    def __post_init__(self) -> None:
+        lo, hi = self.alpha_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"alpha_range must be finite with lo < hi, got {self.alpha_range}")
+        if not (math.isfinite(self.prior_slope) and self.prior_slope != 0):
+            raise ValueError(f"prior_slope must be finite and non-zero, got {self.prior_slope}")
+        if self.error_scale not in ERROR_SCALES:
+            raise ValueError(f"error_scale must be one of {ERROR_SCALES}, got {self.error_scale!r}")
+        for name in ("kp", "ki", "deadband", "rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+
+@dataclass
+class LoopState:
+    """What a loop knows between updates (all of it in /status/json and the log)."""
+
+    alpha: float
+    integral: float  # the alpha the integral term holds
+    slope: float
+    error: float = 0.0
+    #: "tracking", "settled" (inside the deadband), "out of range" (pinned at a bound).
+    mode: str = "tracking"
+    pinned: int = 0  # updates in a row at a bound with the error pushing past it
+    updates: int = 0
+    history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=6))
+
+
+def error_of(setpoint: float, measured: float, scale: str) -> float:
+    """Setpoint minus measured, in the loop's error units (a log ratio for "relative")."""
+    if scale == "relative":
+        return math.log(max(setpoint, 1e-9) / max(measured, 1e-9))
+    return setpoint - measured
+
+
+class PIController:
+    """One concept's loop: ``update`` takes a measurement and the time since the last, and
+    returns the alpha to play. Pure: no clock, no threads; the caller owns it."""
+
+    def __init__(self, settings: LoopSettings, alpha: float = 0.0) -> None:
+        self.settings = settings
+        lo, hi = settings.alpha_range
+        start = min(max(alpha, lo), hi)
+        self.state = LoopState(alpha=start, integral=start, slope=settings.prior_slope)
+
+    def update(self, setpoint: float, measured: float, dt: float) -> float:
+        s, st = self.settings, self.state
+        if not (math.isfinite(setpoint) and math.isfinite(measured) and math.isfinite(dt)) or dt <= 0:
+            return st.alpha  # a sensor that could not read holds the knob
+        lo, hi = s.alpha_range
+        self._schedule(measured)
+        error = error_of(setpoint, measured, s.error_scale)
+        st.error = error
+        st.updates += 1
+        # The measurement was made under the alpha played before this update: that pair is
+        # what the slope is fitted to.
+        st.history.append((st.alpha, measured))
+        if abs(error) <= s.deadband:
+            st.mode, st.pinned = "settled", 0
+            return st.alpha
+        push = error / st.slope  # alpha the whole error asks for
+        # Anti-windup: the integral is the alpha held, so it stays inside the range; at a
+        # bound it does not grow further in the direction the bound stops.
+        integral = st.integral + s.ki * dt * push
+        st.integral = min(max(integral, lo), hi)
+        wanted = st.integral + s.kp * push
+        limit = s.rate * dt
+        alpha = min(max(wanted, st.alpha - limit, lo), st.alpha + limit, hi)
+        at_bound = (alpha >= hi and push > 0) or (alpha <= lo and push < 0)
+        st.pinned = st.pinned + 1 if at_bound else 0
+        st.mode = "out of range" if st.pinned >= s.patience else "tracking"
+        st.alpha = alpha
+        return alpha
+
+    def _schedule(self, measured: float) -> None:
+        """The slope from the last updates' (alpha, measured) pairs, within bounds of the
+        prior; the error's units, so a relative measure fits log(measured)."""
+        s, st = self.settings, self.state
+        pairs = [(a, math.log(max(m, 1e-9)) if s.error_scale == "relative" else m) for a, m in st.history]
+        if len(pairs) < 3:
+            return
+        mean_a = sum(a for a, _ in pairs) / len(pairs)
+        mean_m = sum(m for _, m in pairs) / len(pairs)
+        var = sum((a - mean_a) ** 2 for a, _ in pairs)
+        span = s.alpha_range[1] - s.alpha_range[0]
+        if var < (0.05 * span) ** 2:  # alpha barely moved: the pairs say nothing about the slope
+            return
+        slope = sum((a - mean_a) * (m - mean_m) for a, m in pairs) / var
+        prior = s.prior_slope
+        if slope * prior <= 0:  # noise, or a lag that ran the other way: keep the last estimate
+            return
+        # Never more aggressive than the prior: where alpha acts more steeply the gains come
+        # down (the loop would overshoot there); where it acts less, the prior's gains hold,
+        # as pairs read through a sensor's lag can make a slope look flatter than it is.
+        bounded = min(max(abs(slope), abs(prior)), abs(prior) * s.slope_spread)
+        st.slope = math.copysign(0.5 * abs(st.slope) + 0.5 * bounded, prior)
+
+    def status(self) -> dict[str, object]:
+        st = self.state
+        return {"alpha": round(st.alpha, 4), "integral": round(st.integral, 4), "error": round(st.error, 4),
+                "slope": round(st.slope, 4), "mode": st.mode, "updates": st.updates}
+
+
+@dataclass(frozen=True)
+class PhaseLockSettings:
+    #: Fraction of a beat's phase error turned into tempo pull (per update).
+    phase_gain: float = 0.5
+    #: The pull never asks for more than this fraction off the host's tempo.
+    max_pull: float = 0.08
+
+
+def locked_setpoint(host_bpm: float, phase_error_s: float, settings: PhaseLockSettings = PhaseLockSettings()) -> float:
+    """The tempo to aim at so the audio's beats come onto the host's: the host's tempo, sped
+    up while the audio's beats come late (``phase_error_s`` > 0) and slowed while early."""
+    if not (math.isfinite(host_bpm) and host_bpm > 0):
+        raise ValueError(f"host tempo must be a positive number, got {host_bpm}")
+    if not math.isfinite(phase_error_s):
+        return host_bpm
+    beats = phase_error_s * host_bpm / 60.0
+    pull = max(-settings.max_pull, min(settings.max_pull, settings.phase_gain * beats))
+    return host_bpm * (1.0 + pull)
+
+
+__all__ = ["ERROR_SCALES", "LoopSettings", "LoopState", "PIController", "PhaseLockSettings", "error_of",
+           "locked_setpoint"]

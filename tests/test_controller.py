@@ -1,0 +1,84 @@
+"""The target knobs' PI controller (steering_core/steer/controller.py) against simulated
+plants: pure maths, no model."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from steering_core.steer.controller import LoopSettings, PIController, error_of, locked_setpoint
+
+
+def tempo_plant(alpha: float) -> float:
+    """A tempo that answers alpha exponentially and saturates: 60..180 BPM, steeper near 0."""
+    return 120.0 * math.exp(0.55 * math.tanh(alpha / 2.5))
+
+
+def settle(controller: PIController, setpoint: float, plant, updates: int, lag: int = 1, dt: float = 0.5):
+    """Run ``updates`` updates; the sensor sees the alpha of ``lag`` updates ago."""
+    played = [controller.state.alpha] * lag
+    measured = []
+    for _ in range(updates):
+        m = plant(played[-lag])
+        measured.append(m)
+        played.append(controller.update(setpoint, m, dt))
+    return measured
+
+
+def test_a_step_settles_without_overshoot_on_a_nonlinear_lagged_plant():
+    settings = LoopSettings((-6.0, 6.0), prior_slope=0.2)
+    for setpoint, lag in itertools.product((80.0, 100.0, 150.0, 170.0), (1, 2)):
+        c = PIController(settings)
+        measured = settle(c, setpoint, tempo_plant, 16, lag=lag)
+        assert abs(measured[-1] / setpoint - 1) < 0.03, (setpoint, measured)
+        start = measured[0]
+        overshoot = max((m - setpoint) / (setpoint - start) for m in measured) if setpoint > start else \
+            max((setpoint - m) / (start - setpoint) for m in measured)
+        assert overshoot <= (0.10 if lag == 1 else 0.25), (setpoint, lag, measured)  # a longer lag rings more
+
+
+def test_gain_scheduling_turns_the_gains_down_where_alpha_acts_steeply():
+    # The prior is 3x flatter than the plant: unscheduled, its gains are 3x too high and a
+    # lagged loop would ring; the schedule learns the steeper slope and settles.
+    c = PIController(LoopSettings((-6.0, 6.0), prior_slope=0.1))
+    measured = settle(c, 150.0, lambda a: 120.0 * math.exp(0.3 * a), 24)
+    assert abs(measured[-1] / 150.0 - 1) < 0.03
+    assert c.state.slope > 0.2
+
+
+def test_out_of_reach_it_holds_the_nearest_alpha_and_says_so_without_winding_up():
+    c = PIController(LoopSettings((-6.0, 6.0), prior_slope=0.2))
+    settle(c, 400.0, tempo_plant, 20)
+    assert c.state.alpha == 6.0 and c.state.mode == "out of range"
+    assert c.state.integral <= 6.0  # anti-windup: the integral never went past the bound
+    measured = settle(c, 130.0, tempo_plant, 16)  # a reachable setpoint: it leaves the bound at once
+    assert c.state.mode != "out of range" and abs(measured[-1] / 130.0 - 1) < 0.03
+
+
+def test_rate_limit_deadband_and_bad_readings():
+    c = PIController(LoopSettings((-6.0, 6.0), prior_slope=0.3, rate=2.0, deadband=0.02))
+    alpha = c.update(180.0, 60.0, dt=0.5)
+    assert alpha == pytest.approx(1.0)  # 2 alpha/s for half a second
+    assert c.update(180.0, math.nan, 0.5) == alpha  # a sensor that could not read holds the knob
+    assert c.update(180.0, 180.0 * 1.01, 0.5) == alpha and c.state.mode == "settled"  # inside the deadband
+
+
+def test_the_alpha_stays_in_the_range_and_the_settings_are_checked():
+    c = PIController(LoopSettings((-2.0, 3.0), prior_slope=0.2), alpha=10.0)
+    assert c.state.alpha == 3.0
+    for _ in range(30):
+        assert -2.0 <= c.update(20.0, 180.0, 0.5) <= 3.0
+    with pytest.raises(ValueError):
+        LoopSettings((1.0, 1.0), prior_slope=0.2)
+    with pytest.raises(ValueError):
+        LoopSettings((-1.0, 1.0), prior_slope=0.0)
+    assert error_of(0.7, 0.5, "absolute") == pytest.approx(0.2)
+
+
+def test_the_phase_lock_pulls_a_late_audio_faster_and_an_early_one_slower_within_bounds():
+    assert locked_setpoint(120.0, 0.0) == 120.0
+    assert locked_setpoint(120.0, 0.05) > 120.0 > locked_setpoint(120.0, -0.05)
+    assert locked_setpoint(120.0, 10.0) == pytest.approx(120.0 * 1.08)
+    assert locked_setpoint(120.0, math.nan) == 120.0
