@@ -121,7 +121,8 @@ def steerbridge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_analyze_cli_on_a_concept_preset(tmp_path) -> None:
     run = steerbridge("analyze", "--model", "tiny", "--concept", "timbre", "--out", "report", "--frames", "8",
-                      "--seeds", "2", "--sweep-points", "3", "--seconds", "1", "--write-back", cwd=tmp_path)
+                      "--seeds", "2", "--sweep-points", "3", "--seconds", "1", "--write-back", "--calibrate-seeds", "1",
+                      "--calibrate-seconds", "0.5", "--calibrate-span", "1", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     out = tmp_path / "report"
     report = json.loads((out / "report.json").read_text())
@@ -137,7 +138,15 @@ def test_analyze_cli_on_a_concept_preset(tmp_path) -> None:
     assert (out / "influence_timbre.png").is_file()
     kl = entry["influence"]["kl_per_layer"]
     assert len(kl) == 4 and all(v > 0 for v in kl)  # random weights: every layer acts, none is dead
-    assert load_vector(out / "timbre.safetensors").layers == tuple(entry["recommended_layers"])
+    vector = load_vector(out / "timbre.safetensors")
+    assert vector.layers == tuple(entry["recommended_layers"])
+    # calibrated: the file's range is what was measured (random weights: maybe no range, and it says so)
+    cal = report["calibration"]["concepts"]["timbre"]
+    assert vector.calibration is not None and vector.calibration["alphas"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert list(vector.alpha_range) == cal["alpha_range"] == entry["alpha_range"]
+    assert entry["sweep"]["alphas"][0] == vector.alpha_range[0] and entry["sweep"]["alphas"][-1] == vector.alpha_range[1]
+    assert set(report["calibration"]["cross_effects"]["before"]["timbre"]) >= {"onset_rate", "centroid_hz", "rms"}
+    assert (out / "calibration_timbre.png").is_file() and (out / "cross_effects.png").is_file()
     preset = load_concept(str(out / "timbre.yaml"))
     assert preset.layers == tuple(entry["recommended_layers"])
     assert preset.layers_for(4) == preset.layers

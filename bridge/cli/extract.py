@@ -23,6 +23,7 @@ from .validators import (
 )
 
 if TYPE_CHECKING:
+    from steering_core.extract.concepts import ConceptPreset
     from steering_core.extract.shards import SkippedFile
 
     from .parsing import Commands
@@ -50,6 +51,7 @@ def register(sub: Commands) -> None:
     p.add_argument("--pool", default="mean", choices=("mean", "last"), help="how a prompt's frames are pooled")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed for prompt expansion and sampling")
+    calibrate_args(p)
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=cmd_extract)
 
@@ -78,6 +80,11 @@ def register(sub: Commands) -> None:
                    help="CLAP hub id or folder (e.g. laion/clap-htsat-unfused) | tiny (RANDOM weights: plumbing only, "
                         "its plots say so) | none")
     p.add_argument("--write-back", action="store_true", help="also write <concept>.yaml with the recommended layers")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip measuring the knob ranges, the cross-effect matrix and the selective vectors")
+    p.add_argument("--calibrate-seeds", type=positive_int, default=3, help="seeds per calibration alpha")
+    p.add_argument("--calibrate-seconds", type=positive_float, default=3.0, help="seconds per calibration clip")
+    p.add_argument("--calibrate-span", type=positive_float, default=8.0, help="largest |alpha| calibration tries")
     p.add_argument("--out", required=True, help="report folder")
     p.set_defaults(func=cmd_analyze)
 
@@ -90,6 +97,19 @@ def engine_args(p: argparse.ArgumentParser) -> None:
                         "default: a Ray started for this run on this machine")
     p.add_argument("--ray-workers", type=positive_int, default=None,
                    help="--engine ray: model copies (default: one per GPU, else one per CPU but one)")
+
+
+def calibrate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration (see README, 'Knobs that mean what they say')")
+    g.add_argument("--calibrate", action="store_true",
+                   help="measure the knob's range (alpha_range) by sweeping alpha; without --layers the layers too")
+    g.add_argument("--selective", default=None, metavar="CONCEPTS",
+                   help="comma-separated concepts the vector must leave alone (e.g. timbre): orthogonalise against "
+                        "them if that measures better; implies --calibrate")
+    g.add_argument("--calibrate-prompt", default=None, help="prompt for the sweeps (default: serve's)")
+    g.add_argument("--calibrate-seeds", type=positive_int, default=4, help="seeds per alpha")
+    g.add_argument("--calibrate-seconds", type=positive_float, default=3.0, help="seconds per clip")
+    g.add_argument("--calibrate-span", type=positive_float, default=8.0, help="largest |alpha| tried")
 
 
 def check_engine(args: argparse.Namespace) -> None:
@@ -112,11 +132,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")
     check_model(args.model)
     check_engine(args)
+    if args.data and (args.calibrate or args.selective):
+        raise CliError("--calibrate and --selective go with --concept: a preset concept has a measure that says what "
+                       "its knob should move (tempo: onset rate, timbre: spectral centroid)")
     if args.data:
         if not Path(args.data).is_dir():
             raise CliError(f"--data {args.data}: no such folder (it wants one sub-folder of audio files per class)")
         return _extract_from_audio(args)
     preset = load_concept(args.concept)  # a bad name or file is reported before the model loads
+    against = tuple(n for n in (args.selective or "").split(",") if n)
+    for name in against:
+        load_concept(name)
+    if args.calibrate or against:
+        return _extract_calibrated(args, preset, against)
 
     from steering_core.extract.extraction import extract_vector
     from steering_core.model.loading import load_model
@@ -137,6 +165,28 @@ def cmd_extract(args: argparse.Namespace) -> int:
     out = vector.save(args.out)
     print(f"wrote {out}: concept {vector.concept!r}, {vector.method} at {vector.site}, layers "
           f"{list(vector.layers)}, {vector.n_pos}+{vector.n_neg} prompts, alpha range {list(vector.alpha_range)}")
+    return 0
+
+
+def _extract_calibrated(args: argparse.Namespace, preset: ConceptPreset, against: tuple[str, ...]) -> int:
+    from steering_core.model.loading import load_model
+
+    from ..live.options import DEFAULT_PROMPT
+    from ..tools.calibrate import CalibrateOptions, calibrated
+
+    if args.site and args.site != preset.site:
+        raise CliError("--calibrate uses the preset's site; leave --site out or edit the preset")
+    handle = load_model(args.model, args.device, args.dtype)
+    layers = _layers_on(handle.num_layers, args.layers, args.model)
+    options = CalibrateOptions(prompt=args.calibrate_prompt or DEFAULT_PROMPT, seeds=args.calibrate_seeds,
+                               seconds=args.calibrate_seconds, span=args.calibrate_span, method=args.method,
+                               frames=args.frames, selective=against)
+    vector, lines = calibrated(handle, preset, layers, options)
+    out = vector.save(args.out)
+    print(f"wrote {out}: concept {vector.concept!r}, {vector.method} at {vector.site}, layers {list(vector.layers)}, "
+          f"calibrated alpha range {vector.alpha_range[0]:+g}..{vector.alpha_range[1]:+g}")
+    for line in lines:
+        print("  " + line)
     return 0
 
 
@@ -204,7 +254,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         window_s=args.window, data_prompt=args.data_prompt, sweep_points=args.sweep_points, seeds=args.seeds,
         seconds=args.seconds, prompt=args.prompt, clap=None if args.clap == "none" else args.clap,
         write_back=args.write_back, cache=args.cache, engine=args.engine, ray_address=args.ray_address,
-        ray_workers=args.ray_workers)
+        ray_workers=args.ray_workers, calibrate=not args.no_calibrate, calibrate_seeds=args.calibrate_seeds,
+        calibrate_seconds=args.calibrate_seconds, calibrate_span=args.calibrate_span)
     out = Path(args.out)
     report = run_analyze(options, out)
     print(f"wrote {out / 'report.json'} and plots to {out}/")
@@ -213,4 +264,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"  {name}: recommended layers {entry['recommended_layers']} (probe accuracy {best['acc_logistic']:.2f}, "
               f"NMI {best['nmi']:.2f}); vector {entry['vector']}" + (f", preset {entry['preset']}" if "preset" in entry else ""))
         _print_skipped([SkippedFile(**bad) for bad in entry.get("skipped_files", [])])
+    for name, cal in report.get("calibration", {}).get("concepts", {}).items():
+        print(f"  {name}: " + cal.get("line", cal.get("skipped", "")))
+    for name, sel in report.get("calibration", {}).get("selective", {}).items():
+        if "chosen" in sel:
+            kept = f" -> {sel['vector']}" if "vector" in sel else " (as is measured best)"
+            print(f"  {name} selective: {sel['chosen']}{kept}")
     return 0

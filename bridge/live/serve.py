@@ -25,7 +25,6 @@ import torch
 
 from steering_core.codec.streaming import ChunkedDecoder, CodecStreaming
 from steering_core.extract.concepts import load_concept
-from steering_core.extract.extraction import extract_vector
 from steering_core.model.loading import MusicGenHandle, load_model
 from steering_core.paths import cache_dir
 from steering_core.steer.steerer import Steerer
@@ -56,15 +55,29 @@ DEFAULT_CONCEPTS = ("timbre", "tempo")
 
 
 def default_vectors(handle: MusicGenHandle) -> list[Path]:
-    """No --vectors: extract the default concepts once per model and keep them."""
-    # Keyed on the weights too: a retrained model of the same shape needs its own vectors.
-    folder = cache_dir("vectors") / f"{handle.config_sha256[:16]}-{handle.weights_sha256[:12]}"
+    """No --vectors: the default concepts, extracted and calibrated (layers and knob range
+    measured) once per model and kept; the toy's come calibrated with the package."""
+    from steering_core.evaluate.calibrated_extract import calibrated_vector
+    from steering_core.toy.shipped_vectors import shipped_default
+
+    from .options import DEFAULT_PROMPT
+
+    # Keyed on the weights too: a retrained model of the same shape needs its own vectors;
+    # "cal1": vectors cached before calibration existed are not reused.
+    folder = cache_dir("vectors") / f"{handle.config_sha256[:16]}-{handle.weights_sha256[:12]}-cal1"
     paths = []
     for name in DEFAULT_CONCEPTS:
         path = folder / f"{name}.safetensors"
         if not path.is_file():
-            log.info("no --vectors given: extracting %r for this model once (cached in %s)", name, folder)
-            extract_vector(handle, load_concept(name)).save(path)
+            shipped = shipped_default(handle, name)
+            if shipped is not None:
+                log.info("no --vectors given: %r is the toy's shipped calibrated vector (layers %s, alpha %g..%g)",
+                         name, list(shipped.layers), *shipped.alpha_range)
+                shipped.save(path)
+            else:
+                log.info("no --vectors given: extracting %r for this model and measuring its best layers and knob "
+                         "range, once (minutes on a CPU; cached in %s)", name, folder)
+                calibrated_vector(handle, load_concept(name), prompt=DEFAULT_PROMPT)[0].save(path)
         paths.append(path)
     return paths
 

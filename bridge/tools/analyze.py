@@ -10,11 +10,15 @@
 3. A layer recommendation, and a vector on those layers (``<concept>.safetensors``,
    ready for ``serve --vectors``); ``--write-back`` also writes the preset with the
    layers named (``<concept>.yaml``, ready for ``extract --concept``).
-4. An alpha sweep with several seeds: spectral centroid, RMS, onset rate, tempo and
-   CLAP zero-shot scores against the concept's labels.
+4. Calibration (``analyze_calibration.py``): each knob's range measured (the vector's
+   ``alpha_range``), the cross-effect matrix (what every knob moves) and, with two concepts
+   or more, each one made selective against the others, with the matrix after.
+5. An alpha sweep over the (calibrated) range with several seeds: spectral centroid, RMS,
+   onset rate, tempo and CLAP zero-shot scores against the concept's labels.
 
 Everything lands in ``report.json`` plus PNGs: ``layers_<concept>.png``, ``influence_<concept>.png``,
-``sweep_<concept>_<metric>.png`` and ``spectrograms_<concept>.png``.
+``sweep_<concept>_<metric>.png``, ``spectrograms_<concept>.png``, ``calibration_<concept>.png``
+and ``cross_effects.png``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from steering_core.model.loading import MusicGenHandle, load_model
 from steering_core.steer.vectors import SteeringVector
 from steering_core.stream.render import render
 
+from .analyze_calibration import CalibrationSettings, calibrate_concepts
 from .plots import influence_bars, layer_curves, metric_band, spectrogram_grid
 
 log = logging.getLogger("steerbridge.analyze")
@@ -82,6 +87,10 @@ class AnalyzeOptions:
     engine: str = "local"  # --data: local | ray
     ray_address: str | None = None
     ray_workers: int | None = None
+    calibrate: bool = True  # measure each knob's range, the cross-effect matrix and selective vectors
+    calibrate_seeds: int = 3
+    calibrate_seconds: float = 3.0
+    calibrate_span: float = 8.0
 
 
 @dataclass
@@ -143,7 +152,7 @@ def vector_on_layers(handle: MusicGenHandle, c: ConceptActivations, layers: list
 
 def _sweep(handle: MusicGenHandle, c: ConceptActivations, vector: SteeringVector, o: AnalyzeOptions, out: Path,
            clap: ClapScorer | None) -> dict[str, Any]:
-    lo, hi = c.alpha_range
+    lo, hi = vector.alpha_range  # calibrated, when calibration ran: what the knob spans
     alphas = [float(a) for a in np.linspace(lo, hi, o.sweep_points)]
     labels = [f"{c.positive_label} music", f"{c.negative_label} music"]
     values: dict[str, np.ndarray] = {m: np.zeros((len(alphas), o.seeds)) for m in METRICS}
@@ -194,6 +203,7 @@ def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"model": o.model, "model_config_sha256": handle.config_sha256,
                               "num_layers": handle.num_layers, "concepts": {}}
     best_directions: dict[int, dict[str, torch.Tensor]] = {}
+    swept: list[tuple[ConceptActivations, SteeringVector]] = []
     for c in concepts:
         scores = score_layers(c.all, c.labels, groups=c.groups)
         recommended = recommend_layers(scores)
@@ -238,8 +248,20 @@ def run_analyze(o: AnalyzeOptions, out: Path) -> dict[str, Any]:
         elif chance_layers:
             entry["layers_at_chance"] = chance_layers
             log.info("%s: layers %s read it no better than chance (%.2f)", c.name, chance_layers, best.chance)
-        entry["sweep"] = _sweep(handle, c, vector, o, out, clap)
+        swept.append((c, vector))
         report["concepts"][c.name] = entry
+    if o.calibrate:
+        calibrated, report["calibration"] = calibrate_concepts(
+            handle, [v for _, v in swept], lambda name, layers: [vector_on_layers(handle, c, list(layers))
+                                                                 for c in concepts if c.name != name],
+            CalibrationSettings(prompt=o.prompt, seeds=o.calibrate_seeds, seconds=o.calibrate_seconds,
+                                span=o.calibrate_span), out)
+        swept = [(c, calibrated.get(c.name, v)) for c, v in swept]
+        for c, v in swept:
+            v.save(out / f"{c.name}.safetensors")
+            report["concepts"][c.name]["alpha_range"] = list(v.alpha_range)
+    for c, v in swept:
+        report["concepts"][c.name]["sweep"] = _sweep(handle, c, v, o, out, clap)
     if len(concepts) > 1:
         report["concept_cosines"] = {str(layer): cosine_matrix(d) for layer, d in best_directions.items()}
     report["seconds_taken"] = round(time.time() - started, 1)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from steering_core.evaluate.measures import MeasureTable
 
 # Figures are drawn with matplotlib's object API on an Agg canvas of their own: files
 # only, no display, and no pyplot, so importing this module leaves the process's
@@ -127,3 +131,50 @@ def target_response(trace: Sequence[tuple[float, float, float, float]], path: Pa
     bottom.set_xlabel("seconds")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def calibration_curves(table: MeasureTable, alpha_range: tuple[float, float], own: str, out: str | Path,
+                       title: str = "") -> Path:
+    """Every measure against alpha, as a ratio to its value at alpha 0 (the own one bold),
+    with the calibrated range shaded and the ±20 % band the others must stay in."""
+    out = Path(out)
+    fig = _figure((6.5, 3.8))
+    ax = fig.subplots()
+    zero = table.alphas.index(0.0)
+    for name in ("onset_rate", "centroid_hz", "rms", "drum_bpm", "lead_shade"):
+        if name not in table.values:
+            continue
+        means = np.nanmean(table.values[name], axis=1)
+        ref = means[zero] if abs(means[zero]) > 1e-9 else 1.0
+        ax.plot(table.alphas, means / ref, marker="o" if name == own else ".", lw=2.5 if name == own else 1,
+                ls="-" if name in ("onset_rate", "centroid_hz", "rms") else ":", label=name + (" (own)" if name == own else ""))
+    ax.axvspan(*alpha_range, color="gold", alpha=0.2, label="calibrated range")
+    ax.axhspan(0.8, 1.2, color="grey", alpha=0.12)
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("÷ value at alpha 0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "calibration")
+    return _save(fig, out)
+
+
+def effect_matrix(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]] | None,
+                  out: str | Path, title: str = "cross-effect matrix: change over each knob's range") -> Path:
+    """Heat maps of the cross-effect matrix (rows: knobs, columns: measures), before and
+    after making each knob selective."""
+    out = Path(out)
+    panels = [("as extracted", before)] + ([("selective", after)] if after is not None else [])
+    measures = list(next(iter(before.values())).keys())
+    fig = _figure((1.1 * len(measures) * len(panels) + 1.5, 0.8 * len(before) + 2.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, m) in zip(axes, panels, strict=True):
+        rows = list(m)
+        grid = np.array([[m[r].get(k, np.nan) for k in measures] for r in rows], dtype=np.float64)
+        ax.imshow(np.clip(grid, -1.5, 1.5), cmap="RdBu_r", vmin=-1.5, vmax=1.5, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(measures)), measures, rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, out)

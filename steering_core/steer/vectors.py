@@ -80,6 +80,8 @@ class SteeringVector:
     prompt_sha256: str = ""
     stats: dict[int, LayerStats] = field(default_factory=dict)
     created: str = ""
+    #: How ``alpha_range`` was measured (``evaluate/calibration.py``); None: not calibrated.
+    calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         d = self.directions
@@ -110,6 +112,8 @@ class SteeringVector:
         lo, hi = self.alpha_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise VectorFileError(f"alpha_range must be two finite numbers, low < high; got {self.alpha_range}")
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            raise VectorFileError("calibration must be a JSON object")
         if max(abs(lo), abs(hi)) > MAX_ABS_ALPHA:
             raise VectorFileError(f"alpha_range {lo:g}..{hi:g} goes past +-{MAX_ABS_ALPHA:g}: a knob there would "
                                   "turn the stream into inf/NaN")
@@ -127,7 +131,8 @@ class SteeringVector:
 
     def _from_rows(self, rows: torch.Tensor, **changes: Any) -> SteeringVector:
         gains = tuple(float(g) for g in rows.norm(dim=-1))
-        return dataclasses.replace(self, directions=rows, gains=gains, **changes)
+        # New rows are a new vector: the old range was measured for the old one.
+        return dataclasses.replace(self, directions=rows, gains=gains, calibration=None, **changes)
 
     def _aligned(self, other: SteeringVector) -> None:
         if self.layers != other.layers or self.site != other.site or self.d_model != other.d_model:
@@ -138,7 +143,7 @@ class SteeringVector:
         return self._from_rows(self._scaled_rows() + other._scaled_rows(), concept=f"{self.concept}+{other.concept}")
 
     def __neg__(self) -> SteeringVector:
-        return dataclasses.replace(self, directions=-self.directions, concept=f"-{self.concept}")
+        return dataclasses.replace(self, directions=-self.directions, concept=f"-{self.concept}", calibration=None)
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
         return self + (-other)
@@ -147,7 +152,7 @@ class SteeringVector:
         if k == 0 or not math.isfinite(k):
             raise UserError("scale by a finite, non-zero number (turn the knob to 0 instead)")
         flipped = self if k > 0 else -self
-        return dataclasses.replace(flipped, gains=tuple(g * abs(k) for g in self.gains))
+        return dataclasses.replace(flipped, gains=tuple(g * abs(k) for g in self.gains), calibration=None)
 
     __rmul__ = __mul__
 
@@ -183,7 +188,7 @@ class SteeringVector:
 
     # --- file format -----------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        return {
+        meta = {
             "format_version": FORMAT_VERSION,
             "concept": self.concept,
             "model_id": self.model_id,
@@ -202,6 +207,9 @@ class SteeringVector:
             "stats": {str(k): dataclasses.asdict(v) for k, v in self.stats.items()},
             "created": self.created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
+        if self.calibration is not None:
+            meta["calibration"] = self.calibration
+        return meta
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -261,6 +269,7 @@ def load_vector(path: str | Path) -> SteeringVector:
             prompt_sha256=str(meta.get("prompt_sha256", "")),
             stats=stats,
             created=str(meta.get("created", "")),
+            calibration=meta.get("calibration"),  # absent in files written before calibration
         )
     except VectorFileError:
         raise
