@@ -111,7 +111,7 @@ class Commands:
         kind = target.kind
         if kind == "prompt":  # a new prompt lands on the grid unless the message says otherwise
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args) or "default")
-        if kind in ("alpha", "knob", "on", "setting", "seed", "panic"):
+        if kind in ("alpha", "knob", "on", "setting", "seed", "panic", "mute", "solo"):
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args))
         if kind == "transport":
             return self._transport(target.address.rsplit("/", 1)[1])

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steering_core.codec.streaming import ChunkedDecoder
-from steering_core.stream.timeline import Change, Performance
+from steering_core.stream.timeline import AUDIO_ONLY_KINDS, Change, Performance
 
 from ..clock.grid import Quantize
 from .audio_path import AudioPath
@@ -51,6 +51,7 @@ from .options import EngineSettings
 from .performance_log import PerformanceLog
 from .ring import Ring
 from .scheduling import BPM_FIELD, OnTheGrid, fill_bpm
+from .stem_mix import StemMix
 
 if TYPE_CHECKING:
     from ..clock.clock import MusicalClock
@@ -119,7 +120,8 @@ class Engine:
     and ``wake``); ``status``, ``stop`` and the read-only properties are safe from any
     thread."""
 
-    def __init__(self, performance: Performance, decoder: ChunkedDecoder, path: AudioPath, control: ControlState,
+    def __init__(self, performance: Performance, decoder: ChunkedDecoder, path: AudioPath | StemMix,
+                 control: ControlState,
                  *, settings: EngineSettings | None = None, perf_log: PerformanceLog | None = None,
                  clock: MusicalClock | None = None, prompt_template: str | None = None) -> None:
         self.performance = performance
@@ -220,7 +222,12 @@ class Engine:
         finally:
             self.ring.expect_audio = False
             if self.perf_log is not None:
-                self.perf_log.end(self.frames_generated, self.codes_sha256())
+                self.perf_log.end(self.frames_generated, self.codes_sha256(), self.rows_sha256())
+
+    def rows_sha256(self) -> list[str]:
+        """A hash of each row's tokens (each stem's, in a set of stems)."""
+        codes = self.stream.codes[:, :, : self.frames_generated].cpu().contiguous()
+        return [hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in codes]
 
     def _frames_per_chunk(self) -> int:
         return self.decoder.frames_per_pull
@@ -276,7 +283,8 @@ class Engine:
             self.decoder.push(self.stream.codes[:, :, self.pushed:complete])
             self.pushed = complete
         first = self.decoder.emitted_frames
-        audio = self.decoder.pull()[0]
+        pulled = self.decoder.pull()  # [rows, channels, n]: a set of stems' path takes every row
+        audio = pulled if isinstance(self.path, StemMix) else pulled[0]
         last = self.decoder.emitted_frames
         if audio.shape[-1]:
             at = self.path.push(audio)
@@ -322,6 +330,9 @@ class Engine:
             self.pushed = complete
         if any(c.kind == "panic" for c in event.changes):
             self.path.fade(up=True, ms=self.settings.fade_ms)
+        for c in event.changes:  # a stem's mute or solo: the mix's, no token changes
+            if c.kind in AUDIO_ONLY_KINDS and c.stream is not None and isinstance(self.path, StemMix):
+                self.path.set_flag(c.kind, c.stream, bool(c.value))
         self.latency.expect(max(0, event.step - self.max_delay), event)
         event.landed = self.grid.where(event.step - self.max_delay)
         if self.perf_log is not None:

@@ -62,6 +62,8 @@ class PerformanceLog:
         self.unwritten = 0  # lines not written since the failure
         self.closed = False
         self._writer: int | None = None
+        #: A set of stems: each change for one stem names it (its row is the header's ``stems`` order).
+        self.stem_names = [str(s["name"]) for s in header.get("stems", [])]
         self._write({"type": "header", "format": LOG_FORMAT, **header})
 
     def event(self, event: ControlEvent, t: float) -> None:
@@ -70,7 +72,7 @@ class PerformanceLog:
         if event.step is not None:
             record["step"] = event.step
         if event.changes:
-            record["changes"] = [c.to_json() for c in event.changes]
+            record["changes"] = [self._change(c) for c in event.changes]
         if event.transport:
             record["transport"] = event.transport
         if event.quantize:
@@ -79,10 +81,20 @@ class PerformanceLog:
             record.update(event.landed)
         self._write(record)
 
-    def end(self, frames: int, codes_sha256: str) -> None:
+    def _change(self, change: Change) -> dict[str, Any]:
+        out = change.to_json()
+        if change.stream is not None and change.stream < len(self.stem_names):
+            out["stem"] = self.stem_names[change.stream]
+        return out
+
+    def end(self, frames: int, codes_sha256: str, rows_sha256: list[str] | None = None) -> None:
+        """The last line: the frames played and a hash of their tokens (and of each stem's row)."""
         self._check_writer("end")
         if not self.closed:
-            self._write({"type": "end", "frames": frames, "codes_sha256": codes_sha256})
+            record: dict[str, Any] = {"type": "end", "frames": frames, "codes_sha256": codes_sha256}
+            if rows_sha256 is not None and self.stem_names:
+                record["stems_sha256"] = dict(zip(self.stem_names, rows_sha256, strict=False))
+            self._write(record)
             self._file.close()
             self.closed = True
 
@@ -129,6 +141,7 @@ class Performed:
     schedule: list[tuple[int, Sequence[Change]]] = field(default_factory=list)
     frames: int | None = None
     codes_sha256: str | None = None
+    stems_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def read_log(path: str | Path) -> Performed:
@@ -176,6 +189,10 @@ def read_log(path: str | Path) -> Performed:
                 if not (_whole(frames) and frames >= 0 and isinstance(sha, str)):
                     raise PerformanceLogError("the end line needs whole 'frames' and a 'codes_sha256' string")
                 out.frames, out.codes_sha256 = frames, sha
+                rows = record.get("stems_sha256", {})
+                if not (isinstance(rows, dict) and all(isinstance(v, str) for v in rows.values())):
+                    raise PerformanceLogError("the end line's 'stems_sha256' must map stem names to hashes")
+                out.stems_sha256 = {str(k): v for k, v in rows.items()}
         except UserError as exc:
             raise PerformanceLogError(f"{path}: record {n}: malformed: {str(exc)[:200]}") from None
     return out

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from steering_core.model.loading import MusicGenHandle
 from steering_core.stream.decode_loop import StreamOptions
+from steering_core.stream.graphs import CudaGraphsMode
 from steering_core.stream.sampling import draw, guide
 from steering_core.stream.static_step import StaticStream
 
@@ -65,12 +66,12 @@ class StemStream(StaticStream):
     """A static stream whose rows are stems: per-row prompts, seeds and knobs (see the module doc)."""
 
     def __init__(self, handle: MusicGenHandle, prompts: Sequence[str], *, seeds: Sequence[int],
-                 **options: Unpack[StreamOptions]) -> None:
+                 cuda_graphs: CudaGraphsMode = "off", **options: Unpack[StreamOptions]) -> None:
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         self._row_states: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._row_prompts: list[str] = []
-        super().__init__(handle, list(prompts), **options)
+        super().__init__(handle, list(prompts), cuda_graphs=cuda_graphs, **options)
         self.generator = RowGenerators(self.device, seeds)  # type: ignore[assignment]
         self.seeds = [int(s) for s in seeds]
 
