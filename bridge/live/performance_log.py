@@ -27,6 +27,7 @@ from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
 from .recorder import write_all
+from .setfile import MAX_STEMS, NAME_RE
 from .targets import MAX_PROMPT_CHARS, MAX_SEED, SETTING_BY_NAME
 from .userfiles import NotARegularFile, read_user_file
 
@@ -182,6 +183,7 @@ def read_log(path: str | Path) -> Performed:
                 batch = [Change.from_json(c) if isinstance(c, dict) else _bad(c) for c in changes]
                 for change in batch:
                     _check_change(change)
+                    _check_row(change, len(out.header.get("stems", [])))
                 out.schedule.append((step, batch))
                 last_step = step
             elif record.get("type") == "end":
@@ -228,6 +230,14 @@ def _check_change(change: Change) -> None:
             raise PerformanceLogError(problem[:200])
     if change.kind == "prompt":
         _check_prompt(change.value, "prompt")
+
+
+def _check_row(change: Change, stems: int) -> None:
+    """A change for one stem names a row the header's ``stems`` has; a mute or solo names one."""
+    if change.stream is not None and change.stream >= stems:
+        raise PerformanceLogError(f"a change for stem row {change.stream}, but the set has {stems} stems")
+    if change.kind in ("mute", "solo") and change.stream is None:
+        raise PerformanceLogError(f"a {change.kind} change names no stem")
 
 
 def _seed(value: object) -> bool:
@@ -281,5 +291,11 @@ def _check_header(h: dict[str, Any], path: Path) -> None:
             isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("sha256", ""), str)
             for v in vectors):
         problems.append("'vectors' must be a list of {path, sha256}")
+    stems = h.get("stems", [])
+    if not isinstance(stems, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and NAME_RE.fullmatch(s["name"])
+            and isinstance(s.get("prompt"), str) and s["prompt"].strip() and len(s["prompt"]) <= MAX_PROMPT_CHARS
+            and _seed(s.get("seed")) for s in stems) or len(stems) > MAX_STEMS:
+        problems.append(f"'stems' must be a list of at most {MAX_STEMS} {{name, prompt, seed}}")
     if problems:
         raise PerformanceLogError(f"{path}: malformed header: {'; '.join(problems)}")
