@@ -168,6 +168,10 @@ def _run(tiny, vectors, rows: list[int], frames: int = 90) -> torch.Tensor:
 
 
 def test_each_stem_plays_what_it_plays_alone_and_one_stems_knob_leaves_the_others_be(tiny, vectors_dir) -> None:
+    """On tiny, through a knob turn, a prompt change and a re-prime, each row equals its stem
+    alone (own generator, own prompt encoding). That is rounding, not a law: on toy with a
+    knob turned far the rows part after ~140 frames (benchmarks/RESULTS.md). What is a law:
+    another stem's knob never touches a row's tokens."""
     vectors = load_vectors(vectors_dir)
     batch = _run(tiny, vectors, [0, 1, 2])
     for row in range(3):
