@@ -11,7 +11,9 @@ top-k 250, steered with 4 concepts on 8 layers), in one process, each measured h
 * ``reprime_ms``: one re-prime (prefill of half the trained window) of the static stream;
 * ``first_audio_ms``: prompt in -> first decoded audio chunk out, static step;
 * for small only: ``max_realtime_streams`` (batched static streams with graphs, per-stream
-  rtf >= 1) and a serve soak (``benchmarks/serve_soak.py``, 60 s, knob traffic at 50/s):
+  rtf >= 1); ``max_realtime_stems`` (a ``StemStream``: every stem its own prompt, seed and
+  knob values, its tokens decoded to audio by the streaming codec as serve does, per-stem
+  rtf >= 1); and a serve soak (``benchmarks/serve_soak.py``, 60 s, knob traffic at 50/s):
   control latency p50/p95.
 
 rtf = seconds of audio per second of wall time (> 1 is faster than real time).
@@ -42,6 +44,7 @@ from steering_core.model.loading import MusicGenHandle, load_model  # noqa: E402
 from steering_core.stream.decode_loop import MusicStream  # noqa: E402
 from steering_core.stream.sampling import SamplingSettings  # noqa: E402
 from steering_core.stream.static_step import StaticStream  # noqa: E402
+from steering_core.stream.stem_stream import StemStream  # noqa: E402
 
 
 def _sync(handle: MusicGenHandle) -> None:
@@ -116,6 +119,47 @@ def _max_streams(handle: MusicGenHandle, frames: int, settings: SamplingSettings
     return {"max_realtime_streams": max(ok) if ok else 0, "streams_sweep": sweep}
 
 
+def _stems_rtf(handle: MusicGenHandle, frames: int, settings: SamplingSettings, graphs: bool, stems: int) -> float:
+    """Per-stem rtf of ``stems`` stems in one batch, each its own prompt, seed and knobs,
+    tokens and codec decode (the streaming decoder, serve's chunks), after a warm-up."""
+    steerer = random_concepts(handle)
+    stream = StemStream(handle, [f"{PROMPT}, part {i}" for i in range(stems)], seeds=list(range(stems)),
+                        settings=settings, steerer=steerer, cuda_graphs="on" if graphs else "off")
+    for i in range(stems):  # separate knobs: each stem's alphas its own
+        for j, name in enumerate(steerer.concepts):
+            steerer.set_alpha(name, ((i + j) % 5 - 2) * 0.5, stream=i)
+    decoder = ChunkedDecoder.streaming(handle)
+    with stream.steering():
+        stream.generate_frames(min(20, frames))  # warm-up (and the graph's capture + check)
+        decoder.push(stream.codes[:, :, :stream.frames_complete])
+        decoder.pull()
+        pushed = stream.frames_complete
+        _sync(handle)
+        start, goal = time.perf_counter(), pushed + frames
+        while stream.frames_complete < goal:
+            stream.generate_frames(decoder.chunk)
+            decoder.push(stream.codes[:, :, pushed:stream.frames_complete])
+            pushed = stream.frames_complete
+            decoder.pull()
+        _sync(handle)
+        took = time.perf_counter() - start
+    return frames / handle.frame_rate / took
+
+
+def _max_stems(handle: MusicGenHandle, frames: int, settings: SamplingSettings, graphs: bool,
+               limit: int) -> dict[str, Any]:
+    sweep = []
+    n = 1
+    while n <= limit:
+        rtf = _stems_rtf(handle, frames, settings, graphs, n)
+        sweep.append({"stems": n, "rtf_per_stem": round(rtf, 3)})
+        if rtf < 1.0:
+            break
+        n *= 2
+    ok = [row["stems"] for row in sweep if row["rtf_per_stem"] >= 1.0]
+    return {"max_realtime_stems": max(ok) if ok else 0, "stems_sweep": sweep}
+
+
 def _soak(model: str, seconds: float, device: str, graphs: str) -> dict[str, Any]:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "serve_soak.py"), "--model", model, "--seconds", str(seconds),
            "--rate", "50", "--extra", f"--device {device} --cuda-graphs {graphs}"]
@@ -151,6 +195,7 @@ def measure_model(model: str, seconds: float, device: str, dtype: str, with_stre
     row["first_audio_ms"] = round(_first_audio_ms(handle, settings), 1)
     if with_streams:
         row.update(_max_streams(handle, max(8, frames // 2), settings, cuda, stream_limit))
+        row.update(_max_stems(handle, max(8, frames // 2), settings, cuda, stream_limit))
     del handle
     if cuda:
         torch.cuda.empty_cache()
@@ -161,7 +206,8 @@ def measure_model(model: str, seconds: float, device: str, dtype: str, with_stre
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     cols = ["model", "dtype", "rtf_loop", "rtf_eager", "rtf_graphs", "graph_state", "rtf_generate",
-            "speedup_vs_generate", "reprime_ms", "first_audio_ms", "max_realtime_streams", "control_latency_ms"]
+            "speedup_vs_generate", "reprime_ms", "first_audio_ms", "max_realtime_streams", "max_realtime_stems",
+            "control_latency_ms"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         cells = []

@@ -26,6 +26,7 @@ def test_gpu_figures_smoke_runs_end_to_end(capsys) -> None:
     for key in ("rtf_loop", "rtf_eager", "rtf_generate", "reprime_ms", "first_audio_ms"):
         assert row[key] > 0, key
     assert row["max_realtime_streams"] in (0, 1, 2) and row["streams_sweep"]
+    assert row["max_realtime_stems"] in (0, 1, 2) and row["stems_sweep"][0]["rtf_per_stem"] > 0
     assert out[1].startswith("| model |") and out[3].startswith("| tiny |")
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..live.options import DEFAULT_MODEL, DEFAULT_PROMPT, ServeOptions, torch_threads_for
 from .parsing import add_command, cuda_graphs_arg, model_args
@@ -195,6 +195,8 @@ def _render_automation(args: argparse.Namespace) -> int:
         frames = performed.frames
     else:
         raise CliError("the automation does not say how long it ran; pass --seconds")
+    if performed.header.get("stems"):  # a set of stems: the same layout, a WAV per stem
+        return _render_stems(args, handle, vectors, performed, settings, smoothing, frames, window)
     started = time.perf_counter()
     result = replay(handle, vectors, performed, prompt=prompt, seed=seed, settings=settings, smoothing_ms=smoothing,
                     frames=frames, **window)
@@ -209,3 +211,30 @@ def _render_automation(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _render_stems(args: argparse.Namespace, handle: Any, vectors: Any, performed: Any, settings: Any,
+                  smoothing: float, frames: int, window: dict[str, Any]) -> int:
+    """Replay a set of stems: ``--out`` gets their sum, ``<out>.<name>.wav`` each stem."""
+    import numpy as np
+
+    from steering_core.audio import write_wav
+
+    from ..live.stem_mix import stem_recording
+    from ..tools.replay import replay_stems
+
+    started = time.perf_counter()
+    stems = replay_stems(handle, vectors, performed, settings=settings, smoothing_ms=smoothing, frames=frames,
+                         **window)
+    _log_speed(frames / handle.frame_rate, time.perf_counter() - started)
+    write_wav(args.out, np.clip(sum(s.audio for s in stems), -1.0, 1.0), handle.sample_rate)
+    code = 0
+    for stem in stems:
+        out = write_wav(stem_recording(args.out, stem.name), stem.audio, handle.sample_rate)
+        verdict = {True: "tokens identical to the performance", False: "tokens DIFFER from the performance",
+                   None: "no hash in the log to check against"}[stem.matches_log]
+        print(f"stem {stem.name}: wrote {out}; {verdict}", file=sys.stderr if stem.matches_log is False else sys.stdout)
+        code = 1 if stem.matches_log is False else code
+    print(f"wrote {args.out}: {frames / handle.frame_rate:.2f} s, {len(stems)} stems, "
+          f"{len(performed.schedule)} control events replayed")
+    return code

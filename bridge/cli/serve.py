@@ -107,6 +107,12 @@ def register(sub: Commands) -> None:
     _option(clock, "--tempo-lock", ENGINE, action="store_true",
             help="lock the tempo knob to the clock: tempo becomes a target at its tempo and beat (/sync/lock 1)")
     _option(p, "--chain", SERVE, help="effect chain: default, clean, space, lofi or a .yaml (a limiter always ends it)")
+    stems = p.add_argument_group("stems", "several streams in one batch, each its own prompt, knobs, chain and "
+                                 "JACK ports (README: Stems into separate DAW tracks)")
+    _option(stems, "--stem", SERVE, dest="stems", action="append",
+            help="a stem (repeatable): its OSC prefix /stem/NAME/..., JACK ports NAME_L/_R, seed --seed plus its index")
+    _option(stems, "--set", SERVE, dest="set_file",
+            help="a set file: stems with prompt, seed, chain and knob ranges, and the vectors they share")
     _option(p, "--record", SERVE, help="record the output to this .wav (valid even after Ctrl-C)")
     _option(p, "--log", SERVE, help="performance log (.jsonl; default: beside --record)")
     _option(p, "--scenes-dir", SERVE, help="where scenes are saved (default: ~/.local/share/steerbridge/scenes)")
@@ -146,6 +152,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     load_chain(args.chain)  # a wrong name lists the ones there are, before the model loads
     load_map(args.midi_map)
+    if args.stems or args.set_file:  # a bad set file or chain is one line, before the model loads
+        from ..live.stems import stem_set_of
+
+        stem_set = stem_set_of(ServeOptions(stems=args.stems or [], set_file=args.set_file, seed=args.seed,
+                                            chain=args.chain))
+        for spec in stem_set.stems if stem_set is not None else ():
+            load_chain(spec.chain)
     check_udp_port_free(args.osc_host, args.osc_port)
     if args.jack_connect and args.audio_out.partition(":")[0] != "jack":
         raise UserError("--jack-connect needs --audio-out jack")

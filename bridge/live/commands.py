@@ -116,7 +116,7 @@ class Commands:
         kind = target.kind
         if kind == "prompt":  # a new prompt lands on the grid unless the message says otherwise
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args) or "default")
-        if kind in ("alpha", "knob", "on", "setting", "seed", "panic"):
+        if kind in ("alpha", "knob", "on", "setting", "seed", "panic", "mute", "solo"):
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args))
         if kind in ("target", "target_knob", "target_off", "sync_lock"):
             return self._target(target)
@@ -150,6 +150,10 @@ class Commands:
     def _target(self, target: Target) -> Handler:
         """A setpoint in the concept's unit, the same over the unit's knob span, off, or the lock."""
         def handler(args: Args, _o: Origin) -> Plan:
+            stems = getattr(self.table, "stem_names", [])
+            if len(stems) > 1:  # the loop reads one stream's audio: which stem's would be a guess
+                raise ControlError(f"target knobs and the tempo lock play on a one-stem server for now "
+                                   f"(this set has {len(stems)} stems)")
             if target.kind == "sync_lock":
                 return Plan(target=TargetAsk(LOCK_CONCEPT, lock=bool(args[0])))
             concept = str(target.concept)

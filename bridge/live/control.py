@@ -26,6 +26,7 @@ from typing import Any
 from steering_core.stream.sampling import SamplingSettings
 from steering_core.stream.timeline import Change
 
+from .stem_table import StemTable
 from .target_loop import TargetAsk
 from .targets import SETTING_BY_NAME, Args, Asked, ControlError, ControlTable, Target
 
@@ -53,6 +54,41 @@ class ConceptKnob:
 
 
 @dataclass
+class StemView:
+    """One stem's asked state (under ``ControlState``'s lock): its knobs, switches, prompt,
+    mute and solo. ``knobs`` gives each concept's range on this stem."""
+
+    name: str
+    knobs: dict[str, ConceptKnob]
+    prompt: str
+    targets: dict[str, float] = field(default_factory=dict)
+    enabled: dict[str, bool] = field(default_factory=dict)
+    mute: bool = False
+    solo: bool = False
+
+    def __post_init__(self) -> None:
+        self.targets = self.targets or dict.fromkeys(self.knobs, 0.0)
+        self.enabled = self.enabled or dict.fromkeys(self.knobs, True)
+
+    def update(self, change: Change) -> None:
+        if change.kind == "alpha" and change.concept in self.targets:
+            self.targets[change.concept] = float(change.value)  # type: ignore[arg-type]
+        elif change.kind == "enabled" and change.concept in self.enabled:
+            self.enabled[change.concept] = bool(change.value)
+        elif change.kind == "prompt":
+            self.prompt = str(change.value)
+        elif change.kind == "panic":
+            self.targets.update(dict.fromkeys(self.targets, 0.0))
+        elif change.kind in ("mute", "solo"):
+            setattr(self, change.kind, bool(change.value))
+
+    def view(self) -> dict[str, Any]:
+        return {"targets": dict(self.targets), "enabled": dict(self.enabled), "prompt": self.prompt,
+                "knobs": {n: self.knobs[n].knob_from_alpha(a) for n, a in self.targets.items()},
+                "mute": self.mute, "solo": self.solo}
+
+
+@dataclass
 class ControlEvent:
     changes: tuple[Change, ...]
     source: str  # "osc 127.0.0.1:50123", "midi", "scene intro", ...
@@ -75,19 +111,22 @@ class ControlEvent:
 def change_for(target: Target, args: Args) -> Change:
     """The change a value target's parsed arguments ask for (``alpha``, ``knob``, ``on``,
     ``prompt``, ``setting``, ``seed``, ``panic``)."""
+    row = target.stream  # a stem's own row: the change is for its stream alone
     if target.kind == "alpha":
-        return Change("alpha", float(args[0]), target.concept)
+        return Change("alpha", float(args[0]), target.concept, row)
     if target.kind == "knob" and target.alpha_range is not None:
         lo, hi = target.alpha_range
-        return Change("alpha", lo + float(args[0]) * (hi - lo), target.concept)
+        return Change("alpha", lo + float(args[0]) * (hi - lo), target.concept, row)
     if target.kind == "on":
-        return Change("enabled", bool(args[0]), target.concept)
+        return Change("enabled", bool(args[0]), target.concept, row)
     if target.kind == "prompt":
-        return Change("prompt", str(args[0]))
+        return Change("prompt", str(args[0]), stream=row)
+    if target.kind in ("mute", "solo"):
+        return Change(target.kind, bool(args[0]), stream=row)
     if target.setting is not None:
         return Change(target.setting.name, args[0])
     if target.kind == "seed":
-        return Change("seed", int(args[0]))
+        return Change("seed", int(args[0]), stream=row)
     if target.kind == "panic":
         return Change("panic")
     raise ValueError(f"{target.address} asks for no change")  # a bug: only value targets come here
@@ -104,9 +143,13 @@ class ControlState:
     steerer's, on the engine thread, a few smoothed steps behind."""
 
     def __init__(self, concepts: Sequence[ConceptKnob], prompt: str, settings: SamplingSettings,
-                 *, vocab_size: int = 2048) -> None:
+                 *, vocab_size: int = 2048, stems: Sequence[StemView] = ()) -> None:
         self.concepts: dict[str, ConceptKnob] = {c.name: c for c in concepts}
-        self.table = ControlTable([(c.name, c.alpha_range) for c in concepts], vocab_size)
+        rows = [(c.name, c.alpha_range) for c in concepts]
+        self.table: ControlTable = ControlTable(rows, vocab_size) if not stems else StemTable(
+            rows, vocab_size, [(s.name, [(k.name, k.alpha_range) for k in s.knobs.values()]) for s in stems])
+        #: Each stem's asked state, by row (none on a one-stream set).
+        self._stems: list[StemView] = list(stems)
         self._targets: dict[str, float] = {c.name: 0.0 for c in concepts}
         self._enabled: dict[str, bool] = {c.name: True for c in concepts}
         self._prompt = prompt
@@ -115,7 +158,7 @@ class ControlState:
         self.errors = 0
         self.last_error = ""
         self._queue: list[ControlEvent] = []
-        self._queued_knob: dict[str, int] = {}  # concept -> index in _queue of its queued knob move
+        self._queued_knob: dict[tuple[str, int | None], int] = {}  # (concept, stem row) -> its queued move
         self.coalesced = 0  # knob moves replaced in the queue by a newer one
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -154,7 +197,10 @@ class ControlState:
     def asked(self) -> Asked:
         """Everything asked, at one moment: what targets read (``Target.read``)."""
         with self._lock:
-            return Asked(dict(self._targets), dict(self._enabled), self._prompt, vars(self._settings).copy())
+            settings = vars(self._settings).copy()
+            stems = {s.name: Asked(dict(s.targets), dict(s.enabled), s.prompt, settings, mute=s.mute, solo=s.solo)
+                     for s in self._stems}
+            return Asked(dict(self._targets), dict(self._enabled), self._prompt, settings, stems)
 
     def change(self, address: str, *args: Any) -> Change:
         """The validated change one value address asks for (a script's or a test's way in)."""
@@ -206,12 +252,15 @@ class ControlState:
         change = event.changes[0] if len(event.changes) == 1 else None
         if (change is not None and change.kind == "alpha" and change.concept is not None and event.transport is None
                 and event.quantize is None):
-            at = self._queued_knob.get(change.concept)
+            key = (change.concept, change.stream)
+            at = self._queued_knob.get(key)
             if at is not None:
                 self._queue[at] = event
                 self.coalesced += 1
                 return False
-            self._queued_knob[change.concept] = len(self._queue)
+            if change.stream is None:  # a move for every stem ends the merging of any one stem's
+                self._queued_knob = {k: i for k, i in self._queued_knob.items() if k[0] != change.concept}
+            self._queued_knob[key] = len(self._queue)
         elif any(c.kind in ("alpha", "panic") for c in event.changes) or event.transport is not None \
                 or event.target is not None:
             self._queued_knob.clear()
@@ -228,9 +277,21 @@ class ControlState:
                 "settings": vars(self._settings).copy(),
                 "errors": self.errors,
                 "last_error": self.last_error,
+                **({"stems": {s.name: s.view() for s in self._stems}} if self._stems else {}),
             }
 
+    @property
+    def stems(self) -> list[dict[str, Any]]:
+        """Each stem's asked state, in row order (a copy)."""
+        with self._lock:
+            return [s.view() for s in self._stems]
+
     def _update_view(self, change: Change) -> None:
+        if change.stream is not None:
+            self._stems[change.stream].update(change)
+            return
+        for stem in self._stems:  # an unprefixed change is every stem's
+            stem.update(change)
         if change.kind == "alpha" and change.concept is not None:
             self._targets[change.concept] = float(change.value)  # type: ignore[arg-type]
         elif change.kind == "enabled" and change.concept is not None:

@@ -35,22 +35,20 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from steering_core.codec.streaming import ChunkedDecoder
-from steering_core.stream.timeline import Change, Performance
+from steering_core.stream.timeline import AUDIO_ONLY_KINDS, Change, Performance
 
 from ..clock.grid import Quantize
 from .audio_path import AudioPath
 from .control import ControlEvent, ControlState
+from .latency import LatencyMeter
 from .options import EngineSettings
 from .performance_log import PerformanceLog
-from .ring import Ring
 from .scheduling import BPM_FIELD, OnTheGrid, fill_bpm
+from .stem_mix import StemMix
 from .target_loop import TargetLoop
 
 if TYPE_CHECKING:
@@ -63,54 +61,6 @@ log = logging.getLogger("steerbridge.engine")
 ROLLBACK_COST_MARGIN = 1.5
 
 
-class LatencyMeter:
-    """Control -> audio latency per event: arrival until its first sample left the output."""
-
-    def __init__(self, ring: Ring) -> None:
-        self.ring = ring
-        self.samples: deque[float] = deque(maxlen=20000)
-        # The engine thread appends, the status thread summarises: copying a deque while
-        # it grows raises, so both hold this (for an append, or one copy).
-        self._samples_lock = threading.Lock()
-        self._waiting_frame: list[tuple[int, ControlEvent]] = []  # event, by first affected frame
-        self._waiting_sample: list[tuple[int, ControlEvent]] = []  # event, by ring counter
-
-    def expect(self, first_frame: int, event: ControlEvent) -> None:
-        self._waiting_frame.append((first_frame, event))
-
-    def placed(self, frames: tuple[int, int], ring_start: int, samples_per_frame: float) -> None:
-        """Audio for frames [a, b) starts at ring counter ``ring_start``."""
-        a, b = frames
-        keep = []
-        for frame, event in self._waiting_frame:
-            if frame < b:
-                index = ring_start + round(max(0, frame - a) * samples_per_frame)
-                event.placed = index
-                self._waiting_sample.append((index, event))
-            else:
-                keep.append((frame, event))
-        self._waiting_frame = keep
-
-    def poll(self) -> None:
-        keep = []
-        for index, event in self._waiting_sample:
-            left = self.ring.time_read(index)
-            if left is None:
-                keep.append((index, event))
-            else:
-                with self._samples_lock:
-                    self.samples.append(max(0.0, (left - event.arrived) * 1000.0))
-        self._waiting_sample = keep
-
-    def summary(self) -> dict[str, float | int | None]:
-        with self._samples_lock:
-            values = np.array(self.samples, dtype=np.float64)
-        if not len(values):
-            return {"p50": None, "p95": None, "n": 0}
-        return {"p50": round(float(np.percentile(values, 50)), 2), "p95": round(float(np.percentile(values, 95)), 2),
-                "n": len(values)}
-
-
 class Engine:
     """Owns the model; see the module docstring for the loop.
 
@@ -120,7 +70,8 @@ class Engine:
     and ``wake``); ``status``, ``stop`` and the read-only properties are safe from any
     thread."""
 
-    def __init__(self, performance: Performance, decoder: ChunkedDecoder, path: AudioPath, control: ControlState,
+    def __init__(self, performance: Performance, decoder: ChunkedDecoder, path: AudioPath | StemMix,
+                 control: ControlState,
                  *, settings: EngineSettings | None = None, perf_log: PerformanceLog | None = None,
                  clock: MusicalClock | None = None, prompt_template: str | None = None) -> None:
         self.performance = performance
@@ -224,7 +175,12 @@ class Engine:
         finally:
             self.ring.expect_audio = False
             if self.perf_log is not None:
-                self.perf_log.end(self.frames_generated, self.codes_sha256())
+                self.perf_log.end(self.frames_generated, self.codes_sha256(), self.rows_sha256())
+
+    def rows_sha256(self) -> list[str]:
+        """A hash of each row's tokens (each stem's, in a set of stems)."""
+        codes = self.stream.codes[:, :, : self.frames_generated].cpu().contiguous()
+        return [hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in codes]
 
     def _frames_per_chunk(self) -> int:
         return self.decoder.frames_per_pull
@@ -280,13 +236,16 @@ class Engine:
             self.decoder.push(self.stream.codes[:, :, self.pushed:complete])
             self.pushed = complete
         first = self.decoder.emitted_frames
-        audio = self.decoder.pull()[0]
+        pulled = self.decoder.pull()  # [rows, channels, n]: a set of stems' path takes every row
+        audio = pulled if isinstance(self.path, StemMix) else pulled[0]
         last = self.decoder.emitted_frames
         if audio.shape[-1]:
             at = self.path.push(audio)
             self.latency.placed((first, last), at, self.hop * self.path.ratio)
             self.grid.placed(first, at)
-            for change in self.targets.heard(audio, at, None if self.clock is None else self.clock.snapshot):
+            # Target knobs play on one stream (a set of several stems refuses them in commands.py).
+            heard = audio[0] if isinstance(self.path, StemMix) else audio
+            for change in self.targets.heard(heard, at, None if self.clock is None else self.clock.snapshot):
                 self._apply(ControlEvent((change,), "target loop", f"/steer/{change.concept}/target",
                                          info=self.targets.info(str(change.concept))), self.performance.next_step)
         self.compute_s += time.perf_counter() - t
@@ -334,6 +293,9 @@ class Engine:
             self.pushed = complete
         if any(c.kind == "panic" for c in event.changes):
             self.path.fade(up=True, ms=self.settings.fade_ms)
+        for c in event.changes:  # a stem's mute or solo: the mix's, no token changes
+            if c.kind in AUDIO_ONLY_KINDS and c.stream is not None and isinstance(self.path, StemMix):
+                self.path.set_flag(c.kind, c.stream, bool(c.value))
         self.latency.expect(max(0, event.step - self.max_delay), event)
         event.landed = self.grid.where(event.step - self.max_delay)
         if self.perf_log is not None:

@@ -1,5 +1,7 @@
 """``--audio-out jack[:CLIENT]``: the music as two JACK output ports, ``steerbridge:out_L``
-and ``out_R`` (a mono model plays on both), on JACK's own sample clock.
+and ``out_R`` (a mono model plays on both), on JACK's own sample clock; a set of stems
+adds a pair per stem, ``steerbridge:<name>_L`` and ``<name>_R`` (the ring's channel pairs
+after the mix's, ``stem_mix.StemMix``).
 
 Threads: JACK's process thread runs ``_process``, which only copies one period from the
 ring into the ports' buffers (``Ring.read_into`` into a block made beforehand: no lock,
@@ -44,11 +46,11 @@ class JackConnectError(UserError):
 
 
 class JackOutput:
-    """Two JACK output ports fed from the ring; see the module's docstring."""
+    """JACK output ports fed from the ring, two and a pair per stem; see the module's docstring."""
 
-    channels = len(PORTS)
-
-    def __init__(self, client_name: str = "", connect: Sequence[str] = ()) -> None:
+    def __init__(self, client_name: str = "", connect: Sequence[str] = (), stems: Sequence[str] = ()) -> None:
+        self.port_names = [*PORTS, *(f"{name}_{side}" for name in stems for side in ("L", "R"))]
+        self.channels = len(self.port_names)
         self.client_name = client_name or "steerbridge"
         self.connect_to = list(connect)
         self.callback_errors = 0
@@ -70,7 +72,8 @@ class JackOutput:
             raise OutputError(f"--audio-out jack: {exc}") from None
         self.client = client
         self.sample_rate = int(client.samplerate)
-        self.name = f"JACK ({client.name}:{PORTS[0]}/{PORTS[1]})"
+        pairs = len(stems)
+        self.name = f"JACK ({client.name}:{PORTS[0]}/{PORTS[1]}" + (f" and {pairs} stem pairs)" if pairs else ")")
         self.latency_s = 0.0
         self._refresh_latency(client)
         log.info("JACK: ports %s:%s and %s at %d Hz, period %d, latency %.1f ms (the ports' and a period)",
@@ -84,7 +87,7 @@ class JackOutput:
         client = open_client(self.client_name)
         try:
             # The process callback reads self.ports: they are this client's before it runs.
-            self.ports = [client.outports.register(name) for name in PORTS]
+            self.ports = [client.outports.register(name) for name in self.port_names]
             self._buffers = [None] * self.channels
             client.set_process_callback(self._process)
             client.set_shutdown_callback(self._on_shutdown)
@@ -136,17 +139,16 @@ class JackOutput:
 
     def _process(self, frames: int) -> None:
         try:
-            left = self._port_array(0, self.ports[0], frames)
-            right = self._port_array(1, self.ports[1], frames)
+            arrays = [self._port_array(i, port, frames) for i, port in enumerate(self.ports)]
             ring = self._ring
             if ring is None or frames > MAX_PERIOD:
-                left.fill(0.0)
-                right.fill(0.0)
+                for array in arrays:
+                    array.fill(0.0)
                 return
             block = self._block[:frames]
             ring.read_into(block)
-            left[:] = block[:, 0]
-            right[:] = block[:, 1]
+            for i, array in enumerate(arrays):
+                array[:] = block[:, i]
         except Exception:
             self.callback_errors += 1
 

@@ -241,7 +241,7 @@ class MidiMapper:
         must pick it up again before they take over."""
         if event.source == ORIGIN.label and event.label not in ("/scene/recall", "/scene/morph"):
             return
-        touched = {t.address for c in event.changes for t in self.table.touched(c.kind, c.concept)}
+        touched = {t.address for c in event.changes for t in self.table.touched(c.kind, c.concept, c.stream)}
         with self._lock:
             for c in self.controls:
                 if c.target.address not in touched:

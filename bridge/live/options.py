@@ -56,6 +56,9 @@ class ServeOptions:
     bpm: float = 120.0
     meter: str = "4/4"
     chain: str = "default"
+    # A set of stems (bridge/live/setfile.py): --stem NAME=PROMPT values, or a set file.
+    stems: list[str] = field(default_factory=list)
+    set_file: str | None = None
     record: str | None = None
     log: str | None = None
     scenes_dir: str | None = None

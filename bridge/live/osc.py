@@ -145,7 +145,7 @@ class OscServer:
         self._stop = threading.Event()
         # What moved since the last feedback, and who moved it: (change kind, concept) -> origin
         # label, and the transport. Values are read once per feedback period, not per event.
-        self._pending: dict[tuple[str, str | None], str] = {}
+        self._pending: dict[tuple[str, str | None, int | None], str] = {}
         self._pending_transport: tuple[str, str] | None = None  # (play | stop, origin label)
         self._pending_lock = threading.Lock()
         self._budget = TokenBuckets(REPLIES_PER_S, REPLY_BYTES_PER_S)
@@ -367,7 +367,7 @@ class OscServer:
         write each; the values are read at the next feedback period)."""
         with self._pending_lock:
             for change in event.changes:  # newest wins (and goes last, after a panic it follows): the throttle
-                key = (change.kind, change.concept)
+                key = (change.kind, change.concept, change.stream)
                 self._pending.pop(key, None)
                 self._pending[key] = event.source
             if event.transport:
@@ -382,8 +382,8 @@ class OscServer:
         table = self.commands.table
         asked = self.commands.control.asked() if pending else None
         updates: dict[str, tuple[list[Any], str]] = {}
-        for (kind, concept), source in pending.items():
-            for target in table.touched(kind, concept):
+        for (kind, concept, stream), source in pending.items():
+            for target in table.touched(kind, concept, stream):
                 value = target.read(asked) if asked is not None else None
                 if target.feedback is not None and value is not None:
                     updates[target.feedback] = ([feedback_value(value)], source)

@@ -56,6 +56,7 @@ from .oscmatch import AddressMatcher, PatternError
 from .oscqueue import FutureQueue, QueueFull
 from .oscwire import OscWireError, WireMessage, decode_packet, encode_message, is_own_address, short
 from .rate_limited_log import LOG_DATE_FORMAT, RateLimitedLog, log_format
+from .stem_table import table_from_spec
 from .targets import Args, ControlError, ControlTable, Target
 
 log = logging.getLogger("steerbridge.osc")
@@ -220,7 +221,7 @@ class Front:
                 self.closed = True
                 return
             if record[:1] == RECORD_TABLE:
-                self.table = ControlTable.from_spec(json.loads(record[1:]))
+                self.table = table_from_spec(json.loads(record[1:]))
                 held, self.held = list(self.held), deque()
                 for msg, sender, arrived in held:
                     self.route(msg, sender, arrived)

@@ -154,10 +154,11 @@ class ClockOutput:
                 due = time.monotonic()
 
 
-def open_jack(rest: str, connect: Sequence[str] = ()) -> Output:
-    """``jack`` or ``jack:CLIENT``: JACK output ports. Its module (JACK-Client, libjack) is
-    loaded by name when asked for, as ``--sync`` sources are; it builds on this one."""
-    made: Output = import_module("bridge.live.jack_output").JackOutput(rest, connect=connect)
+def open_jack(rest: str, connect: Sequence[str] = (), stems: Sequence[str] = ()) -> Output:
+    """``jack`` or ``jack:CLIENT``: JACK output ports (a pair more per stem). Its module
+    (JACK-Client, libjack) is loaded by name when asked for, as ``--sync`` sources are; it
+    builds on this one."""
+    made: Output = import_module("bridge.live.jack_output").JackOutput(rest, connect=connect, stems=stems)
     return made
 
 
@@ -187,16 +188,21 @@ def output_factory(name: str) -> OutputFactory:
         raise OutputError(f"unknown output {name!r}; there are: {', '.join(sorted(OUTPUTS))}") from None
 
 
-def open_output(spec: str, jack_connect: Sequence[str] = ()) -> Output:
+def open_output(spec: str, jack_connect: Sequence[str] = (), stems: Sequence[str] = ()) -> Output:
     """The output ``--audio-out`` names, opened (a JACK output connected to the ports
-    ``jack_connect`` names). An output that cannot be used falls back to the silent clock
-    with one line, so a set without its sound card still runs."""
+    ``jack_connect`` names, with a port pair per stem of ``stems``; any other output plays
+    the stems' mix). An output that cannot be used falls back to the silent clock with one
+    line, so a set without its sound card still runs."""
     name, rest = parse_output_spec(spec)
     factory = output_factory(name)
     if jack_connect and name != "jack":
         raise UserError("--jack-connect needs --audio-out jack")
     try:
-        return open_jack(rest, jack_connect) if jack_connect else factory(rest)
+        if name == "jack" and (jack_connect or stems):
+            return open_jack(rest, jack_connect, stems)
+        if stems and name != "none":
+            log.info("%s plays the stems' mix; --audio-out jack gives each stem its own ports", spec)
+        return factory(rest)
     except OutputError as exc:
         if name == "none":
             raise

@@ -27,6 +27,7 @@ from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
 from .recorder import write_all
+from .setfile import MAX_STEMS, NAME_RE
 from .targets import MAX_PROMPT_CHARS, MAX_SEED, SETTING_BY_NAME
 from .userfiles import NotARegularFile, read_user_file
 
@@ -62,6 +63,8 @@ class PerformanceLog:
         self.unwritten = 0  # lines not written since the failure
         self.closed = False
         self._writer: int | None = None
+        #: A set of stems: each change for one stem names it (its row is the header's ``stems`` order).
+        self.stem_names = [str(s["name"]) for s in header.get("stems", [])]
         self._write({"type": "header", "format": LOG_FORMAT, **header})
 
     def event(self, event: ControlEvent, t: float) -> None:
@@ -70,7 +73,7 @@ class PerformanceLog:
         if event.step is not None:
             record["step"] = event.step
         if event.changes:
-            record["changes"] = [c.to_json() for c in event.changes]
+            record["changes"] = [self._change(c) for c in event.changes]
         if event.transport:
             record["transport"] = event.transport
         if event.quantize:
@@ -83,10 +86,20 @@ class PerformanceLog:
             record.update(event.landed)
         self._write(record)
 
-    def end(self, frames: int, codes_sha256: str) -> None:
+    def _change(self, change: Change) -> dict[str, Any]:
+        out = change.to_json()
+        if change.stream is not None and change.stream < len(self.stem_names):
+            out["stem"] = self.stem_names[change.stream]
+        return out
+
+    def end(self, frames: int, codes_sha256: str, rows_sha256: list[str] | None = None) -> None:
+        """The last line: the frames played and a hash of their tokens (and of each stem's row)."""
         self._check_writer("end")
         if not self.closed:
-            self._write({"type": "end", "frames": frames, "codes_sha256": codes_sha256})
+            record: dict[str, Any] = {"type": "end", "frames": frames, "codes_sha256": codes_sha256}
+            if rows_sha256 is not None and self.stem_names:
+                record["stems_sha256"] = dict(zip(self.stem_names, rows_sha256, strict=False))
+            self._write(record)
             self._file.close()
             self.closed = True
 
@@ -133,6 +146,7 @@ class Performed:
     schedule: list[tuple[int, Sequence[Change]]] = field(default_factory=list)
     frames: int | None = None
     codes_sha256: str | None = None
+    stems_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def read_log(path: str | Path) -> Performed:
@@ -173,6 +187,7 @@ def read_log(path: str | Path) -> Performed:
                 batch = [Change.from_json(c) if isinstance(c, dict) else _bad(c) for c in changes]
                 for change in batch:
                     _check_change(change)
+                    _check_row(change, len(out.header.get("stems", [])))
                 out.schedule.append((step, batch))
                 last_step = step
             elif record.get("type") == "end":
@@ -180,6 +195,10 @@ def read_log(path: str | Path) -> Performed:
                 if not (_whole(frames) and frames >= 0 and isinstance(sha, str)):
                     raise PerformanceLogError("the end line needs whole 'frames' and a 'codes_sha256' string")
                 out.frames, out.codes_sha256 = frames, sha
+                rows = record.get("stems_sha256", {})
+                if not (isinstance(rows, dict) and all(isinstance(v, str) for v in rows.values())):
+                    raise PerformanceLogError("the end line's 'stems_sha256' must map stem names to hashes")
+                out.stems_sha256 = {str(k): v for k, v in rows.items()}
         except UserError as exc:
             raise PerformanceLogError(f"{path}: record {n}: malformed: {str(exc)[:200]}") from None
     return out
@@ -215,6 +234,14 @@ def _check_change(change: Change) -> None:
             raise PerformanceLogError(problem[:200])
     if change.kind == "prompt":
         _check_prompt(change.value, "prompt")
+
+
+def _check_row(change: Change, stems: int) -> None:
+    """A change for one stem names a row the header's ``stems`` has; a mute or solo names one."""
+    if change.stream is not None and change.stream >= stems:
+        raise PerformanceLogError(f"a change for stem row {change.stream}, but the set has {stems} stems")
+    if change.kind in ("mute", "solo") and change.stream is None:
+        raise PerformanceLogError(f"a {change.kind} change names no stem")
 
 
 def _seed(value: object) -> bool:
@@ -268,5 +295,11 @@ def _check_header(h: dict[str, Any], path: Path) -> None:
             isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("sha256", ""), str)
             for v in vectors):
         problems.append("'vectors' must be a list of {path, sha256}")
+    stems = h.get("stems", [])
+    if not isinstance(stems, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and NAME_RE.fullmatch(s["name"])
+            and isinstance(s.get("prompt"), str) and s["prompt"].strip() and len(s["prompt"]) <= MAX_PROMPT_CHARS
+            and _seed(s.get("seed")) for s in stems) or len(stems) > MAX_STEMS:
+        problems.append(f"'stems' must be a list of at most {MAX_STEMS} {{name, prompt, seed}}")
     if problems:
         raise PerformanceLogError(f"{path}: malformed header: {'; '.join(problems)}")

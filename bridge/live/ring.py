@@ -89,13 +89,14 @@ class Ring:
     # --- reader side (the audio callback: no locks, no allocation beyond slicing) ---
     def read_into(self, out: np.ndarray) -> int:
         """Fill ``out`` [frames, channels]; silence where the ring runs dry. Returns the
-        number of real samples copied."""
-        frames = out.shape[0]
+        number of real samples copied. An ``out`` with fewer channels than the ring takes
+        the first ones (a set of stems: the mix, in front of each stem's pair)."""
+        frames, cols = out.shape[0], out.shape[1]
         n = min(frames, self.written - self.read)
         i = self.read % self.capacity
         first = min(n, self.capacity - i)
-        out[:first] = self._data[i:i + first]
-        out[first:n] = self._data[: n - first]
+        out[:first] = self._data[i:i + first, :cols]
+        out[first:n] = self._data[: n - first, :cols]
         if n < frames:
             out[n:] = 0.0
             if self.expect_audio:

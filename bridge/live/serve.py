@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from steering_core.codec.streaming import ChunkedDecoder, CodecStreaming
+from steering_core.errors import UserError
 from steering_core.extract.concepts import load_concept
 from steering_core.model.loading import MusicGenHandle, load_model
 from steering_core.paths import cache_dir
@@ -48,6 +49,8 @@ from .outputs import open_output
 from .performance_log import PerformanceLog
 from .scenes import SceneStore
 from .scheduling import fill_bpm
+from .stem_mix import StemMix
+from .stems import open_stems, stem_set_of, stems_header, stems_status
 
 log = logging.getLogger("steerbridge.serve")
 
@@ -129,31 +132,41 @@ class Server:
 
     def _build(self, handle: MusicGenHandle | None) -> None:
         o = self.options
+        stem_set = stem_set_of(o)  # a bad set file is refused before the model loads
+        if stem_set is not None and len(stem_set.stems) > 1 and o.engine.tempo_lock:
+            raise UserError(f"--tempo-lock plays on one stream for now; this set has {len(stem_set.stems)} stems")
         self.handle = handle or load_model(o.model, o.device, o.dtype)
         threads = torch_threads_for(self.handle.device.type, self.handle.d_model, o.threads)
         if threads is not None:
             torch.set_num_threads(threads)
-        vector_paths = [Path(p) for p in o.vectors] or default_vectors(self.handle)
+        vector_paths = [Path(p) for p in [*o.vectors, *(stem_set.vectors if stem_set else ())]] \
+            or default_vectors(self.handle)
         self.vectors: list[tuple[SteeringVector, Path]] = vector_files(vector_paths)
         steerer = Steerer(self.handle)
         for vector, _ in self.vectors:
             steerer.add(vector, alpha=0.0)
         settings = within_vocabulary(settings_from_controls(vars(o)), self.handle.decoder_config.vocab_size)
         prompt = fill_bpm(o.prompt, o.bpm)  # {bpm} in the prompt: the clock's tempo
-        if o.cuda_graphs is None:
-            stream = MusicStream(self.handle, prompt, seed=o.seed, settings=settings, steerer=steerer)
+        self.stems = None if stem_set is None else open_stems(self.handle, o, stem_set, [v for v, _ in self.vectors],
+                                                              steerer, settings)
+        path: AudioPath | StemMix
+        if self.stems is not None:  # a set of stems: one batch, a row each (bridge/live/stems.py)
+            self.performance: Performance = self.stems.performance
+            self.control, self.output, path = self.stems.control, self.stems.output, self.stems.path
         else:
-            stream = open_stream(self.handle, prompt, cuda_graphs=o.cuda_graphs,
-                                 seed=o.seed, settings=settings, steerer=steerer)
-        self.performance = Performance(stream, steerer, smoothing_ms=o.smoothing_ms)
-        self.control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v, _ in self.vectors], o.prompt,
-                                    settings, vocab_size=self.handle.decoder_config.vocab_size)
+            if o.cuda_graphs is None:
+                stream = MusicStream(self.handle, prompt, seed=o.seed, settings=settings, steerer=steerer)
+            else:
+                stream = open_stream(self.handle, prompt, cuda_graphs=o.cuda_graphs,
+                                     seed=o.seed, settings=settings, steerer=steerer)
+            self.performance = Performance(stream, steerer, smoothing_ms=o.smoothing_ms)
+            self.control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v, _ in self.vectors], o.prompt,
+                                        settings, vocab_size=self.handle.decoder_config.vocab_size)
+            # The output first: its sample rate and channel count shape the path, ring and recording.
+            self.output = open_output(o.audio_out, o.jack_connect)
+            path = AudioPath.for_output(self.output, self.handle.sample_rate, load_chain(o.chain), o.record)
         self.scenes = SceneStore(o.scenes_dir)
         self.commands = Commands(self.control, self.scenes, self.status)
-
-        # The output first: its sample rate and channel count shape the path, ring and recording.
-        self.output = open_output(o.audio_out, o.jack_connect)
-        path = AudioPath.for_output(self.output, self.handle.sample_rate, load_chain(o.chain), o.record)
         self.ring = path.ring
         self.recorder = path.recorder
         log_path = o.log or (str(Path(o.record).with_suffix(".performance.jsonl")) if o.record else None)
@@ -196,6 +209,7 @@ class Server:
             "window_frames": stream.window_frames, "reprime_frames": stream.reprime_frames,
             "codec_streaming": self.codec_streaming.as_dict(),
             "vectors": [{"concept": v.concept, "path": str(p.resolve()), "sha256": file_sha256(p)} for v, p in self.vectors],
+            **({"stems": stems_header(self.stems)} if self.stems is not None else {}),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -211,7 +225,8 @@ class Server:
         self.clock.start()
         self.osc.start()
         concepts = ", ".join(f"{v.concept} {v.alpha_range[0]:g}..{v.alpha_range[1]:g}" for v, _ in self.vectors)
-        log.info("playing %r on %s (model %s, %d Hz out); concepts: %s", self.options.prompt, self.output.name,
+        what = repr(self.options.prompt) if self.stems is None else f"{len(self.stems.names)} stems"
+        log.info("playing %s on %s (model %s, %d Hz out); concepts: %s", what, self.output.name,
                  self.options.model, self.output.sample_rate, concepts or "none")
         if self.midi is not None:
             log.info("MIDI in: %s with map %r", self.midi.name, self.mapper.name if self.mapper else "?")
@@ -233,7 +248,9 @@ class Server:
         finally:
             gc.unfreeze()
             torch.set_num_threads(self._torch_threads_before)
-            if self.recorder is not None:
+            if self.stems is not None:
+                self.stems.path.close()
+            elif self.recorder is not None:
                 self.recorder.close()
 
     def status(self) -> dict[str, Any]:
@@ -255,6 +272,7 @@ class Server:
                                                      "ignored": self.mapper.ignored if self.mapper else 0,
                                                      "sysex_dropped": self.midi.sysex_dropped},
             "clock": self.clock.status(),
+            **({"stems": stems_status(self.stems, self.options.record)} if self.stems is not None else {}),
             "uptime_s": round(time.monotonic() - self.started, 2),
         }
 

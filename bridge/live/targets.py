@@ -34,7 +34,7 @@ Scalar = bool | int | float | str
 Args = tuple[Scalar, ...]
 Kind = Literal["alpha", "knob", "on", "prompt", "setting", "seed", "transport", "transport_bpm", "transport_beat", "panic",
                "scene_save", "scene_recall", "scene_morph", "midi_learn", "midi_save", "subscribe", "unsubscribe",
-               "status", "target", "target_knob", "target_off", "sync_lock"]
+               "status", "target", "target_knob", "target_off", "sync_lock", "mute", "solo"]
 
 MAX_PROMPT_CHARS = 500
 MAX_NAME_CHARS = 64
@@ -56,6 +56,10 @@ class Asked:
     enabled: Mapping[str, bool]
     prompt: str
     settings: Mapping[str, float]  # by ``SamplingSettings`` field
+    #: Each stem's own view, by stem name (none on a one-stream set), with its mute and solo.
+    stems: Mapping[str, Asked] = field(default_factory=dict)
+    mute: bool = False
+    solo: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class Target:
     #: Where an optional trailing quantize argument (off|beat|bar|<n>bar) may follow the
     #: target's own arguments; None: the target takes none.
     quantize_at: int | None = None
+    #: A stem's own row (``/stem/<name>/...``): the stem's name and its row in the batch.
+    stem: str | None = None
+    stream: int | None = None
 
     def quantize(self, args: Args) -> str | None:
         """The quantize a message asked for (its trailing argument), or None."""
@@ -88,6 +95,10 @@ class Target:
 
     def read(self, asked: Asked) -> Scalar | None:
         """The target's asked value, in its own units (None: it holds no value)."""
+        if self.stem is not None:
+            asked = asked.stems[self.stem]
+        if self.kind in ("mute", "solo"):
+            return asked.mute if self.kind == "mute" else asked.solo
         if self.kind == "alpha" and self.concept is not None:
             return asked.alphas[self.concept]
         if self.kind == "knob" and self.concept is not None and self.alpha_range is not None:
@@ -147,6 +158,7 @@ class ControlTable:
         self._add(Target("/subscribe", "subscribe", _subscription_parser))
         self._add(Target("/unsubscribe", "unsubscribe", _subscription_parser))
         self._add(Target("/status", "status", _no_args))
+        self._add_more()
         self._matcher = AddressMatcher(self._targets)
 
     # --- the front process builds the same table ---------------------------------
@@ -184,8 +196,15 @@ class ControlTable:
             raise ControlError(describe_unknown(address, [name for name, _ in self.concepts]))
         return [(target, target.parse(args)) for target in map(self._targets.__getitem__, addresses)]
 
-    def touched(self, kind: str, concept: str | None) -> list[Target]:
-        """The targets whose asked value a change of ``kind`` (a ``Change.kind``) moves."""
+    def touched(self, kind: str, concept: str | None, stream: int | None = None) -> list[Target]:
+        """The targets whose asked value a change of ``kind`` (a ``Change.kind``) moves; a
+        change for one stem (``stream``) moves that stem's rows only."""
+        rows = self._touched(kind, concept)
+        return rows if stream is None else [t for t in rows if t.stream == stream]
+
+    def _touched(self, kind: str, concept: str | None) -> list[Target]:
+        if kind in ("mute", "solo"):
+            return [t for t in self if t.kind == kind]
         if kind == "alpha":
             return [t for t in self if t.concept == concept and t.kind in ("alpha", "knob")]
         if kind == "enabled":
@@ -193,11 +212,14 @@ class ControlTable:
         if kind == "panic":
             return [t for t in self if t.kind in ("alpha", "knob")]
         if kind == "prompt":
-            return [self._targets["/prompt"]]
+            return [t for t in self if t.kind == "prompt"]
         setting = SETTING_BY_NAME.get(kind)
         return [self._targets[f"/gen/{setting.name}"]] if setting is not None else []
 
     # --- internals -----------------------------------------------------------------
+    def _add_more(self) -> None:
+        """More rows, after the table's own (a stem set's, ``stem_table.StemTable``)."""
+
     def _add(self, target: Target) -> None:
         self._targets[target.address] = target
 

@@ -26,6 +26,8 @@ from steering_core.steer.steerer import Steerer
 from steering_core.steer.vectors import SteeringVector
 from steering_core.stream.decode_loop import MusicStream
 from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.stem_performance import StemPerformance
+from steering_core.stream.stem_stream import StemStream
 from steering_core.stream.timeline import Change, Performance
 
 from ..live.commands import Commands
@@ -87,4 +89,43 @@ def replay(handle: MusicGenHandle, vectors: Sequence[SteeringVector], performed:
     return Replayed(decode(handle, codes)[0], frames, sha, matches)
 
 
-__all__ = ["Performed", "Replayed", "midi_schedule", "read_log", "replay"]
+@dataclass
+class StemReplayed:
+    """One stem of a replayed set: its audio (as generated: the live mix's mute and chain are
+    not the tokens'), its token hash, and whether it matches the log's."""
+
+    name: str
+    audio: np.ndarray  # [channels, samples]
+    codes_sha256: str
+    matches_log: bool | None
+
+
+def replay_stems(handle: MusicGenHandle, vectors: Sequence[SteeringVector], performed: Performed, *,
+                 settings: SamplingSettings, smoothing_ms: float, frames: int, window_frames: int | None = None,
+                 reprime_frames: int | None = None) -> list[StemReplayed]:
+    """A set of stems played again in the same layout (the header's ``stems``, in row order):
+    the same batch, each stem's prompt and seed, every change on its row at its step."""
+    stems = performed.header["stems"]
+    steerer = Steerer(handle)
+    for v in vectors:
+        steerer.add(v, alpha=0.0)
+    stream = StemStream(handle, [str(s["prompt"]) for s in stems], seeds=[int(s["seed"]) for s in stems],
+                        settings=settings, steerer=steerer, window_frames=window_frames, reprime_frames=reprime_frames)
+    performance = StemPerformance(stream, steerer, smoothing_ms=smoothing_ms)
+    with stream.steering():
+        performance.run_to_frames(frames, performed.schedule)
+    codes = stream.codes[:, :, :frames].cpu().contiguous()
+    audio = decode(handle, codes)
+    out = []
+    same_length = performed.frames == frames
+    for row, stem in enumerate(stems):
+        sha = hashlib.sha256(codes[row].numpy().tobytes()).hexdigest()
+        logged = performed.stems_sha256.get(str(stem["name"]))
+        if logged is None and len(stems) == 1:  # one row: the whole batch's hash is the stem's
+            logged = performed.codes_sha256
+        out.append(StemReplayed(str(stem["name"]), audio[row], sha, None if logged is None or not same_length
+                                else sha == logged))
+    return out
+
+
+__all__ = ["Performed", "Replayed", "StemReplayed", "midi_schedule", "read_log", "replay", "replay_stems"]

@@ -244,7 +244,10 @@ class MusicStream:
         return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
     def _encode(self, prompts: list[str]) -> None:
-        states, mask = self.handle.encode_text(prompts)
+        self._encoded(*self.handle.encode_text(prompts))
+
+    def _encoded(self, states: torch.Tensor, mask: torch.Tensor) -> None:
+        """The prompts' encoder states [B, L, d] and mask [B, L] in place for the decoder."""
         # Unconditional rows: zero states, fully masked, as transformers' generate() does.
         self.encoder_states = torch.cat([states, torch.zeros_like(states)])
         self.encoder_mask = torch.cat([mask, torch.zeros_like(mask)])

@@ -28,18 +28,23 @@ from steering_core.stream.decode_loop import MusicStream
 from steering_core.stream.settings import SETTING_BY_NAME, SamplingSettings
 
 #: What a ``Change`` may change: a concept's alpha or on/off, the prompt, each sampling
-#: setting by its control name (``settings.SETTINGS``), the seed, or everything at once (panic).
+#: setting by its control name (``settings.SETTINGS``), the seed, or everything at once (panic);
+#: and a stem's mute or solo, which change no token (the live mix applies them) but belong
+#: on the timeline so the log and its replay hear what was played.
 ChangeKind = str
-CHANGE_KINDS: tuple[str, ...] = ("alpha", "enabled", "prompt", *SETTING_BY_NAME, "seed", "panic")
+AUDIO_ONLY_KINDS: tuple[str, ...] = ("mute", "solo")
+CHANGE_KINDS: tuple[str, ...] = ("alpha", "enabled", "prompt", *SETTING_BY_NAME, "seed", "panic", *AUDIO_ONLY_KINDS)
 
 
 @dataclass(frozen=True)
 class Change:
-    """One control change, already validated: ``alpha`` and ``enabled`` name a concept."""
+    """One control change, already validated: ``alpha`` and ``enabled`` name a concept;
+    ``stream`` is the row of a batch (a stem) it is for, None for every row."""
 
     kind: ChangeKind
     value: float | int | str | bool | None = None
     concept: str | None = None
+    stream: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CHANGE_KINDS:
@@ -51,6 +56,8 @@ class Change:
             out["concept"] = self.concept
         if self.value is not None:
             out["value"] = self.value
+        if self.stream is not None:
+            out["stream"] = self.stream
         return out
 
     @classmethod
@@ -64,7 +71,10 @@ class Change:
             raise UserError(f"change concept must be a string, got {concept!r}")
         if value is not None and not isinstance(value, float | int | str | bool):
             raise UserError(f"change value must be a number, bool or string, got {value!r}")
-        return cls(kind, value, concept)
+        stream = raw.get("stream")
+        if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int) or stream < 0):
+            raise UserError(f"change stream must be a whole number >= 0, got {stream!r}")
+        return cls(kind, value, concept, stream)
 
 
 class Performance:
@@ -197,6 +207,7 @@ class Performance:
             kind, value = change.kind, change.value
             if kind not in CHANGE_KINDS:
                 raise UserError(f"unknown change kind {kind!r}")
+            self._check_stream(change)
             if kind in ("alpha", "enabled") and change.concept not in self.targets:
                 known = ", ".join(self.targets) or "none loaded"
                 raise UnknownConceptError(f"unknown concept {change.concept!r} (loaded: {known})")
@@ -210,6 +221,11 @@ class Performance:
             elif kind in SETTING_BY_NAME:
                 settings[SETTING_BY_NAME[kind].field] = value
         SamplingSettings(**settings).validate()
+
+    def _check_stream(self, change: Change) -> None:
+        """A change for one row: a plain performance plays every row alike, so it has none."""
+        if change.stream is not None or change.kind in AUDIO_ONLY_KINDS:
+            raise UserError(f"a {change.kind} change for one stem needs a stem performance")
 
     def _apply(self, change: Change) -> None:
         kind, value = change.kind, change.value

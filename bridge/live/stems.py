@@ -1,0 +1,125 @@
+"""A set of stems in the live server: one batched engine, a stem a row.
+
+``open_stems`` builds what ``serve`` needs for the stems of ``setfile.StemSet``: one
+``StemStream`` (every stem a row of one batch: one forward pass a step for all of them,
+each with its own prompt, seed and knobs), its ``StemPerformance``, the ``ControlState``
+with each stem's asked state and its ``/stem/<name>/...`` rows, the output (a JACK port
+pair per stem, or the mix on any other output) and the ``StemMix`` path (each stem's own
+chain and recording). The engine, the clock, OSC, MIDI and scenes are the one-stream
+server's: transport and clock are shared, so every stem starts, stops and lands on the
+bar together.
+
+Ownership is the one-stream server's too: each stem's asked state is ``ControlState``'s,
+its played knobs are the steerer's per-stream table (row = stem), its mute and solo are
+the mix's, set on the engine thread from the events it applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steering_core.errors import UserError
+from steering_core.model.loading import MusicGenHandle
+from steering_core.steer.steerer import Steerer
+from steering_core.steer.vectors import SteeringVector
+from steering_core.stream.settings import SamplingSettings
+from steering_core.stream.stem_performance import StemPerformance
+from steering_core.stream.stem_stream import StemStream
+
+from .chains import load_chain
+from .control import ConceptKnob, ControlState, StemView
+from .options import ServeOptions
+from .outputs import Output, open_output
+from .scheduling import fill_bpm
+from .setfile import StemSet, StemSpec, load_set_file, parse_stem_args
+from .stem_mix import StemMix, stem_recording
+
+log = logging.getLogger("steerbridge.serve")
+
+
+def stem_set_of(options: ServeOptions) -> StemSet | None:
+    """The stems ``--stem`` or ``--set`` ask for (None: the one-stream server)."""
+    if options.stems and options.set_file:
+        raise UserError("give the stems with --stem or with --set, not both")
+    if options.set_file:
+        return load_set_file(options.set_file, options.seed, options.chain)
+    if options.stems:
+        return parse_stem_args(options.stems, options.seed, options.chain)
+    return None
+
+
+@dataclass
+class LiveStems:
+    """What ``open_stems`` built, for the server to wire."""
+
+    specs: tuple[StemSpec, ...]
+    stream: StemStream
+    performance: StemPerformance
+    control: ControlState
+    output: Output
+    path: StemMix
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+
+def stem_knobs(spec: StemSpec, vectors: Sequence[SteeringVector]) -> dict[str, ConceptKnob]:
+    """A stem's knobs: each concept's range, the stem's own where it gives one."""
+    loaded = {v.concept for v in vectors}
+    unknown = sorted(set(spec.knobs) - loaded)
+    if unknown:
+        raise UserError(f"stem {spec.name}: knobs for {unknown[0]!r}, which no vector holds "
+                        f"(loaded: {', '.join(sorted(loaded)) or 'none'})")
+    return {v.concept: ConceptKnob(v.concept, spec.knobs.get(v.concept, v.alpha_range)) for v in vectors}
+
+
+def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, vectors: Sequence[SteeringVector],
+               steerer: Steerer, settings: SamplingSettings) -> LiveStems:
+    specs = stems.stems
+    chains = [load_chain(s.chain) for s in specs]  # a bad chain is refused before anything plays
+    knobs = [stem_knobs(s, vectors) for s in specs]
+    prompts = [fill_bpm(s.prompt, options.bpm) for s in specs]
+    stream = StemStream(handle, prompts, seeds=[s.seed for s in specs], settings=settings, steerer=steerer,
+                        cuda_graphs=options.cuda_graphs or "auto")
+    performance = StemPerformance(stream, steerer, smoothing_ms=options.smoothing_ms)
+    views = [StemView(s.name, k, s.prompt) for s, k in zip(specs, knobs, strict=True)]
+    control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v in vectors], specs[0].prompt, settings,
+                           vocab_size=handle.decoder_config.vocab_size, stems=views)
+    names = [s.name for s in specs]
+    output = open_output(options.audio_out, options.jack_connect, stems=names)
+    path = StemMix(handle.sample_rate, output.sample_rate, names, chains, options.record)
+    log.info("%d stems in one batch: %s", len(specs), "; ".join(f"{s.name} {s.prompt!r} (seed {s.seed})"
+                                                                 for s in specs))
+    return LiveStems(specs, stream, performance, control, output, path)
+
+
+def stems_header(live: LiveStems) -> list[dict[str, Any]]:
+    """The performance log's ``stems``, in row order: what a replay builds again."""
+    return [{"name": s.name, "prompt": p, "seed": s.seed, "chain": s.chain}
+            for s, p in zip(live.specs, live.stream.prompts, strict=True)]
+
+
+def stems_status(live: LiveStems, record: str | None) -> dict[str, Any]:
+    """``/status/json``'s ``stems``: each stem's asked and played state, by name."""
+    steerer = live.performance.steerer
+    out: dict[str, Any] = {}
+    for row, (spec, asked, voice) in enumerate(zip(live.specs, live.control.stems, live.path.voices, strict=True)):
+        out[spec.name] = {
+            "row": row, "prompt": asked["prompt"], "seed": spec.seed, "chain": spec.chain,
+            "targets": asked["targets"], "knobs": asked["knobs"], "enabled": asked["enabled"],
+            "alphas": {k: round(v, 4) for k, v in (steerer.alphas(row) if steerer else {}).items()},
+            "mute": asked["mute"], "solo": asked["solo"], "audible": voice.gain > 0.0, "fault": voice.fault,
+            "ports": [f"{spec.name}_L", f"{spec.name}_R"] if live.output.channels > 2 else None,
+            "recording": str(stem_recording(record, spec.name)) if record else None,
+        }
+    return out
+
+
+def rows_sha256(codes: Any) -> list[str]:
+    """Each row's token hash, as the engine's end line writes it."""
+    return [hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in codes.cpu().contiguous()]
