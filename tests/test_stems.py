@@ -129,6 +129,21 @@ def test_a_stem_address_changes_that_stem_alone_and_a_plain_one_every_stem(tmp_p
     assert control.snapshot() == before and not control.drain()
 
 
+def test_target_knobs_refuse_a_set_of_several_stems_and_play_on_a_one_stem_set(tmp_path) -> None:
+    # The target loop reads one stream's audio: on several stems whose it would be is a guess.
+    control = _control()
+    commands = Commands(control, SceneStore(tmp_path), lambda: {})
+    before = control.snapshot()
+    for address in ("/steer/timbre/target", "/stem/bass/steer/timbre/target"):
+        with pytest.raises(ControlError, match="one-stem"):
+            commands.run(address, [1500.0], TEST)
+    assert control.snapshot() == before and not control.drain()
+    one = _control(("drums",))
+    Commands(one, SceneStore(tmp_path), lambda: {}).run("/steer/timbre/target", [1500.0], TEST)
+    [event] = one.drain()
+    assert event.target is not None and event.target.setpoint == 1500.0
+
+
 def test_scenes_save_and_recall_every_stem(tmp_path) -> None:
     control = _control()
     commands = Commands(control, SceneStore(tmp_path), lambda: {})
