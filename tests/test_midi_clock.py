@@ -8,7 +8,6 @@ import contextlib
 import math
 import os
 import random
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from bridge.clock.midi_clock import CLOCK, CONTINUE, SONG_POSITION, START, STOP, MidiClockSource
 from bridge.clock.source import SOURCES, ClockError, ClockReading, Meter, SyncOptions, open_source
 from bridge.clock.tick_tempo import TICKS_PER_QUARTER, TickTempo
+from tests.realparts import Readings, wait_for
 
 JITTER_S = 0.001
 
@@ -266,34 +266,13 @@ class Daw:
             self.out = None
 
 
-class Listener:
-    def __init__(self) -> None:
-        self.readings: list[ClockReading] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, reading: ClockReading) -> None:
-        with self.lock:
-            self.readings.append(reading)
-
-    def since(self, t: float) -> list[ClockReading]:
-        with self.lock:
-            return [r for r in self.readings if r.at >= t]
-
-
-def wait_for(check, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return bool(check())
 
 
 @pytest.fixture
 def daw_and_source(jack_short_period):
     daw = Daw()
     source = MidiClockSource(SyncOptions(midi_in="test-daw", midi_api="jack"))
-    listener = Listener()
+    listener = Readings()
     source.start(listener)
     try:
         assert wait_for(lambda: source.health()["port"] is not None), "the source never found the DAW's port"
@@ -303,7 +282,6 @@ def daw_and_source(jack_short_period):
         daw.close()
 
 
-@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 @pytest.mark.parametrize("bpm", [90.0, 128.0, 174.0])
 def test_jack_midi_clock_tempo_after_two_beats(daw_and_source, bpm) -> None:
@@ -323,7 +301,6 @@ def test_jack_midi_clock_tempo_after_two_beats(daw_and_source, bpm) -> None:
     assert max(errors) < 0.005, (max(errors), source.health())
 
 
-@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 def test_jack_midi_clock_follows_a_jump_within_a_bar(daw_and_source) -> None:
     daw, _, listener = daw_and_source
@@ -361,7 +338,6 @@ def test_jack_midi_transport_start_stop_continue_and_song_position(daw_and_sourc
     assert resumed[0].beat == 16.0 and resumed[0].relocated
 
 
-@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 def test_jack_midi_port_closed_mid_run_is_noticed_and_picked_up_again(daw_and_source, caplog) -> None:
     daw, source, listener = daw_and_source
