@@ -14,17 +14,6 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def pytest_addoption(parser) -> None:
     parser.addoption("--cpu-hog", type=int, default=0, metavar="N",
                      help="run N busy processes beside the tests (CI checks the realtime tests under load)")
-    parser.addoption("--jack-midi-timing", action="store_true",
-                     help="also run the MIDI clock timing tests over real JACK MIDI (left out by default: see pyproject)")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    if config.getoption("--jack-midi-timing"):
-        return
-    kept = [item for item in items if item.get_closest_marker("jack_midi_timing") is None]
-    if len(kept) < len(items):
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-        items[:] = kept
 
 
 @pytest.fixture(scope="session", autouse=True)

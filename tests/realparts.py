@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
+
+from bridge.clock.source import ClockReading
 
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SINK = "steerbridge_test"
@@ -83,6 +86,49 @@ class JackServer:
         if self.proc is not None and self._log is not None:
             _stop(self.proc, self._log)
         self.proc = None
+
+
+def own_jack_server(tmp: Path, monkeypatch: pytest.MonkeyPatch, name: str, **options: int) -> Iterator[JackServer]:
+    """A JACK server of one test's own (the test may stop and start it), made the default
+    server of the test's in-process clients; for a fixture to ``yield from``."""
+    jackd = JackServer(tmp, name, **options)
+    jackd.start()
+    for key, value in jackd.env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield jackd
+    finally:
+        jackd.stop()
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 5.0, every: float = 0.01) -> bool:
+    """Whether ``check()`` held within ``timeout`` seconds (asked again once at the end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return bool(check())
+
+
+class Readings:
+    """A clock source's sink in a test: every reading, in order, appended on the source's thread."""
+
+    def __init__(self) -> None:
+        self.readings: list[ClockReading] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, reading: ClockReading) -> None:
+        with self.lock:
+            self.readings.append(reading)
+
+    def last(self) -> ClockReading | None:
+        with self.lock:
+            return self.readings[-1] if self.readings else None
+
+    def since(self, t: float) -> list[ClockReading]:
+        with self.lock:
+            return [r for r in self.readings if r.at >= t]
 
 
 def jack_server(tmp: Path, name: str | None = None, *, period: int = 1024, tag: str = "",

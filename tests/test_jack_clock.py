@@ -9,7 +9,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from bridge.clock.jack_transport import TempoMap, TransportMotion
 from bridge.clock.source import ClockError, ClockReading, ClockSource, SyncOptions, open_source
-from tests.realparts import JackServer, TimebaseMaster
+from tests.realparts import JackServer, TimebaseMaster, own_jack_server, wait_for
 
 jack = pytest.importorskip("jack")
 
@@ -27,23 +27,7 @@ _names = itertools.count()
 @pytest.fixture
 def server(tmp_path, monkeypatch) -> Iterator[JackServer]:
     """A JACK server of this test's own (a test may stop it), the default for in-process clients."""
-    jackd = JackServer(tmp_path, f"steerbridge-clock-{os.getpid()}-{next(_names)}")
-    jackd.start()
-    for key, value in jackd.env.items():
-        monkeypatch.setenv(key, value)
-    try:
-        yield jackd
-    finally:
-        jackd.stop()
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return False
+    yield from own_jack_server(tmp_path, monkeypatch, f"steerbridge-clock-{os.getpid()}-{next(_names)}")
 
 
 class Readings(list[ClockReading]):

@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ from bridge.live.options import EngineSettings
 from bridge.live.outputs import ClockOutput, open_output
 from bridge.live.ring import Ring
 from steering_core.errors import UserError
-from tests.realparts import JackRecorder, JackServer
+from tests.realparts import JackRecorder, JackServer, own_jack_server, wait_for
 
 jack = pytest.importorskip("jack")
 
@@ -29,23 +29,7 @@ PERIOD = 1024
 
 @pytest.fixture
 def server(tmp_path, monkeypatch) -> Iterator[JackServer]:
-    jackd = JackServer(tmp_path, f"steerbridge-out-{os.getpid()}-{next(_names)}", period=PERIOD, rate=RATE)
-    jackd.start()
-    for key, value in jackd.env.items():
-        monkeypatch.setenv(key, value)
-    try:
-        yield jackd
-    finally:
-        jackd.stop()
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return False
+    yield from own_jack_server(tmp_path, monkeypatch, f"steerbridge-out-{os.getpid()}-{next(_names)}", period=PERIOD, rate=RATE)
 
 
 def sine(seconds: float, hz: float = 440.0) -> np.ndarray:

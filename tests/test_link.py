@@ -47,26 +47,12 @@ if os.environ.get(INSIDE) != "1":
         assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
 else:
-    import threading
-
     from bridge.clock.link import LinkSource
-    from bridge.clock.source import SOURCES, ClockReading, Meter, SyncOptions
+    from bridge.clock.source import SOURCES, Meter, SyncOptions
+    from tests.realparts import Readings
 
     if interfaces() != ["lo"]:  # a namespace with a real network in it: refuse, loudly
         raise RuntimeError(f"Link tests must run with only loopback up, found {interfaces()}")
-
-    class Listener:
-        def __init__(self) -> None:
-            self.readings: list[ClockReading] = []
-            self.lock = threading.Lock()
-
-        def __call__(self, reading: ClockReading) -> None:
-            with self.lock:
-                self.readings.append(reading)
-
-        def last(self) -> ClockReading | None:
-            with self.lock:
-                return self.readings[-1] if self.readings else None
 
     def wait_for(check, timeout: float) -> float | None:
         """Seconds until ``check()`` held, or None."""
@@ -116,7 +102,7 @@ else:
         time.sleep(0.3)  # the peer's session is the older one
         source = SOURCES["link"](SyncOptions(bpm=100.0))
         assert isinstance(source, LinkSource)
-        listener = Listener()
+        listener = Readings()
         source.start(listener)
         try:
             joined = wait_for(lambda: source.health()["peers"] == 1, 5.0)

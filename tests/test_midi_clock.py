@@ -8,7 +8,6 @@ import contextlib
 import math
 import os
 import random
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from bridge.clock.midi_clock import CLOCK, CONTINUE, SONG_POSITION, START, STOP, MidiClockSource
 from bridge.clock.source import SOURCES, ClockError, ClockReading, Meter, SyncOptions, open_source
 from bridge.clock.tick_tempo import TICKS_PER_QUARTER, TickTempo
+from tests.realparts import Readings, wait_for
 
 JITTER_S = 0.001
 
@@ -105,6 +105,22 @@ def test_lost_ticks_are_found_from_the_line_and_counted() -> None:
         tempo.add(t)
     assert tempo.lost == 4 and tempo.bpm == pytest.approx(128.0, rel=0.002)
     assert tempo.tick_time == pytest.approx(times[-1], abs=0.002)
+
+
+@pytest.mark.parametrize("bpm", [90.0, 128.0, 174.0])
+def test_a_tick_lost_in_a_jack_cycle_is_counted_and_the_tempo_holds(bpm) -> None:
+    """Real stamps come a JACK cycle at a time (256 frames here): their scatter about the
+    line is the cycle's rounding, several times the jitter, so a lost tick must be told
+    from rounding by that scatter and not by the line's rms alone."""
+    for seed in range(40):
+        rng = random.Random(seed)
+        times = tick_times(bpm, 4 * TICKS_PER_QUARTER, rng, grain=256 / 48000)
+        lost = rng.randrange(2 * TICKS_PER_QUARTER, 3 * TICKS_PER_QUARTER)
+        tempo = TickTempo()
+        for i, t in enumerate(times):
+            if i != lost:
+                tempo.add(t)
+        assert tempo.lost == 1 and tempo.bpm == pytest.approx(bpm, rel=0.005), (seed, tempo.lost, tempo.bpm)
 
 
 def test_a_clock_that_comes_back_after_a_pause_starts_a_new_line() -> None:
@@ -250,34 +266,13 @@ class Daw:
             self.out = None
 
 
-class Listener:
-    def __init__(self) -> None:
-        self.readings: list[ClockReading] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, reading: ClockReading) -> None:
-        with self.lock:
-            self.readings.append(reading)
-
-    def since(self, t: float) -> list[ClockReading]:
-        with self.lock:
-            return [r for r in self.readings if r.at >= t]
-
-
-def wait_for(check, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return bool(check())
 
 
 @pytest.fixture
 def daw_and_source(jack_short_period):
     daw = Daw()
     source = MidiClockSource(SyncOptions(midi_in="test-daw", midi_api="jack"))
-    listener = Listener()
+    listener = Readings()
     source.start(listener)
     try:
         assert wait_for(lambda: source.health()["port"] is not None), "the source never found the DAW's port"
@@ -287,7 +282,6 @@ def daw_and_source(jack_short_period):
         daw.close()
 
 
-@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 @pytest.mark.parametrize("bpm", [90.0, 128.0, 174.0])
 def test_jack_midi_clock_tempo_after_two_beats(daw_and_source, bpm) -> None:
@@ -297,13 +291,16 @@ def test_jack_midi_clock_tempo_after_two_beats(daw_and_source, bpm) -> None:
     assert wait_for(lambda: any(round(r.beat * 24) >= 95 for r in listener.since(0))), \
         (len(listener.readings), listener.readings[-1:], source.health())
     played = [r for r in listener.since(0) if r.playing]
-    assert [round(r.beat * 24) for r in played] == list(range(round(played[0].beat * 24), 96))  # one per tick
+    positions = [round(r.beat * 24) for r in played]
+    # one reading per tick; a tick lost where the source's JACK client missed a cycle is
+    # counted from the line, so the song position holds across it
+    skipped = sorted(set(range(positions[0], 96)) - set(positions))
+    assert positions == sorted(set(positions)) and len(skipped) == source.tempo.lost, (skipped, source.health())
     after_two = [r for r in played if r.beat >= 2.0]
     errors = [abs(r.bpm / bpm - 1) for r in after_two]
     assert max(errors) < 0.005, (max(errors), source.health())
 
 
-@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 def test_jack_midi_clock_follows_a_jump_within_a_bar(daw_and_source) -> None:
     daw, _, listener = daw_and_source
@@ -341,7 +338,6 @@ def test_jack_midi_transport_start_stop_continue_and_song_position(daw_and_sourc
     assert resumed[0].beat == 16.0 and resumed[0].relocated
 
 
-@pytest.mark.jack_midi_timing
 @pytest.mark.realtime
 def test_jack_midi_port_closed_mid_run_is_noticed_and_picked_up_again(daw_and_source, caplog) -> None:
     daw, source, listener = daw_and_source

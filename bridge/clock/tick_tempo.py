@@ -15,7 +15,8 @@ what they were:
   within a factor of two of the old one): a new tempo; the line starts again from them;
 - a steady offset of whole periods: ticks were lost on the way (a JACK client that
   misses a cycle loses its MIDI); they are counted as if they had come, so the song
-  position holds (only where the line is sure to within a third of a period);
+  position holds (only where the scatter of the ticks on the line, a JACK cycle's
+  rounding included, is under half a period: else the two cannot be told apart);
 - any other steady offset: the line was too sure of itself (a coarse period's
   rounding, as JACK's stamps per cycle give): they join it;
 - closing in on the line: a burst released at once after a stall, whose times are not
@@ -140,9 +141,7 @@ class TickTempo:
                 self._jump()
         elif drift >= -threshold:  # a steady offset
             offset = sum(r for _, _, r in self._aside) / len(self._aside)
-            missed = round(offset / b) if threshold < b / 3 else 0
-            if missed < 1 or abs(offset - missed * b) > threshold:
-                missed = 0  # not whole periods: a coarse period's rounding; the line was too sure
+            missed = self._whole_periods(offset, a, b, threshold)
             self.lost += missed  # whole periods late: ticks lost on the way
             self._count += missed
             for m, t, _ in self._aside:
@@ -150,6 +149,22 @@ class TickTempo:
             self._aside.clear()
         else:  # closing in on the line: a burst released after a stall; its times are not the ticks'
             del self._aside[: -self.jump_run]
+
+    def _whole_periods(self, offset: float, a: float, b: float, threshold: float) -> int:
+        """How many ticks a steady ``offset`` behind the line says were lost: whole periods,
+        on average off by them within the scatter of the ticks on the line (the JACK
+        cycle's rounding is in that scatter, not only the jitter: real stamps come a cycle
+        at a time, so their scatter is far wider than a rounding-free line's rms would
+        allow); none where that scatter is too wide to tell one period from the next."""
+        missed = round(offset / b)
+        if missed < 1:
+            return 0
+        scatter = max(threshold, max(abs(t - a - b * m) for m, t in self._points))
+        if scatter >= b / 2:
+            return 0  # a cycle as long as half a tick: a lost tick and rounding look alike
+        if abs(offset - missed * b) > scatter:
+            return 0  # not whole periods: a coarse period's rounding; the line was too sure
+        return missed
 
     def _take(self, n: int, at: float) -> None:
         self._points.append((n, at))
