@@ -144,6 +144,38 @@ def test_target_knobs_refuse_a_set_of_several_stems_and_play_on_a_one_stem_set(t
     assert event.target is not None and event.target.setpoint == 1500.0
 
 
+def test_a_move_for_one_stem_is_never_overtaken_by_a_later_move_for_every_stem(tmp_path) -> None:
+    control = _control()
+    commands = Commands(control, SceneStore(tmp_path), lambda: {})
+    commands.run("/steer/timbre", [0.5], TEST)
+    commands.run("/stem/drums/steer/timbre", [0.2], TEST)
+    commands.run("/steer/timbre", [0.8], TEST)
+    played = [(c.stream, c.value) for e in control.drain() for c in e.changes]
+    assert played[-1] == (None, 0.8)  # the last word is every stem's, as /status says
+    assert control.snapshot()["stems"]["drums"]["targets"] == {"timbre": 0.8}
+
+
+def test_a_stems_prompt_change_stays_that_stems_and_leaves_the_bpm_template(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from bridge.live.engine import Engine
+
+    engine = SimpleNamespace(clock=SimpleNamespace(snapshot=SimpleNamespace(bpm=120)),
+                             _prompt_template="set at {bpm} bpm", _bpm_prompt_held=True)
+    filled = Engine._filled(engine, Change("prompt", "bass at {bpm}", stream=1))
+    assert (filled.stream, filled.value) == (1, "bass at 120")
+    assert engine._prompt_template == "set at {bpm} bpm" and engine._bpm_prompt_held
+    every = Engine._filled(engine, Change("prompt", "all at {bpm}"))
+    assert (every.stream, every.value, engine._prompt_template) == (None, "all at 120", "all at {bpm}")
+
+
+def test_a_stem_without_a_seed_never_shares_another_stems_seed(tmp_path) -> None:
+    path = tmp_path / "set.yaml"
+    path.write_text("stems:\n  drums: {prompt: d, seed: 1}\n  bass: b\n  keys: {prompt: k, seed: 2}\n  pad: p\n")
+    seeds = [s.seed for s in load_set_file(path, 0, "default").stems]
+    assert seeds[0] == 1 and seeds[2] == 2 and len(set(seeds)) == 4
+
+
 def test_scenes_save_and_recall_every_stem(tmp_path) -> None:
     control = _control()
     commands = Commands(control, SceneStore(tmp_path), lambda: {})

@@ -77,6 +77,11 @@ def test_the_lock_and_the_knob_and_bad_targets(tiny, vectors_dir, tmp_path):
     try:
         assert wait_for(lambda: server.status()["lock"] != "off")  # serve --tempo-lock: on from the start
         assert "tempo" in server.status()["target_knobs"]
+        server.commands.run("/steer/tempo/target", [100.0], TEST)  # a setpoint of its own ends the lock
+        assert wait_for(lambda: server.status()["lock"] == "off"
+                        and server.status()["target_knobs"].get("tempo", {}).get("setpoint") == 100.0)
+        server.commands.run("/sync/lock", [1], TEST)
+        assert wait_for(lambda: server.status()["lock"] != "off")
         server.commands.run("/sync/lock", [0], TEST)
         assert wait_for(lambda: server.status()["lock"] == "off" and "tempo" not in server.status()["target_knobs"])
         server.commands.run("/steer/tempo/target/knob", [0.5], TEST)  # halfway over 60..180 BPM
@@ -92,3 +97,13 @@ def test_the_lock_and_the_knob_and_bad_targets(tiny, vectors_dir, tmp_path):
         assert "tempo" not in server.status()["target_knobs"]  # refused: nothing changed
     finally:
         server.stop()
+
+
+def test_the_lock_without_a_tempo_vector_is_refused_in_one_line(tiny, vectors_dir, tmp_path):
+    from steering_core.errors import UserError
+
+    options = ServeOptions(model="tiny", vectors=[str(vectors_dir / "timbre.safetensors")], osc_port=0,
+                           audio_out="none", status_line=False, cuda_graphs="off",
+                           engine=EngineSettings(tempo_lock=True))
+    with pytest.raises(UserError, match="no tempo vector"):
+        Server(options, handle=tiny)

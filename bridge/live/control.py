@@ -260,6 +260,8 @@ class ControlState:
                 return False
             if change.stream is None:  # a move for every stem ends the merging of any one stem's
                 self._queued_knob = {k: i for k, i in self._queued_knob.items() if k[0] != change.concept}
+            else:  # and one stem's ends the every-stem move's: a later one must not overtake it
+                self._queued_knob.pop((change.concept, None), None)
             self._queued_knob[key] = len(self._queue)
         elif any(c.kind in ("alpha", "panic") for c in event.changes) or event.transport is not None \
                 or event.target is not None:

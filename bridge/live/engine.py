@@ -35,6 +35,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -361,8 +362,9 @@ class Engine:
         """A prompt change with ``{bpm}`` filled from the clock (the log keeps the filled text)."""
         if change.kind != "prompt" or self.clock is None:
             return change
-        self._prompt_template, self._bpm_prompt_held = str(change.value), False
-        return Change("prompt", fill_bpm(self._prompt_template, float(self.clock.snapshot.bpm)))
+        if change.stream is None:  # a stem's own prompt is not the set's {bpm} template
+            self._prompt_template, self._bpm_prompt_held = str(change.value), False
+        return replace(change, value=fill_bpm(str(change.value), float(self.clock.snapshot.bpm)))
 
     def _downbeat_ahead(self) -> int | None:
         """The ring sample of the next downbeat the music can still enter on; None when no

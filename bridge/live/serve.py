@@ -142,6 +142,8 @@ class Server:
         vector_paths = [Path(p) for p in [*o.vectors, *(stem_set.vectors if stem_set else ())]] \
             or default_vectors(self.handle)
         self.vectors: list[tuple[SteeringVector, Path]] = vector_files(vector_paths)
+        if o.engine.tempo_lock and not any(v.concept == "tempo" for v, _ in self.vectors):
+            raise UserError("--tempo-lock drives the tempo knob, and no tempo vector is loaded (--vectors)")
         steerer = Steerer(self.handle)
         for vector, _ in self.vectors:
             steerer.add(vector, alpha=0.0)

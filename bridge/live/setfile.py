@@ -98,6 +98,9 @@ def load_set_file(path: str | Path, base_seed: int, chain: str) -> StemSet:
     if not isinstance(vectors, list) or not all(isinstance(v, str) and v for v in vectors):
         raise SetFileError(f"{where}: 'vectors' must be a file or folder, or a list of them")
     stems = []
+    # Stem i without a seed plays --seed + i, or the next seed after it that no stem has:
+    # two stems on one seed would draw the same sampling noise.
+    used = {b.get("seed") for b in raw["stems"].values() if isinstance(b, dict)}
     for i, (name, body) in enumerate(raw["stems"].items()):
         name = check_stem_name(name, where)
         at = f"{where}: stem {name}"
@@ -106,7 +109,13 @@ def load_set_file(path: str | Path, base_seed: int, chain: str) -> StemSet:
         if not isinstance(body, dict):
             raise SetFileError(f"{at}: give it a prompt (drums: punchy drums) or a mapping with 'prompt'")
         _known_keys(body, STEM_KEYS, at)
-        stems.append(StemSpec(name, _prompt(body.get("prompt"), at), _seed(body.get("seed", base_seed + i), at),
+        seed = body.get("seed")
+        if seed is None:
+            seed = base_seed + i
+            while seed in used:
+                seed += 1
+            used.add(seed)
+        stems.append(StemSpec(name, _prompt(body.get("prompt"), at), _seed(seed, at),
                               _chain(body.get("chain", chain), at), _knobs(body.get("knobs", {}), at)))
     resolved = tuple(str(p if Path(p).is_absolute() else path.parent / p) for p in vectors)
     return _checked(stems, resolved, where)

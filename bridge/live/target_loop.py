@@ -13,7 +13,8 @@ beat-phase error of the audio's onsets against the clock's grid at the output (a
 phase-locked loop, ``controller.locked_setpoint``).
 
 Loops are keyed by (stream, concept): one controller per stream and concept. Owned by the
-engine thread (its one caller); ``status`` reads a copy made there.
+engine thread (its one caller); ``status`` returns the frozen copy that thread publishes
+after every ask and update (another thread never iterates the live loops).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class TargetLoop:
         self.lock = False
         self._lock_state = "off"
         self._lock_asked = lock
+        self._published: dict[str, Any] = {"lock": "off", "target_knobs": {}}
 
     # --- asks, from control events ---------------------------------------------------
     def ask(self, ask: TargetAsk, alpha_now: Mapping[str, float], stream: int = 0) -> None:
@@ -104,26 +106,33 @@ class TargetLoop:
                     del self.active[key]
                 self._lock_state = "off"
             log.info("tempo lock %s", "on: tempo follows the clock's tempo and beat" if self.lock else "off")
+            self._publish()
             return
         key = (stream, ask.concept)
         if ask.setpoint is None:
             self._drop(key, "off")
         else:
             self._start(key, ask.setpoint, alpha_now)
+        self._publish()
 
     def touched(self, changes: Sequence[Change], stream: int = 0) -> None:
         """A performer's plain alpha (or panic) takes the knob back from its target."""
+        had = bool(self.active)
         for change in changes:
             if change.kind == "panic":
                 for key in [k for k in self.active if k[0] == stream]:
                     self._drop(key, "panic")
             elif change.kind == "alpha" and change.concept is not None:
                 self._drop((stream, change.concept), f"a plain /steer/{change.concept} write")
+        if had:
+            self._publish()
 
     def _start(self, key: tuple[int, str], setpoint: float | None, alpha_now: Mapping[str, float]) -> None:
         unit = UNITS[key[1]]
         current = self.active.get(key)
         if current is not None:  # a new setpoint keeps the loop's state (bumpless)
+            if current.setpoint is None and setpoint is not None:  # a setpoint of its own ends the lock
+                self.lock, self._lock_state = False, "off"
             current.setpoint = setpoint
             return
         self.active[key] = ActiveTarget(unit, self.concepts[key[1]], alpha_now.get(key[1], 0.0), setpoint)
@@ -157,6 +166,8 @@ class TargetLoop:
             alpha = self._update(key[1], target, clock)
             if alpha is not None:
                 out.append(Change("alpha", round(alpha, 4), key[1]))
+        if self.active:  # readings and modes change without a new alpha too
+            self._publish()
         return out
 
     def _update(self, concept: str, target: ActiveTarget, clock: ClockSnapshot | None) -> float | None:
@@ -197,9 +208,13 @@ class TargetLoop:
             return "locked"
         return "acquiring"
 
-    def status(self) -> dict[str, Any]:
+    def _publish(self) -> None:
         loops = {(name if s == 0 else f"{s}:{name}"): t.status() for (s, name), t in self.active.items()}
-        return {"lock": self._lock_state, "target_knobs": loops}
+        self._published = {"lock": self._lock_state, "target_knobs": loops}  # one reference swap
+
+    def status(self) -> dict[str, Any]:
+        """The loops as last published by the engine thread; any thread may call it."""
+        return self._published
 
     def info(self, concept: str, stream: int = 0) -> dict[str, Any] | None:
         """A loop's state for the performance log line of the alpha it set."""
