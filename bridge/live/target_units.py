@@ -20,7 +20,8 @@ class TargetUnit:
 #: The toy's world plays 60-180 BPM and its lead's centroid spans roughly 600-2800 Hz
 #: (benchmarks/RESULTS.md); a real model's knob span can be set per vector file later.
 UNITS: dict[str, TargetUnit] = {
-    "tempo": TargetUnit("pulse", "BPM", (20.0, 400.0), (60.0, 180.0), prior_slope=0.3, every_beats=1.0),
+    # A tempo target is refused where the pulse sensor cannot read it (sensors.MIN_BPM..MAX_BPM).
+    "tempo": TargetUnit("pulse", "BPM", (40.0, 240.0), (60.0, 180.0), prior_slope=0.3, every_beats=1.0),
     "timbre": TargetUnit("centroid", "Hz", (20.0, 16000.0), (600.0, 2800.0), prior_slope=0.3, every_beats=1.0),
 }
 
