@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tests.realparts import JackRecorder, JackServer
+from tests.realparts import JackRecorder, JackServer, own_jack_server
 
 jack = pytest.importorskip("jack")
 
@@ -20,14 +20,7 @@ PERIOD = 1024
 
 @pytest.fixture
 def server(tmp_path, monkeypatch) -> Iterator[JackServer]:
-    jackd = JackServer(tmp_path, f"steerbridge-stems-{os.getpid()}", period=PERIOD, rate=RATE)
-    jackd.start()
-    for key, value in jackd.env.items():
-        monkeypatch.setenv(key, value)
-    try:
-        yield jackd
-    finally:
-        jackd.stop()
+    yield from own_jack_server(tmp_path, monkeypatch, f"steerbridge-stems-{os.getpid()}", period=PERIOD, rate=RATE)
 
 
 def test_each_stem_has_its_own_ports_and_they_carry_its_audio(tmp_path, server, vectors_dir) -> None:

@@ -18,17 +18,13 @@ from bridge.live.commands import Origin
 from bridge.live.control import ControlError
 from bridge.live.options import EngineSettings
 from bridge.live.serve import ServeOptions, Server
+from tests import realparts
 
 TEST = Origin("test")
 
 
 def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+    return realparts.wait_for(predicate, timeout, every=0.02)
 
 
 def serve(tiny, vectors_dir, tmp_path, **kw) -> Server:
