@@ -53,13 +53,46 @@ def test_a_change_waits_for_the_next_step_when_the_ring_cannot_pay(server) -> No
         assert engine.status()["deferred_rollbacks"] == 1
 
 
-def test_the_cost_counts_the_steps_to_redo(server) -> None:
+def fill_ring(engine, times: int) -> None:
+    """Inside ``engine.stream.steering()``: chunks until the ring holds ``times`` its goal."""
+    while engine.ring.fill < times * engine.ring_target:
+        engine._produce_chunk()
+
+
+def test_the_cost_counts_everything_the_next_write_needs(server) -> None:
+    """The steps rolled back, the steps the next chunk lacks besides, and its write: a flood
+    of knob moves, each rolling back a step or two just before a chunk was due, once left
+    that chunk to be made from scratch in less time than the ring held (issue 21)."""
     engine = server.engine
-    while engine.ring.fill < 2 * engine.ring_target:
-        with engine.stream.steering():
-            engine._produce_chunk()
-    fill_s = engine.ring.fill / engine.path.device_rate
-    half_goal_s = engine.ring_target // 2 / engine.path.device_rate
-    engine.step_s = (fill_s - half_goal_s) / ROLLBACK_COST_MARGIN / 10 * 0.99  # ten steps again just fit
+    with engine.stream.steering():
+        fill_ring(engine, 2)
+    engine.reprime_s = 0.0
+    rate = engine.path.device_rate
+    spare_s = (engine.ring.fill - engine.ring_target // 2) / rate / ROLLBACK_COST_MARGIN - engine.write_s
+    assert engine.write_s > 0 and spare_s > 0
+    lacking = engine.decoder.emitted_frames + engine.decoder.frames_per_pull - engine.stream.frames_complete
+    engine.step_s = spare_s / (lacking + 10) * 0.99  # ten steps again, with the rest of the chunk, just fit
     assert engine._can_regenerate(0) and engine._can_regenerate(10)
     assert not engine._can_regenerate(11)
+    assert engine._affordable_rollback(40) == 10
+
+
+def test_a_change_rolls_back_as_far_as_the_ring_can_pay(server) -> None:
+    engine = server.engine
+    with engine.stream.steering():
+        engine._produce_chunk()
+        fill_ring(engine, 4)
+        while engine.performance.next_step - engine.decoder.emitted_frames - engine.max_delay < 2:
+            engine._step()
+        first_unplayed = engine.decoder.emitted_frames + engine.max_delay
+        engine.reprime_s = 0.0
+        affordable = engine.performance.next_step - first_unplayed - 1  # all but one step
+        rate = engine.path.device_rate
+        spare_s = (engine.ring.fill - engine.ring_target // 2) / rate / ROLLBACK_COST_MARGIN - engine.write_s
+        lacking = engine.decoder.emitted_frames + engine.decoder.frames_per_pull - engine.stream.frames_complete
+        assert spare_s > 0 and lacking + affordable > 0
+        engine.step_s = spare_s / (lacking + affordable) * 0.99
+        server.control.submit([server.control.change("/steer/timbre", 2.0)], "test", "knob")
+        engine._take_events()
+    assert engine.performance.last_change_step == first_unplayed + 1  # a step past the first unplayed, not the next
+    assert engine.deferred_rollbacks == 1

@@ -705,9 +705,6 @@ def test_a_flood_of_valid_knob_messages_does_not_starve_the_engine(tiny, vectors
         server.stop()
     bound = max(0.25, 10 * sorted(idle)[len(idle) // 2]) / audio_clock
     assert max(flooded) <= bound, (max(flooded), bound, sorted(flooded)[-5:])
-    if flood_underruns > idle_underruns + 1:
-        # Issue 21 is open on this: in the full suite a flood has cost a few underruns on tiny
-        # (3-4 against 0 idle), though never alone. Shown as an expected failure, with the counts,
-        # until its cause is found; /status's bound above stays a hard check.
-        pytest.xfail(f"issue 21: the flood cost {flood_underruns} underruns against {idle_underruns} idle")
+    # One underrun of slack: a busy machine's hiccup lands in either window.
+    assert flood_underruns <= idle_underruns + 1, (flood_underruns, idle_underruns, server.engine.deferred_rollbacks)
     assert server.control.coalesced > 0  # the knob moves that passed the budgets were merged, not each applied

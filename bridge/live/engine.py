@@ -4,8 +4,8 @@ One loop, on one thread that owns the model:
 
 1. drain control events; each takes effect at the first step whose tokens are all
    still unplayed (``Performance.apply`` rolls back what was generated beyond it, so
-   a knob never waits behind the lookahead), if the ring holds enough audio to pay for
-   generating those steps again; if not, at the next step (``deferred_rollbacks``);
+   a knob never waits behind the lookahead), if the ring holds enough audio to last
+   while the next chunk is made again; if not, at the next step (``deferred_rollbacks``);
 2. if the ring buffer holds less than ``ring_ms``: generate the frames the next
    decode chunk needs, decode, resample, run the effect chain, write the ring (and
    the recorder);
@@ -35,6 +35,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -57,9 +58,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("steerbridge.engine")
 
-#: A rollback's regeneration is paid for out of the ring only if the ring holds this many
-#: times its measured cost (the decode that follows it is the rest) and half its goal.
+#: A rollback is paid for out of the ring only if the ring holds this many times the measured
+#: cost of everything the next write needs after it, and half its goal.
 ROLLBACK_COST_MARGIN = 1.5
+RECENT_COSTS = 16  # steps and chunk writes a rollback's cost is judged by
 
 
 class Engine:
@@ -92,8 +94,11 @@ class Engine:
         self._playing = True  # the transport: this thread's alone, set by transport events
         self.compute_s = 0.0  # time spent generating and decoding
         self.steps = 0
-        self.step_s = 0.0  # a decode step's time, smoothed (re-primes left out): what a rollback costs
-        self.deferred_rollbacks = 0  # changes applied from the next step because the ring could not pay
+        # What a rollback costs: the slowest recent steps (re-primes left out) and chunk writes,
+        # not their mean, so a busy machine's spikes are counted before the ring is spent on them.
+        self._recent_steps: deque[float] = deque(maxlen=RECENT_COSTS)
+        self._recent_writes: deque[float] = deque(maxlen=RECENT_COSTS)
+        self.deferred_rollbacks = 0  # changes landed past the first unplayed step: the ring could not pay
         self.reprime_s = 0.0  # the longest re-prime so far: a probe at start, then each real one
         self.fault: BaseException | None = None
         self.clock = clock
@@ -196,7 +201,7 @@ class Engine:
         self.compute_s += took
         self.steps += 1
         if self.stream.reprimes == reprimes:
-            self.step_s = took if self.step_s == 0.0 else self.step_s + 0.1 * (took - self.step_s)
+            self._recent_steps.append(took)
         if self.stream.reprimes != reprimes and took > self.reprime_s:
             if took > 1.2 * self.reprime_s:  # worth a line only when it grew by much
                 log.info("re-prime took %.1f ms (longest yet): the ring now tops up by %.0f ms before each",
@@ -246,6 +251,7 @@ class Engine:
             self.grid.placed(first, at)
             # Target knobs play on one stream (a set of several stems refuses them in commands.py).
             heard = audio[0] if isinstance(self.path, StemMix) else audio
+            self._recent_writes.append(time.perf_counter() - t)
             for change in self.targets.heard(heard, at, None if self.clock is None else self.clock.snapshot):
                 self._apply(ControlEvent((change,), "target loop", f"/steer/{change.concept}/target",
                                          info=self.targets.info(str(change.concept))), self.performance.next_step)
@@ -272,16 +278,17 @@ class Engine:
         # The first step whose tokens are all unplayed: its last codebook's token belongs
         # to the first frame not yet turned into audio. Rolling back to it means generating
         # again what was generated past it; the sound comes first, so when the ring cannot
-        # pay for that (a slow model, a knob sending many changes a second), the change
-        # lands at the next step instead, a few frames later. A change held for its bar
-        # line comes with its ``step``, normally the next one (no rollback at all).
+        # pay for all of that (a slow model, a knob sending many changes a second), the
+        # change rolls back only as far as the ring can pay for, down to none (the next
+        # step), a few frames later. A change held for its bar line comes with its
+        # ``step``, normally the next one (no rollback at all).
         first_unplayed = self.decoder.emitted_frames + self.max_delay
         want = first_unplayed if step is None else max(step, first_unplayed)
-        at: int | None = want
-        if (step is None or want < self.performance.next_step) \
-                and not self._can_regenerate(self.performance.next_step - want):
-            at = None
-            self.deferred_rollbacks += 1
+        at = want
+        if want < self.performance.next_step:
+            at = self.performance.next_step - self._affordable_rollback(self.performance.next_step - want)
+            if at > want:
+                self.deferred_rollbacks += 1
         event.changes = tuple(self._filled(c) for c in event.changes)
         try:
             event.step = self.performance.apply(event.changes, at_step=at)
@@ -302,10 +309,39 @@ class Engine:
         if self.perf_log is not None:
             self.perf_log.event(event, time.monotonic() - self.started)
 
+    def _affordable_rollback(self, steps: int) -> int:
+        """The most of the last ``steps`` steps the ring can pay to generate again (0..steps)."""
+        lo, hi = 0, steps  # _can_regenerate(0) holds; the cost only grows with the steps
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self._can_regenerate(mid) else (lo, mid - 1)
+        return lo
+
+    @property
+    def step_s(self) -> float:  # a decode step's cost as a rollback counts it: the slowest of late
+        return max(self._recent_steps, default=0.0)
+
+    @step_s.setter
+    def step_s(self, seconds: float) -> None:  # a test's way to say how slow this machine is
+        self._recent_steps.clear()
+        self._recent_steps.append(seconds)
+
+    @property
+    def write_s(self) -> float:  # a chunk's decode, effects and ring write, the slowest of late
+        return max(self._recent_writes, default=0.0)
+
     def _can_regenerate(self, steps: int) -> bool:
-        """Whether the ring holds enough audio to generate ``steps`` steps again (with a
-        margin for the decode after them) and still keep half its goal."""
-        cost = max(0, steps) * self.step_s * ROLLBACK_COST_MARGIN * self.path.device_rate
+        """Whether the ring can last, keeping half its goal, while all the next write needs
+        once ``steps`` are rolled back is done: the steps its chunk lacks (those among them),
+        its write, a re-prime if one falls among them. (Counting only the steps done again let
+        a flood of knob moves leave a chunk to be made from scratch in less than the ring held.)"""
+        if steps <= 0:
+            return True
+        need = self.decoder.emitted_frames + self._frames_per_chunk()
+        to_write = max(0, need - self.stream.frames_complete + steps)
+        reprime_s = self.reprime_s if self.stream.steps_until_reprime + steps < to_write else 0.0
+        cost_s = to_write * self.step_s + self.write_s + reprime_s
+        cost = cost_s * ROLLBACK_COST_MARGIN * self.path.device_rate
         return self.ring.fill - cost >= self.ring_target // 2
 
     def _transport(self, event: ControlEvent) -> None:
