@@ -179,9 +179,6 @@ def test_toy_train_stops_its_worker_on_a_signal_with_one_line(tmp_path, how) -> 
     lines = [line for line in err.strip().splitlines() if line.strip()]
     bar = re.compile(r"\|\s*\d+/\d+ \[")  # a progress bar's frame, torn down (x step/s, or x s/step when slow)
     lines = [line for line in lines if not bar.search(line)]
-    # Python's own resource tracker may warn at exit of a semaphore the stopped worker left
-    # (seen once in CI): those lines are Python's, not ours (noted for issue 21).
-    lines = [line for line in lines if "resource_tracker" not in line and "warnings.warn(" not in line]
     assert "Traceback" not in err and len(lines) == 1 and "stopped" in lines[0], err[-3000:].replace("\r", "\n")
     assert train.returncode == (143 if how == "SIGTERM" else 130)
 

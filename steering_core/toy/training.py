@@ -343,10 +343,18 @@ def _codec_stage(work: Path, settings: TrainSettings, progress: bool) -> None:
     group, and a child that took it would print a traceback of its own; the parent stops
     it instead (``_train_toy``), and the kernel does if the parent dies unwarned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored from the start too (train_toy)
+    # The parent's terminate() (or its death) comes as SIGTERM. Left to the default, it ended
+    # the process on the spot, and the semaphore tqdm's lock holds stayed registered with
+    # Python's resource tracker, which then warned of a leak; an exit unwinds and unlinks it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     _die_with_parent()
     torch.set_num_threads(1)  # the spawned child's own process, so its setting to make
     model = toy.build_untrained_toy(settings.seed)
     train_codec(model, settings, work / "codec.pt", progress)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    sys.exit(128 + signum)
 
 
 @contextmanager
