@@ -141,7 +141,7 @@ def test_target_knobs_refuse_a_set_of_several_stems_and_play_on_a_one_stem_set(t
     one = _control(("drums",))
     Commands(one, SceneStore(tmp_path), lambda: {}).run("/steer/timbre/target", [1500.0], TEST)
     [event] = one.drain()
-    assert event.target is not None and event.target.setpoint == 1500.0
+    assert event.target is not None and event.target[0].setpoint == 1500.0  # one ask per target named
 
 
 def test_a_move_for_one_stem_is_never_overtaken_by_a_later_move_for_every_stem(tmp_path) -> None:

@@ -55,8 +55,8 @@ class Plan:
     replies: list[tuple[str, list[Any]]] = field(default_factory=list)
     #: When the changes land (``ControlEvent.quantize``): None at once, "default" serve's --quantize.
     quantize: str | None = None
-    #: A target knob's setpoint, off, or the tempo lock.
-    target: TargetAsk | None = None
+    #: Target knobs' setpoints, offs, or the tempo lock.
+    target: tuple[TargetAsk, ...] = ()
 
 
 #: A target's handler: its parsed arguments (``Target.parse``) and who sent them -> a plan.
@@ -100,7 +100,7 @@ class Commands:
         changes = [c for plan in plans for c in plan.changes]
         transport = next((p.transport for p in plans if p.transport), None)
         quantize = next((p.quantize for p in plans if p.quantize), None)
-        target = next((p.target for p in plans if p.target), None)
+        target = tuple(ask for plan in plans for ask in plan.target) or None  # every match of a pattern
         if changes or transport or target:
             self.control.submit(changes, origin.label, label, transport=transport, arrived=origin.arrived,
                                 quantize=quantize, target=target)
@@ -155,15 +155,15 @@ class Commands:
                 raise ControlError(f"target knobs and the tempo lock play on a one-stem server for now "
                                    f"(this set has {len(stems)} stems)")
             if target.kind == "sync_lock":
-                return Plan(target=TargetAsk(LOCK_CONCEPT, lock=bool(args[0])))
+                return Plan(target=(TargetAsk(LOCK_CONCEPT, lock=bool(args[0])),))
             concept = str(target.concept)
             if target.kind == "target_off":
-                return Plan(target=TargetAsk(concept))
+                return Plan(target=(TargetAsk(concept),))
             value = float(args[0])
-            if target.kind == "target_knob":
-                lo, hi = UNITS[concept].knob
+            if target.kind == "target_knob":  # over the concept's calibrated reach, else the unit's span
+                lo, hi = self.control.concepts[concept].target_span or UNITS[concept].knob
                 value = lo + value * (hi - lo)
-            return Plan(target=TargetAsk(concept, value))
+            return Plan(target=(TargetAsk(concept, value),))
         return handler
 
     # --- the clock's source (--sync) ---------------------------------------------------
@@ -199,10 +199,12 @@ class Commands:
 
     def _changes_to(self, scene: dict[str, Any]) -> list[Change]:
         """Changes that bring the asked state to a scene's; what it already is, is left alone
-        (an unchanged prompt would re-prime the stream for nothing)."""
+        (an unchanged prompt would re-prime the stream for nothing). A knob a target can drive
+        gets its alpha all the same: a target leaves the asked alpha stale, and the recall's
+        alpha change is what takes the knob back from its target (``TargetLoop.touched``)."""
         asked = self.control.asked()
         return [change_for(target, target.parse((value,))) for target, value in scene_values(self.table, scene)
-                if value != target.read(asked)]
+                if value != target.read(asked) or (target.kind == "alpha" and target.concept in UNITS)]
 
     def _learn(self, args: Args, _o: Origin) -> Plan:
         target = self.table[str(args[0])]

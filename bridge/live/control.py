@@ -16,19 +16,26 @@ touches the model.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steering_core.stream.sampling import SamplingSettings
 from steering_core.stream.timeline import Change
 
 from .stem_table import StemTable
 from .target_loop import TargetAsk
+from .target_units import UNITS, knob_span
 from .targets import SETTING_BY_NAME, Args, Asked, ControlError, ControlTable, Target
+
+if TYPE_CHECKING:
+    from steering_core.steer.vectors import SteeringVector
+
+log = logging.getLogger("steerbridge.control")
 
 #: A listener sees every submitted event (controller feedback, MIDI pickup).
 Listener = Callable[["ControlEvent"], None]
@@ -43,6 +50,20 @@ class ConceptKnob:
 
     name: str
     alpha_range: tuple[float, float]
+    #: What its target knob's 0..1 spans, in the unit (``target_units.knob_span``); None:
+    #: the unit's fixed span.
+    target_span: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, vector: SteeringVector) -> ConceptKnob:
+        """A vector's knob; a concept with a target knob takes its span from the calibration."""
+        if vector.concept not in UNITS:
+            return cls(vector.concept, vector.alpha_range)
+        span, why = knob_span(vector.concept, vector.calibration, vector.alpha_range)
+        if why is not None:
+            log.info("%s: target knob spans the fixed %g..%g %s (%s)", vector.concept, *span,
+                     UNITS[vector.concept].unit, why)
+        return cls(vector.concept, vector.alpha_range, span)
 
     def alpha_from_knob(self, knob: float) -> float:
         lo, hi = self.alpha_range
@@ -102,8 +123,8 @@ class ControlEvent:
     landed: dict[str, Any] | None = None
     #: Set by the engine once its first frame's audio is in the ring: the ring sample it starts at.
     placed: int | None = None
-    #: A target knob's setpoint, off, or the tempo lock (``target_loop.TargetAsk``).
-    target: TargetAsk | None = None
+    #: Target knobs' setpoints, offs, or the tempo lock (``target_loop.TargetAsk``), one per target named.
+    target: tuple[TargetAsk, ...] | None = None
     #: The target loop's state when it set this event's alpha (for the performance log).
     info: dict[str, Any] | None = None
 
@@ -164,6 +185,13 @@ class ControlState:
         self._listeners: list[Listener] = []
         self.wake = threading.Event()  # set on every submit, so the engine reacts at once
 
+    def loop_ranges(self) -> dict[str, tuple[float, float]]:
+        """The alpha ranges a target loop clamps to: a one-stem set's stem's own (its set
+        file's), else the concepts'."""
+        if len(self._stems) == 1:
+            return {name: knob.alpha_range for name, knob in self._stems[0].knobs.items()}
+        return self.table.alpha_ranges()
+
     # --- the read side (any thread): copies, taken under the lock -----------------
     @property
     def targets(self) -> Mapping[str, float]:
@@ -212,7 +240,7 @@ class ControlState:
     # --- the write side (control threads) ---------------------------------------
     def submit(self, changes: Sequence[Change], source: str, label: str, *, transport: str | None = None,
                arrived: float | None = None, quantize: str | None = None,
-               target: TargetAsk | None = None) -> ControlEvent:
+               target: tuple[TargetAsk, ...] | None = None) -> ControlEvent:
         event = ControlEvent(tuple(changes), source, label, arrived or time.monotonic(), transport, quantize=quantize,
                              target=target)
         with self._lock:

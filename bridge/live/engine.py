@@ -108,7 +108,7 @@ class Engine:
         self._clock_playing = True  # the clock's transport as last followed
         self._prompt_template = prompt_template or self.performance.prompt  # may hold {bpm}
         self._bpm_prompt_held = False  # a {bpm} re-conditioning waits for its bar line
-        self.targets = TargetLoop(control.table.alpha_ranges(), path.model_rate, path.ratio,
+        self.targets = TargetLoop(control.loop_ranges(), path.model_rate, path.ratio,
                                   lock=self.settings.tempo_lock)  # target knobs and the lock: this thread's
         self.started = time.monotonic()
         self._stop = threading.Event()
@@ -261,7 +261,8 @@ class Engine:
         for event in self.control.drain():
             self.targets.touched(event.changes)  # a plain knob write takes the knob back from its target
             if event.target is not None:
-                self.targets.ask(event.target, self.performance.current)
+                for ask in event.target:  # every target a pattern named
+                    self.targets.ask(ask, self.performance.current)
                 if self.perf_log is not None:
                     self.perf_log.event(event, time.monotonic() - self.started)
             if event.transport is not None:

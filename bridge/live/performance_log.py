@@ -79,7 +79,8 @@ class PerformanceLog:
         if event.quantize:
             record["quantize"] = event.quantize
         if event.target is not None:  # a target knob's setpoint, off, or the lock (no change of its own)
-            record["target"] = {k: v for k, v in vars(event.target).items() if v is not None}
+            asks = [{k: v for k, v in vars(ask).items() if v is not None} for ask in event.target]
+            record["target"] = asks[0] if len(asks) == 1 else asks
         if event.info is not None:  # the target loop's state when it set this alpha
             record["loop"] = event.info
         if event.landed:  # where it landed on the clock's grid: frame, ring sample, bar, beat

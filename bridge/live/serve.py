@@ -162,7 +162,7 @@ class Server:
                 stream = open_stream(self.handle, prompt, cuda_graphs=o.cuda_graphs,
                                      seed=o.seed, settings=settings, steerer=steerer)
             self.performance = Performance(stream, steerer, smoothing_ms=o.smoothing_ms)
-            self.control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v, _ in self.vectors], o.prompt,
+            self.control = ControlState([ConceptKnob.of(v) for v, _ in self.vectors], o.prompt,
                                         settings, vocab_size=self.handle.decoder_config.vocab_size)
             # The output first: its sample rate and channel count shape the path, ring and recording.
             self.output = open_output(o.audio_out, o.jack_connect)

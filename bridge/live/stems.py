@@ -88,7 +88,7 @@ def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, ve
                         cuda_graphs=options.cuda_graphs or "auto")
     performance = StemPerformance(stream, steerer, smoothing_ms=options.smoothing_ms)
     views = [StemView(s.name, k, s.prompt) for s, k in zip(specs, knobs, strict=True)]
-    control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v in vectors], specs[0].prompt, settings,
+    control = ControlState([ConceptKnob.of(v) for v in vectors], specs[0].prompt, settings,
                            vocab_size=handle.decoder_config.vocab_size, stems=views)
     names = [s.name for s in specs]
     output = open_output(options.audio_out, options.jack_connect, stems=names)

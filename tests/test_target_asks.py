@@ -1,0 +1,83 @@
+"""Target knobs' asks without a model: the knob's span from the vector's calibration, a
+pattern's every match, a scene recall taking knobs back from their targets, and a one-stem
+set's loop clamped to the stem's own range."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from bridge.live.commands import Commands, Origin
+from bridge.live.control import ConceptKnob, ControlState, StemView
+from bridge.live.scenes import SceneStore
+from bridge.live.target_loop import TargetAsk, TargetLoop
+from bridge.live.target_units import UNITS
+from steering_core.stream.sampling import SamplingSettings
+
+TEST = Origin("test")
+CALIBRATED = {"alphas": [-2.0, -1.0, 0.0, 1.0], "measures": {"drum_bpm": [70.0, 80.0, 100.0, 120.0],
+                                                              "centroid_hz": [900.0, 1000.0, 1400.0, 2000.0]}}
+
+
+def vector(concept: str, calibration: dict | None, alpha_range=(-2.0, 0.5)):
+    return SimpleNamespace(concept=concept, alpha_range=alpha_range, calibration=calibration)
+
+
+def commands(tmp_path, knobs, stems=()):
+    control = ControlState(knobs, "a prompt", SamplingSettings(), stems=stems)
+    return Commands(control, SceneStore(tmp_path), dict), control
+
+
+def test_the_target_knob_spans_the_calibrated_reach_else_the_fixed_span(tmp_path, caplog):
+    tempo = ConceptKnob.of(vector("tempo", CALIBRATED))  # drum_bpm at alpha -2 and 0.5 (interpolated)
+    assert tempo.target_span == (70.0, 110.0)
+    with caplog.at_level(logging.INFO, logger="steerbridge.control"):
+        timbre = ConceptKnob.of(vector("timbre", None, (-1.0, 1.0)))
+    assert timbre.target_span == UNITS["timbre"].knob and "no calibration" in caplog.text
+    cmd, control = commands(tmp_path, [tempo, timbre])
+    cmd.run("/steer/tempo/target/knob", [0.5], TEST)
+    cmd.run("/steer/timbre/target/knob", [1.0], TEST)
+    asks = [a for e in control.drain() for a in e.target or ()]
+    assert asks == [TargetAsk("tempo", 90.0), TargetAsk("timbre", UNITS["timbre"].knob[1])]
+
+
+def test_a_pattern_acts_on_every_target_it_names(tmp_path):
+    cmd, control = commands(tmp_path, [ConceptKnob("tempo", (-2.0, 2.0)), ConceptKnob("timbre", (-1.0, 1.0))])
+    cmd.run("/steer/*/target/off", [], TEST)
+    [event] = control.drain()
+    assert event.target == (TargetAsk("tempo"), TargetAsk("timbre"))
+
+
+def test_a_scene_recall_takes_the_knob_back_even_at_the_stale_asked_alpha(tmp_path):
+    cmd, control = commands(tmp_path, [ConceptKnob("tempo", (-2.0, 2.0))])
+    cmd.run("/scene/save", ["s"], TEST)  # tempo at alpha 0, as asked
+    cmd.run("/steer/tempo/target", [100.0], TEST)
+    loop = TargetLoop({"tempo": (-2.0, 2.0)}, 32000, 1.5)
+    for event in control.drain():
+        loop.touched(event.changes)
+        if event.target:
+            loop.ask(event.target[0], {"tempo": 0.0})
+    assert (0, "tempo") in loop.active
+    cmd.run("/scene/recall", ["s", "off"], TEST)  # the same alpha 0 the target left asked
+    [event] = control.drain()
+    loop.touched(event.changes)
+    assert (0, "tempo") not in loop.active
+    assert [(c.kind, c.concept, c.value) for c in event.changes] == [("alpha", "tempo", 0.0)]
+
+
+def test_a_one_stem_set_clamps_the_loop_to_the_stems_own_range(tmp_path):
+    knobs = [ConceptKnob("tempo", (-8.0, 8.0))]
+    stem = StemView("drums", {"tempo": ConceptKnob("tempo", (-1.0, 0.5))}, "drums")
+    _, control = commands(tmp_path, knobs, stems=[stem])
+    assert control.loop_ranges() == {"tempo": (-1.0, 0.5)}
+    loop = TargetLoop(control.loop_ranges(), 32000, 1.5)
+    loop.ask(TargetAsk("tempo", 240.0), {"tempo": 0.0})
+    assert loop.active[(0, "tempo")].controller.settings.alpha_range == (-1.0, 0.5)
+
+
+@pytest.mark.parametrize("calibration", [{"alphas": [0.0, 1.0], "measures": {}},
+                                         {"alphas": [0.0, 1.0], "measures": {"drum_bpm": [120.0, 90.0]}}])
+def test_a_calibration_without_a_rising_measure_falls_back(calibration):
+    assert ConceptKnob.of(vector("tempo", calibration, (0.0, 1.0))).target_span == UNITS["tempo"].knob
