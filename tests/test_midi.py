@@ -308,3 +308,70 @@ def test_an_unterminated_sysex_does_not_swallow_the_next_ccs(jack, rig, monkeypa
         out.close_port()
         out.delete()
         midi.close()
+
+
+STEM_MAP = """
+stems: {drums: 10, bass: 2}
+controls:
+  - {cc: 21, target: /steer/@1/knob}
+  - {cc: 22, target: /steer/timbre/knob, stem: bass, channel: 1}
+  - {cc: 23, target: /steer/timbre/knob, channel: 3}
+"""
+
+
+def stem_rig(tmp_path, text: str):
+    from bridge.live.control import StemView
+
+    knob = ConceptKnob("timbre", (-6.0, 6.0))
+    views = [StemView(name, {"timbre": knob}, f"{name} prompt") for name in ("drums", "bass")]
+    control = ControlState([knob], "p", SamplingSettings(), stems=views)
+    (tmp_path / "map.yaml").write_text(text)
+    mapper = MidiMapper(load_map(str(tmp_path / "map.yaml"), ["drums", "bass"]),
+                        Commands(control, SceneStore(tmp_path / "scenes"), lambda: {}))
+    return views, mapper
+
+
+def test_a_stem_channel_moves_that_stems_knob_only(tmp_path) -> None:
+    (drums, bass), mapper = stem_rig(tmp_path, STEM_MAP)
+    mapper.handle(cc(21, 127, channel=9))  # MIDI channel 10: drums
+    assert drums.targets["timbre"] == 6.0 and bass.targets.get("timbre", 0.0) == 0.0
+    mapper.handle(cc(21, 0, channel=1))  # channel 2: bass
+    assert bass.targets["timbre"] == -6.0 and drums.targets["timbre"] == 6.0
+    mapper.handle(cc(21, 64, channel=4))  # a channel no stem has: ignored, not every stem
+    assert drums.targets["timbre"] == 6.0 and bass.targets["timbre"] == -6.0
+    mapper.handle(cc(22, 127, channel=0))  # stem: bass, on its own channel
+    assert bass.targets["timbre"] == 6.0 and drums.targets["timbre"] == 6.0
+    mapper.handle(cc(23, 0, channel=2))  # its own channel: unprefixed, as today (every stem)
+    assert drums.targets["timbre"] == -6.0 and bass.targets["timbre"] == -6.0
+
+
+def test_a_stem_message_is_applied_once(tmp_path) -> None:
+    _, mapper = stem_rig(tmp_path, STEM_MAP)
+    assert sorted((b.channel, b.target) for b in (c.binding for c in mapper.controls) if b.cc == 21) == [
+        (1, "/stem/bass/steer/@1/knob"), (9, "/stem/drums/steer/@1/knob")]
+
+
+@pytest.mark.parametrize(("text", "stems", "error"), [
+    ("stems: {keys: 3}\ncontrols: []\n", ["drums"], "unknown stem 'keys'"),
+    ("controls:\n  - {cc: 1, target: /steer/@1/knob, stem: keys}\n", ["drums"], "unknown stem 'keys'"),
+    ("stems: {drums: 17}\ncontrols: []\n", ["drums"], "channel must be 1-16"),
+    ("stems: {drums: 0}\ncontrols: []\n", ["drums"], "channel must be 1-16"),
+    ("stems: {drums: 3, bass: 3}\ncontrols: []\n", ["drums", "bass"], "both on channel 3"),
+    ("stems: {drums: 3}\ncontrols: []\n", [], "plays no stems"),
+    ("controls:\n  - {cc: 1, target: /steer/@1/knob, stem: drums}\n", [], "plays no stems"),
+])
+def test_bad_stem_maps_are_refused(tmp_path, text, stems, error) -> None:
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(MidiMapError, match=error) as exc:
+        load_map(str(tmp_path / "bad.yaml"), stems)
+    assert "\n" not in str(exc.value)
+
+
+def test_serve_refuses_a_stem_map_without_stems(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.yaml").write_text("stems: {drums: 10}\ncontrols: []\n")
+    done = subprocess.run([sys.executable, "-m", "bridge.cli", "serve", "--midi-map", str(tmp_path / "bad.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "plays no stems" in done.stderr and len(done.stderr.strip().splitlines()) == 1

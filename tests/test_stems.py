@@ -29,7 +29,7 @@ TEST = Origin("test")
 SET = """
 vectors: [vec]
 stems:
-  drums: {prompt: punchy drums, seed: 7, knobs: {timbre: [-2, 2]}}
+  drums: {prompt: punchy drums, seed: 7, knobs: {timbre: [-2, 2]}, gen: {temperature: 0.5, top_k: 20}}
   bass: deep bass line
 """
 
@@ -41,6 +41,7 @@ def test_a_set_file_is_read_and_a_bad_one_is_refused_in_one_line(tmp_path) -> No
     assert [(s.name, s.prompt, s.seed, s.chain) for s in stems.stems] == [
         ("drums", "punchy drums", 7, "clean"), ("bass", "deep bass line", 11, "clean")]
     assert stems.stems[0].knobs == {"timbre": (-2.0, 2.0)} and stems.vectors == (str(tmp_path / "vec"),)
+    assert stems.stems[0].gen == {"temperature": 0.5, "top_k": 20} and stems.stems[1].gen == {}
     assert [s.seed for s in parse_stem_args(["a=x", "b=y"], 3, "default").stems] == [3, 4]
     bad = {
         "stems: {../etc: {prompt: x}}": "stem name",
@@ -51,6 +52,9 @@ def test_a_set_file_is_read_and_a_bad_one_is_refused_in_one_line(tmp_path) -> No
         "stems: {a: {prompt: x, seed: -1}}": "'seed'",
         "stems: []": "maps 'stems'",
         "stems: {a: x}\nbpm: 3": "unknown key 'bpm'",
+        "stems: {a: {prompt: x, gen: {temp: 1}}}": "gen 'temp' is no sampling setting",
+        "stems: {a: {prompt: x, gen: {top_k: 2.5}}}": "top_k must be a whole number",
+        "stems: {a: {prompt: x, gen: 0.5}}": "'gen' maps",
     }
     for text, says in bad.items():
         path.write_text(text)
@@ -75,8 +79,10 @@ def test_every_per_stream_row_gets_its_stem_form_and_shared_rows_stay_global() -
     assert target.stream == 0 and target.alpha_range == (-2.0, 2.0) and target.feedback == "/stem/drums/steer/timbre"
     with pytest.raises(ControlError, match=r"outside timbre's range -2\.\.2"):
         table.parse("/stem/drums/steer/timbre", [3.0])  # the stem's own range
-    with pytest.raises(ControlError, match=r"shared by every stem.*send /gen/temperature"):
-        table.parse("/stem/drums/gen/temperature", [0.5])
+    (target, _args), = table.parse("/stem/drums/gen/temperature", [0.5])  # the stem's own setting
+    assert target.stream == 0 and target.feedback == "/stem/drums/gen/temperature"
+    with pytest.raises(ControlError, match="temperature must be"):
+        table.parse("/stem/drums/gen/temperature", [9.0])
     with pytest.raises(ControlError, match="no stem 'keys' in this set") as err:
         table.parse("/stem/keys/prompt", ["x"])
     assert "\n" not in str(err.value)
@@ -195,6 +201,24 @@ def test_scenes_save_and_recall_every_stem(tmp_path) -> None:
     assert Change("alpha", 4.0, "timbre", 0) in recalled and Change("solo", True, stream=1) in recalled
 
 
+def test_a_stems_sampling_settings_are_its_own_in_the_control_and_its_scenes(tmp_path) -> None:
+    control = _control()
+    commands = Commands(control, SceneStore(tmp_path), lambda: {})
+    commands.run("/stem/bass/gen/temperature", [0.0], TEST)
+    commands.run("/gen/top_k", [50], TEST)  # every stem's top_k; bass keeps its temperature
+    assert [c for e in control.drain() for c in e.changes] == [Change("temperature", 0.0, stream=1), Change("top_k", 50)]
+    stems = control.snapshot()["stems"]
+    assert stems["bass"]["settings"]["temperature"] == 0.0 and stems["drums"]["settings"]["temperature"] == 1.0
+    assert stems["bass"]["settings"]["top_k"] == stems["drums"]["settings"]["top_k"] == 50
+    commands.run("/scene/save", ["verse"], TEST)
+    commands.run("/gen/temperature", [1.2], TEST)
+    control.drain()
+    commands.run("/scene/recall", ["verse"], TEST)
+    recalled = [c for e in control.drain() for c in e.changes]
+    assert Change("temperature", 0.0, stream=1) in recalled and Change("temperature", 1.0, stream=0) in recalled
+    assert control.snapshot()["stems"]["bass"]["settings"]["temperature"] == 0.0
+
+
 def _run(tiny, vectors, rows: list[int], frames: int = 90) -> torch.Tensor:
     prompts, seeds = ["punchy drums", "deep bass", "soft piano"], [1, 2, 3]
     steerer = Steerer(tiny)
@@ -238,9 +262,11 @@ def test_a_set_of_stems_plays_records_each_stem_and_replays_each_bit_identically
     from bridge.live.performance_log import read_log
     from bridge.tools.replay import replay_stems
 
+    set_file = tmp_path / "set.yaml"  # keys samples greedily: its own settings, from the set file
+    set_file.write_text("stems: {drums: punchy drums, bass: deep bass, keys: {prompt: soft piano, gen: {temperature: 0}}}")
     options = ServeOptions(model="tiny", vectors=[str(vectors_dir)], osc_port=0, audio_out="none",
                            scenes_dir=str(tmp_path / "scenes"), status_line=False, record=str(tmp_path / "set.wav"),
-                           stems=["drums=punchy drums", "bass=deep bass", "keys=soft piano"])
+                           set_file=str(set_file))
     server = Server(options, handle=tiny)
     server.start()
     try:
@@ -249,6 +275,7 @@ def test_a_set_of_stems_plays_records_each_stem_and_replays_each_bit_identically
             time.sleep(0.05)
         server.commands.run("/stem/bass/steer/timbre/knob", [0.9], TEST)
         server.commands.run("/stem/drums/mute", [1], TEST)
+        server.commands.run("/stem/bass/gen/top_k", [20], TEST)  # bass alone samples from fewer tokens
         with pytest.raises(ControlError, match="no stem 'nope'"):
             server.commands.run("/stem/nope/steer/timbre/knob", [0.9], TEST)
         at = server.engine.frames_generated
@@ -261,6 +288,9 @@ def test_a_set_of_stems_plays_records_each_stem_and_replays_each_bit_identically
     assert list(stems) == ["drums", "bass", "keys"] and stems["drums"]["mute"] and not stems["drums"]["audible"]
     assert stems["bass"]["targets"]["timbre"] == pytest.approx(-6 + 0.9 * 12)
     assert stems["bass"]["alphas"]["timbre"] > 4.0 and stems["keys"]["alphas"]["timbre"] == 0.0
+    top_k = [server.stems.stream.row_settings[r].top_k for r in range(3)]
+    assert top_k[1] == 20 and top_k[0] == top_k[2] != 20
+    assert [server.stems.stream.row_settings[r].temperature for r in range(3)] == [1.0, 1.0, 0.0]
     mix, drums, bass = (_wav(tmp_path / f) for f in ("set.wav", "set.drums.wav", "set.bass.wav"))
     assert mix.shape == drums.shape == bass.shape and mix.shape[1] == 2
     assert np.abs(bass).max() > 0.01 and np.abs(drums[: len(drums) // 4]).max() > 0.01
@@ -274,3 +304,45 @@ def test_a_set_of_stems_plays_records_each_stem_and_replays_each_bit_identically
         **performed.header["settings"]), smoothing_ms=30.0, frames=performed.frames or 0,
         window_frames=performed.header["window_frames"], reprime_frames=performed.header["reprime_frames"])
     assert [(s.name, s.matches_log) for s in replayed] == [("drums", True), ("bass", True), ("keys", True)]
+
+
+class _RunnerOnTheCpu:
+    """A 'graph' that runs the captured step function (the every-stage sampler) each replay."""
+
+    def capture(self, step) -> None:
+        self.step = step
+        step()
+
+    def replay(self) -> None:
+        self.step()
+
+
+def _sampled(tiny, rows: list[SamplingSettings | None], frames: int = 30, graph: bool = False) -> torch.Tensor:
+    """Two stems; row i's own settings from frame 8 on where ``rows[i]`` gives them."""
+    kw = {"cuda_graphs": "on", "graph_check_steps": 4, "graph_runner_factory": _RunnerOnTheCpu} if graph else {}
+    stream = StemStream(tiny, ["punchy drums", "deep bass"], seeds=[1, 2], window_frames=48, **kw)
+    performance = StemPerformance(stream)
+    performance.run_to_frames(8)
+    for row, settings in enumerate(rows):
+        if settings is not None:
+            performance.apply([Change(k, v, stream=row) for k, v in
+                               (("temperature", settings.temperature), ("top_k", settings.top_k))])
+    performance.run_to_frames(frames)
+    assert stream.graph_state == ("graph" if graph else "eager"), stream.graph_fallback_reason
+    return stream.codes[:, :, :frames].clone()
+
+
+def test_each_stem_samples_with_its_own_settings_and_the_others_play_on_unchanged(tiny) -> None:
+    """A greedy stem beside a sampled one: the sampled row's tokens are the ones it plays
+    when every row samples, and the greedy row's the ones it plays when every row is greedy
+    (a row draws no noise while greedy, as alone). Without per-row settings the change for
+    row 1 set both rows."""
+    greedy = SamplingSettings(temperature=0.0)
+    narrow = SamplingSettings(temperature=0.7, top_k=5)
+    mixed = _sampled(tiny, [None, greedy])
+    assert torch.equal(mixed[0], _sampled(tiny, [None, None])[0])
+    assert torch.equal(mixed[1], _sampled(tiny, [greedy, greedy])[1])
+    both = _sampled(tiny, [narrow, greedy])
+    assert torch.equal(both[0], _sampled(tiny, [narrow, narrow])[0]) and torch.equal(both[1], mixed[1])
+    # the graph's form of the sampler (every stage, settings as per-row tensors) draws the same
+    assert torch.equal(_sampled(tiny, [narrow, greedy], graph=True), both)

@@ -151,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..live.midimaps import load_map
 
     load_chain(args.chain)  # a wrong name lists the ones there are, before the model loads
-    load_map(args.midi_map)
+    stem_names: list[str] = []
     if args.stems or args.set_file:  # a bad set file or chain is one line, before the model loads
         from ..live.stems import stem_set_of
 
@@ -159,6 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             chain=args.chain))
         for spec in stem_set.stems if stem_set is not None else ():
             load_chain(spec.chain)
+        stem_names = [s.name for s in stem_set.stems] if stem_set is not None else []
+    load_map(args.midi_map, stem_names)
     check_udp_port_free(args.osc_host, args.osc_port)
     if args.jack_connect and args.audio_out.partition(":")[0] != "jack":
         raise UserError("--jack-connect needs --audio-out jack")

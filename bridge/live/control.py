@@ -86,6 +86,8 @@ class StemView:
     enabled: dict[str, bool] = field(default_factory=dict)
     mute: bool = False
     solo: bool = False
+    #: Its own sampling settings, by ``SamplingSettings`` field (empty: the set's, filled by ``ControlState``).
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.targets = self.targets or dict.fromkeys(self.knobs, 0.0)
@@ -102,11 +104,13 @@ class StemView:
             self.targets.update(dict.fromkeys(self.targets, 0.0))
         elif change.kind in ("mute", "solo"):
             setattr(self, change.kind, bool(change.value))
+        elif change.kind in SETTING_BY_NAME:
+            self.settings[SETTING_BY_NAME[change.kind].field] = change.value
 
     def view(self) -> dict[str, Any]:
         return {"targets": dict(self.targets), "enabled": dict(self.enabled), "prompt": self.prompt,
                 "knobs": {n: self.knobs[n].knob_from_alpha(a) for n, a in self.targets.items()},
-                "mute": self.mute, "solo": self.solo}
+                "mute": self.mute, "solo": self.solo, "settings": dict(self.settings)}
 
 
 @dataclass
@@ -145,7 +149,7 @@ def change_for(target: Target, args: Args) -> Change:
     if target.kind in ("mute", "solo"):
         return Change(target.kind, bool(args[0]), stream=row)
     if target.setting is not None:
-        return Change(target.setting.name, args[0])
+        return Change(target.setting.name, args[0], stream=row)
     if target.kind == "seed":
         return Change("seed", int(args[0]), stream=row)
     if target.kind == "panic":
@@ -175,6 +179,8 @@ class ControlState:
         self._enabled: dict[str, bool] = {c.name: True for c in concepts}
         self._prompt = prompt
         self._settings = replace(settings)
+        for stem in self._stems:  # a stem without settings of its own starts with the set's
+            stem.settings = {**vars(settings), **stem.settings}
         self._seed: int | None = None
         self.errors = 0
         self.last_error = ""
@@ -226,7 +232,7 @@ class ControlState:
         """Everything asked, at one moment: what targets read (``Target.read``)."""
         with self._lock:
             settings = vars(self._settings).copy()
-            stems = {s.name: Asked(dict(s.targets), dict(s.enabled), s.prompt, settings, mute=s.mute, solo=s.solo)
+            stems = {s.name: Asked(dict(s.targets), dict(s.enabled), s.prompt, dict(s.settings), mute=s.mute, solo=s.solo)
                      for s in self._stems}
             return Asked(dict(self._targets), dict(self._enabled), self._prompt, settings, stems)
 

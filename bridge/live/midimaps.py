@@ -20,14 +20,22 @@ a DAW go through one validation path::
         button: true           # fires on press (value >= 64)
     program_change: scenes     # program N recalls the N-th scene (sorted), or a {N: name} map
 
-A saved map of the same name as a shipped one wins, as with scenes.
+On a server playing a set of stems, a control can act on one stem's row of its target:
+``stem: drums`` on a binding aims it at ``/stem/drums/<target>``. A map-level
+``stems: {drums: 10, bass: 2}`` gives stems MIDI channels (1-16, one stem a channel): a binding
+with neither its own ``stem`` nor its own ``channel`` then acts on the stem whose channel the
+message came on. It is resolved when the map loads into one binding per stem, each on its
+stem's channel, so a message matches one of them once; on a channel no stem has, such a
+binding does nothing (its unprefixed form would act on every stem at once). Bindings with
+their own ``channel`` or ``stem`` are left as written. A map using ``stem``/``stems`` on a server
+without those stems is refused.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -93,19 +101,63 @@ def available_maps() -> list[str]:
     return preset_names([user_maps_dir(), MAPPINGS_DIR])
 
 
-def load_map(spec: str) -> ControllerMap:
-    """A map by name (a saved one first, then the shipped presets) or a .yaml path."""
+def load_map(spec: str, stems: Sequence[str] = ()) -> ControllerMap:
+    """A map by name (a saved one first, then the shipped presets) or a .yaml path.
+
+    ``stems``: the names of the server's stems, which ``stem:`` and ``stems:`` may name
+    (none: a map naming a stem is refused)."""
     path, raw = read_preset(spec, [user_maps_dir(), MAPPINGS_DIR], "controller map", MidiMapError)
     if not isinstance(raw, dict) or not isinstance(raw.get("controls"), list):
         raise MidiMapError(f"controller map {path.name}: expected a mapping with a 'controls' list")
     channel = _channel(raw.get("channel"), path.name)
     bindings = [_binding(entry, channel, path.name) for entry in raw["controls"]]
+    bindings = _stem_bindings(raw, bindings, list(stems), path.name)
     pc = raw.get("program_change")
     if pc is not None and pc != "scenes" and not isinstance(pc, dict):
         raise MidiMapError(f"controller map {path.name}: program_change must be 'scenes' or a number->scene map")
     if isinstance(pc, dict):
         pc = _program_scenes(pc, path.name)
     return ControllerMap(str(raw.get("name", path.stem)), bindings, pc)
+
+
+def _stem_target(target: str, stem: str) -> str:
+    return f"/stem/{stem}/{target.lstrip('/')}"
+
+
+def _known_stem(name: Any, stems: list[str], where: str) -> str:
+    if not stems:
+        raise MidiMapError(f"controller map {where}: names stem {str(name)[:40]!r}, but this server plays no "
+                           "stems (--stem or a set file)")
+    if name not in stems:
+        raise MidiMapError(f"controller map {where}: unknown stem {str(name)[:40]!r} (stems: {', '.join(stems)})")
+    return str(name)
+
+
+def _stem_bindings(raw: dict[Any, Any], bindings: list[Binding], stems: list[str], where: str) -> list[Binding]:
+    """``stem:`` and ``stems:`` resolved (module doc): every binding aimed at its stem's row."""
+    by_channel: dict[int, str] = {}
+    given = raw.get("stems")
+    if given is not None:
+        if not isinstance(given, dict) or not given:
+            raise MidiMapError(f"controller map {where}: stems must map stem names to MIDI channels 1-16")
+        for name, ch in given.items():
+            name = _known_stem(name, stems, where)
+            if not (_whole(ch) and 1 <= ch <= 16):
+                raise MidiMapError(f"controller map {where}: stem {name}: channel must be 1-16, got {str(ch)[:40]!r}")
+            if ch - 1 in by_channel:
+                raise MidiMapError(f"controller map {where}: stems {by_channel[ch - 1]} and {name} are both on "
+                                   f"channel {ch}")
+            by_channel[ch - 1] = name
+    own_channel = [isinstance(e, dict) and "channel" in e for e in raw["controls"]]
+    out: list[Binding] = []
+    for entry, b, has_channel in zip(raw["controls"], bindings, own_channel, strict=True):
+        if "stem" in entry:
+            out.append(replace(b, target=_stem_target(b.target, _known_stem(entry["stem"], stems, where))))
+        elif by_channel and not has_channel:
+            out.extend(replace(b, target=_stem_target(b.target, name), channel=ch) for ch, name in by_channel.items())
+        else:
+            out.append(b)
+    return out
 
 
 def _program_scenes(pc: dict[Any, Any], where: str) -> dict[int, str]:

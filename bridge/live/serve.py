@@ -192,7 +192,7 @@ class Server:
         self.midi: MidiInput | None = None
         self.mapper: MidiMapper | None = None
         if o.midi_in != "none":
-            self.mapper = MidiMapper(load_map(o.midi_map), self.commands)
+            self.mapper = MidiMapper(load_map(o.midi_map, [s.name for s in stem_set.stems] if stem_set else []), self.commands)
             self.midi = MidiInput(o.midi_in, self.mapper, api=o.midi_api)
             self.commands.midi_learn = self.mapper.learn
             self.commands.midi_save = self.mapper.save

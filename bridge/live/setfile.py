@@ -9,6 +9,7 @@ A set file (parsed with ``safeyaml``; a bad one is refused in one line, naming t
         seed: 1                     # optional: serve's --seed plus the stem's index
         chain: default              # optional: an effect chain preset or .yaml
         knobs: {timbre: [-4, 4]}    # optional: a concept's alpha range on this stem
+        gen: {temperature: 0.8}     # optional: its own sampling settings (/gen/* names)
       bass:
         prompt: deep sub bass line
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from steering_core.errors import UserError
+from steering_core.stream.settings import SETTING_BY_NAME
 
 from .safeyaml import load_yaml_file
 from .targets import MAX_PROMPT_CHARS, MAX_SEED
@@ -35,7 +37,7 @@ from .targets import MAX_PROMPT_CHARS, MAX_SEED
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 RESERVED_NAMES = ("out",)
 MAX_STEMS = 16
-STEM_KEYS = ("prompt", "seed", "chain", "knobs")
+STEM_KEYS = ("prompt", "seed", "chain", "knobs", "gen")
 SET_KEYS = ("vectors", "stems")
 
 
@@ -52,6 +54,8 @@ class StemSpec:
     seed: int
     chain: str = "default"
     knobs: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: Its own sampling settings by control name (``temperature``, ``top_k``...); the rest are serve's.
+    gen: Mapping[str, float | int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,8 @@ def load_set_file(path: str | Path, base_seed: int, chain: str) -> StemSet:
                 seed += 1
             used.add(seed)
         stems.append(StemSpec(name, _prompt(body.get("prompt"), at), _seed(seed, at),
-                              _chain(body.get("chain", chain), at), _knobs(body.get("knobs", {}), at)))
+                              _chain(body.get("chain", chain), at), _knobs(body.get("knobs", {}), at),
+                              _gen(body.get("gen", {}), at)))
     resolved = tuple(str(p if Path(p).is_absolute() else path.parent / p) for p in vectors)
     return _checked(stems, resolved, where)
 
@@ -167,4 +172,20 @@ def _knobs(value: object, where: str) -> dict[str, tuple[float, float]]:
                 and span[0] < span[1]):
             raise SetFileError(f"{where}: knobs {str(concept)[:40]!r} wants [low, high] numbers with low < high")
         out[str(concept)] = (float(span[0]), float(span[1]))
+    return out
+
+
+def _gen(value: object, where: str) -> dict[str, float | int]:
+    if not isinstance(value, dict):
+        raise SetFileError(f"{where}: 'gen' maps a sampling setting to its value, e.g. gen: {{temperature: 0.8}}")
+    out: dict[str, float | int] = {}
+    for name, x in value.items():
+        setting = SETTING_BY_NAME.get(str(name))
+        if setting is None:
+            raise SetFileError(f"{where}: gen {str(name)[:40]!r} is no sampling setting; known: "
+                               f"{', '.join(SETTING_BY_NAME)}")
+        problem = setting.problem(x)
+        if problem is not None:
+            raise SetFileError(f"{where}: gen: {problem}")
+        out[setting.name] = x
     return out

@@ -3,9 +3,10 @@
 ``StemTable`` is ``targets.ControlTable`` plus, for each stem, the rows a stream owns (a
 concept's rows, whatever their kind, the prompt and the seed: ``per_stream``) built from
 the stem's own concepts and ranges and put under its prefix, with its ``mute`` and
-``solo``. Rows added to the table later get their stem form the same way. Shared by every
-stem: transport, clock, scenes, MIDI, subscriptions, panic and the sampling settings (one
-sampler for the batch); their ``/stem/<name>/gen/*`` forms refuse in one line.
+``solo``, and its own sampling settings (``/stem/<name>/gen/*``: the sampler holds one
+value per row; the unprefixed ``/gen/*`` sets every stem's). Rows added to the table later
+get their stem form the same way. Shared by every stem: transport, clock, scenes, MIDI,
+subscriptions and panic.
 
 An unprefixed per-stream address on a set of several stems acts on every stem.
 ``table_from_spec`` is the one way the OSC front builds the server's table again.
@@ -13,7 +14,7 @@ An unprefixed per-stream address on a set of several stems acts on every stem.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -69,18 +70,15 @@ def per_stream(target: Target) -> bool:
 def stem_targets(table: ControlTable, stem: str, row: int) -> list[Target]:
     """The ``/stem/<stem>/...`` rows of one stem: every per-stream row of ``table`` (built
     from the stem's own concepts and ranges) under the prefix, fed back on the prefixed
-    address and stored in scenes under the stem's name; its mute and solo; and its
-    ``/gen/*`` rows, which refuse in one line."""
+    address and stored in scenes under the stem's name; its mute and solo. Its ``/gen/*``
+    setting rows are the stem's own sampling settings."""
     prefix = f"/stem/{stem}"
     out = []
     for target in table:
-        if per_stream(target):
+        if per_stream(target) or target.kind == "setting":
             scene = None if target.scene is None else _stem_scene(stem, target.scene)
             out.append(replace(target, address=prefix + target.address, stem=stem, stream=row, scene=scene,
                                feedback=None if target.feedback is None else prefix + target.feedback))
-        elif target.kind == "setting":
-            out.append(replace(target, address=prefix + target.address, parse=_shared_setting(target.address),
-                               stem=stem, stream=row, feedback=None, scene=None, span=None))
     for kind in ("mute", "solo"):
         out.append(Target(f"{prefix}/{kind}", kind, _switch_parser, button=True, feedback=f"{prefix}/{kind}",
                           scene=("stems", f"{stem}/{kind}"), stem=stem, stream=row))
@@ -93,9 +91,3 @@ def _stem_scene(stem: str, scene: tuple[str, str]) -> tuple[str, str]:
     section, key = scene
     return ("stems", f"{stem}/prompt") if section == "prompt" else (section, f"{stem}/{key}")
 
-
-def _shared_setting(address: str) -> Callable[[Sequence[Any]], Args]:
-    def parse(_args: Sequence[Any]) -> Args:
-        raise ControlError(f"the sampling settings are shared by every stem (one sampler for the batch): "
-                           f"send {address}")
-    return parse

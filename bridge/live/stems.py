@@ -26,7 +26,7 @@ from steering_core.errors import UserError
 from steering_core.model.loading import MusicGenHandle
 from steering_core.steer.steerer import Steerer
 from steering_core.steer.vectors import SteeringVector
-from steering_core.stream.settings import SamplingSettings
+from steering_core.stream.settings import SamplingSettings, settings_from_controls
 from steering_core.stream.stem_performance import StemPerformance
 from steering_core.stream.stem_stream import StemStream
 
@@ -86,8 +86,11 @@ def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, ve
     prompts = [fill_bpm(s.prompt, options.bpm) for s in specs]
     stream = StemStream(handle, prompts, seeds=[s.seed for s in specs], settings=settings, steerer=steerer,
                         cuda_graphs=options.cuda_graphs or "auto")
+    own = [settings_from_controls(s.gen, settings) for s in specs]
+    for row, row_settings in enumerate(own):
+        stream.set_row_settings(row, row_settings)
     performance = StemPerformance(stream, steerer, smoothing_ms=options.smoothing_ms)
-    views = [StemView(s.name, k, s.prompt) for s, k in zip(specs, knobs, strict=True)]
+    views = [StemView(s.name, k, s.prompt, settings=vars(o).copy()) for s, k, o in zip(specs, knobs, own, strict=True)]
     control = ControlState([ConceptKnob.of(v) for v in vectors], specs[0].prompt, settings,
                            vocab_size=handle.decoder_config.vocab_size, stems=views)
     names = [s.name for s in specs]
@@ -100,7 +103,7 @@ def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, ve
 
 def stems_header(live: LiveStems) -> list[dict[str, Any]]:
     """The performance log's ``stems``, in row order: what a replay builds again."""
-    return [{"name": s.name, "prompt": p, "seed": s.seed, "chain": s.chain}
+    return [{"name": s.name, "prompt": p, "seed": s.seed, "chain": s.chain, "gen": dict(s.gen)}
             for s, p in zip(live.specs, live.stream.prompts, strict=True)]
 
 

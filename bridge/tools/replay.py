@@ -26,6 +26,7 @@ from steering_core.steer.steerer import Steerer
 from steering_core.steer.vectors import SteeringVector
 from steering_core.stream.decode_loop import MusicStream
 from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.settings import settings_from_controls
 from steering_core.stream.stem_performance import StemPerformance
 from steering_core.stream.stem_stream import StemStream
 from steering_core.stream.timeline import Change, Performance
@@ -104,13 +105,15 @@ def replay_stems(handle: MusicGenHandle, vectors: Sequence[SteeringVector], perf
                  settings: SamplingSettings, smoothing_ms: float, frames: int, window_frames: int | None = None,
                  reprime_frames: int | None = None) -> list[StemReplayed]:
     """A set of stems played again in the same layout (the header's ``stems``, in row order):
-    the same batch, each stem's prompt and seed, every change on its row at its step."""
+    the same batch, each stem's prompt, seed and sampling settings, every change on its row at its step."""
     stems = performed.header["stems"]
     steerer = Steerer(handle)
     for v in vectors:
         steerer.add(v, alpha=0.0)
     stream = StemStream(handle, [str(s["prompt"]) for s in stems], seeds=[int(s["seed"]) for s in stems],
                         settings=settings, steerer=steerer, window_frames=window_frames, reprime_frames=reprime_frames)
+    for row, stem in enumerate(stems):  # a stem's own sampling settings from its set file (older logs: none)
+        stream.set_row_settings(row, settings_from_controls(stem.get("gen") or {}, settings))
     performance = StemPerformance(stream, steerer, smoothing_ms=smoothing_ms)
     with stream.steering():
         performance.run_to_frames(frames, performed.schedule)

@@ -139,7 +139,7 @@ class StaticStream(MusicStream):
         self._tok = torch.full((self.batch, self.num_codebooks, self.cache_len), self.bos,
                                dtype=torch.long, device=dev)
         self.vocab = int(self.handle.decoder_config.vocab_size)
-        self.sampling = SamplingBuffers(self.batch * self.num_codebooks, self.vocab, dev, dtype)
+        self.sampling = SamplingBuffers(self.batch * self.num_codebooks, self.vocab, dev, dtype, batch=self.batch)
         if self.steerer is not None:  # the steerer's per-stream table: it owns the knobs
             tables = self.steerer.stream_knobs(self.batch)
             self.knobs, self.knob_enabled = tables.alpha, tables.enabled
@@ -296,7 +296,7 @@ class StaticStream(MusicStream):
         graph = self._graph
         if graph.state == "pending" and self._ready_to_capture():
             graph.try_capture(self._device_step, self._save_device_state,
-                              self._next_noise if self.settings.temperature != 0.0 else None, self._trial_tokens)
+                              self._next_noise if self._draws_noise() else None, self._trial_tokens)
         if graph.state == "graph":
             graph.replay()
         else:
@@ -311,6 +311,10 @@ class StaticStream(MusicStream):
         self.sampling.write(self.settings)
         self._prepare_steer_flag()
         self.sampling.draw_noise(self.settings, self.generator)
+
+    def _draws_noise(self) -> bool:
+        """Whether a step draws sampling noise (not when greedy)."""
+        return self.settings.temperature != 0.0
 
     def _after_step(self) -> None:
         last = self.w0 + self.pos  # the position just consumed predicts frame last - d(k)

@@ -2,19 +2,22 @@
 
 A change carries the row it is for (``Change.stream``; None: every row). Alphas are
 smoothed per row by the same one-pole filter, a prompt or seed change touches its row
-only, and a rollback puts back every row's played values from before the step it returns
-to, so live play and a replay of the log give the same tokens (the contract of
-``timeline.Performance``). ``mute`` and ``solo`` change no token: they are checked here
-and left to the live mix.
+only, a sampling setting for one row sets that row's (``StemStream.row_settings``; for
+no row: that setting on every row, each keeping its others), and a rollback puts back
+every row's played values from before the step it returns to, so live play and a replay
+of the log give the same tokens (the contract of ``timeline.Performance``). ``mute`` and
+``solo`` change no token: they are checked here and left to the live mix.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from steering_core.errors import UserError
 from steering_core.steer.steerer import Steerer
+from steering_core.stream.settings import SETTING_BY_NAME
 from steering_core.stream.stem_stream import StemStream
 from steering_core.stream.timeline import AUDIO_ONLY_KINDS, Change, Performance
 
@@ -91,11 +94,15 @@ class StemPerformance(Performance):
             self.stems.set_row_prompt(change.stream, str(value))
         elif kind == "seed" and change.stream is not None:
             self.stems.row_generators.seed_row(change.stream, int(value))  # type: ignore[arg-type]
+        elif kind in SETTING_BY_NAME:  # each row's own setting; None: that setting on every row
+            field = SETTING_BY_NAME[kind].field
+            for row in self._rows(change):
+                self.stems.set_row_settings(row, replace(self.stems.row_settings[row], **{field: value}))  # type: ignore[arg-type]
         elif kind == "panic":
             for row, targets in enumerate(self.row_targets):
                 self.row_targets[row] = dict.fromkeys(targets, 0.0)
                 self._play_row(row, self.row_targets[row])
-        else:  # every row alike: a shared prompt or seed, the sampling settings
+        else:  # every row alike: a shared prompt or seed
             super()._apply(change)
 
 

@@ -14,9 +14,13 @@ step serves every stem. What makes a row independent of the others:
   one, so a row's cross-attention sees what it would alone, and a stem's new prompt
   re-encodes that row only (``set_row_prompt``).
 
-The sampling settings (CFG scale, temperature, top-k, top-p) are one per stream: the
-sampler's stages are scalars for the whole batch (``SamplingBuffers``), so they are shared
-by every stem. Whether a batched row's floats equal a one-row stream's is the backend's
+* **its own sampling settings** (CFG scale, temperature, top-k, top-p: ``row_settings``).
+  The sampler's buffers hold one value per row (``SamplingBuffers``); while every row
+  agrees a step samples the batch at once, as before, and when they differ it draws row
+  by row (``sampling.draw_rows``), so a row samples what it would in a batch of its own
+  settings. ``settings`` is row 0's; setting it sets every row's.
+
+Whether a batched row's floats equal a one-row stream's is the backend's
 matter (a matrix product over 3 rows need not round as one over 1 does):
 ``tests/test_stems.py`` measures it, and the same layout always gives the same tokens.
 """
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from steering_core.model.loading import MusicGenHandle
 from steering_core.stream.decode_loop import StreamOptions
 from steering_core.stream.graphs import CudaGraphsMode
-from steering_core.stream.sampling import draw, guide
+from steering_core.stream.sampling import SamplingSettings, draw, draw_rows, guide
 from steering_core.stream.static_step import StaticStream
 
 
@@ -71,7 +75,9 @@ class StemStream(StaticStream):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         self._row_states: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._row_prompts: list[str] = []
+        self._row_settings: list[SamplingSettings] = []
         super().__init__(handle, list(prompts), cuda_graphs=cuda_graphs, **options)
+        self._row_settings = [self._shared_settings] * self.batch
         self.generator = RowGenerators(self.device, seeds)  # type: ignore[assignment]
         self.seeds = [int(s) for s in seeds]
 
@@ -80,6 +86,42 @@ class StemStream(StaticStream):
         generator: Any = self.generator
         assert isinstance(generator, RowGenerators)
         return generator
+
+    # --- sampling settings: each row its own -------------------------------------------
+    @property
+    def settings(self) -> SamplingSettings:
+        """Row 0's settings (every row's while no stem has its own)."""
+        return self._row_settings[0] if self._row_settings else self._shared_settings
+
+    @settings.setter
+    def settings(self, settings: SamplingSettings) -> None:
+        """The same settings for every row."""
+        self._shared_settings = settings
+        self._row_settings = [settings] * len(self._row_settings)
+
+    @property
+    def row_settings(self) -> list[SamplingSettings]:
+        """Each row's settings (a copy of the list)."""
+        return list(self._row_settings) if self._row_settings else [self._shared_settings] * self.batch
+
+    def set_row_settings(self, row: int, settings: SamplingSettings) -> None:
+        """Row ``row``'s own settings from the next frame on; the other rows keep theirs."""
+        settings.validate()
+        rows = self.row_settings
+        rows[row] = settings
+        self._row_settings = rows
+
+    def _rows_agree(self) -> bool:
+        rows = self.row_settings
+        return all(s == rows[0] for s in rows)
+
+    def _draws_noise(self) -> bool:
+        return any(s.temperature != 0.0 for s in self.row_settings)
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._span is None or self._rows_agree():  # a graph's form is per row already
+            return super()._sample(logits)
+        return draw_rows(logits, self.row_settings, self.sampling.noise, self.sampling)
 
     # --- prompts: each encoded alone ---------------------------------------------------
     def _encode(self, prompts: list[str]) -> None:
@@ -102,29 +144,33 @@ class StemStream(StaticStream):
 
     # --- noise: each row from its own generator ------------------------------------------
     def _row_noise_into(self, noise: torch.Tensor) -> None:
+        """Each sampled row's noise from its generator; a greedy row draws none (as alone)."""
         k = self.num_codebooks
-        for i, g in enumerate(self.row_generators.rows):
-            noise[i * k:(i + 1) * k].exponential_(1, generator=g)
+        for i, (g, s) in enumerate(zip(self.row_generators.rows, self.row_settings, strict=True)):
+            if s.temperature != 0.0:
+                noise[i * k:(i + 1) * k].exponential_(1, generator=g)
 
     def _prepare_step(self) -> None:
-        self.sampling.write(self.settings)
+        self.sampling.write(self.row_settings)
         self._prepare_steer_flag()
         self._next_noise()
 
     def _next_noise(self) -> None:
-        if self.settings.temperature != 0.0:
-            self._row_noise_into(self.sampling.noise)
+        self._row_noise_into(self.sampling.noise)
 
     def _forward_and_sample(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The re-prime's prefill: as ``MusicStream``'s, with each row's noise from its generator."""
         logits = self._decoder_logits(input_ids)
-        logits = guide(logits, self.settings.guidance_scale) if self.settings.uses_cfg else logits[: self.batch]
         noise = None
-        if self.settings.temperature != 0.0:
+        if self._draws_noise():
             noise = torch.empty((self.batch * self.num_codebooks, logits.shape[-1]), dtype=torch.float32,
                                 device=logits.device)
             self._row_noise_into(noise)
-        tokens = draw(logits, self.settings, noise)
+        if self._rows_agree():
+            logits = guide(logits, self.settings.guidance_scale) if self.settings.uses_cfg else logits[: self.batch]
+            tokens = draw(logits, self.settings, noise)
+        else:
+            tokens = draw_rows(logits, self.row_settings, noise)
         self.pos += input_ids.shape[1]
         self._write(tokens)
         return tokens
