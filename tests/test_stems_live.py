@@ -133,7 +133,7 @@ def test_a_stem_added_and_removed_while_playing_leaves_the_others_gapless_and_re
     assert [(s.name, s.matches_log) for s in replayed] == [("drums", True), ("bass", True), ("keys", True)]
 
 
-def test_stems_at_server_start_begin_together_on_one_bar_line(tiny, vectors_dir, tmp_path, audio_clock) -> None:
+def test_stems_at_server_start_begin_together_on_one_sample(tiny, vectors_dir, tmp_path, audio_clock) -> None:
     server = Server(_options(tmp_path, vectors_dir), handle=tiny)
     server.start()
     try:
