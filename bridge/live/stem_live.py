@@ -52,6 +52,12 @@ class StemLifecycle:
         self._seeds = {s.seed for s in live.specs}  # every seed a row has had: a new stem's is none of them
         self._lock = threading.Lock()
 
+    def _rename(self, row: int, name: str) -> None:
+        """The row's per-stem output ports follow its name (only JACK has any; on this thread)."""
+        rename = getattr(self.live.output, "rename_stem", None)
+        if rename is not None:
+            rename(row, name)
+
     def add(self, name: str, prompt: str) -> Plan:
         with self._lock:
             live = self.live
@@ -76,6 +82,7 @@ class StemLifecycle:
             if self.perf_log is not None:
                 self.perf_log.stem_names[row] = name
             self.publish(live.control.put_stem(row, StemView(name, knobs, prompt)))
+            self._rename(row, name)  # its JACK ports: silent until the bar, as the row's mix is
             # One event on the next bar: the row's tokens are the new stem's from that step, and its sound too.
             return Plan([Change("prompt", prompt, stream=row), Change("seed", seed, stream=row),
                          Change("solo", False, stream=row), Change("mute", False, stream=row)], quantize="bar")
@@ -94,6 +101,7 @@ class StemLifecycle:
             old = live.specs[row]
             live.specs[row] = StemSpec(f"spare{row}", old.prompt, old.seed, old.chain)
             live.spare.add(row)
+            self._rename(row, f"spare{row}")  # the fade-out plays on the spare name's ports
             knobs = stem_knobs(StemSpec(name, SPARE_PROMPT, 0), self.vectors)
             self.publish(live.control.put_stem(row, StemView(f"spare{row}", knobs, old.prompt, active=False)))
             # Silent at once; its knobs back to zero, so a stem given the row later starts from none.

@@ -109,10 +109,8 @@ def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, ve
     control = ControlState([ConceptKnob(v.concept, v.alpha_range) for v in vectors], specs[0].prompt, settings,
                            vocab_size=handle.decoder_config.vocab_size, stems=views)
     names = [s.name for s in specs]
-    output = open_output(options.audio_out, options.jack_connect, stems=names[:playing])
-    if output.channels > 2 and options.stem_spares:
-        raise UserError("--stem-spares: JACK ports for stems added while playing are not built yet; "
-                        "use --audio-out none or a sound card (the mix), or no spares")
+    # Spare rows get their port pair too (spare<row>_L/_R, silent), renamed on /stem/add and back on remove.
+    output = open_output(options.audio_out, options.jack_connect, stems=names)
     path = StemMix(handle.sample_rate, output.sample_rate, names, chains, options.record, spares=options.stem_spares)
     log.info("%d stems in one batch: %s", len(specs), "; ".join(f"{s.name} {s.prompt!r} (seed {s.seed})"
                                                                  for s in specs))
