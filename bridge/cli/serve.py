@@ -113,6 +113,8 @@ def register(sub: Commands) -> None:
             help="a stem (repeatable): its OSC prefix /stem/NAME/..., JACK ports NAME_L/_R, seed --seed plus its index")
     _option(stems, "--set", SERVE, dest="set_file",
             help="a set file: stems with prompt, seed, chain and knob ranges, and the vectors they share")
+    _option(stems, "--stem-spares", SERVE, type=non_negative_int,
+            help="spare rows in the batch for stems added while playing (/stem/add); each costs a row's compute")
     _option(p, "--record", SERVE, help="record the output to this .wav (valid even after Ctrl-C)")
     _option(p, "--log", SERVE, help="performance log (.jsonl; default: beside --record)")
     _option(p, "--scenes-dir", SERVE, help="where scenes are saved (default: ~/.local/share/steerbridge/scenes)")

@@ -28,7 +28,7 @@ from .oscwire import short
 from .scenes import SceneError, SceneStore, morph, scene_of, scene_values
 from .target_loop import TargetAsk
 from .target_units import LOCK_CONCEPT, UNITS
-from .targets import Args, Target
+from .targets import Args, ControlTable, Target
 
 if TYPE_CHECKING:
     from ..clock.clock import MusicalClock
@@ -78,7 +78,15 @@ class Commands:
         self.midi_save: Callable[[str], Path] | None = None
         #: The musical clock, set by serve: /transport/* ask its source.
         self.clock: MusicalClock | None = None
+        #: A set of stems' /stem/add and /stem/remove (``stem_live.StemLifecycle``), set by serve.
+        self.stem_add: Callable[[str, str], Plan] | None = None
+        self.stem_remove: Callable[[str], Plan] | None = None
         self._handlers: dict[str, Handler] = {t.address: self._handler(t) for t in self.table}
+
+    def retable(self, table: ControlTable) -> None:
+        """The table after a stem came or went: its handlers built again (the old ones stay valid)."""
+        self._handlers = {t.address: self._handler(t) for t in table}
+        self.table = table
 
     def run(self, address: str, args: Sequence[Any], origin: Origin) -> list[Reply]:
         """Parse ``address`` (a pattern too) and ``args`` against the table, then execute."""
@@ -126,10 +134,23 @@ class Commands:
             return self._clock_request(kind)
         if kind in ("subscribe", "unsubscribe"):
             return self._subscription(kind == "subscribe")
+        if kind in ("stem_add", "stem_remove"):
+            return self._stem_lifecycle(kind)
         handlers: dict[str, Handler] = {
             "scene_save": self._scene_save, "scene_recall": self._scene_recall, "scene_morph": self._scene_morph,
             "midi_learn": self._learn, "midi_save": self._midi_save, "status": self._status}
         return handlers[kind]
+
+    def _stem_lifecycle(self, kind: str) -> Handler:
+        def handler(args: Args, _o: Origin) -> Plan:
+            if kind == "stem_add":
+                if self.stem_add is None:
+                    raise ControlError("/stem/add: this set keeps no spare rows (serve --stem-spares N)")
+                return self.stem_add(str(args[0]), str(args[1]))
+            if self.stem_remove is None:
+                raise ControlError("/stem/remove: this set keeps no spare rows (serve --stem-spares N)")
+            return self.stem_remove(str(args[0]))
+        return handler
 
     def _scene_save(self, args: Args, _o: Origin) -> Plan:
         name, view = check_name(str(args[0]), "scene name"), scene_of(self.table, self.control.asked())

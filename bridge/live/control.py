@@ -88,6 +88,8 @@ class StemView:
     solo: bool = False
     #: Its own sampling settings, by ``SamplingSettings`` field (empty: the set's, filled by ``ControlState``).
     settings: dict[str, Any] = field(default_factory=dict)
+    #: False: a spare row no stem holds yet (``serve --stem-spares``; ``stem_live``).
+    active: bool = True
 
     def __post_init__(self) -> None:
         self.targets = self.targets or dict.fromkeys(self.knobs, 0.0)
@@ -171,8 +173,8 @@ class ControlState:
                  *, vocab_size: int = 2048, stems: Sequence[StemView] = ()) -> None:
         self.concepts: dict[str, ConceptKnob] = {c.name: c for c in concepts}
         rows = [(c.name, c.alpha_range) for c in concepts]
-        self.table: ControlTable = ControlTable(rows, vocab_size) if not stems else StemTable(
-            rows, vocab_size, [(s.name, [(k.name, k.alpha_range) for k in s.knobs.values()]) for s in stems])
+        self.table: ControlTable = ControlTable(rows, vocab_size) if not stems else stem_table_of(
+            rows, vocab_size, stems)
         #: Each stem's asked state, by row (none on a one-stream set).
         self._stems: list[StemView] = list(stems)
         self._targets: dict[str, float] = {c.name: 0.0 for c in concepts}
@@ -233,7 +235,7 @@ class ControlState:
         with self._lock:
             settings = vars(self._settings).copy()
             stems = {s.name: Asked(dict(s.targets), dict(s.enabled), s.prompt, dict(s.settings), mute=s.mute, solo=s.solo)
-                     for s in self._stems}
+                     for s in self._stems if s.active}
             return Asked(dict(self._targets), dict(self._enabled), self._prompt, settings, stems)
 
     def change(self, address: str, *args: Any) -> Change:
@@ -313,14 +315,24 @@ class ControlState:
                 "settings": vars(self._settings).copy(),
                 "errors": self.errors,
                 "last_error": self.last_error,
-                **({"stems": {s.name: s.view() for s in self._stems}} if self._stems else {}),
+                **({"stems": {s.name: s.view() for s in self._stems if s.active}} if self._stems else {}),
             }
 
     @property
     def stems(self) -> list[dict[str, Any]]:
-        """Each stem's asked state, in row order (a copy)."""
+        """Each playing stem's asked state, in row order (a copy)."""
         with self._lock:
-            return [s.view() for s in self._stems]
+            return [s.view() for s in self._stems if s.active]
+
+    def put_stem(self, row: int, view: StemView) -> StemTable:
+        """A stem added to (or, ``view.active`` False, removed from) row ``row``: its asked
+        state and the table with its ``/stem/<name>/...`` rows (``stem_live``). Returns the new table."""
+        with self._lock:
+            self._stems[row] = view
+            table = stem_table_of([(c.name, c.alpha_range) for c in self.concepts.values()], self.table.vocab_size,
+                                  self._stems)
+            self.table = table
+            return table
 
     def _update_view(self, change: Change) -> None:
         if change.stream is not None:
@@ -340,3 +352,11 @@ class ControlState:
             self._seed = int(change.value)  # type: ignore[arg-type]
         elif change.kind in SETTING_BY_NAME:
             setattr(self._settings, SETTING_BY_NAME[change.kind].field, change.value)
+
+
+def stem_table_of(concepts: Sequence[tuple[str, tuple[float, float]]], vocab_size: int,
+                  stems: Sequence[StemView]) -> StemTable:
+    """The table of the playing stems (a spare row has no rows of its own), each at its row."""
+    playing = [(row, s) for row, s in enumerate(stems) if s.active]
+    return StemTable(concepts, vocab_size, [(s.name, [(k.name, k.alpha_range) for k in s.knobs.values()])
+                                            for _, s in playing], [row for row, _ in playing])

@@ -41,7 +41,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from steering_core.codec.streaming import ChunkedDecoder
-from steering_core.stream.timeline import AUDIO_ONLY_KINDS, Change, Performance
+from steering_core.stream.timeline import Change, Performance
 
 from ..clock.grid import Quantize
 from .audio_path import AudioPath
@@ -302,11 +302,10 @@ class Engine:
             self.pushed = complete
         if any(c.kind == "panic" for c in event.changes):
             self.path.fade(up=True, ms=self.settings.fade_ms)
-        for c in event.changes:  # a stem's mute or solo: the mix's, no token changes
-            if c.kind in AUDIO_ONLY_KINDS and c.stream is not None and isinstance(self.path, StemMix):
-                self.path.set_flag(c.kind, c.stream, bool(c.value))
         self.latency.expect(max(0, event.step - self.max_delay), event)
         event.landed = self.grid.where(event.step - self.max_delay)
+        if isinstance(self.path, StemMix):  # a stem's mute, solo, entry or exit: the mix's, no token changes
+            self.path.applied(event.changes, None if event.landed is None else int(event.landed["sample"]))
         if self.perf_log is not None:
             self.perf_log.event(event, time.monotonic() - self.started)
 

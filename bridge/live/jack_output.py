@@ -79,6 +79,23 @@ class JackOutput:
         log.info("JACK: ports %s:%s and %s at %d Hz, period %d, latency %.1f ms (the ports' and a period)",
                  client.name, PORTS[0], PORTS[1], self.sample_rate, client.blocksize, 1000 * self.latency_s)
 
+    def rename_stem(self, row: int, name: str) -> None:
+        """Row ``row``'s port pair is called ``<name>_L/_R`` from now on (a stem added or
+        removed while playing, bridge/live/stem_live.py). Runs on the caller's thread, never
+        JACK's: jack_port_rename takes the server's locks. The process callback reads only
+        the ring, so the row's pair carries whatever the mix writes there (silence for a
+        spare row); the names are kept so a reconnect registers the pair as it is named now."""
+        first = len(PORTS) + 2 * row
+        names = [f"{name}_{side}" for side in ("L", "R")]
+        self.port_names[first:first + 2] = names
+        if self.client is None or len(self.ports) != self.channels:
+            return  # on the silent clock: the next reconnect registers the new names
+        for port, new in zip(self.ports[first:first + 2], names, strict=True):
+            try:
+                port.shortname = new
+            except jack.JackError as exc:
+                log.warning("JACK: port %s not renamed to %s: %s", port.name, new, exc)
+
     # --- opening ---------------------------------------------------------------------
     def _open(self, *, strict: bool) -> jack.Client:
         """A client with our ports, active and connected. ``strict``: a ``--jack-connect``

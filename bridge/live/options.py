@@ -59,6 +59,8 @@ class ServeOptions:
     # A set of stems (bridge/live/setfile.py): --stem NAME=PROMPT values, or a set file.
     stems: list[str] = field(default_factory=list)
     set_file: str | None = None
+    #: Spare rows in the batch that /stem/add can give a new stem while the set plays (bridge/live/stem_live.py).
+    stem_spares: int = 0
     record: str | None = None
     log: str | None = None
     scenes_dir: str | None = None

@@ -58,7 +58,7 @@ from .oscbudget import TokenBuckets
 from .oscfront import RECORD_COUNTS, RECORD_MESSAGE, RECORD_TABLE, ParsedMessage, unpack_counts, unpack_message
 from .oscwire import encode_message, is_own_address, short
 from .rate_limited_log import RateLimitedLog
-from .targets import feedback_value
+from .targets import ControlTable, feedback_value
 
 log = logging.getLogger("steerbridge.osc")
 
@@ -211,6 +211,12 @@ class OscServer:
             self._table_record = RECORD_TABLE + json.dumps(commands.table.spec()).encode()
             self.link.send(self._table_record)
 
+    def send_table(self, table: ControlTable) -> None:
+        """A new table (a stem came or went): the front matches against it from now on."""
+        with self._link_lock:
+            self._table_record = RECORD_TABLE + json.dumps(table.spec()).encode()
+            self.link.send(self._table_record)
+
     def start(self) -> None:
         if self.commands is None:
             raise RuntimeError("OscServer.start before attach")
@@ -277,7 +283,10 @@ class OscServer:
             raise RuntimeError("the OSC front passed on a message before attach")
         address = parsed.address
         try:  # a target the front named that the table lacks is a bug: KeyError, logged with its traceback
-            calls = [(commands.table[target], args) for target, args in parsed.calls]
+            table = commands.table
+            if any(t.startswith("/stem/") and table.get(t) is None for t, _ in parsed.calls):  # parsed before a remove
+                raise ControlError("that stem has just been removed")
+            calls = [(table[target], args) for target, args in parsed.calls]
             replies = commands.execute(address, calls, origin)
         except ControlError as exc:
             self._reject(origin, address, str(exc), "rejected")

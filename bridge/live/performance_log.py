@@ -27,7 +27,7 @@ from steering_core.stream.timeline import Change
 
 from .control import ControlEvent
 from .recorder import write_all
-from .setfile import MAX_STEMS, NAME_RE
+from .setfile import MAX_STEMS, NAME_RE, SPARE_RE
 from .targets import MAX_PROMPT_CHARS, MAX_SEED, SETTING_BY_NAME
 from .userfiles import NotARegularFile, read_user_file
 
@@ -100,6 +100,8 @@ class PerformanceLog:
             record: dict[str, Any] = {"type": "end", "frames": frames, "codes_sha256": codes_sha256}
             if rows_sha256 is not None and self.stem_names:
                 record["stems_sha256"] = dict(zip(self.stem_names, rows_sha256, strict=False))
+                record["rows_sha256"] = list(rows_sha256)  # by row: a row may have held stems that came and went
+                record["stem_rows"] = list(self.stem_names)  # the last stem each row held (spare<row>: none)
             self._write(record)
             self._file.close()
             self.closed = True
@@ -148,6 +150,8 @@ class Performed:
     frames: int | None = None
     codes_sha256: str | None = None
     stems_sha256: dict[str, str] = field(default_factory=dict)
+    rows_sha256: list[str] = field(default_factory=list)
+    stem_rows: list[str] = field(default_factory=list)  # the last stem each row held
 
 
 def read_log(path: str | Path) -> Performed:
@@ -200,6 +204,14 @@ def read_log(path: str | Path) -> Performed:
                 if not (isinstance(rows, dict) and all(isinstance(v, str) for v in rows.values())):
                     raise PerformanceLogError("the end line's 'stems_sha256' must map stem names to hashes")
                 out.stems_sha256 = {str(k): v for k, v in rows.items()}
+                by_row = record.get("rows_sha256", [])
+                if not (isinstance(by_row, list) and all(isinstance(v, str) for v in by_row)):
+                    raise PerformanceLogError("the end line's 'rows_sha256' must be a list of hashes")
+                out.rows_sha256 = [str(v) for v in by_row]
+                names = record.get("stem_rows", [])
+                if not (isinstance(names, list) and all(isinstance(v, str) and NAME_RE.fullmatch(v) for v in names)):
+                    raise PerformanceLogError("the end line's 'stem_rows' must be a list of stem names")
+                out.stem_rows = [str(v) for v in names]
         except UserError as exc:
             raise PerformanceLogError(f"{path}: record {n}: malformed: {str(exc)[:200]}") from None
     return out
@@ -298,7 +310,8 @@ def _check_header(h: dict[str, Any], path: Path) -> None:
         problems.append("'vectors' must be a list of {path, sha256}")
     stems = h.get("stems", [])
     if not isinstance(stems, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("name"), str) and NAME_RE.fullmatch(s["name"])
+            isinstance(s, dict) and isinstance(s.get("name"), str)
+            and (NAME_RE.fullmatch(s["name"]) or (s.get("spare") is True and SPARE_RE.fullmatch(s["name"])))
             and isinstance(s.get("prompt"), str) and s["prompt"].strip() and len(s["prompt"]) <= MAX_PROMPT_CHARS
             and _seed(s.get("seed")) for s in stems) or len(stems) > MAX_STEMS:
         problems.append(f"'stems' must be a list of at most {MAX_STEMS} {{name, prompt, seed}}")

@@ -49,8 +49,10 @@ from .outputs import open_output
 from .performance_log import PerformanceLog
 from .scenes import SceneStore
 from .scheduling import fill_bpm
+from .stem_live import StemLifecycle
 from .stem_mix import StemMix
 from .stems import open_stems, stem_set_of, stems_header, stems_status
+from .targets import ControlTable
 
 log = logging.getLogger("steerbridge.serve")
 
@@ -127,6 +129,9 @@ class Server:
             torch.set_num_threads(self._torch_threads_before)
             raise
         self.osc.attach(self.commands)
+        if self.stems is not None and self.stems.spare:  # stems that come and go (bridge/live/stem_live.py)
+            lifecycle = StemLifecycle(self.stems, [v for v, _ in self.vectors], o.chain, self.perf_log, self._retable)
+            self.commands.stem_add, self.commands.stem_remove = lifecycle.add, lifecycle.remove
         self.started = time.monotonic()
         self.stop_requested = threading.Event()
 
@@ -199,6 +204,10 @@ class Server:
             if self.mapper.unbound:
                 log.info("MIDI map %r: %d controls have no concept loaded for them (%s)", self.mapper.name,
                          len(self.mapper.unbound), ", ".join(self.mapper.unbound))
+
+    def _retable(self, table: ControlTable) -> None:
+        self.commands.retable(table)
+        self.osc.send_table(table)
 
     def _log_header(self) -> dict[str, Any]:
         o = self.options

@@ -35,7 +35,9 @@ from .safeyaml import load_yaml_file
 from .targets import MAX_PROMPT_CHARS, MAX_SEED
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-RESERVED_NAMES = ("out",)
+RESERVED_NAMES = ("out", "add", "remove")  # out: the mix's JACK ports; add, remove: /stem/add, /stem/remove
+#: A spare row of a set (``serve --stem-spares``) is named ``spare<row>`` until a stem takes it.
+SPARE_RE = re.compile(r"spare[0-9]+")
 MAX_STEMS = 16
 STEM_KEYS = ("prompt", "seed", "chain", "knobs", "gen")
 SET_KEYS = ("vectors", "stems")
@@ -65,9 +67,9 @@ class StemSet:
 
 
 def check_stem_name(name: object, where: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in RESERVED_NAMES:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in RESERVED_NAMES or SPARE_RE.fullmatch(name):
         raise SetFileError(f"{where}: stem name {str(name)[:40]!r} must be 1-32 of a-z, 0-9, _ and -, "
-                           f"starting with a letter or digit, and not {', '.join(RESERVED_NAMES)}")
+                           f"starting with a letter or digit, and not {', '.join(RESERVED_NAMES)} or spare<n>")
     return name
 
 

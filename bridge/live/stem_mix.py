@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pedalboard
 from pedalboard.io import StreamResampler
+
+from steering_core.stream.timeline import AUDIO_ONLY_KINDS, Change
 
 from .audio_path import RING_SECONDS
 from .chains import DEFAULT_CEILING_DB, ceiling, enforce_ceiling
@@ -52,6 +54,12 @@ class StemVoice:
     recorder: WavRecorder | None = None
     gain: float = 1.0  # as last played (the end of the previous block's ramp)
     fault: str | None = None
+    #: False: a spare row (silent, unrecorded) until /stem/add gives it a stem (``stem_live``).
+    active: bool = True
+    enter_at: int | None = None  # the ring sample its first sound may have (its bar line)
+    leaving: bool = False  # removed: silent from the next block, its recording closed after it
+    #: The ring sample its recording's first sample is (a stem added while playing starts its file then).
+    recorded_from: int = 0
     peak: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,15 +78,21 @@ class StemMix:
     takes_batch = True  # the engine hands it every row of the codec's output
 
     def __init__(self, model_rate: int, device_rate: int, names: Sequence[str], chains: Sequence[pedalboard.Pedalboard],
-                 record: str | Path | None = None) -> None:
+                 record: str | Path | None = None, spares: int = 0) -> None:
         self.model_rate = model_rate
         self.device_rate = device_rate
         self.ratio = device_rate / model_rate
         self.ring = Ring(capacity=RING_SECONDS * device_rate, channels=STEREO * (1 + len(names)))
         self.recorder = WavRecorder(record, device_rate, STEREO) if record else None
+        self.record = record
         self.voices = [StemVoice(name, chain, StreamResampler(model_rate, device_rate, STEREO),
-                                 WavRecorder(stem_recording(record, name), device_rate, STEREO) if record else None)
-                       for name, chain in zip(names, chains, strict=True)]
+                                 WavRecorder(stem_recording(record, name), device_rate, STEREO)
+                                 if record and i < len(names) - spares else None, active=i < len(names) - spares)
+                       for i, (name, chain) in enumerate(zip(names, chains, strict=True))]
+        #: (row, True) -> the stem that enters the row (name, chain); (row, False) -> None, its stem
+        #: leaves. Set by the control thread before the change that makes it so (an unmute, a mute),
+        #: taken here when that change is applied: a remove and an add of one row never mix up.
+        self.pending: dict[tuple[int, bool], tuple[str, pedalboard.Pedalboard] | None] = {}
         self.delay = round(self.voices[0].resampler.input_latency * self.ratio)
         self.mute = [False] * len(names)
         self.solo = [False] * len(names)
@@ -95,10 +109,33 @@ class StemMix:
         """A stem's mute or solo, heard from the next block (ramped over it)."""
         (self.mute if kind == "mute" else self.solo)[row] = on
 
+    def applied(self, changes: Sequence[Change], sample: int | None) -> None:
+        """The engine applied ``changes`` (their first frame sounds from ring sample ``sample``):
+        a stem's mute or solo, and a stem entering (on its bar line) or leaving a row."""
+        for c in changes:
+            if c.kind not in AUDIO_ONLY_KINDS or c.stream is None:
+                continue
+            self.set_flag(c.kind, c.stream, bool(c.value))
+            key = (c.stream, not c.value)
+            if c.kind == "mute" and key in self.pending:
+                self._enter_or_leave(c.stream, self.pending.pop(key), sample)
+
+    def _enter_or_leave(self, row: int, entering: tuple[str, pedalboard.Pedalboard] | None, sample: int | None) -> None:
+        voice = self.voices[row]
+        if entering is None:
+            voice.leaving = True
+            return
+        name, chain = entering
+        if voice.recorder is not None:
+            voice.recorder.close()
+        recorder = WavRecorder(stem_recording(self.record, name), self.device_rate, STEREO) if self.record else None
+        self.voices[row] = replace(voice, name=name, chain=chain, recorder=recorder, gain=1.0, fault=None, active=True,
+                                   enter_at=sample, leaving=False, recorded_from=self.ring.written)
+
     def _gains(self) -> list[float]:
-        soloing = any(self.solo)
-        return [0.0 if v.fault is not None or self.mute[i] or (soloing and not self.solo[i]) else 1.0
-                for i, v in enumerate(self.voices)]
+        soloing = any(self.solo[i] for i, v in enumerate(self.voices) if v.active)
+        return [0.0 if v.fault is not None or not v.active or v.leaving or self.mute[i]
+                or (soloing and not self.solo[i]) else 1.0 for i, v in enumerate(self.voices)]
 
     # --- AudioPath's interface --------------------------------------------------------
     def fade(self, up: bool, ms: float, after: int = 0) -> None:
@@ -144,9 +181,15 @@ class StemMix:
         n = min(o.shape[1] for o in outs)
         block = np.zeros((n, self.ring.channels), np.float32)
         gains = self._gains()
+        first = self.ring.written
         for i, (voice, out) in enumerate(zip(self.voices, outs, strict=True)):
+            if not voice.active:  # a spare row plays nothing (its resampler runs on, in step with the others)
+                continue
             part = self._through_chain(voice, out[:, :n]) if n else np.zeros((STEREO, 0), np.float32)
             stem = enforce_ceiling(np.ascontiguousarray(part.T), voice.peak)
+            if voice.enter_at is not None:  # a stem added while playing: silent before its bar line
+                stem[:max(0, min(n, voice.enter_at - first))] = 0.0
+                voice.enter_at = None if voice.enter_at <= first + n else voice.enter_at
             target = gains[i] if voice.fault is None else 0.0
             if n and target != voice.gain:
                 stem *= np.linspace(voice.gain, target, n, dtype=np.float32)[:, None]
@@ -164,6 +207,11 @@ class StemMix:
         if n:
             for recorder, cols in self._recorders():
                 recorder.write(block[:, cols])
+            for voice in self.voices:
+                if voice.leaving and voice.gain == 0.0:  # faded out: the row is spare again
+                    if voice.recorder is not None:
+                        voice.recorder.close()
+                    voice.recorder, voice.active, voice.leaving = None, False, False
         return start
 
     def _through_chain(self, voice: StemVoice, out: np.ndarray) -> np.ndarray:

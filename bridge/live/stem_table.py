@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .targets import Args, ControlError, ControlTable, Target, _switch_parser
+from .targets import Args, ControlError, ControlTable, Target, _prompt_parser, _switch_parser
 
 #: A stem as the table sees it: its name and its concepts with their alpha ranges.
 StemRows = tuple[str, Sequence[tuple[str, tuple[float, float]]]]
@@ -28,9 +28,11 @@ class StemTable(ControlTable):
     """The table of a set of stems (see the module doc)."""
 
     def __init__(self, concepts: Sequence[tuple[str, tuple[float, float]]], vocab_size: int,
-                 stems: Sequence[StemRows]) -> None:
+                 stems: Sequence[StemRows], rows: Sequence[int] | None = None) -> None:
         self.stems: list[StemRows] = [(name, [(c, (float(lo), float(hi))) for c, (lo, hi) in rows])
                                       for name, rows in stems]
+        #: Each stem's row in the batch (stems added while playing take spare rows, so not always 0..n-1).
+        self.rows = list(range(len(stems))) if rows is None else [int(r) for r in rows]
         super().__init__(concepts, vocab_size)
 
     @property
@@ -38,19 +40,23 @@ class StemTable(ControlTable):
         return [name for name, _ in self.stems]
 
     def _add_more(self) -> None:
-        for row, (stem, rows) in enumerate(self.stems):
+        for row, (stem, rows) in zip(self.rows, self.stems, strict=True):
             for target in stem_targets(ControlTable(rows, self.vocab_size), stem, row):
                 self._add(target)
+        self._add(Target("/stem/add", "stem_add", _stem_add_parser))
+        self._add(Target("/stem/remove", "stem_remove", _stem_name_parser))
 
     def parse(self, address: str, args: Sequence[Any]) -> list[tuple[Target, Args]]:
-        if address.startswith("/stem/") and not any(c in address for c in "*?[{"):
+        if address.startswith("/stem/") and address not in ("/stem/add", "/stem/remove") \
+                and not any(c in address for c in "*?[{"):
             stem = address.split("/")[2]
             if stem not in self.stem_names:
                 raise ControlError(f"no stem {stem[:64]!r} in this set (stems: {', '.join(self.stem_names)})")
         return super().parse(address, args)
 
     def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "stems": [[stem, [[c, lo, hi] for c, (lo, hi) in rows]] for stem, rows in self.stems]}
+        return {**super().spec(), "stems": [[stem, [[c, lo, hi] for c, (lo, hi) in rows]] for stem, rows in self.stems],
+                "stem_rows": self.rows}
 
 
 def table_from_spec(spec: Mapping[str, Any]) -> ControlTable:
@@ -59,7 +65,8 @@ def table_from_spec(spec: Mapping[str, Any]) -> ControlTable:
         return ControlTable.from_spec(spec)
     stems = [(str(stem), [(str(c), (float(lo), float(hi))) for c, lo, hi in rows]) for stem, rows in spec["stems"]]
     concepts = [(str(name), (float(lo), float(hi))) for name, lo, hi in spec["concepts"]]
-    return StemTable(concepts, int(spec["vocab_size"]), stems)
+    rows = spec.get("stem_rows")
+    return StemTable(concepts, int(spec["vocab_size"]), stems, None if rows is None else [int(r) for r in rows])
 
 
 def per_stream(target: Target) -> bool:
@@ -91,3 +98,15 @@ def _stem_scene(stem: str, scene: tuple[str, str]) -> tuple[str, str]:
     section, key = scene
     return ("stems", f"{stem}/prompt") if section == "prompt" else (section, f"{stem}/{key}")
 
+
+def _stem_name_parser(args: Sequence[Any]) -> Args:
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise ControlError("/stem/remove takes one string: the stem's name")
+    return (args[0][:200],)
+
+
+def _stem_add_parser(args: Sequence[Any]) -> Args:
+    """``/stem/add name prompt``: the name is checked against the set when it runs (it may be taken)."""
+    if len(args) != 2 or not all(isinstance(a, str) for a in args):
+        raise ControlError("/stem/add takes two strings: the new stem's name and its prompt")
+    return (args[0][:200], *_prompt_parser([args[1]]))

@@ -35,7 +35,7 @@ from .control import ConceptKnob, ControlState, StemView
 from .options import ServeOptions
 from .outputs import Output, open_output
 from .scheduling import fill_bpm
-from .setfile import StemSet, StemSpec, load_set_file, parse_stem_args
+from .setfile import MAX_STEMS, StemSet, StemSpec, load_set_file, parse_stem_args
 from .stem_mix import StemMix, stem_recording
 
 log = logging.getLogger("steerbridge.serve")
@@ -56,16 +56,21 @@ def stem_set_of(options: ServeOptions) -> StemSet | None:
 class LiveStems:
     """What ``open_stems`` built, for the server to wire."""
 
-    specs: tuple[StemSpec, ...]
+    #: Each row's stem, spare rows (``spare<row>``) included; ``stem_live`` changes a row's.
+    specs: list[StemSpec]
     stream: StemStream
     performance: StemPerformance
     control: ControlState
     output: Output
     path: StemMix
 
+    #: The rows no stem holds (``serve --stem-spares``): /stem/add gives one to a new stem.
+    spare: set[int]
+
     @property
     def names(self) -> list[str]:
-        return [s.name for s in self.specs]
+        """The playing stems' names, in row order."""
+        return [s.name for row, s in enumerate(self.specs) if row not in self.spare]
 
 
 def stem_knobs(spec: StemSpec, vectors: Sequence[SteeringVector]) -> dict[str, ConceptKnob]:
@@ -78,9 +83,22 @@ def stem_knobs(spec: StemSpec, vectors: Sequence[SteeringVector]) -> dict[str, C
     return {v.concept: ConceptKnob(v.concept, spec.knobs.get(v.concept, v.alpha_range)) for v in vectors}
 
 
+#: What a spare row plays, unheard, until a stem takes it over on a bar line with its own prompt.
+SPARE_PROMPT = "quiet ambient pad"
+
+
+def spare_specs(specs: Sequence[StemSpec], spares: int, chain: str) -> list[StemSpec]:
+    """``spares`` spare rows after ``specs``, each with a seed no stem of the set has."""
+    if len(specs) + spares > MAX_STEMS:
+        raise UserError(f"--stem-spares {spares}: a set plays at most {MAX_STEMS} rows ({len(specs)} stems)")
+    seed = max(s.seed for s in specs) + 1
+    return [StemSpec(f"spare{len(specs) + i}", SPARE_PROMPT, seed + i, chain) for i in range(spares)]
+
+
 def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, vectors: Sequence[SteeringVector],
                steerer: Steerer, settings: SamplingSettings) -> LiveStems:
-    specs = stems.stems
+    playing = len(stems.stems)
+    specs = [*stems.stems, *spare_specs(stems.stems, options.stem_spares, options.chain)]
     chains = [load_chain(s.chain) for s in specs]  # a bad chain is refused before anything plays
     knobs = [stem_knobs(s, vectors) for s in specs]
     prompts = [fill_bpm(s.prompt, options.bpm) for s in specs]
@@ -90,28 +108,35 @@ def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, ve
     for row, row_settings in enumerate(own):
         stream.set_row_settings(row, row_settings)
     performance = StemPerformance(stream, steerer, smoothing_ms=options.smoothing_ms)
-    views = [StemView(s.name, k, s.prompt, settings=vars(o).copy()) for s, k, o in zip(specs, knobs, own, strict=True)]
+    views = [StemView(s.name, k, s.prompt, settings=vars(o).copy(), active=i < playing)
+             for i, (s, k, o) in enumerate(zip(specs, knobs, own, strict=True))]
     control = ControlState([ConceptKnob.of(v) for v in vectors], specs[0].prompt, settings,
                            vocab_size=handle.decoder_config.vocab_size, stems=views)
     names = [s.name for s in specs]
+    # Spare rows get their port pair too (spare<row>_L/_R, silent), renamed on /stem/add and back on remove.
     output = open_output(options.audio_out, options.jack_connect, stems=names)
-    path = StemMix(handle.sample_rate, output.sample_rate, names, chains, options.record)
+    path = StemMix(handle.sample_rate, output.sample_rate, names, chains, options.record, spares=options.stem_spares)
     log.info("%d stems in one batch: %s", len(specs), "; ".join(f"{s.name} {s.prompt!r} (seed {s.seed})"
                                                                  for s in specs))
-    return LiveStems(specs, stream, performance, control, output, path)
+    return LiveStems(specs, stream, performance, control, output, path, set(range(playing, len(specs))))
 
 
 def stems_header(live: LiveStems) -> list[dict[str, Any]]:
     """The performance log's ``stems``, in row order: what a replay builds again."""
-    return [{"name": s.name, "prompt": p, "seed": s.seed, "chain": s.chain, "gen": dict(s.gen)}
-            for s, p in zip(live.specs, live.stream.prompts, strict=True)]
+    return [{"name": s.name, "prompt": p, "seed": s.seed, "chain": s.chain, "gen": dict(s.gen),
+             **({"spare": True} if row in live.spare else {})}
+            for row, (s, p) in enumerate(zip(live.specs, live.stream.prompts, strict=True))]
 
 
 def stems_status(live: LiveStems, record: str | None) -> dict[str, Any]:
     """``/status/json``'s ``stems``: each stem's asked and played state, by name."""
     steerer = live.performance.steerer
     out: dict[str, Any] = {}
-    for row, (spec, asked, voice) in enumerate(zip(live.specs, live.control.stems, live.path.voices, strict=True)):
+    asked_by_name = live.control.snapshot()["stems"]
+    for row, (spec, voice) in enumerate(zip(live.specs, live.path.voices, strict=True)):
+        asked = asked_by_name.get(spec.name)
+        if row in live.spare or asked is None:
+            continue
         out[spec.name] = {
             "row": row, "prompt": asked["prompt"], "seed": spec.seed, "chain": spec.chain,
             "targets": asked["targets"], "knobs": asked["knobs"], "enabled": asked["enabled"],
@@ -119,6 +144,7 @@ def stems_status(live: LiveStems, record: str | None) -> dict[str, Any]:
             "mute": asked["mute"], "solo": asked["solo"], "audible": voice.gain > 0.0, "fault": voice.fault,
             "ports": [f"{spec.name}_L", f"{spec.name}_R"] if live.output.channels > 2 else None,
             "recording": str(stem_recording(record, spec.name)) if record else None,
+            "recording_from_sample": voice.recorded_from,
         }
     return out
 

@@ -34,7 +34,8 @@ Scalar = bool | int | float | str
 Args = tuple[Scalar, ...]
 Kind = Literal["alpha", "knob", "on", "prompt", "setting", "seed", "transport", "transport_bpm", "transport_beat", "panic",
                "scene_save", "scene_recall", "scene_morph", "midi_learn", "midi_save", "subscribe", "unsubscribe",
-               "status", "target", "target_knob", "target_off", "sync_lock", "mute", "solo"]
+               "status", "target", "target_knob", "target_off", "sync_lock", "mute", "solo",
+               "stem_add", "stem_remove"]
 
 MAX_PROMPT_CHARS = 500
 MAX_NAME_CHARS = 64

@@ -36,6 +36,7 @@ from ..live.control import ConceptKnob, ControlState
 from ..live.midi import MidiMapper, load_map
 from ..live.performance_log import Performed, read_log
 from ..live.scenes import SceneStore
+from ..live.setfile import SPARE_RE
 
 log = logging.getLogger("steerbridge.replay")
 
@@ -123,11 +124,14 @@ def replay_stems(handle: MusicGenHandle, vectors: Sequence[SteeringVector], perf
     same_length = performed.frames == frames
     for row, stem in enumerate(stems):
         sha = hashlib.sha256(codes[row].numpy().tobytes()).hexdigest()
-        logged = performed.stems_sha256.get(str(stem["name"]))
+        name = performed.stem_rows[row] if len(performed.stem_rows) == len(stems) else str(stem["name"])
+        if SPARE_RE.fullmatch(name) and stem.get("spare"):  # a spare row no stem ever took: nothing to hear
+            continue
+        logged = performed.rows_sha256[row] if len(performed.rows_sha256) == len(stems) \
+            else performed.stems_sha256.get(name)
         if logged is None and len(stems) == 1:  # one row: the whole batch's hash is the stem's
             logged = performed.codes_sha256
-        out.append(StemReplayed(str(stem["name"]), audio[row], sha, None if logged is None or not same_length
-                                else sha == logged))
+        out.append(StemReplayed(name, audio[row], sha, None if logged is None or not same_length else sha == logged))
     return out
 
 
