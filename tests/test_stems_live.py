@@ -17,6 +17,7 @@ from bridge.live.options import ServeOptions
 from bridge.live.serve import Server
 from steering_core.steer.vectors import load_vectors
 from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.settings import SETTING_BY_NAME, SETTINGS
 
 TEST = Origin("test")
 #: Underruns a window with a stem added and removed may have over an idle window of the same
@@ -56,10 +57,14 @@ def _options(tmp_path, vectors_dir, **more) -> ServeOptions:
 
 
 def test_a_stem_added_and_removed_while_playing_leaves_the_others_gapless_and_replays(
-        tiny, vectors_dir, tmp_path, audio_clock) -> None:
+        tiny, vectors_dir, tmp_path, audio_clock, monkeypatch) -> None:
     from bridge.live.performance_log import read_log
     from bridge.tools.replay import replay_stems
+    from tests.realtime import ScaledClock
 
+    # audio_clock is what one stream keeps up with; this batch has three rows, each with its
+    # decode and chain, so its clock runs a third as fast (or both windows drown in underruns).
+    monkeypatch.setattr(ScaledClock, "speed", audio_clock / 3)
     server = Server(_options(tmp_path, vectors_dir, stem_spares=1), handle=tiny)
     server.start()
     stop = threading.Event()
@@ -118,12 +123,16 @@ def test_a_stem_added_and_removed_while_playing_leaves_the_others_gapless_and_re
         server.stop()
     assert busy <= idle + UNDERRUN_SLACK, f"{busy} underruns with a stem added and removed, {idle} idle"
     records = [json.loads(line) for line in (tmp_path / "set.performance.jsonl").read_text().splitlines()]
+    performed_settings = read_log(tmp_path / "set.performance.jsonl").header["settings"]
     added = next(r for r in records if r.get("label") == "/stem/add")
     assert added["quantize"] == "bar"
     assert 0 <= added["sample"] - _bar_line(snap, added["sample"]) < per_frame, "a new stem enters on a bar line"
     keys = _wav(tmp_path / "set.keys.wav")
     assert recorded_from + _first_sound(keys) == added["sample"], "its first sound is its bar line"
     assert {c.get("stem") for c in added["changes"]} == {"keys"}
+    # It samples with the set's settings, set on its row at its bar, not with the row's last stem's.
+    assert {c["kind"]: c["value"] for c in added["changes"] if c["kind"] in SETTING_BY_NAME} == {
+        s.name: performed_settings[s.field] for s in SETTINGS}
     removed = next(r for r in records if r.get("label") == "/stem/remove" and r["changes"][0]["stream"] == 2)
     assert removed["changes"][0]["stem"] == "keys"
     performed = read_log(tmp_path / "set.performance.jsonl")
