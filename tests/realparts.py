@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -165,6 +166,27 @@ def pulse_server(tmp: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         _stop(proc, log)
+
+
+#: PulseAudio's names for ALSA's channel order (what ALSA's pulse plugin maps a stream's channels to).
+ALSA_ORDER = ("front-left", "front-right", "rear-left", "rear-right", "front-center", "lfe", "side-left", "side-right")
+
+
+@contextmanager
+def pulse_sink(env: dict[str, str], name: str, channels: int, rate: int = 48000) -> Iterator[dict[str, str]]:
+    """A null sink of ``channels`` on the ``pulse_server`` of ``env``, in ALSA's channel order
+    (so a stream through ALSA's pulse plugin lands on it channel for channel); yields the
+    env that plays into it. Unloaded afterwards."""
+    full = {**os.environ, **env}
+    loaded = subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={name}", f"channels={channels}",
+                             f"channel_map={','.join(ALSA_ORDER[:channels])}", f"rate={rate}"],
+                            env=full, capture_output=True, text=True)
+    if loaded.returncode != 0:
+        unavailable(f"pactl could not load a {channels}-channel null sink: {loaded.stderr.strip()}")
+    try:
+        yield {**env, "PULSE_SINK": name}
+    finally:
+        subprocess.run(["pactl", "unload-module", loaded.stdout.strip()], env=full, capture_output=True)
 
 
 class TimebaseMaster:

@@ -112,6 +112,8 @@ FAST_MISTAKES = [
     (["serve", "--buffer-ms", "-5"], "must be more than 0"),
     (["serve", "--vectors", "missing/"], "no such file"),
     (["serve", "--midi-api", "winmm"], "invalid choice"),
+    (["serve", "--stem-channels", "3"], "whole pairs"),
+    (["serve", "--stem-channels", "8"], "--stem-channels needs stems"),
     (["analyze", "--concept", "tempo", "--seeds", "0", "--out", "r"], "must be 1 or more"),
     (["analyze", "--out", "r"], "--concept"),
     (["bench", "--repeats", "0"], "must be 1 or more"),

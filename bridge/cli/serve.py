@@ -16,6 +16,7 @@ from steering_core.errors import UserError
 
 from ..clock.grid import Quantize, exact_bpm
 from ..clock.source import SOURCES, Meter
+from ..live.device_channels import parse_stem_channels
 from ..live.options import EngineSettings, ServeOptions
 from .parsing import add_command, cuda_graphs_arg, model_args
 from .validators import (
@@ -62,6 +63,13 @@ def _checked(parse: Callable[[str], object]) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text
     return check
+
+
+def _stem_channels(text: str) -> int | None:
+    try:
+        return parse_stem_channels(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _tempo(text: str) -> float:
@@ -115,6 +123,9 @@ def register(sub: Commands) -> None:
             help="a set file: stems with prompt, seed, chain and knob ranges, and the vectors they share")
     _option(stems, "--stem-spares", SERVE, type=non_negative_int,
             help="spare rows in the batch for stems added while playing (/stem/add); each costs a row's compute")
+    _option(stems, "--stem-channels", SERVE, type=_stem_channels,
+            help="a sound card's channels for the stems: auto (as many pairs as it has; the mix for ALSA's "
+                 "default/pulse) or N: the mix on 1-2, each stem on the next pair, in the set's order")
     _option(p, "--record", SERVE, help="record the output to this .wav (valid even after Ctrl-C)")
     _option(p, "--log", SERVE, help="performance log (.jsonl; default: beside --record)")
     _option(p, "--scenes-dir", SERVE, help="where scenes are saved (default: ~/.local/share/steerbridge/scenes)")
@@ -162,6 +173,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for spec in stem_set.stems if stem_set is not None else ():
             load_chain(spec.chain)
         stem_names = [s.name for s in stem_set.stems] if stem_set is not None else []
+    if args.stem_channels is not None and (not stem_names or args.audio_out.partition(":")[0] in ("jack", "none")):
+        raise UserError("--stem-channels needs stems (--stem or --set) on a sound card; "
+                        "--audio-out jack gives each stem its own ports")
     load_map(args.midi_map, stem_names)
     check_udp_port_free(args.osc_host, args.osc_port)
     if args.jack_connect and args.audio_out.partition(":")[0] != "jack":

@@ -61,6 +61,8 @@ class ServeOptions:
     set_file: str | None = None
     #: Spare rows in the batch that /stem/add can give a new stem while the set plays (bridge/live/stem_live.py).
     stem_spares: int = 0
+    #: Channels a sound card is opened with for a set of stems (bridge/live/device_channels.py); None: auto.
+    stem_channels: int | None = None
     record: str | None = None
     log: str | None = None
     scenes_dir: str | None = None

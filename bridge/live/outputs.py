@@ -5,7 +5,8 @@ channel count) before anything is built for it, and, once started, reads one rin
 buffer in fixed blocks and does nothing else: the sounddevice callback runs on
 PortAudio's thread and only copies (``Ring.read_into``); the clock output is the same
 reader paced by ``time.monotonic`` for ``--audio-out none``, so headless runs, CI and
-recording behave exactly like a live set.
+recording behave exactly like a live set. A sound card playing a set of stems is opened
+with a channel pair per stem as far as they fit (``device_channels.py``).
 
 ``OUTPUTS`` maps a name to a factory taking the rest of the spec; another kind of
 output is one more entry (``jack``'s lives in ``jack_output.py``, imported when asked for).
@@ -24,6 +25,7 @@ import numpy as np
 
 from steering_core.errors import UserError
 
+from .device_channels import layout_line, opened_channels, reports_own_channels
 from .ring import Ring
 
 log = logging.getLogger("steerbridge.audio")
@@ -76,9 +78,12 @@ def list_audio_devices() -> list[str]:
 
 
 class DeviceOutput:
-    """A sounddevice OutputStream whose callback only copies from the ring."""
+    """A sounddevice OutputStream whose callback only copies from the ring. With ``stems``
+    (the ring's stem rows, in order) it opens as many channels as ``device_channels``
+    gives: the mix on 1-2, then each stem's pair."""
 
-    def __init__(self, device: str, *, blocksize: int = 256) -> None:
+    def __init__(self, device: str, *, blocksize: int = 256, stems: Sequence[str] = (),
+                 stem_channels: int | None = None) -> None:
         sd = _sounddevice()
         spec: int | str | None = None if device in ("", "default") else (int(device) if device.isdigit() else device)
         try:
@@ -87,7 +92,11 @@ class DeviceOutput:
             raise OutputError(f"no audio output device {device!r}: {exc}") from None
         self.name = str(info["name"])
         self.sample_rate = int(info["default_samplerate"]) or DEFAULT_RATE
-        self.channels = max(1, min(DEFAULT_CHANNELS, int(info["max_output_channels"])))
+        own_count = reports_own_channels(self.name, str(sd.query_hostapis(info["hostapi"])["name"]))
+        self.channels = opened_channels(int(info["max_output_channels"]), len(stems), stem_channels,
+                                        own_count=own_count, device=repr(self.name))
+        if stems:
+            log.info("%s", layout_line(self.name, self.channels, stems))
         self._spec = spec
         self._blocksize = blocksize
         self._sd = sd
@@ -188,20 +197,26 @@ def output_factory(name: str) -> OutputFactory:
         raise OutputError(f"unknown output {name!r}; there are: {', '.join(sorted(OUTPUTS))}") from None
 
 
-def open_output(spec: str, jack_connect: Sequence[str] = (), stems: Sequence[str] = ()) -> Output:
+def open_output(spec: str, jack_connect: Sequence[str] = (), stems: Sequence[str] = (),
+                stem_channels: int | None = None) -> Output:
     """The output ``--audio-out`` names, opened (a JACK output connected to the ports
-    ``jack_connect`` names, with a port pair per stem of ``stems``; any other output plays
-    the stems' mix). An output that cannot be used falls back to the silent clock with one
-    line, so a set without its sound card still runs."""
+    ``jack_connect`` names, with a port pair per stem of ``stems``; a sound card with a
+    channel pair per stem as far as they fit, ``stem_channels`` of them if given, see
+    device_channels.py; the clock plays the mix). An output that cannot be used falls back
+    to the silent clock with one line, so a set without its sound card still runs; a device
+    with fewer channels than ``stem_channels`` is refused."""
     name, rest = parse_output_spec(spec)
     factory = output_factory(name)
     if jack_connect and name != "jack":
         raise UserError("--jack-connect needs --audio-out jack")
+    if stem_channels is not None and not (stems and name == "device"):
+        raise UserError("--stem-channels needs stems (--stem or --set) on a sound card; "
+                        "--audio-out jack gives each stem its own ports")
     try:
         if name == "jack" and (jack_connect or stems):
             return open_jack(rest, jack_connect, stems)
-        if stems and name != "none":
-            log.info("%s plays the stems' mix; --audio-out jack gives each stem its own ports", spec)
+        if name == "device" and stems:
+            return DeviceOutput(rest, stems=stems, stem_channels=stem_channels)
         return factory(rest)
     except OutputError as exc:
         if name == "none":

@@ -90,13 +90,16 @@ class Ring:
     def read_into(self, out: np.ndarray) -> int:
         """Fill ``out`` [frames, channels]; silence where the ring runs dry. Returns the
         number of real samples copied. An ``out`` with fewer channels than the ring takes
-        the first ones (a set of stems: the mix, in front of each stem's pair)."""
-        frames, cols = out.shape[0], out.shape[1]
+        the first ones (a set of stems: the mix, in front of each stem's pair); one with
+        more has silence on the rest (a device opened with more channels than there are stems)."""
+        frames, cols = out.shape[0], min(out.shape[1], self.channels)
         n = min(frames, self.written - self.read)
         i = self.read % self.capacity
         first = min(n, self.capacity - i)
-        out[:first] = self._data[i:i + first, :cols]
-        out[first:n] = self._data[: n - first, :cols]
+        out[:first, :cols] = self._data[i:i + first, :cols]
+        out[first:n, :cols] = self._data[: n - first, :cols]
+        if cols < out.shape[1]:
+            out[:n, cols:] = 0.0
         if n < frames:
             out[n:] = 0.0
             if self.expect_audio:

@@ -170,7 +170,7 @@ class Server:
             self.control = ControlState([ConceptKnob.of(v) for v, _ in self.vectors], o.prompt,
                                         settings, vocab_size=self.handle.decoder_config.vocab_size)
             # The output first: its sample rate and channel count shape the path, ring and recording.
-            self.output = open_output(o.audio_out, o.jack_connect)
+            self.output = open_output(o.audio_out, o.jack_connect, stem_channels=o.stem_channels)
             path = AudioPath.for_output(self.output, self.handle.sample_rate, load_chain(o.chain), o.record)
         self.scenes = SceneStore(o.scenes_dir)
         self.commands = Commands(self.control, self.scenes, self.status)
@@ -274,7 +274,8 @@ class Server:
             "model": self.options.model, "device": str(self.handle.device), "dtype": str(self.handle.dtype),
             "sample_rate": self.output.sample_rate, "model_sample_rate": self.handle.sample_rate,
             "errors": view["errors"], "last_error": view["last_error"],
-            "audio_out": self.output.name, "recording": str(self.recorder.path) if self.recorder else None,
+            "audio_out": self.output.name, "audio_channels": self.output.channels,
+            "recording": str(self.recorder.path) if self.recorder else None,
             "codec_streaming": self.codec_streaming.as_dict(),
             "osc": {"host": self.osc.host, "port": self.osc.port, "packets": self.osc.packets,
                     "subscribers": len(self.osc.subscribers), "dropped_replies": self.osc.replies_dropped,

@@ -7,9 +7,10 @@ the output's rate, run through its own effect chain and ceiling, and scaled by i
 mute/solo gain (ramped over a block, so a mute never clicks); the mix is their sum
 through a limiter at the ceiling. One ring holds it all, ``[mix L, mix R, stem 1 L,
 stem 1 R, ...]``: the JACK output plays every pair on its own ports
-(``steerbridge:out_L/R`` and ``steerbridge:<name>_L/_R``), any other output plays the
-mix (the first pair). One ring and one writer keep every stem on the same sample
-counter, so stems start, stop and land on the bar together.
+(``steerbridge:out_L/R`` and ``steerbridge:<name>_L/_R``), a sound card as many pairs
+as it is opened with (``device_channels.py``), the clock the mix (the first pair). One
+ring and one writer keep every stem on the same sample counter, so stems start, stop
+and land on the bar together.
 
 Recordings: the mix to ``--record``'s file and each stem to its own file beside it
 (``<file>.<name>.wav``), each valid at every moment as today's recording is; a stem's

@@ -4,8 +4,8 @@
 ``StemStream`` (every stem a row of one batch: one forward pass a step for all of them,
 each with its own prompt, seed and knobs), its ``StemPerformance``, the ``ControlState``
 with each stem's asked state and its ``/stem/<name>/...`` rows, the output (a JACK port
-pair per stem, or the mix on any other output) and the ``StemMix`` path (each stem's own
-chain and recording). The engine, the clock, OSC, MIDI and scenes are the one-stream
+pair per stem, a channel pair per stem on a sound card as far as they fit, or the mix)
+and the ``StemMix`` path (each stem's own chain and recording). The engine, the clock, OSC, MIDI and scenes are the one-stream
 server's: transport and clock are shared, so every stem starts, stops and lands on the
 bar together.
 
@@ -32,8 +32,9 @@ from steering_core.stream.stem_stream import StemStream
 
 from .chains import load_chain
 from .control import ConceptKnob, ControlState, StemView
+from .device_channels import stem_pair
 from .options import ServeOptions
-from .outputs import Output, open_output
+from .outputs import DeviceOutput, Output, open_output
 from .scheduling import fill_bpm
 from .setfile import MAX_STEMS, StemSet, StemSpec, load_set_file, parse_stem_args
 from .stem_mix import StemMix, stem_recording
@@ -114,7 +115,7 @@ def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, ve
                            vocab_size=handle.decoder_config.vocab_size, stems=views)
     names = [s.name for s in specs]
     # Spare rows get their port pair too (spare<row>_L/_R, silent), renamed on /stem/add and back on remove.
-    output = open_output(options.audio_out, options.jack_connect, stems=names)
+    output = open_output(options.audio_out, options.jack_connect, stems=names, stem_channels=options.stem_channels)
     path = StemMix(handle.sample_rate, output.sample_rate, names, chains, options.record, spares=options.stem_spares)
     log.info("%d stems in one batch: %s", len(specs), "; ".join(f"{s.name} {s.prompt!r} (seed {s.seed})"
                                                                  for s in specs))
@@ -142,7 +143,9 @@ def stems_status(live: LiveStems, record: str | None) -> dict[str, Any]:
             "targets": asked["targets"], "knobs": asked["knobs"], "enabled": asked["enabled"],
             "alphas": {k: round(v, 4) for k, v in (steerer.alphas(row) if steerer else {}).items()},
             "mute": asked["mute"], "solo": asked["solo"], "audible": voice.gain > 0.0, "fault": voice.fault,
-            "ports": [f"{spec.name}_L", f"{spec.name}_R"] if live.output.channels > 2 else None,
+            "ports": [f"{spec.name}_L", f"{spec.name}_R"] if hasattr(live.output, "rename_stem") else None,
+            # On a sound card: its pair (1-based), None where it is only in the mix (device_channels.py).
+            "channels": stem_pair(row, live.output.channels) if isinstance(live.output, DeviceOutput) else None,
             "recording": str(stem_recording(record, spec.name)) if record else None,
             "recording_from_sample": voice.recorded_from,
         }
