@@ -21,7 +21,7 @@ RATE = 44100  # what PortAudio reports for ALSA's pulse device: the sink runs at
 CHANNELS = 8
 SINK = "steerbridge_mc8"
 BLOCK = 256
-FRAMES = 25  # half a second of the tiny model's audio
+FRAMES = 20  # 0.4 s of the tiny model's audio
 
 
 def _heard_frames(path: Path) -> np.ndarray:
