@@ -7,6 +7,11 @@ between onsets, as eighths) and each onset's offset from the clock's nearest eig
 grid line (the toy plays eighths). Writes ``target_knobs.json`` and step-response plots.
 
     PYTHONPATH=$PWD python benchmarks/target_knobs.py --out bench_targets
+    PYTHONPATH=$PWD python benchmarks/target_knobs.py --vector shipped --runs step,lock90_on,lock90_off,lock120_on,lock120_off
+
+``--vector shipped`` steers with the toy's shipped calibrated tempo vector (its calibration
+sets the target knob's span and the loop's feed-forward); ``--vector layer`` (the default,
+the first run's protocol) extracts one on ``--layer`` as ``steerbridge demo`` does.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ import torch
 from tqdm import tqdm
 
 from bridge.live.commands import Origin
+from bridge.live.control import ConceptKnob
 from bridge.live.serve import ServeOptions, Server
+from bridge.live.target_units import UNITS
 from steering_core.extract.concepts import load_concept
 from steering_core.extract.extraction import extract_vector
 from steering_core.model.loading import load_model
+from steering_core.steer.vectors import load_vector
+from steering_core.toy.shipped_vectors import shipped_path
 
 BENCH = Origin("benchmark")
 
@@ -80,7 +89,7 @@ def judge(audio: np.ndarray, rate: int, grid, start_s: float, end_s: float | Non
     return np.array(tempo_err), np.array(phase), t
 
 
-STEP_AT_S, STEP_FROM, STEP_TO = 10.0, 60.0, 180.0  # the knob's 0 and 1 (target_units.UNITS)
+STEP_AT_S = 10.0  # the step goes from the knob's 0 to its 1 (the vector's calibrated span)
 
 
 def local_tempo(audio: np.ndarray, rate: int, window_s: float = 2.0, hop_s: float = 0.5):
@@ -110,6 +119,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench_targets")
     p.add_argument("--layer", type=int, default=3)
+    p.add_argument("--vector", choices=("layer", "shipped"), default="layer")
+    p.add_argument("--runs", default="", help="comma-separated run names (default: all)")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -117,11 +128,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     handle = load_model("toy", "cpu", "float32")
     # The demo's protocol: one middle layer (serve's default span does not order tempo on the toy, issue 19).
-    vec = out / "tempo.safetensors"
-    extract_vector(handle, load_concept("tempo"), layers=(args.layer,), progress=False).save(vec)
-    results: dict = {"layer": args.layer}
+    if args.vector == "shipped":
+        vec = shipped_path("tempo")
+    else:
+        vec = out / "tempo.safetensors"
+        extract_vector(handle, load_concept("tempo"), layers=(args.layer,), progress=False).save(vec)
+    span = ConceptKnob.of(load_vector(vec)).target_span or UNITS["tempo"].knob
+    results: dict = {"vector": args.vector, "layer": args.layer, "span": list(span)}
     runs = [("step", 120.0, 24.0), *[(f"lock{b:g}_{m}", b, 26.0) for b in (90.0, 120.0, 150.0) for m in ("on", "off")],
             ("ramp_on", 100.0, 40.0), ("ramp_off", 100.0, 40.0)]
+    if args.runs:
+        runs = [r for r in runs if r[0] in args.runs.split(",")]
     for name, bpm, seconds in tqdm(runs, desc="runs", unit="run"):
         actions = []
         if name == "step":
@@ -139,7 +156,7 @@ def main() -> None:
         audio, rate, grid, trace, underruns = run(handle, [str(vec)], out, name, bpm, seconds, actions)
         record = {"underruns": underruns, "trace": trace}
         if name == "step":
-            record.update(step_metrics(audio, rate, STEP_AT_S, STEP_TO))
+            record.update(step_metrics(audio, rate, STEP_AT_S, span[1]), step_from=span[0], step_to=span[1])
         else:
             # after 8 bars of the host (the ramp: 8 bars after it starts), to the end
             start = 0.5 + 8 * 4 * 60.0 / bpm if not name.startswith("ramp") else 4.0 + 8 * 4 * 60.0 / 110.0
@@ -154,6 +171,13 @@ def main() -> None:
 
 
 def plot(results: dict, out: Path) -> None:
+    if "step" in results:
+        plot_step(results, out)
+    if "lock120_on" in results and "ramp_on" in results:
+        plot_lock(results, out)
+
+
+def plot_step(results: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -167,8 +191,18 @@ def plot(results: dict, out: Path) -> None:
     axes[1].plot(ts, [r["alpha"] for r in tr])
     axes[1].set_ylabel("alpha played")
     axes[1].set_xlabel("s")
-    fig.suptitle("tempo target: step 60 -> 180 BPM (knob 0 -> 1)")
+    lo, hi = results["span"]
+    judged = results["step"].get("judged_track") or []
+    axes[0].plot([t for t, _ in judged], [b for _, b in judged], ".", alpha=0.6, label="judged (librosa, recording)")
+    axes[0].legend()
+    fig.suptitle(f"tempo target: step {lo:g} -> {hi:g} BPM (knob 0 -> 1, {results['vector']} vector)")
     fig.savefig(out / "tempo_step_response.png", dpi=100)
+
+
+def plot_lock(results: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4))
     for name in ("lock120_on", "ramp_on"):
         tr = results[name]["trace"]

@@ -82,3 +82,31 @@ def test_the_phase_lock_pulls_a_late_audio_faster_and_an_early_one_slower_within
     assert locked_setpoint(120.0, 0.05) > 120.0 > locked_setpoint(120.0, -0.05)
     assert locked_setpoint(120.0, 10.0) == pytest.approx(120.0 * 1.08)
     assert locked_setpoint(120.0, math.nan) == 120.0
+
+
+def test_the_feed_forward_reads_the_shipped_calibration_backwards():
+    from steering_core.steer.feedforward import FeedForward
+    from steering_core.steer.vectors import load_vector
+    from steering_core.toy.shipped_vectors import shipped_path
+
+    vector = load_vector(shipped_path("tempo"))
+    cal = vector.calibration
+    table = FeedForward.of(cal, "drum_bpm", vector.alpha_range)
+    assert table is not None and table.alphas[0] == vector.alpha_range[0] and table.alphas[-1] == vector.alpha_range[1]
+    lo, hi = vector.alpha_range
+    for alpha, bpm in zip(cal["alphas"], cal["measures"]["drum_bpm"], strict=True):
+        if lo <= alpha <= hi:  # every calibrated point maps back to its own alpha
+            assert table.alpha_for(bpm) == pytest.approx(alpha)
+    a0, a1 = table.alphas[:2]
+    b0, b1 = table.values[:2]
+    assert table.alpha_for((b0 + b1) / 2) == pytest.approx((a0 + a1) / 2)  # linear between points
+    assert table.alpha_for(b0 - 30) == lo and table.alpha_for(table.values[-1] + 30) == hi  # out of reach: the ends
+    assert FeedForward.of(cal, "drum_bpm", (-8.0, 8.0)) is None  # not rising over the whole sweep: the PI alone
+    assert FeedForward.of(None, "drum_bpm", (lo, hi)) is None
+
+
+def test_a_jump_is_bumpless_and_within_the_range():
+    pi = PIController(LoopSettings((-2.0, 1.0), prior_slope=0.3), alpha=0.0)
+    assert pi.jump(5.0) == 1.0 and pi.state.integral == 1.0
+    assert pi.jump(-0.5) == -0.5
+    assert pi.update(100.0, 100.0, 0.5) == -0.5  # no error: it holds the jumped alpha

@@ -55,3 +55,35 @@ def test_no_pulse_reads_nan_and_centroid_and_probe_behave():
     assert centroid_reading(tone(500), RATE) < centroid_reading(tone(3000), RATE)
     assert centroid_reading(tone(1000), RATE) == pytest.approx(1000, rel=0.05)
     assert probe_probability(0.0, 0.0, 1.0) == 0.5 and probe_probability(3.0, 0.0, 1.0) > 0.99
+
+
+def drums_with_tonal_notes(bpm: float, seconds: float) -> tuple[np.ndarray, float]:
+    """Drum-like noise hits every eighth, each gap give or take 20 ms (the toy's drummer:
+    a frame either way), over a lead that changes note (a fresh harmonic tone) at an
+    irregular point between most pairs of hits, as the toy's lead and piano do. The audio
+    and the hits' own tempo (30 / their mean gap)."""
+    rng = np.random.default_rng(1)
+    n = int(seconds * RATE)
+    audio = np.zeros(n)
+    period = 30.0 / bpm
+    burst = rng.standard_normal(600) * np.exp(-np.arange(600) / 100)
+    hits = [0.05]
+    while hits[-1] + period + 0.1 < seconds:
+        hits.append(hits[-1] + period + rng.choice([-0.02, 0.0, 0.0, 0.02]))
+    for t in hits:
+        i = int(t * RATE)
+        audio[i:i + 600] += 0.6 * burst[:n - i]
+    changes = [t + period * rng.uniform(0.2, 0.6) for t in hits if rng.random() < 0.8]
+    bounds = [0.0, *changes, seconds]
+    for a, b, f in zip(bounds, bounds[1:], rng.choice([400, 500, 600, 750, 1000], len(bounds)), strict=False):
+        t = np.arange(int(a * RATE), int(b * RATE)) / RATE
+        audio[int(a * RATE):int(b * RATE)] += 0.12 * sum(np.sin(2 * np.pi * f * h * t) / h for h in range(1, 6))
+    return audio.astype(np.float32), 30.0 * (len(hits) - 1) / (hits[-1] - hits[0])
+
+
+@pytest.mark.parametrize("bpm", [70.0, 100.0, 140.0])
+def test_tonal_note_changes_between_the_hits_do_not_move_the_reading(bpm):
+    audio, played = drums_with_tonal_notes(bpm, 3.0)
+    for reference in (bpm * 0.8, bpm, bpm * 1.25):
+        reading = pulse_reading(audio, RATE, reference)
+        assert reading.bpm == pytest.approx(played, rel=0.03), (played, reference, reading)

@@ -81,3 +81,17 @@ def test_a_one_stem_set_clamps_the_loop_to_the_stems_own_range(tmp_path):
                                          {"alphas": [0.0, 1.0], "measures": {"drum_bpm": [120.0, 90.0]}}])
 def test_a_calibration_without_a_rising_measure_falls_back(calibration):
     assert ConceptKnob.of(vector("tempo", calibration, (0.0, 1.0))).target_span == UNITS["tempo"].knob
+
+
+def test_a_new_setpoint_jumps_to_the_calibrated_alpha_and_the_pi_waits_a_window(tmp_path):
+    knob = ConceptKnob.of(vector("tempo", CALIBRATED, (-2.0, 1.0)))
+    _, control = commands(tmp_path, [knob])
+    loop = TargetLoop(control.loop_ranges(), 32000, 1.0, feedforward=control.loop_feedforward())
+    loop.ask(TargetAsk("tempo", 90.0), {"tempo": 0.0})  # 80 -> 100 BPM over alpha -1 -> 0: -0.5
+    quiet = [0.0] * 3200
+    [change] = loop.heard(quiet, 0, None)
+    assert (change.kind, change.concept, change.value) == ("alpha", "tempo", -0.5)
+    assert loop.active[(0, "tempo")].controller.state.integral == -0.5  # the PI trims from there
+    assert loop.heard(quiet, 3200, None) == []  # no reading over audio from before the jump
+    loop.ask(TargetAsk("tempo", 500.0), {"tempo": -0.5})  # past the calibrated reach: the top end
+    assert [c.value for c in loop.heard(quiet, 6400, None)] == [1.0]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from steering_core.steer.feedforward import FeedForward
 from steering_core.stream.sampling import SamplingSettings
 from steering_core.stream.timeline import Change
 
@@ -53,6 +54,8 @@ class ConceptKnob:
     #: What its target knob's 0..1 spans, in the unit (``target_units.knob_span``); None:
     #: the unit's fixed span.
     target_span: tuple[float, float] | None = None
+    #: Its calibration read backwards (measure -> alpha), the target loop's feed-forward; None: none.
+    feedforward: FeedForward | None = None
 
     @classmethod
     def of(cls, vector: SteeringVector) -> ConceptKnob:
@@ -63,7 +66,8 @@ class ConceptKnob:
         if why is not None:
             log.info("%s: target knob spans the fixed %g..%g %s (%s)", vector.concept, *span,
                      UNITS[vector.concept].unit, why)
-        return cls(vector.concept, vector.alpha_range, span)
+        table = FeedForward.of(vector.calibration, UNITS[vector.concept].measure, vector.alpha_range)
+        return cls(vector.concept, vector.alpha_range, span, table)
 
     def alpha_from_knob(self, knob: float) -> float:
         lo, hi = self.alpha_range
@@ -199,6 +203,11 @@ class ControlState:
         if len(self._stems) == 1:
             return {name: knob.alpha_range for name, knob in self._stems[0].knobs.items()}
         return self.table.alpha_ranges()
+
+    def loop_feedforward(self) -> dict[str, FeedForward]:
+        """The concepts' calibrations read backwards, for the target loops' feed-forward."""
+        knobs = self._stems[0].knobs.values() if len(self._stems) == 1 else self.concepts.values()
+        return {k.name: k.feedforward for k in knobs if k.feedforward is not None}
 
     # --- the read side (any thread): copies, taken under the lock -----------------
     @property

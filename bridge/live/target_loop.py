@@ -8,6 +8,10 @@ as an ordinary alpha ``Change``, applied at the next step through the timeline's
 like a knob, and logged with the loop's state: the log holds the alpha played, so a
 replay needs no sensor and stays bit-identical.
 
+On a new setpoint (and when the lock starts, at the host's tempo) a concept whose vector
+has a calibration that can be read backwards (``steering_core.steer.feedforward``) jumps
+to the calibrated alpha for it at once (``ask`` returns that change), so the PI only trims.
+
 With the tempo lock on, the tempo target is the host's: the clock's tempo, pulled by the
 beat-phase error of the audio's onsets against the clock's grid at the output (a
 phase-locked loop, ``controller.locked_setpoint``).
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steering_core.steer.controller import LoopSettings, PIController, locked_setpoint
+from steering_core.steer.feedforward import FeedForward
 from steering_core.stream.timeline import Change
 
 from .sensors import centroid_reading, pulse_reading
@@ -44,6 +49,8 @@ PULSE_WINDOW_BEATS = 3.0
 MIN_PULSE_WINDOW_S = 1.2
 #: Alpha moves smaller than this are not sent (no change of the music, a log line each).
 MIN_ALPHA_STEP = 0.01
+#: The lock feeds forward again when the host's tempo moves this far from the last one fed.
+LOCK_REFEED = 0.03
 #: Locked: tempo within this fraction of the host's and beats within this of its grid.
 LOCKED_TEMPO, LOCKED_PHASE_S = 0.03, 0.04
 
@@ -67,6 +74,7 @@ class ActiveTarget:
         self.phase_s = math.nan
         self.since = 0.0  # audio seconds heard since the last update
         self.aim = math.nan  # the setpoint the last update aimed at (the lock's pulled tempo)
+        self.fed = math.nan  # the setpoint last fed forward (the lock: the host's tempo then)
 
     def status(self) -> dict[str, Any]:
         def r(x: float, n: int) -> float | None:
@@ -80,8 +88,9 @@ class TargetLoop:
     """Every active target of one engine. Engine thread only (its owner)."""
 
     def __init__(self, concepts: Mapping[str, tuple[float, float]], model_rate: int, ring_ratio: float, *,
-                 lock: bool = False, streams: int = 1) -> None:
+                 lock: bool = False, streams: int = 1, feedforward: Mapping[str, FeedForward] | None = None) -> None:
         self.concepts = dict(concepts)
+        self.feedforward = dict(feedforward or {})
         self.rate = model_rate
         self.ratio = ring_ratio  # ring samples per model sample
         self.streams = streams
@@ -92,9 +101,12 @@ class TargetLoop:
         self._lock_state = "off"
         self._lock_asked = lock
         self._published: dict[str, Any] = {"lock": "off", "target_knobs": {}}
+        self._pending: list[Change] = []  # feed-forward jumps asked since the last chunk
 
     # --- asks, from control events ---------------------------------------------------
     def ask(self, ask: TargetAsk, alpha_now: Mapping[str, float], stream: int = 0) -> None:
+        """Take a target message. A new setpoint's feed-forward alpha leaves with the next
+        chunk's changes (``heard``); the lock's waits for the clock's tempo there too."""
         if ask.lock is not None:
             self.lock = ask.lock and LOCK_CONCEPT in self.concepts
             key = (stream, LOCK_CONCEPT)
@@ -113,7 +125,24 @@ class TargetLoop:
             self._drop(key, "off")
         else:
             self._start(key, ask.setpoint, alpha_now)
+            self._pending += self._feed_forward(key, ask.setpoint)
         self._publish()
+
+    def _feed_forward(self, key: tuple[int, str], setpoint: float) -> list[Change]:
+        """Jump the loop to the calibrated alpha for ``setpoint``; the PI trims from there."""
+        table, target = self.feedforward.get(key[1]), self.active.get(key)
+        if table is None or target is None:
+            return []
+        before = target.controller.state.alpha
+        alpha = target.controller.jump(table.alpha_for(setpoint))
+        # The PI's next reading waits until the sensor's whole window was played after the jump:
+        # a window of the old tempo would read as an error and kick alpha away from the calibration.
+        window = max(MIN_PULSE_WINDOW_S, PULSE_WINDOW_BEATS * 60.0 / setpoint) if target.unit.sensor == "pulse" else 1.0
+        target.since, target.fed = -window, setpoint
+        if abs(alpha - before) < MIN_ALPHA_STEP:
+            return []
+        log.info("%s: feed-forward to alpha %+.2f for %g %s (calibrated)", key[1], alpha, setpoint, target.unit.unit)
+        return [Change("alpha", round(alpha, 4), key[1])]
 
     def touched(self, changes: Sequence[Change], stream: int = 0) -> None:
         """A performer's plain alpha (or panic) takes the knob back from its target."""
@@ -158,11 +187,15 @@ class TargetLoop:
         self._audio = np.concatenate([self._audio, mono])[-int(BUFFER_S * self.rate):]
         self._end = at + len(mono) * self.ratio
         seconds = len(mono) / self.rate
-        out = []
+        out, self._pending = [c for c in self._pending if (stream, str(c.concept)) in self.active], []
         for key, target in self.active.items():
             if key[0] != stream:
                 continue
             target.since += seconds
+            if target.setpoint is None and clock is not None and key[1] in self.feedforward \
+                    and not abs(float(clock.bpm) / target.fed - 1) <= LOCK_REFEED:  # NaN: never fed
+                out += self._feed_forward(key, float(clock.bpm))  # the lock: the host's tempo, new or moved
+                continue
             alpha = self._update(key[1], target, clock)
             if alpha is not None:
                 out.append(Change("alpha", round(alpha, 4), key[1]))

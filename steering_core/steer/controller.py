@@ -99,6 +99,15 @@ class PIController:
         start = min(max(alpha, lo), hi)
         self.state = LoopState(alpha=start, integral=start, slope=settings.prior_slope)
 
+    def jump(self, alpha: float) -> float:
+        """Feed-forward: play ``alpha`` (within the range) at once, with the integral holding
+        it, so later updates trim from there (bumpless: no stored error kicks it away)."""
+        lo, hi = self.settings.alpha_range
+        st = self.state
+        st.alpha = st.integral = min(max(alpha, lo), hi)
+        st.pinned, st.mode = 0, "tracking"
+        return st.alpha
+
     def update(self, setpoint: float, measured: float, dt: float) -> float:
         s, st = self.settings, self.state
         if not (math.isfinite(setpoint) and math.isfinite(measured) and math.isfinite(dt)) or dt <= 0:
