@@ -67,7 +67,7 @@ def layout_line(device: str, opened: int, names: Sequence[str]) -> str:
     """The start-up line: which stem is on which channels, and which are only in the mix."""
     if opened == 1:
         return f"{device} is opened mono: it plays the stems' mix"
-    pairs = [f"mix {1}-{2}"] + [f"{name} {p[0]}-{p[1]}" for row, name in enumerate(names)
+    pairs = ["mix 1-2"] + [f"{name} {p[0]}-{p[1]}" for row, name in enumerate(names)
                                 if (p := stem_pair(row, opened)) is not None]
     only_mix = [name for row, name in enumerate(names) if stem_pair(row, opened) is None]
     used = STEREO * len(pairs)
