@@ -282,15 +282,15 @@ class Engine:
         # pay for all of that (a slow model, a knob sending many changes a second), the
         # change rolls back only as far as the ring can pay for, down to none (the next
         # step), a few frames later. A change held for its bar line comes with its
-        # ``step``, normally the next one (no rollback at all).
+        # ``step``, normally the next one (no rollback at all); a knob resent at its value, none.
         first_unplayed = self.decoder.emitted_frames + self.max_delay
         want = first_unplayed if step is None else max(step, first_unplayed)
         at = want
-        if want < self.performance.next_step:
+        event.changes = tuple(self._filled(c) for c in event.changes)
+        if want < self.performance.next_step and not self.performance.restates(event.changes):
             at = self.performance.next_step - self._affordable_rollback(self.performance.next_step - want)
             if at > want:
                 self.deferred_rollbacks += 1
-        event.changes = tuple(self._filled(c) for c in event.changes)
         try:
             event.step = self.performance.apply(event.changes, at_step=at)
         except (KeyError, ValueError) as exc:  # validated upstream; a last guard, never fatal

@@ -79,6 +79,12 @@ class StemPerformance(Performance):
     def _rows(self, change: Change) -> Sequence[int]:
         return range(self.stems.batch) if change.stream is None else (change.stream,)
 
+    def _target(self, concept: str | None, row: int | None) -> float | None:
+        return None if concept is None or row is None else self.row_targets[row].get(concept)
+
+    def _target_rows(self, change: Change) -> Sequence[int | None]:
+        return self._rows(change)
+
     def _apply(self, change: Change) -> None:
         kind, value = change.kind, change.value
         if kind in AUDIO_ONLY_KINDS:

@@ -138,6 +138,8 @@ class Performance:
         A change that fails validation raises before anything is touched."""
         self._check_owner("apply")
         self._check_batch(changes)
+        if self.restates(changes):  # moves nothing: nothing to generate again, nothing a rollback could undo
+            return self.next_step
         if at_step is not None and at_step < self.next_step:
             self._rollback(max(at_step, self.earliest_step()))
         step = self.next_step
@@ -146,6 +148,19 @@ class Performance:
         if changes:
             self.last_change_step = step
         return step
+
+    def restates(self, changes: Sequence[Change]) -> bool:
+        """Whether every change sets a knob to the target it already has (a fader resent at
+        its value, a flood of one value): applying them moves nothing."""
+        return bool(changes) and all(
+            c.kind == "alpha" and all(self._target(c.concept, row) == c.value for row in self._target_rows(c))
+            for c in changes)
+
+    def _target(self, concept: str | None, row: int | None) -> float | None:
+        return self.targets.get(concept) if concept is not None else None
+
+    def _target_rows(self, change: Change) -> Sequence[int | None]:
+        return (None,)
 
     def step(self) -> None:
         """One decode step under the current (smoothed) knobs."""
