@@ -77,13 +77,17 @@ def test_the_cost_counts_everything_the_next_write_needs(server) -> None:
     assert engine._affordable_rollback(40) == 10
 
 
+def step_past_the_unplayed(engine, steps: int) -> None:
+    while engine.performance.next_step - engine.decoder.emitted_frames - engine.max_delay < steps:
+        engine._step()
+
+
 def test_a_change_rolls_back_as_far_as_the_ring_can_pay(server) -> None:
     engine = server.engine
     with engine.stream.steering():
         engine._produce_chunk()
         fill_ring(engine, 4)
-        while engine.performance.next_step - engine.decoder.emitted_frames - engine.max_delay < 2:
-            engine._step()
+        step_past_the_unplayed(engine, 2)
         first_unplayed = engine.decoder.emitted_frames + engine.max_delay
         engine.reprime_s = 0.0
         affordable = engine.performance.next_step - first_unplayed - 1  # all but one step
@@ -96,3 +100,23 @@ def test_a_change_rolls_back_as_far_as_the_ring_can_pay(server) -> None:
         engine._take_events()
     assert engine.performance.last_change_step == first_unplayed + 1  # a step past the first unplayed, not the next
     assert engine.deferred_rollbacks == 1
+
+
+def test_a_knob_resent_at_its_value_rolls_nothing_back(server) -> None:
+    """A fader resent at its value, or a flood of one value (issue 21), moves nothing: it
+    costs no rollback, counts as none deferred, and leaves a later real move free to roll
+    back as far as before."""
+    engine = server.engine
+    with engine.stream.steering():
+        engine._produce_chunk()
+        engine.step_s = 0.001
+        turn_timbre(server, 2.0)
+        changed_at = engine.performance.last_change_step
+        for _ in range(3):
+            step_past_the_unplayed(engine, 3)
+            before, after = turn_timbre(server, 2.0)
+            assert after == before  # nothing generated again
+        assert engine.deferred_rollbacks == 0 and engine.performance.last_change_step == changed_at
+        step_past_the_unplayed(engine, 3)
+        before, after = turn_timbre(server, -2.0)
+    assert after < before and after == engine.decoder.emitted_frames

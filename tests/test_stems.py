@@ -346,3 +346,20 @@ def test_each_stem_samples_with_its_own_settings_and_the_others_play_on_unchange
     assert torch.equal(both[0], _sampled(tiny, [narrow, narrow])[0]) and torch.equal(both[1], mixed[1])
     # the graph's form of the sampler (every stage, settings as per-row tensors) draws the same
     assert torch.equal(_sampled(tiny, [narrow, greedy], graph=True), both)
+
+
+def test_a_knob_restated_on_one_stem_is_known_to_move_nothing(tiny, vectors_dir) -> None:
+    """``restates`` reads each row's own target: the engine lets a resent knob skip its rollback."""
+    steerer = Steerer(tiny)
+    for v in load_vectors(vectors_dir):
+        steerer.add(v, alpha=0.0)
+    performance = StemPerformance(StemStream(tiny, ["drums", "bass"], seeds=[1, 2], steerer=steerer), steerer)
+    with performance.stream.steering():
+        performance.run_to_frames(4)
+        performance.apply([Change("alpha", 2.0, "timbre", 1)])
+        assert performance.restates([Change("alpha", 2.0, "timbre", 1)])
+        assert not performance.restates([Change("alpha", 2.0, "timbre", 0)])  # the other stem's is still 0
+        assert not performance.restates([Change("alpha", 2.0, "timbre")])  # every stem: row 0 would move
+        assert performance.restates([Change("alpha", 0.0, "timbre", 0), Change("alpha", 2.0, "timbre", 1)])
+        assert not performance.restates([Change("prompt", "drums", stream=0)])  # only knobs are judged
+        assert not performance.restates([])
