@@ -16,7 +16,7 @@ import time
 import pytest
 
 from bridge.live import osc as osc_module
-from bridge.live import oscfront
+from bridge.live import oscbudget, oscfront
 from bridge.live.commands import Commands, status_json
 from bridge.live.control import ConceptKnob, ControlState
 from bridge.live.oscbudget import TokenBuckets
@@ -463,7 +463,7 @@ def test_many_ports_of_one_host_share_the_hosts_budget(front) -> None:
     try:
         t = time.monotonic()
         passed = flood_front(f, link, socks, [message("/steer/timbre/knob", 0.5)] * 1600)  # 25 per socket
-        allowed = oscfront.FORWARD_PER_HOST_S * (0.5 + time.monotonic() - t) + 1
+        allowed = oscbudget.FORWARD_PER_HOST_S * (0.5 + time.monotonic() - t) + 1
         assert len(passed) <= allowed < 1600, (len(passed), allowed)
         status = flood_front(f, link, socks[:1], [message("/status")])  # /status has budgets of its own
         assert len(status) == 1
@@ -478,8 +478,34 @@ def test_all_hosts_together_have_a_budget(front) -> None:
     try:
         t = time.monotonic()
         passed = flood_front(f, link, socks, [message("/steer/timbre/knob", 0.5)] * 1800)
-        allowed = oscfront.FORWARD_TOTAL_PER_S * (0.5 + time.monotonic() - t) + 1
+        allowed = oscbudget.FORWARD_TOTAL_PER_S * (0.5 + time.monotonic() - t) + 1
         assert len(passed) <= allowed < 1800, (len(passed), allowed)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_packets_that_must_be_decoded_are_budgeted_before_the_decoding(front, monkeypatch) -> None:
+    """A fuzz of bundles and patterns costs the front a decode each: past the sender's and its
+    host's budgets such packets are refused undecoded, while a literal /status still passes."""
+    f, udp, link = front
+    decoded = []
+    real = oscfront.decode_packet
+    monkeypatch.setattr(oscfront, "decode_packet", lambda data: decoded.append(1) or real(data))
+    socks = sockets_on(["127.0.0.1"] * 4)
+    try:
+        junk = [bundle(0, *[message("/nosuch*", 1.0)] * 8), message("/st?er/timbre", 1.0), b"#bundle\0" + b"\xff" * 9]
+        t = time.monotonic()
+        flood_front(f, link, [udp], junk * 400)
+        allowed = oscbudget.DECODED_PER_S * (0.5 + time.monotonic() - t) + 1
+        assert len(decoded) <= allowed < 1200, (len(decoded), allowed)
+        decoded.clear()
+        t = time.monotonic()
+        flood_front(f, link, socks, junk * 800)  # four ports of one host: the host's budget
+        allowed = oscbudget.DECODED_PER_HOST_S * (0.5 + time.monotonic() - t) + 1
+        assert len(decoded) <= allowed < 2400, (len(decoded), allowed)
+        assert "bundles or address patterns" in f.last_error
+        assert len(flood_front(f, link, [udp], [message("/status")])) == 1
     finally:
         for s in socks:
             s.close()
@@ -523,7 +549,7 @@ def test_the_status_rate_limit_holds_for_patterns(front) -> None:
     f, udp, link = front
     t = time.monotonic()
     passed = flood_front(f, link, [udp], [message(p) for p in ("/s?atus", "/st*", "/{status}")] * 100)
-    allowed = oscfront.STATUS_PER_S * (0.5 + time.monotonic() - t) + 1
+    allowed = oscbudget.STATUS_PER_S * (0.5 + time.monotonic() - t) + 1
     assert len(passed) <= allowed < 300, (len(passed), allowed)
 
 

@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import selectors
 import signal
 import socket
@@ -48,10 +49,10 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .oscbudget import TokenBuckets
+from .oscbudget import ALL, SenderBudgets, TokenBuckets
 from .oscmatch import AddressMatcher, PatternError
 from .oscqueue import FutureQueue, QueueFull
 from .oscwire import OscWireError, WireMessage, decode_packet, encode_message, is_own_address, short
@@ -65,15 +66,7 @@ MAX_FUTURE_S = 10.0
 MAX_SCHEDULED = 1024  # future-timetag messages waiting at once
 MAX_SCHEDULED_BYTES = 256 * 1024
 MAX_HELD_WHILE_LOADING = 256
-FORWARD_PER_S = 500.0  # messages per sender per second passed to the server (16 faders at 30 Hz fit)
-# Many sockets (or one rotating its source port) get past a per-sender budget: a host's
-# senders together, and all senders together, have their own. /status is outside these
-# (it has its own budgets), so a flood of knob messages cannot silence it.
-FORWARD_PER_HOST_S = 1000.0
-FORWARD_TOTAL_PER_S = 2000.0
 FRONT_NICENESS = 10  # below the engine: see main()
-STATUS_PER_S = 100.0  # /status per sender per second: each one costs the server a full snapshot (polls at 50 Hz fit)
-STATUS_TOTAL_PER_S = 400.0
 ERROR_REPLIES_PER_S = 100.0
 ERROR_REPLY_BYTES_PER_S = 64 * 1024.0
 ERROR_REPLIES_TOTAL_PER_S = 500.0  # all destinations together: refusing a flood must not cost a flood of replies
@@ -90,7 +83,9 @@ RECORD_TABLE = b"T"
 _MESSAGE_HEAD = struct.Struct(">dHB")
 _COUNTS_HEAD = struct.Struct(">QQQH")
 _STATUS = AddressMatcher(["/status"])
-_ALL = "all"  # the one key of an overall budget
+_PATTERN_CHARS = re.compile(rb"[?*\[\]{}]")
+_LITERAL_STATUS = b"/status\0"
+_NOT_BUDGETED_FIRST = frozenset({b"/status", *(a.encode() for a in REPLY_ADDRESSES)})
 
 
 def names_status(address: str) -> bool:
@@ -173,17 +168,15 @@ class Front:
         self.packets = 0
         self.dropped_replies = 0
         self._errors = 0  # since the last counts record
-        self._last_error = ""
+        # The last refusal's address and reason: formatted only when it is sent, so that a
+        # flood of refusals formats nothing.
+        self._last_error_parts = ("", "")
         self._counts_sent_at = 0.0
         self._counts_dirty = False
         self.scheduled = FutureQueue(MAX_SCHEDULED, MAX_SCHEDULED_BYTES)
         self.held: deque[tuple[WireMessage, tuple[str, int], float]] = deque()
         self.own = sock.getsockname()[:2]
-        self._forward = TokenBuckets(FORWARD_PER_S)
-        self._forward_host = TokenBuckets(FORWARD_PER_HOST_S)
-        self._forward_all = TokenBuckets(FORWARD_TOTAL_PER_S)
-        self._status = TokenBuckets(STATUS_PER_S)
-        self._status_all = TokenBuckets(STATUS_TOTAL_PER_S)
+        self.budgets = SenderBudgets()
         self._replies = TokenBuckets(ERROR_REPLIES_PER_S, ERROR_REPLY_BYTES_PER_S)
         self._replies_all = TokenBuckets(ERROR_REPLIES_TOTAL_PER_S)
         self.logs = RateLimitedLog(log)
@@ -247,11 +240,18 @@ class Front:
         if is_own_address(sender, self.own):  # a forged source: answering it would be talking to ourselves
             self.reject(sender, "(packet)", "a packet from the server's own address", "own address")
             return
-        budgeted = self.table is not None and self.literal_command(data)
-        if budgeted:  # charged before the decoding, so a flood past its budget costs little here
-            refused = self.over_budget(sender, False)
+        address = self.literal_command(data) if self.table is not None else None
+        budgeted = address is not None
+        # Budgets charged before the decoding, so that a flood past them costs little here.
+        if address is not None:
+            refused = self.budgets.message(sender, False)
             if refused is not None:
-                self.reject(sender, data[:data.index(b"\0")].decode("ascii", "replace"), refused, "too fast")
+                self.reject(sender, address.decode("ascii", "replace"), refused, "too fast")
+                return
+        elif not data.startswith(_LITERAL_STATUS):
+            refused = self.budgets.decoded(sender)
+            if refused is not None:
+                self.reject(sender, "(packet)", refused, "too fast")
                 return
         try:
             messages = decode_packet(data)
@@ -274,15 +274,17 @@ class Front:
                 self.route(msg, sender, arrived, budgeted=budgeted)
 
     @staticmethod
-    def literal_command(data: bytes) -> bool:
-        """A plain message whose address is literal and is not /status or a reply address:
-        its budget can be charged before it is decoded (what else it is, decoding tells)."""
+    def literal_command(data: bytes) -> bytes | None:
+        """The address of a plain message whose address is literal and is not /status or a
+        reply address: its budget can be charged before it is decoded (what else it is,
+        decoding tells). None for anything else."""
         end = data.find(b"\0")
-        if data[:1] != b"/" or end < 0:
-            return False
+        if end < 1 or data[0] != 0x2F:  # "/"
+            return None
         address = data[:end]
-        return address != b"/status" and not any(c in b"?*[]{}" for c in address) \
-            and address.decode("ascii", "replace") not in REPLY_ADDRESSES
+        if address in _NOT_BUDGETED_FIRST or _PATTERN_CHARS.search(address):
+            return None
+        return address
 
     def schedule(self, msg: WireMessage, sender: tuple[str, int], arrived: float) -> None:
         try:
@@ -307,7 +309,7 @@ class Front:
             return
         if self.table is None:
             if names_status(msg.address):
-                self.reply(sender, "/status/json", [json.dumps({"state": "loading"})], "status")
+                self.reply(sender, "/status/json", lambda: [json.dumps({"state": "loading"})], "status")
             elif len(self.held) < MAX_HELD_WHILE_LOADING:
                 self.held.append((msg, sender, arrived))
             else:
@@ -319,11 +321,12 @@ class Front:
         except ControlError as exc:
             self.reject(sender, msg.address, str(exc), "rejected")
             return
-        refused = None if budgeted else self.over_budget(sender, any(t.address == "/status" for t, _ in calls))
+        refused = None if budgeted else self.budgets.message(sender, any(t.address == "/status" for t, _ in calls))
         if refused is not None:
             self.reject(sender, msg.address, refused, "too fast")
             return
-        record = (RECORD_MESSAGE + pack_counts(self.packets, self._errors, self.dropped_replies, self._last_error)
+        record = (RECORD_MESSAGE + pack_counts(self.packets, self._errors, self.dropped_replies,
+                                                 self.last_error if self._errors else "")
                   + pack_message(arrived, sender, msg.address, calls))
         try:
             self.link.send(record)
@@ -335,40 +338,29 @@ class Front:
             return
         self._errors, self._counts_dirty, self._counts_sent_at = 0, False, time.monotonic()
 
-    def over_budget(self, sender: tuple[str, int], status: bool) -> str | None:
-        """Why a message from ``sender`` may not pass now (None: it may). /status has budgets
-        of its own; everything else, the sender's, its host's and the overall one."""
-        now = time.monotonic()
-        if status:
-            if not self._status.allow(sender, now):
-                return f"more than {STATUS_PER_S:.0f} /status a second from one sender"
-            if not self._status_all.allow(_ALL, now):
-                return f"more than {STATUS_TOTAL_PER_S:.0f} /status a second from all senders"
-            return None
-        if not self._forward.allow(sender, now):
-            return f"more than {FORWARD_PER_S:.0f} messages a second from one sender"
-        if not self._forward_host.allow(sender[0], now):
-            return f"more than {FORWARD_PER_HOST_S:.0f} messages a second from host {sender[0]}"
-        if not self._forward_all.allow(_ALL, now):
-            return f"more than {FORWARD_TOTAL_PER_S:.0f} messages a second from all senders"
-        return None
-
     # --- out -----------------------------------------------------------------------------
+    @property
+    def last_error(self) -> str:
+        """The last refusal, as ``/error`` and the server's status give it."""
+        address, reason = self._last_error_parts
+        return short(f"{short(address)}: {reason}", 300) if address or reason else ""
+
     def reject(self, sender: tuple[str, int], address: str, reason: str, kind: str, *, answer: bool = True) -> None:
-        address = short(address)
         self._errors += 1
-        self._last_error = short(f"{address}: {reason}", 300)
+        self._last_error_parts = (address, reason)
         self._counts_dirty = True
         if answer:
-            self.reply(sender, "/error", [self._last_error], "error")
-        self.logs.warning(kind, "OSC %s from %s:%d rejected: %s", address, sender[0], sender[1], reason)
+            self.reply(sender, "/error", lambda: [self.last_error], "error")
+        self.logs.warning(kind, "OSC %s from %s:%d rejected: %s", short(address), sender[0], sender[1], reason)
 
-    def reply(self, dest: tuple[str, int], address: str, args: list[object], kind: str) -> None:
+    def reply(self, dest: tuple[str, int], address: str, args: Callable[[], list[object]], kind: str) -> None:
+        """Send ``address`` with ``args()`` to ``dest``, within the reply budgets; the
+        arguments are only worked out for a reply that goes."""
         if is_own_address(dest, self.own):
             return
         now = time.monotonic()
         # The overall count first: under a flood it is spent, and then a reply costs no encoding.
-        data = encode_message(address, args) if self._replies_all.allow(_ALL, now) else None
+        data = encode_message(address, args()) if self._replies_all.allow(ALL, now) else None
         if data is None or not self._replies.allow((dest, kind), now, len(data)):
             self.dropped_replies += 1
             self._counts_dirty = True
@@ -382,7 +374,8 @@ class Front:
         now = time.monotonic()
         if not self._counts_dirty or (not force and now - self._counts_sent_at < COUNTS_EVERY_S):
             return
-        record = RECORD_COUNTS + pack_counts(self.packets, self._errors, self.dropped_replies, self._last_error)
+        record = RECORD_COUNTS + pack_counts(self.packets, self._errors, self.dropped_replies,
+                                                 self.last_error if self._errors else "")
         try:
             self.link.send(record)
         except BlockingIOError:
