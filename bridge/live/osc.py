@@ -67,10 +67,13 @@ MAX_SUBSCRIBERS = 16
 SUBSCRIPTION_TTL_S = 60.0
 REPLIES_PER_S = 200.0  # per destination and kind of reply; a burst of half a second's worth is allowed
 REPLY_BYTES_PER_S = 256 * 1024.0
-# The datagrams waiting for the front. Room for a burst (a few hundred small packets),
-# and no more: under a flood the buffer stays full, and a /status waits behind all of it,
-# so its size is a latency (the kernel drops what does not fit, as a network would).
-RECEIVE_BUFFER_BYTES = 128 * 1024
+# The datagrams waiting for the front. Under a flood the buffer stays full and a /status
+# waits behind all of it, so its size is a latency: what the front takes to drain it. The
+# front refuses a flood's packets cheaply (``oscbudget``), so this much drains quickly, and
+# it is room for a few of the largest datagrams beside small ones: with less, a fuzz of
+# 60 KB packets filled it whenever the front waited for a core, and the kernel dropped the
+# /status behind them. The kernel caps it at net.core.rmem_max.
+RECEIVE_BUFFER_BYTES = 1024 * 1024
 FRONT_RESTART_S = 0.2  # the first restart's back-off; it doubles with each restart in a row
 FRONT_RESTART_MAX_S = 10.0
 FRONT_STABLE_S = 30.0  # a front that lived this long resets the back-off

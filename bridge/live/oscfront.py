@@ -66,7 +66,7 @@ MAX_FUTURE_S = 10.0
 MAX_SCHEDULED = 1024  # future-timetag messages waiting at once
 MAX_SCHEDULED_BYTES = 256 * 1024
 MAX_HELD_WHILE_LOADING = 256
-FRONT_NICENESS = 10  # below the engine: see main()
+FRONT_NICENESS = 5  # below the engine: see main()
 ERROR_REPLIES_PER_S = 100.0
 ERROR_REPLY_BYTES_PER_S = 64 * 1024.0
 ERROR_REPLIES_TOTAL_PER_S = 500.0  # all destinations together: refusing a flood must not cost a flood of replies
@@ -316,14 +316,16 @@ class Front:
                 self.reject(sender, msg.address, f"the server is still loading and already holds "
                             f"{MAX_HELD_WHILE_LOADING} messages; send again when /status says it is running", "loading")
             return
+        # Charged before the parse: a pattern's match walks the table, and a flood past its
+        # budget must not pay for that. A pattern naming /status counts as /status.
+        refused = None if budgeted else self.budgets.message(sender, names_status(msg.address))
+        if refused is not None:
+            self.reject(sender, msg.address, refused, "too fast")
+            return
         try:
             calls = self.table.parse(msg.address, msg.args)
         except ControlError as exc:
             self.reject(sender, msg.address, str(exc), "rejected")
-            return
-        refused = None if budgeted else self.budgets.message(sender, any(t.address == "/status" for t, _ in calls))
-        if refused is not None:
-            self.reject(sender, msg.address, refused, "too fast")
             return
         record = (RECORD_MESSAGE + pack_counts(self.packets, self._errors, self.dropped_replies,
                                                  self.last_error if self._errors else "")
@@ -392,9 +394,11 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group: the server decides, and closes the link.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The music comes first: under a flood this process, not the engine, waits for a core,
-    # and the kernel drops what it cannot read. On 2 cores at 5,000 packets/s the server
-    # had 10 underruns in a minute at equal priority and 0 at +10 (benchmarks/RESULTS.md).
-    # Same session as the server, so it holds under the kernel's autogroup scheduling too.
+    # and the kernel drops what it cannot read. At equal priority a flood cost the engine
+    # underruns; at +10, with other busy processes beside it, the front got so little of a
+    # core that /status waited seconds. +5 keeps both (benchmarks/RESULTS.md, 2026-12-03),
+    # now that a refused packet costs the front little. Same session as the server, so it
+    # holds under the kernel's autogroup scheduling too.
     with contextlib.suppress(OSError):
         os.nice(FRONT_NICENESS)
     sock = socket.socket(fileno=udp_fd)

@@ -165,14 +165,22 @@ def describe_unknown(address: str, concepts: Iterable[str]) -> str:
     return f"unknown address {short(address, 64)}"
 
 
+#: Patterns whose answers are kept: a controller sends the same few patterns again and
+#: again, and a match walks every known address. Bounded: a spray of distinct patterns
+#: starts the cache over rather than grow it.
+MAX_CACHED_PATTERNS = 256
+
+
 class AddressMatcher:
     """The known addresses, and which of them a pattern names."""
 
     def __init__(self, addresses: Iterable[str]) -> None:
         self._known: dict[str, tuple[str, ...]] = {a: tuple(a.split("/")) for a in addresses}
+        self._cache: dict[str, tuple[str, ...]] = {}
 
     def add(self, address: str) -> None:
         self._known[address] = tuple(address.split("/"))
+        self._cache.clear()  # a new address may be named by a pattern seen before
 
     def match(self, pattern: str) -> list[str]:
         """The known addresses ``pattern`` names, in the order they were added."""
@@ -180,6 +188,13 @@ class AddressMatcher:
             return [pattern]
         if not WILDCARDS & set(pattern):
             return []
+        cached = self._cache.get(pattern)
+        if cached is not None:
+            return list(cached)
         parts = [_tokens(p) for p in pattern.split("/")]
-        return [address for address, known in self._known.items()
-                if len(known) == len(parts) and all(_part_matches(t, k) for t, k in zip(parts, known, strict=True))]
+        found = [address for address, known in self._known.items()
+                 if len(known) == len(parts) and all(_part_matches(t, k) for t, k in zip(parts, known, strict=True))]
+        if len(self._cache) >= MAX_CACHED_PATTERNS:
+            self._cache.clear()
+        self._cache[pattern] = tuple(found)
+        return found
