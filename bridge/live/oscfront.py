@@ -66,7 +66,7 @@ MAX_FUTURE_S = 10.0
 MAX_SCHEDULED = 1024  # future-timetag messages waiting at once
 MAX_SCHEDULED_BYTES = 256 * 1024
 MAX_HELD_WHILE_LOADING = 256
-FRONT_NICENESS = 5  # below the engine: see main()
+FRONT_NICENESS = 10  # below the engine: see main()
 ERROR_REPLIES_PER_S = 100.0
 ERROR_REPLY_BYTES_PER_S = 64 * 1024.0
 ERROR_REPLIES_TOTAL_PER_S = 500.0  # all destinations together: refusing a flood must not cost a flood of replies
@@ -395,10 +395,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The music comes first: under a flood this process, not the engine, waits for a core,
     # and the kernel drops what it cannot read. At equal priority a flood cost the engine
-    # underruns; at +10, with other busy processes beside it, the front got so little of a
-    # core that /status waited seconds. +5 keeps both (benchmarks/RESULTS.md, 2026-12-03),
-    # now that a refused packet costs the front little. Same session as the server, so it
-    # holds under the kernel's autogroup scheduling too.
+    # underruns. Beside other busy processes +10 leaves the front so little of a core that
+    # /status waits; +5 answered it sooner there but cost the engine more underruns under a
+    # fuzz (benchmarks/RESULTS.md, 2026-12-03), and the sound is what must not stop. Same
+    # session as the server, so it holds under the kernel's autogroup scheduling too.
     with contextlib.suppress(OSError):
         os.nice(FRONT_NICENESS)
     sock = socket.socket(fileno=udp_fd)
