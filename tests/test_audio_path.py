@@ -51,6 +51,49 @@ def test_recording_is_a_valid_wav_while_it_is_being_written(tmp_path) -> None:
         WavRecorder(tmp_path / "r.mp3", 48000, 2)
 
 
+def _riff_chunks(path) -> dict[bytes, bytes]:
+    """Every chunk of a RIFF file by id, read by walking the file (not by our writer's offsets)."""
+    import struct
+
+    raw = path.read_bytes()
+    assert raw[:4] == b"RIFF" and raw[8:12] == b"WAVE" and struct.unpack_from("<I", raw, 4)[0] == len(raw) - 8
+    chunks, at = {}, 12
+    while at < len(raw):
+        cid, size = raw[at:at + 4], struct.unpack_from("<I", raw, at + 4)[0]
+        chunks[cid] = raw[at + 8:at + 8 + size]
+        at += 8 + size + size % 2
+    assert at == len(raw)
+    return chunks
+
+
+def test_a_recording_that_starts_later_says_where_in_a_bext_chunk(tmp_path) -> None:
+    """A stem added while the set plays: a DAW places its file at the bext TimeReference."""
+    import struct
+    import time
+
+    path = tmp_path / "set.keys.wav"
+    starts_at = 3 * 2**32 + 123_456  # past 32 bits: the high word is used
+    rec = WavRecorder(path, 48000, 2, starts_at=starts_at, description="steerbridge stem keys")
+    rec.write(np.full((4800, 2), 0.25, np.float32))
+    deadline = time.monotonic() + 5
+    while rec.frames < 4800 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with wave.open(str(path)) as w:  # valid while being written
+        assert w.getnframes() == 4800
+    rec.rewrite_tail(np.full((100, 2), -0.25, np.float32))
+    rec.close()
+    chunks = _riff_chunks(path)
+    bext = chunks[b"bext"]
+    assert len(bext) == 602 and bext[:21] == b"steerbridge stem keys" and bext[256:267] == b"steerbridge"
+    low, high, version = struct.unpack_from("<IIH", bext, 338)
+    assert high * 2**32 + low == starts_at and version == 1
+    data = np.frombuffer(chunks[b"data"], "<i2").reshape(-1, 2)
+    assert len(data) == 4800 and (data[:4700] > 0).all() and (data[4700:] < 0).all()
+    plain = WavRecorder(tmp_path / "set.wav", 48000, 2)  # the mix and a one-stream set: a plain WAV
+    plain.close()
+    assert b"bext" not in _riff_chunks(tmp_path / "set.wav") and (tmp_path / "set.wav").stat().st_size == 44
+
+
 def test_chains_end_in_a_limiter_and_stream_without_gaps() -> None:
     for name in available_chains():
         board = load_chain(name)

@@ -33,6 +33,14 @@ def _wav(path) -> np.ndarray:
     return np.frombuffer(raw, dtype).reshape(-1, channels)
 
 
+def _time_reference(path) -> int:
+    """The sample a Broadcast Wave file says its first frame sits at (its bext chunk)."""
+    raw = path.read_bytes()
+    at = raw.index(b"bext") + 8
+    low, high = np.frombuffer(raw[at + 338:at + 346], "<u4")
+    return int(high) << 32 | int(low)
+
+
 def _first_sound(audio: np.ndarray) -> int:
     loud = np.flatnonzero(np.abs(audio).max(axis=1) > 0)
     return int(loud[0]) if len(loud) else -1
@@ -129,6 +137,8 @@ def test_a_stem_added_and_removed_while_playing_leaves_the_others_gapless_and_re
     assert 0 <= added["sample"] - _bar_line(snap, added["sample"]) < per_frame, "a new stem enters on a bar line"
     keys = _wav(tmp_path / "set.keys.wav")
     assert recorded_from + _first_sound(keys) == added["sample"], "its first sound is its bar line"
+    assert _time_reference(tmp_path / "set.keys.wav") == recorded_from, "a DAW places its file where it started"
+    assert _time_reference(tmp_path / "set.drums.wav") == 0
     assert {c.get("stem") for c in added["changes"]} == {"keys"}
     # It samples with the set's settings, set on its row at its bar, not with the row's last stem's.
     assert {c["kind"]: c["value"] for c in added["changes"] if c["kind"] in SETTING_BY_NAME} == {

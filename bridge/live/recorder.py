@@ -9,6 +9,11 @@ The queue to that thread is bounded (``MAX_QUEUED_S`` of audio): a disk that is 
 loses blocks (counted, said once) rather than memory. A disk that fails (full, gone)
 stops the recording for good: the file is cut back to the last whole block, its header
 says exactly that, ``write`` drops everything after, and the set plays on.
+
+A recording that starts later than the set (a stem added while playing) says where it
+starts: a Broadcast Wave ``bext`` chunk whose TimeReference is its first frame's place in
+the set, in samples, so a DAW that places files at their timestamp (Reaper, Pro Tools,
+Ardour, Nuendo) lines it up with the others.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import queue
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,17 +37,37 @@ _HEADER = 44
 MAX_QUEUED_S = 10.0
 
 
-def _header(channels: int, sample_rate: int, data_bytes: int) -> bytes:
+_BEXT_BYTES = 602  # EBU Tech 3285's fixed part, with no coding history
+
+
+def bext_chunk(description: str, time_reference: int) -> bytes:
+    """A Broadcast Wave ``bext`` chunk (version 1): who made the file, when, and
+    ``time_reference``, the sample its first frame sits at."""
+    now = time.localtime()
+    body = (description.encode("ascii", "replace")[:256].ljust(256, b"\0")
+            + b"steerbridge".ljust(32, b"\0") + b"".ljust(32, b"\0")
+            + time.strftime("%Y-%m-%d", now).encode() + time.strftime("%H:%M:%S", now).encode()
+            + struct.pack("<IIH", time_reference & 0xFFFFFFFF, time_reference >> 32, 1)
+            + bytes(64 + 190))  # no UMID; reserved
+    assert len(body) == _BEXT_BYTES
+    return b"bext" + struct.pack("<I", _BEXT_BYTES) + body
+
+
+def _header(channels: int, sample_rate: int, data_bytes: int, extra: bytes = b"") -> bytes:
+    """The file's header; ``extra``: whole chunks between ``fmt`` and ``data``."""
     block_align = channels * 2
-    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
+    return (b"RIFF" + struct.pack("<I", 36 + len(extra) + data_bytes) + b"WAVE"
             + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block_align, block_align, 16)
-            + b"data" + struct.pack("<I", data_bytes))
+            + extra + b"data" + struct.pack("<I", data_bytes))
 
 
 class WavRecorder:
-    """16-bit PCM WAV; ``write`` takes float32 [n, channels] from any one thread."""
+    """16-bit PCM WAV; ``write`` takes float32 [n, channels] from any one thread.
+    ``starts_at``: the sample of the set its first frame sits at, kept in a ``bext`` chunk
+    (None: a plain WAV, which a DAW places at zero)."""
 
-    def __init__(self, path: str | Path, sample_rate: int, channels: int) -> None:
+    def __init__(self, path: str | Path, sample_rate: int, channels: int, *, starts_at: int | None = None,
+                 description: str = "steerbridge recording") -> None:
         self.path = Path(path)
         if self.path.suffix.lower() != ".wav":
             raise UserError(f"--record wants a .wav file, got {self.path.name!r}")
@@ -52,7 +78,10 @@ class WavRecorder:
         # Unbuffered: a buffer would hold bytes that a failed write left behind, and flush them
         # (and fail again) on truncate, so a full disk would leave stray bytes after the data.
         self._file = self.path.open("wb", buffering=0)
-        write_all(self._file, _header(self.channels, self.sample_rate, 0))
+        self.starts_at = starts_at
+        self._extra = b"" if starts_at is None else bext_chunk(description, max(0, int(starts_at)))
+        self._header_bytes = _HEADER + len(self._extra)
+        write_all(self._file, _header(self.channels, self.sample_rate, 0, self._extra))
         #: Blocks to append; a (frames back, block) pair rewrites the end of what was written.
         self._queue: queue.Queue[np.ndarray | tuple[int, np.ndarray] | None] = queue.Queue()
         self._queued_frames = 0
@@ -116,7 +145,7 @@ class WavRecorder:
                     back, tail = block
                     back = min(back, self.frames)
                     if back:
-                        self._file.seek(_HEADER + (self.frames - back) * self.channels * 2)
+                        self._file.seek(self._header_bytes + (self.frames - back) * self.channels * 2)
                         write_all(self._file, _pcm(tail[-back:]).tobytes())
                         self._file.seek(0, 2)
                     continue
@@ -136,7 +165,7 @@ class WavRecorder:
             try:
                 # What a failed write left of its block goes (freeing space, too): the header and
                 # the file's length then agree, with nothing after the data.
-                self._file.truncate(_HEADER + data_bytes)
+                self._file.truncate(self._header_bytes + data_bytes)
                 self._patch(data_bytes)
             except OSError as exc:  # the disk is gone; the header from the last block still stands
                 log.error("could not finish %s: %s", self.path, exc)
@@ -156,8 +185,8 @@ class WavRecorder:
     def _patch(self, data_bytes: int) -> None:
         f = self._file
         f.seek(4)
-        write_all(f, struct.pack("<I", 36 + data_bytes))
-        f.seek(40)
+        write_all(f, struct.pack("<I", self._header_bytes - 8 + data_bytes))
+        f.seek(self._header_bytes - 4)
         write_all(f, struct.pack("<I", data_bytes))
         f.seek(0, 2)
 

@@ -87,7 +87,8 @@ class StemMix:
         self.recorder = WavRecorder(record, device_rate, STEREO) if record else None
         self.record = record
         self.voices = [StemVoice(name, chain, StreamResampler(model_rate, device_rate, STEREO),
-                                 WavRecorder(stem_recording(record, name), device_rate, STEREO)
+                                 WavRecorder(stem_recording(record, name), device_rate, STEREO, starts_at=0,
+                                             description=f"steerbridge stem {name}")
                                  if record and i < len(names) - spares else None, active=i < len(names) - spares)
                        for i, (name, chain) in enumerate(zip(names, chains, strict=True))]
         #: (row, True) -> the stem that enters the row (name, chain); (row, False) -> None, its stem
@@ -129,7 +130,8 @@ class StemMix:
         name, chain = entering
         if voice.recorder is not None:
             voice.recorder.close()
-        recorder = WavRecorder(stem_recording(self.record, name), self.device_rate, STEREO) if self.record else None
+        recorder = WavRecorder(stem_recording(self.record, name), self.device_rate, STEREO, starts_at=self.ring.written,
+                               description=f"steerbridge stem {name}") if self.record else None
         self.voices[row] = replace(voice, name=name, chain=chain, recorder=recorder, gain=1.0, fault=None, active=True,
                                    enter_at=sample, leaving=False, recorded_from=self.ring.written)
 
