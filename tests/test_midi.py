@@ -351,9 +351,56 @@ def test_a_stem_message_is_applied_once(tmp_path) -> None:
         (1, "/stem/bass/steer/@1/knob"), (9, "/stem/drums/steer/@1/knob")]
 
 
+def test_a_map_names_a_stem_added_later_and_acts_on_it_once_it_plays(tmp_path, caplog) -> None:
+    """One map for the whole set: keys' controls do nothing before /stem/add keys, act on
+    keys' row once it is in (the server hands the mapper the new table), and stop when it leaves."""
+    import logging
+
+    from bridge.live.control import StemView
+
+    knob = ConceptKnob("timbre", (-6.0, 6.0))
+    views = [StemView("drums", {"timbre": knob}, "d"), StemView("spare1", {"timbre": knob}, "s", active=False)]
+    control = ControlState([knob], "p", SamplingSettings(), stems=views)
+    (tmp_path / "map.yaml").write_text("stems: {drums: 10, keys: 3}\ncontrols:\n  - {cc: 21, target: /steer/@1/knob}\n"
+                                       "  - {cc: 22, target: /stem/keys/mute, button: true}\n"
+                                       "  - {cc: 23, target: /transport/play, button: true}\n")
+    with caplog.at_level(logging.INFO, logger="steerbridge.midi"):
+        controller = load_map(str(tmp_path / "map.yaml"), ["drums"])
+    assert [r.getMessage() for r in caplog.records if "keys" in r.getMessage()] == [
+        "controller map map.yaml: stem 'keys' is not in the set (stems: drums); its controls act once "
+        "/stem/add keys brings it in"]
+    commands = Commands(control, SceneStore(tmp_path / "scenes"), lambda: {})
+    mapper = MidiMapper(controller, commands)
+    assert sorted(mapper.unbound) == ["/stem/keys/mute", "/stem/keys/steer/@1/knob"]
+    # A shared target and one that names its stem are left as written, not put under each stem.
+    assert sorted(c.target.address for c in mapper.controls) == ["/stem/drums/steer/timbre/knob", "/transport/play"]
+    mapper.handle(cc(21, 127, channel=2))  # keys' channel, before keys plays: nothing, and no error
+    assert drums_view(control).targets.get("timbre", 0.0) == 0.0
+
+    def retable(table) -> None:  # what Server._retable does when a stem comes or goes
+        commands.retable(table)
+        mapper.retable(table)
+
+    keys = StemView("keys", {"timbre": knob}, "soft piano")
+    retable(control.put_stem(1, keys))
+    assert mapper.unbound == []
+    mapper.handle(cc(21, 0, channel=2))
+    assert keys.targets["timbre"] == -6.0 and drums_view(control).targets.get("timbre", 0.0) == 0.0
+    mapper.handle(cc(21, 127, channel=9))  # drums' control kept working throughout
+    assert drums_view(control).targets["timbre"] == 6.0 and keys.targets["timbre"] == -6.0
+    retable(control.put_stem(1, StemView("spare1", {"timbre": knob}, "s", active=False)))  # /stem/remove keys
+    assert sorted(mapper.unbound) == ["/stem/keys/mute", "/stem/keys/steer/@1/knob"]
+    mapper.handle(cc(21, 127, channel=2))
+    assert keys.targets["timbre"] == -6.0
+
+
+def drums_view(control: ControlState):
+    return control._stems[0]
+
+
 @pytest.mark.parametrize(("text", "stems", "error"), [
-    ("stems: {keys: 3}\ncontrols: []\n", ["drums"], "unknown stem 'keys'"),
-    ("controls:\n  - {cc: 1, target: /steer/@1/knob, stem: keys}\n", ["drums"], "unknown stem 'keys'"),
+    ("stems: {../keys: 3}\ncontrols: []\n", ["drums"], "stem name '../keys' must be"),
+    ("controls:\n  - {cc: 1, target: /steer/@1/knob, stem: spare1}\n", ["drums"], "stem name 'spare1' must be"),
     ("stems: {drums: 17}\ncontrols: []\n", ["drums"], "channel must be 1-16"),
     ("stems: {drums: 0}\ncontrols: []\n", ["drums"], "channel must be 1-16"),
     ("stems: {drums: 3, bass: 3}\ncontrols: []\n", ["drums", "bass"], "both on channel 3"),

@@ -27,7 +27,7 @@ from .control import ControlError, ControlEvent
 from .midi_port import RawMidiInput
 from .midimaps import Binding, ControllerMap, MidiMapError, curve, load_map, save_map
 from .rate_limited_log import RateLimitedLog
-from .targets import Target
+from .targets import ControlTable, Target
 
 __all__ = ["Binding", "BoundControl", "ControllerMap", "MidiInput", "MidiMapError", "MidiMapper", "Pickup",
            "list_midi_inputs", "load_map", "midi_backend", "relative_delta", "rtmidi_api"]
@@ -115,10 +115,34 @@ class MidiMapper:
                 parts[i] = names[n - 1]
         if len(parts) >= 3 and parts[1] == "steer" and parts[2] not in names:
             return None
+        if len(parts) >= 4 and parts[1] == "stem" and parts[2] not in getattr(self.table, "stem_names", ()):
+            return None  # a stem not in the set (yet): bound when /stem/add brings it (``retable``)
         target = self.table.get("/".join(parts))
         if target is None or (target.span is None and not target.button):
             raise MidiMapError(f"controller map target {written!r} is not a control address a MIDI control can drive")
         return target
+
+    def retable(self, table: ControlTable) -> None:
+        """The table after a stem came or went (the control thread): controls for a stem
+        that left are kept unbound, and those for a stem that came are bound, fresh; the
+        others keep their state (pickup, position)."""
+        with self._lock:
+            self.table = table
+            kept: list[BoundControl] = []
+            unbound: list[Binding] = []
+            for control in self.controls:
+                target = self._resolve(control.binding.target)
+                if target is None:
+                    unbound.append(control.binding)
+                else:
+                    kept.append(control if target == control.target else BoundControl(control.binding, target))
+            for binding in self.unbound_bindings:
+                target = self._resolve(binding.target)
+                if target is None:
+                    unbound.append(binding)
+                else:
+                    kept.append(BoundControl(binding, target))
+            self.controls, self.unbound_bindings = kept, unbound
 
     @property
     def unbound(self) -> list[str]:

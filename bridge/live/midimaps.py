@@ -28,11 +28,14 @@ message came on. It is resolved when the map loads into one binding per stem, ea
 stem's channel, so a message matches one of them once; on a channel no stem has, such a
 binding does nothing (its unprefixed form would act on every stem at once). Bindings with
 their own ``channel`` or ``stem`` are left as written. A map using ``stem``/``stems`` on a server
-without those stems is refused.
+that plays no stems is refused. A stem the set does not have (yet) is taken, if its name is a
+stem's name, and said once: its controls do nothing until ``/stem/add`` brings a stem of that
+name in, and act on it from then (``MidiMapper.retable``), so one map serves a whole set.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -46,6 +49,9 @@ from steering_core.extract.concepts import ConceptError, check_name
 from steering_core.paths import PRESETS_DIR, data_dir
 
 from .presetfiles import preset_names, read_preset, write_atomically
+from .setfile import SetFileError, check_stem_name
+
+log = logging.getLogger("steerbridge.midi")
 
 MAPPINGS_DIR = PRESETS_DIR / "mappings"
 MODES = ("absolute", "relative_twos", "relative_offset", "relative_signed")
@@ -124,13 +130,30 @@ def _stem_target(target: str, stem: str) -> str:
     return f"/stem/{stem}/{target.lstrip('/')}"
 
 
+def _per_stem(target: str) -> bool:
+    """Whether a target has a form under each stem (a stream's own: its knobs, switches,
+    prompt and sampling settings). Others (transport, scenes, a ``/stem/<name>/`` address
+    already) are shared or name their stem, and a stem's channel leaves them as written."""
+    return target.startswith(("/steer/", "/gen/")) or target == "/prompt"
+
+
 def _known_stem(name: Any, stems: list[str], where: str) -> str:
     if not stems:
         raise MidiMapError(f"controller map {where}: names stem {str(name)[:40]!r}, but this server plays no "
                            "stems (--stem or a set file)")
     if name not in stems:
-        raise MidiMapError(f"controller map {where}: unknown stem {str(name)[:40]!r} (stems: {', '.join(stems)})")
+        try:
+            check_stem_name(name, f"controller map {where}")
+        except SetFileError as exc:
+            raise MidiMapError(str(exc)) from None
+        if (where, name) not in _SAID_LATER:
+            _SAID_LATER.add((where, name))
+            log.info("controller map %s: stem %r is not in the set (stems: %s); its controls act once "
+                     "/stem/add %s brings it in", where, name, ", ".join(stems), name)
     return str(name)
+
+
+_SAID_LATER: set[tuple[str, str]] = set()  # serve loads a map twice (the check, then the server)
 
 
 def _stem_bindings(raw: dict[Any, Any], bindings: list[Binding], stems: list[str], where: str) -> list[Binding]:
@@ -153,7 +176,7 @@ def _stem_bindings(raw: dict[Any, Any], bindings: list[Binding], stems: list[str
     for entry, b, has_channel in zip(raw["controls"], bindings, own_channel, strict=True):
         if "stem" in entry:
             out.append(replace(b, target=_stem_target(b.target, _known_stem(entry["stem"], stems, where))))
-        elif by_channel and not has_channel:
+        elif by_channel and not has_channel and _per_stem(b.target):
             out.extend(replace(b, target=_stem_target(b.target, name), channel=ch) for ch, name in by_channel.items())
         else:
             out.append(b)

@@ -207,6 +207,8 @@ class Server:
 
     def _retable(self, table: ControlTable) -> None:
         self.commands.retable(table)
+        if self.mapper is not None:
+            self.mapper.retable(table)
         self.osc.send_table(table)
 
     def _log_header(self) -> dict[str, Any]:
