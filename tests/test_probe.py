@@ -89,7 +89,7 @@ def test_probe_read_equals_the_hooked_activation_by_hand(tiny, vectors_dir, stre
                 for name in seen:
                     h = seen[name][: stream.batch].float().mean(dim=1)[1]
                     p = probes[name]
-                    by_hand = 1 / (1 + math.exp(-(float((h.double() @ p.weights.double())) + p.bias)))
+                    by_hand = 1 / (1 + math.exp(-(float(h.double() @ p.weights.double()) + p.bias)))
                     assert got[name] == pytest.approx(by_hand, abs=1e-5), name
     finally:
         for hook in hooks:
