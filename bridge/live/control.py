@@ -179,7 +179,8 @@ class ControlState:
                  *, vocab_size: int = 2048, stems: Sequence[StemView] = ()) -> None:
         self.concepts: dict[str, ConceptKnob] = {c.name: c for c in concepts}
         rows = [(c.name, c.alpha_range) for c in concepts]
-        probes = [c.name for c in concepts if c.probe]  # a set of stems takes no probe target yet
+        # The engine creates no probe taps yet (issue 19 item 3): the address waits for the loop.
+        probes: list[str] = []
         self.table: ControlTable = ControlTable(rows, vocab_size, probes) if not stems else stem_table_of(
             rows, vocab_size, stems)
         #: Each stem's asked state, by row (none on a one-stream set).
