@@ -176,11 +176,11 @@ class ControlState:
     steerer's, on the engine thread, a few smoothed steps behind."""
 
     def __init__(self, concepts: Sequence[ConceptKnob], prompt: str, settings: SamplingSettings,
-                 *, vocab_size: int = 2048, stems: Sequence[StemView] = ()) -> None:
+                 *, vocab_size: int = 2048, stems: Sequence[StemView] = (), probe_targets: bool = False) -> None:
         self.concepts: dict[str, ConceptKnob] = {c.name: c for c in concepts}
         rows = [(c.name, c.alpha_range) for c in concepts]
-        # The engine creates no probe taps yet (issue 19 item 3): the address waits for the loop.
-        probes: list[str] = []
+        # Only a stream whose probes are read (serve's probe taps) takes a probe target.
+        probes = [c.name for c in concepts if c.probe] if probe_targets else []
         self.table: ControlTable = ControlTable(rows, vocab_size, probes) if not stems else stem_table_of(
             rows, vocab_size, stems)
         #: Each stem's asked state, by row (none on a one-stream set).
