@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 
 import pytest
 
+from bridge.live.commands import Origin
 from bridge.live.control import ControlError
+from bridge.live.serve import ServeOptions, Server
 from bridge.live.targets import ControlTable
 from steering_core.steer.controller import LoopSettings, PIController, error_of
+from steering_core.steer.vectors import load_vector
+from tests import realparts
+
+TEST = Origin("test")
+#: Wall seconds the probe loop is given to settle, then held for.
+SETTLE_S, HOLD_S = 8.0, 12.0
 
 
 def table() -> ControlTable:
@@ -55,3 +65,77 @@ def test_the_logit_scale_holds_a_simulated_probe_within_0_1() -> None:
         errors.append(abs(plant(loop.state.alpha) - 0.8))
     assert max(errors[50:]) <= 0.1
     assert -1.0 <= loop.state.alpha <= 1.0
+
+
+# --- in a running toy server: the probe taps, the loop, /status/json and off ----------------
+
+def toy_server(tmp_path, vectors: str = "steering_core/toy/vectors") -> Server:
+    options = ServeOptions(model="toy", vectors=[vectors], osc_port=0, audio_out="none",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False, cuda_graphs="off", bpm=120.0,
+                           seed=1)
+    return Server(options)
+
+
+def test_a_concept_without_a_probe_has_no_probe_address(tmp_path):
+    """A vector written before probes (none fitted): no taps on its stream, no probe address."""
+    folder = tmp_path / "vectors"
+    folder.mkdir()
+    for name in ("timbre", "tempo"):
+        vector = load_vector(f"steering_core/toy/vectors/{name}.safetensors")
+        assert vector.probe is not None
+        (dataclasses.replace(vector, probe=None) if name == "timbre" else vector).save(folder / f"{name}.safetensors")
+    server = toy_server(tmp_path, str(folder))
+    try:
+        with pytest.raises(ControlError) as err:
+            server.commands.run("/steer/timbre/target/probe", [0.5], TEST)
+        assert "\n" not in str(err.value)
+        server.commands.run("/steer/tempo/target/probe", [0.5], TEST)  # its neighbour has one
+        assert server.engine.targets.taps is not None and server.engine.targets.taps.names == ["tempo"]
+    finally:
+        server.stop()
+
+
+def hold(server: Server, concept: str, setpoint: float) -> list[float]:
+    """Set a probe target, check alpha stays in range every 0.1 s; each held second's mean reading."""
+    lo, hi = server.control.concepts[concept].alpha_range
+    assert realparts.wait_for(lambda: concept in server.status().get("probes", {}), 20.0, every=0.05)
+    server.commands.run(f"/steer/{concept}/target/probe", [setpoint], TEST)
+    start, readings = time.monotonic(), []
+    while time.monotonic() - start < SETTLE_S + HOLD_S:
+        time.sleep(0.1)
+        loop = server.status()["target_knobs"][concept]
+        assert lo <= loop["alpha"] <= hi and loop["unit"] == "probability"
+        if time.monotonic() - start > SETTLE_S:
+            readings.append(loop["measured"])
+    assert server.status()["target_knobs"][concept]["updates"] > 10
+    return [sum(readings[i:i + 10]) / len(readings[i:i + 10]) for i in range(0, len(readings), 10)]
+
+
+def test_alpha_stays_in_range_bad_values_are_refused_and_off_returns_a_plain_knob(tmp_path):
+    server = toy_server(tmp_path)
+    server.start()
+    try:
+        with pytest.raises(ControlError) as err:  # refused in one line, nothing changes
+            server.commands.run("/steer/timbre/target/probe", [1.0], TEST)
+        assert "\n" not in str(err.value) and "timbre" not in server.status()["target_knobs"]
+        hold(server, "timbre", 0.8)
+        server.commands.run("/steer/timbre/target/off", [], TEST)
+        assert realparts.wait_for(lambda: "timbre" not in server.status()["target_knobs"], 10.0, every=0.05)
+        server.commands.run("/steer/timbre", [-0.5], TEST)  # a plain knob again: nothing moves it back
+        assert realparts.wait_for(lambda: server.status()["alphas"]["timbre"] == -0.5, 10.0, every=0.05)
+        time.sleep(1.0)
+        assert server.status()["alphas"]["timbre"] == -0.5
+    finally:
+        server.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 19 item 3's acceptance is not met yet: on the toy the loop's smoothed "
+                   "reading still swings past 0.1 around its setpoint (see the report on branch probe)")
+def test_a_probe_target_is_held_within_0_1_on_the_toy(tmp_path):
+    server = toy_server(tmp_path)
+    server.start()
+    try:
+        per_second = hold(server, "timbre", 0.8)
+    finally:
+        server.stop()
+    assert max(abs(m - 0.8) for m in per_second) <= 0.1, per_second

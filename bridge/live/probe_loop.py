@@ -27,8 +27,13 @@ PROBE_EVERY_S = 0.2
 #: The probe's logit change per unit of alpha before the loop has measured one. Positive:
 #: a probe is fitted on the vector's own activations, so pushing along the vector raises it.
 PROBE_PRIOR_SLOPE = 2.0
-#: Probe loops integrate faster than the per-beat sensor loops: their reading has no window.
-PROBE_KI = 1.5
+#: The loop reads the probe smoothed over about this many seconds of audio (an exponential
+#: mean of its logit, one reading per chunk): one step's reading of one position swings with
+#: each token, the probe was fitted on means over frames.
+PROBE_SMOOTH_S = 1.0
+#: Slower integration than the per-beat sensor loops: the smoothed reading lags, a faster
+#: integral overshoots on it.
+PROBE_KI = 0.4
 
 
 def attach_probe_taps(stream: Any, vectors: Sequence[SteeringVector]) -> ProbeTaps | None:
@@ -48,27 +53,30 @@ class ProbeTarget:
 
     def __init__(self, alpha_range: tuple[float, float], alpha: float, setpoint: float) -> None:
         self.setpoint = setpoint
-        self.controller = PIController(LoopSettings(alpha_range, PROBE_PRIOR_SLOPE, ki=PROBE_KI,
-                                                    error_scale="logit"), alpha)
-        self.measured = math.nan
+        self.controller = PIController(LoopSettings(alpha_range, PROBE_PRIOR_SLOPE, ki=PROBE_KI, error_scale="logit"), alpha)
+        self.measured = math.nan  # the smoothed probability the loop holds at its setpoint
+        self.raw = math.nan  # the last step's reading
+        self._logit = math.nan
         self.since = 0.0  # audio seconds heard since the last update
 
     def update(self, seconds: float, reading: float | None) -> float | None:
         """``seconds`` more audio heard, the probe's probability now; the alpha to set, if it moved."""
         self.since += seconds
-        if self.since < PROBE_EVERY_S or reading is None or not 0.0 < reading < 1.0:
-            if reading is not None:
-                self.measured = reading
+        if reading is not None and 0.0 < reading < 1.0:
+            self.raw, z = reading, math.log(reading / (1.0 - reading))
+            keep = math.exp(-seconds / PROBE_SMOOTH_S)
+            self._logit = z if not math.isfinite(self._logit) else keep * self._logit + (1.0 - keep) * z
+            self.measured = 1.0 / (1.0 + math.exp(-self._logit))
+        if self.since < PROBE_EVERY_S or not math.isfinite(self.measured):
             return None
         dt, self.since = self.since, 0.0
-        self.measured = reading
-        return self.controller.update(self.setpoint, reading, dt)
+        return self.controller.update(self.setpoint, self.measured, dt)
 
     def status(self) -> dict[str, Any]:
         def r(x: float) -> float | None:
             return None if not math.isfinite(x) else round(x, 3)
         return {"setpoint": self.setpoint, "aim": self.setpoint, "unit": "probability",
-                "measured": r(self.measured), "phase_ms": None, **self.controller.status()}
+                "measured": r(self.measured), "raw": r(self.raw), "phase_ms": None, **self.controller.status()}
 
 
 __all__ = ["PROBE_EVERY_S", "ProbeTarget", "attach_probe_taps"]
