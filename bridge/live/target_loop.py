@@ -238,7 +238,9 @@ class TargetLoop:
         """The probe loops: each reads its probe after the stream's last step (one host sync)."""
         if self.taps is None:
             return []
-        readings = self.taps.read(stream)
+        readings = self.taps.read_mean(stream)  # the mean over this chunk's steps (one stream: see engine)
+        if readings is None:
+            return []
         if stream == 0:
             self._readings = readings
         out = []

@@ -37,7 +37,11 @@ class ProbeTaps:
         with torch.inference_mode(False):  # plain tensors: written in place in and out of inference mode
             #: Logits [concepts, batch], rewritten by every step's forward.
             self.logits = torch.zeros(len(self.names), batch, dtype=torch.float32, device=device)
+            #: The logits summed over the steps since the last ``read_mean``, and how many steps.
+            self.sums = torch.zeros_like(self.logits)
+            self.count = torch.zeros(1, dtype=torch.float32, device=device)
         self._at: list[tuple[slice, torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+        self._last = max((p.layer for p in probes.values()), default=-1)  # a step is counted there
         for layer in sorted({p.layer for p in probes.values()}):
             rows = [i for i, n in enumerate(self.names) if probes[n].layer == layer]
             weights = torch.stack([probes[self.names[i]].weights for i in rows]).float().to(device)  # [P, d]
@@ -51,11 +55,27 @@ class ProbeTaps:
             return
         rows, weights, bias = at
         mean = hidden[: self.batch].float().mean(dim=1)  # [batch, d]
-        self.logits[rows].copy_(weights @ mean.T + bias)
+        logits = weights @ mean.T + bias
+        self.logits[rows].copy_(logits)
+        self.sums[rows].add_(logits)  # in place: a captured graph replays the accumulation too
+        if layer == self._last:
+            self.count.add_(1.0)
 
     def read(self, stream: int = 0) -> dict[str, float]:
         """Each concept's probability on ``stream`` after the last step (a host sync)."""
         values = torch.sigmoid(self.logits[:, stream]).tolist()
+        return dict(zip(self.names, values, strict=True))
+
+    def read_mean(self, stream: int = 0) -> dict[str, float] | None:
+        """Each concept's probability from its logit's mean over the steps since the last call
+        (what the probe was fitted on: a mean over frames, and a step's reading swings with each
+        token), then starts the next mean; None when no step ran. A host sync; engine thread."""
+        steps = float(self.count.item())
+        if steps <= 0:
+            return None
+        values = torch.sigmoid(self.sums[:, stream] / steps).tolist()
+        self.sums.zero_()
+        self.count.zero_()
         return dict(zip(self.names, values, strict=True))
 
 
