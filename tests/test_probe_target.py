@@ -138,3 +138,24 @@ def test_a_probe_target_is_held_within_0_1_on_the_toy(tmp_path):
     finally:
         server.stop()
     assert max(abs(m - 0.8) for m in per_second) <= 0.1, per_second
+
+
+def test_the_taps_mean_is_the_probability_of_the_mean_logit_since_the_last_read() -> None:
+    """What the loop reads once per chunk: every step counted, not the last step's reading."""
+    import torch
+
+    from steering_core.steer.probe import LinearProbe
+    from steering_core.stream.probe_tap import ProbeTaps
+
+    probe = LinearProbe(1, torch.tensor([1.0, 0.0]), 0.0, {"method": "test"})
+    taps = ProbeTaps({"x": probe, "y": LinearProbe(0, torch.tensor([0.0, 1.0]), 0.5, {"method": "test"})}, 1, 2, "cpu")
+    assert taps.read_mean() is None  # no step yet
+    for z in (-1.0, 3.0):  # two steps, each through both layers; row 1 is the unconditional row
+        hidden = torch.tensor([[[z, 2 * z]], [[100.0, 100.0]]])
+        taps(0, hidden)
+        taps(1, hidden)
+    got = taps.read_mean()
+    assert got is not None and got["x"] == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert got["y"] == pytest.approx(1 / (1 + math.exp(-2.5)))
+    assert taps.read()["x"] == pytest.approx(1 / (1 + math.exp(-3.0)))  # the last step alone
+    assert taps.read_mean() is None  # the next mean starts afresh
