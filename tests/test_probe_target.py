@@ -159,3 +159,32 @@ def test_the_taps_mean_is_the_probability_of_the_mean_logit_since_the_last_read(
     assert got["y"] == pytest.approx(1 / (1 + math.exp(-2.5)))
     assert taps.read()["x"] == pytest.approx(1 / (1 + math.exp(-3.0)))  # the last step alone
     assert taps.read_mean() is None  # the next mean starts afresh
+
+
+def test_the_log_holds_the_alphas_played_and_replays_bit_identically(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    options = ServeOptions(model="toy", vectors=["steering_core/toy/vectors"], osc_port=0, audio_out="none",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False, cuda_graphs="off", bpm=120.0,
+                           seed=2, record=str(tmp_path / "set.wav"))
+    server = Server(options)
+    server.start()
+    try:
+        server.commands.run("/steer/timbre/target/probe", [0.7], TEST)
+        assert realparts.wait_for(lambda: server.status()["target_knobs"].get("timbre", {}).get("updates", 0) >= 15,
+                                  30.0, every=0.05)
+    finally:
+        server.stop()
+    lines = [json.loads(x) for x in (tmp_path / "set.performance.jsonl").read_text().splitlines()]
+    assert any(r.get("target") == {"concept": "timbre", "setpoint": 0.7, "probe": True} for r in lines)
+    set_by_loop = [r for r in lines if r.get("source") == "target loop"]
+    assert set_by_loop and all(r["loop"]["unit"] == "probability" and r["loop"]["setpoint"] == 0.7 for r in set_by_loop)
+    run = subprocess.run([sys.executable, "-m", "bridge.cli", "render", "--automation",
+                          str(tmp_path / "set.performance.jsonl"), "--out", str(tmp_path / "replay.wav")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()})
+    assert run.returncode == 0, run.stderr
+    assert "tokens identical to the performance" in run.stdout
