@@ -188,3 +188,16 @@ def test_the_log_holds_the_alphas_played_and_replays_bit_identically(tmp_path):
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()})
     assert run.returncode == 0, run.stderr
     assert "tokens identical to the performance" in run.stdout
+
+
+def test_a_toy_cache_made_before_probes_is_taken_again_from_the_shipped_files(tmp_path, monkeypatch):
+    from bridge.live.serve import default_vectors
+    from steering_core.model.loading import load_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    handle = load_model("toy", device="cpu")
+    paths = default_vectors(handle)  # a fresh cache: the shipped files, probes and all
+    stale = dataclasses.replace(load_vector(paths[0]), probe=None)
+    stale.save(paths[0])  # what a cache made before the shipped vectors carried probes holds
+    again = default_vectors(handle)
+    assert again == paths and all(load_vector(p).probe is not None for p in again)

@@ -74,8 +74,10 @@ def default_vectors(handle: MusicGenHandle) -> list[Path]:
     paths = []
     for name in DEFAULT_CONCEPTS:
         path = folder / f"{name}.safetensors"
+        shipped = shipped_default(handle, name)
+        if path.is_file() and shipped is not None and shipped.probe is not None and load_vector(path).probe is None:
+            path.unlink()  # cached from the shipped file before it carried its probe: take the new one
         if not path.is_file():
-            shipped = shipped_default(handle, name)
             if shipped is not None:
                 log.info("no --vectors given: %r is the toy's shipped calibrated vector (layers %s, alpha %g..%g)",
                          name, list(shipped.layers), *shipped.alpha_range)
