@@ -2,6 +2,11 @@
 selective tempo vector.
 
     python benchmarks/calibration.py [--write-shipped] [--out benchmarks/figures/calibration]
+    python benchmarks/calibration.py --add-probes  # the shipped defaults' probes, nothing else
+
+``--add-probes`` fits each shipped default's probe on its own activations, collected again
+(``calibrated_extract.with_probe`` checks they give the shipped directions) and writes it
+into the shipped file, every other field as it was.
 
 1. ``calibrated_vector`` for tempo and timbre, as ``serve`` makes its defaults (serve's
    prompt; layer choice over the preset's span; 4 seeds x 3 s per alpha). With
@@ -77,6 +82,7 @@ def judge(handle, vector, prompt: str, points: int, seeds: int, seconds: float) 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--write-shipped", action="store_true")
+    p.add_argument("--add-probes", action="store_true", help="add the probe to each shipped default, nothing else")
     p.add_argument("--out", default="benchmarks/figures/calibration")
     p.add_argument("--seeds", type=int, default=4, help="calibration seeds per alpha")
     p.add_argument("--judge-seeds", type=int, default=5)
@@ -94,6 +100,17 @@ def main() -> int:
     from steering_core.model.loading import load_model
     from steering_core.toy.shipped_vectors import shipped_path
 
+    if args.add_probes:
+        from steering_core.evaluate.calibrated_extract import with_probe
+        from steering_core.steer.vectors import load_vector
+
+        toy = load_model("toy", device="cpu")
+        for name in ("tempo", "timbre"):
+            vector = with_probe(toy, load_concept(name), load_vector(shipped_path(name)))
+            assert vector.probe is not None
+            vector.save(shipped_path(name))
+            print(name, "probe on layer", vector.probe.layer, json.dumps(dict(vector.probe.info)), flush=True)
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -22,7 +22,7 @@ CALIBRATED = {"alphas": [-2.0, -1.0, 0.0, 1.0], "measures": {"drum_bpm": [70.0, 
 
 
 def vector(concept: str, calibration: dict | None, alpha_range=(-2.0, 0.5)):
-    return SimpleNamespace(concept=concept, alpha_range=alpha_range, calibration=calibration)
+    return SimpleNamespace(concept=concept, alpha_range=alpha_range, calibration=calibration, probe=None)
 
 
 def commands(tmp_path, knobs, stems=()):

@@ -126,7 +126,7 @@ class Commands:
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args) or "default")
         if kind in ("alpha", "knob", "on", "setting", "seed", "panic", "mute", "solo"):
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args))
-        if kind in ("target", "target_knob", "target_off", "sync_lock"):
+        if kind in ("target", "target_knob", "target_probe", "target_off", "sync_lock"):
             return self._target(target)
         if kind == "transport":
             return self._transport(target.address.rsplit("/", 1)[1])
@@ -181,6 +181,8 @@ class Commands:
             if target.kind == "target_off":
                 return Plan(target=(TargetAsk(concept),))
             value = float(args[0])
+            if target.kind == "target_probe":  # a probability its probe reads (probe_loop.py)
+                return Plan(target=(TargetAsk(concept, value, probe=True),))
             if target.kind == "target_knob":  # over the concept's calibrated reach, else the unit's span
                 lo, hi = self.control.concepts[concept].target_span or UNITS[concept].knob
                 value = lo + value * (hi - lo)

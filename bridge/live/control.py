@@ -56,18 +56,20 @@ class ConceptKnob:
     target_span: tuple[float, float] | None = None
     #: Its calibration read backwards (measure -> alpha), the target loop's feed-forward; None: none.
     feedforward: FeedForward | None = None
+    #: Whether its vector carries a probe (``steer/probe.py``): it then takes a probe target.
+    probe: bool = False
 
     @classmethod
     def of(cls, vector: SteeringVector) -> ConceptKnob:
         """A vector's knob; a concept with a target knob takes its span from the calibration."""
         if vector.concept not in UNITS:
-            return cls(vector.concept, vector.alpha_range)
+            return cls(vector.concept, vector.alpha_range, probe=vector.probe is not None)
         span, why = knob_span(vector.concept, vector.calibration, vector.alpha_range)
         if why is not None:
             log.info("%s: target knob spans the fixed %g..%g %s (%s)", vector.concept, *span,
                      UNITS[vector.concept].unit, why)
         table = FeedForward.of(vector.calibration, UNITS[vector.concept].measure, vector.alpha_range)
-        return cls(vector.concept, vector.alpha_range, span, table)
+        return cls(vector.concept, vector.alpha_range, span, table, vector.probe is not None)
 
     def alpha_from_knob(self, knob: float) -> float:
         lo, hi = self.alpha_range
@@ -174,10 +176,12 @@ class ControlState:
     steerer's, on the engine thread, a few smoothed steps behind."""
 
     def __init__(self, concepts: Sequence[ConceptKnob], prompt: str, settings: SamplingSettings,
-                 *, vocab_size: int = 2048, stems: Sequence[StemView] = ()) -> None:
+                 *, vocab_size: int = 2048, stems: Sequence[StemView] = (), probe_targets: bool = False) -> None:
         self.concepts: dict[str, ConceptKnob] = {c.name: c for c in concepts}
         rows = [(c.name, c.alpha_range) for c in concepts]
-        self.table: ControlTable = ControlTable(rows, vocab_size) if not stems else stem_table_of(
+        # Only a stream whose probes are read (serve's probe taps) takes a probe target.
+        probes = [c.name for c in concepts if c.probe] if probe_targets else []
+        self.table: ControlTable = ControlTable(rows, vocab_size, probes) if not stems else stem_table_of(
             rows, vocab_size, stems)
         #: Each stem's asked state, by row (none on a one-stream set).
         self._stems: list[StemView] = list(stems)

@@ -109,7 +109,8 @@ class Engine:
         self._prompt_template = prompt_template or self.performance.prompt  # may hold {bpm}
         self._bpm_prompt_held = False  # a {bpm} re-conditioning waits for its bar line
         self.targets = TargetLoop(control.loop_ranges(), path.model_rate, path.ratio, lock=self.settings.tempo_lock,
-                                  feedforward=control.loop_feedforward())  # target knobs and the lock: this thread's
+                                  feedforward=control.loop_feedforward(),  # target knobs, the lock: this thread's
+                                  taps=getattr(self.stream, "taps", None))  # the probes, if serve set them
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)

@@ -47,6 +47,7 @@ from .options import ServeOptions, torch_threads_for
 from .osc import OscServer
 from .outputs import open_output
 from .performance_log import PerformanceLog
+from .probe_loop import attach_probe_taps
 from .scenes import SceneStore
 from .scheduling import fill_bpm
 from .stem_live import StemLifecycle
@@ -73,8 +74,10 @@ def default_vectors(handle: MusicGenHandle) -> list[Path]:
     paths = []
     for name in DEFAULT_CONCEPTS:
         path = folder / f"{name}.safetensors"
+        shipped = shipped_default(handle, name)
+        if path.is_file() and shipped is not None and shipped.probe is not None and load_vector(path).probe is None:
+            path.unlink()  # cached from the shipped file before it carried its probe: take the new one
         if not path.is_file():
-            shipped = shipped_default(handle, name)
             if shipped is not None:
                 log.info("no --vectors given: %r is the toy's shipped calibrated vector (layers %s, alpha %g..%g)",
                          name, list(shipped.layers), *shipped.alpha_range)
@@ -167,8 +170,10 @@ class Server:
                 stream = open_stream(self.handle, prompt, cuda_graphs=o.cuda_graphs,
                                      seed=o.seed, settings=settings, steerer=steerer)
             self.performance = Performance(stream, steerer, smoothing_ms=o.smoothing_ms)
+            taps = attach_probe_taps(stream, [v for v, _ in self.vectors])  # before the first step
             self.control = ControlState([ConceptKnob.of(v) for v, _ in self.vectors], o.prompt,
-                                        settings, vocab_size=self.handle.decoder_config.vocab_size)
+                                        settings, vocab_size=self.handle.decoder_config.vocab_size,
+                                        probe_targets=taps is not None)
             # The output first: its sample rate and channel count shape the path, ring and recording.
             self.output = open_output(o.audio_out, o.jack_connect, stem_channels=o.stem_channels)
             path = AudioPath.for_output(self.output, self.handle.sample_rate, load_chain(o.chain), o.record)

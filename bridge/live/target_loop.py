@@ -33,8 +33,10 @@ import numpy as np
 
 from steering_core.steer.controller import LoopSettings, PIController, locked_setpoint
 from steering_core.steer.feedforward import FeedForward
+from steering_core.stream.probe_tap import ProbeTaps
 from steering_core.stream.timeline import Change
 
+from .probe_loop import ProbeTarget
 from .sensors import centroid_reading, pulse_reading
 from .target_units import LOCK_CONCEPT, UNITS, TargetUnit
 
@@ -62,6 +64,7 @@ class TargetAsk:
     concept: str
     setpoint: float | None = None  # None and lock None: back to a plain force knob
     lock: bool | None = None  # /sync/lock 1|0
+    probe: bool | None = None  # True: the setpoint is a probability the concept's probe reads (probe_loop.py)
 
 
 class ActiveTarget:
@@ -88,13 +91,18 @@ class TargetLoop:
     """Every active target of one engine. Engine thread only (its owner)."""
 
     def __init__(self, concepts: Mapping[str, tuple[float, float]], model_rate: int, ring_ratio: float, *,
-                 lock: bool = False, streams: int = 1, feedforward: Mapping[str, FeedForward] | None = None) -> None:
+                 lock: bool = False, streams: int = 1, feedforward: Mapping[str, FeedForward] | None = None,
+                 taps: object = None) -> None:
         self.concepts = dict(concepts)
         self.feedforward = dict(feedforward or {})
         self.rate = model_rate
         self.ratio = ring_ratio  # ring samples per model sample
         self.streams = streams
         self.active: dict[tuple[int, str], ActiveTarget] = {}
+        # The stream's probe readings (probe_loop.py); None (a stream without taps): no probe targets.
+        self.taps = taps if isinstance(taps, ProbeTaps) else None
+        self.probing: dict[tuple[int, str], ProbeTarget] = {}
+        self._readings: dict[str, float] = {}  # the probes' last reading, stream 0
         self._audio = np.zeros(0, np.float32)
         self._end: float | None = None  # ring sample just past the buffered audio
         self.lock = False
@@ -123,7 +131,10 @@ class TargetLoop:
         key = (stream, ask.concept)
         if ask.setpoint is None:
             self._drop(key, "off")
+        elif ask.probe:
+            self._probe(key, ask.setpoint, alpha_now)
         else:
+            self._drop_probe(key, "a sensor target")
             self._start(key, ask.setpoint, alpha_now)
             self._pending += self._feed_forward(key, ask.setpoint)
         self._publish()
@@ -146,10 +157,10 @@ class TargetLoop:
 
     def touched(self, changes: Sequence[Change], stream: int = 0) -> None:
         """A performer's plain alpha (or panic) takes the knob back from its target."""
-        had = bool(self.active)
+        had = bool(self.active or self.probing)
         for change in changes:
             if change.kind == "panic":
-                for key in [k for k in self.active if k[0] == stream]:
+                for key in [k for k in [*self.active, *self.probing] if k[0] == stream]:
                     self._drop(key, "panic")
             elif change.kind == "alpha" and change.concept is not None:
                 self._drop((stream, change.concept), f"a plain /steer/{change.concept} write")
@@ -168,7 +179,26 @@ class TargetLoop:
         what = "the clock's tempo" if setpoint is None else f"{setpoint:g} {unit.unit}"
         log.info("%s: a target knob now (%s); alpha follows its sensor", key[1], what)
 
+    def _probe(self, key: tuple[int, str], setpoint: float, alpha_now: Mapping[str, float]) -> None:
+        if self.taps is None or key[1] not in self.taps.names:  # commands.py refuses it first
+            log.warning("%s: no probe is read on this stream; the probe target is ignored", key[1])
+            return
+        current = self.probing.get(key)
+        if current is not None:  # a new setpoint keeps the loop's state (bumpless)
+            current.setpoint = setpoint
+            return
+        if key in self.active:
+            self._drop(key, "a probe target")
+        self.probing[key] = ProbeTarget(self.concepts[key[1]], alpha_now.get(key[1], 0.0), setpoint)
+        log.info("%s: a probe target now (p = %g); alpha follows its probe", key[1], setpoint)
+
+    def _drop_probe(self, key: tuple[int, str], why: str) -> None:
+        target = self.probing.pop(key, None)
+        if target is not None:
+            log.info("%s: back to a force knob (%s); alpha stays at %+.2f", key[1], why, target.controller.state.alpha)
+
     def _drop(self, key: tuple[int, str], why: str) -> None:
+        self._drop_probe(key, why)
         target = self.active.pop(key, None)
         if target is None:
             return
@@ -199,8 +229,28 @@ class TargetLoop:
             alpha = self._update(key[1], target, clock)
             if alpha is not None:
                 out.append(Change("alpha", round(alpha, 4), key[1]))
-        if self.active:  # readings and modes change without a new alpha too
+        out += self._probe_updates(seconds, stream)
+        if self.active or self.taps is not None:  # readings and modes change without a new alpha too
             self._publish()
+        return out
+
+    def _probe_updates(self, seconds: float, stream: int) -> list[Change]:
+        """The probe loops: each reads its probe after the stream's last step (one host sync)."""
+        if self.taps is None:
+            return []
+        readings = self.taps.read_mean(stream)  # the mean over this chunk's steps (one stream: see engine)
+        if readings is None:
+            return []
+        if stream == 0:
+            self._readings = readings
+        out = []
+        for key, target in self.probing.items():
+            if key[0] != stream:
+                continue
+            before = target.controller.state.alpha
+            alpha = target.update(seconds, readings.get(key[1]))
+            if alpha is not None and abs(alpha - before) >= MIN_ALPHA_STEP:
+                out.append(Change("alpha", round(alpha, 4), key[1]))
         return out
 
     def _update(self, concept: str, target: ActiveTarget, clock: ClockSnapshot | None) -> float | None:
@@ -242,8 +292,12 @@ class TargetLoop:
         return "acquiring"
 
     def _publish(self) -> None:
-        loops = {(name if s == 0 else f"{s}:{name}"): t.status() for (s, name), t in self.active.items()}
-        self._published = {"lock": self._lock_state, "target_knobs": loops}  # one reference swap
+        both: list[tuple[tuple[int, str], ActiveTarget | ProbeTarget]] = [*self.active.items(), *self.probing.items()]
+        loops = {(name if s == 0 else f"{s}:{name}"): t.status() for (s, name), t in both}
+        published: dict[str, Any] = {"lock": self._lock_state, "target_knobs": loops}
+        if self.taps is not None:
+            published["probes"] = {name: round(p, 3) for name, p in self._readings.items()}
+        self._published = published  # one reference swap
 
     def status(self) -> dict[str, Any]:
         """The loops as last published by the engine thread; any thread may call it."""
@@ -251,7 +305,7 @@ class TargetLoop:
 
     def info(self, concept: str, stream: int = 0) -> dict[str, Any] | None:
         """A loop's state for the performance log line of the alpha it set."""
-        target = self.active.get((stream, concept))
+        target = self.active.get((stream, concept)) or self.probing.get((stream, concept))
         return None if target is None else target.status()
 
     def start_locked(self, alpha_now: Mapping[str, float]) -> None:

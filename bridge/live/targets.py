@@ -34,7 +34,7 @@ Scalar = bool | int | float | str
 Args = tuple[Scalar, ...]
 Kind = Literal["alpha", "knob", "on", "prompt", "setting", "seed", "transport", "transport_bpm", "transport_beat", "panic",
                "scene_save", "scene_recall", "scene_morph", "midi_learn", "midi_save", "subscribe", "unsubscribe",
-               "status", "target", "target_knob", "target_off", "sync_lock", "mute", "solo",
+               "status", "target", "target_knob", "target_probe", "target_off", "sync_lock", "mute", "solo",
                "stem_add", "stem_remove"]
 
 MAX_PROMPT_CHARS = 500
@@ -123,9 +123,12 @@ class Target:
 class ControlTable:
     """Every target of one set, by address, in a fixed order."""
 
-    def __init__(self, concepts: Sequence[tuple[str, tuple[float, float]]], vocab_size: int) -> None:
+    def __init__(self, concepts: Sequence[tuple[str, tuple[float, float]]], vocab_size: int,
+                 probes: Sequence[str] = ()) -> None:
         self.concepts = [(name, (float(lo), float(hi))) for name, (lo, hi) in concepts]
         self.vocab_size = vocab_size
+        #: The concepts whose vector carries a probe: they take a probe target.
+        self.probes = [name for name, _ in self.concepts if name in set(probes)]
         self._targets: dict[str, Target] = {}
         for name, alpha_range in self.concepts:
             self._add(Target(f"/steer/{name}", "alpha", quantized(_alpha_parser(name, alpha_range), 1), name,
@@ -165,11 +168,13 @@ class ControlTable:
     # --- the front process builds the same table ---------------------------------
     def spec(self) -> dict[str, Any]:
         """What ``from_spec`` needs to build this table again (JSON)."""
-        return {"concepts": [[name, lo, hi] for name, (lo, hi) in self.concepts], "vocab_size": self.vocab_size}
+        return {"concepts": [[name, lo, hi] for name, (lo, hi) in self.concepts], "vocab_size": self.vocab_size,
+                "probes": list(self.probes)}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> ControlTable:
-        return cls([(str(name), (float(lo), float(hi))) for name, lo, hi in spec["concepts"]], int(spec["vocab_size"]))
+        return cls([(str(name), (float(lo), float(hi))) for name, lo, hi in spec["concepts"]], int(spec["vocab_size"]),
+                   [str(name) for name in spec.get("probes", [])])
 
     # --- lookups -------------------------------------------------------------------
     def __iter__(self) -> Iterator[Target]:
@@ -228,15 +233,19 @@ class ControlTable:
         return dict(self.concepts)
 
     def _add_target_rows(self, name: str) -> None:
-        """A concept a sensor reads (``target_units.UNITS``) can be driven by a target."""
+        """A concept a sensor reads (``target_units.UNITS``) can be driven by a target; one whose
+        vector carries a probe, by a probe target (a probability, read on its steered layer)."""
         unit = UNITS.get(name)
-        if unit is None:
-            return
-        self._add(Target(f"/steer/{name}/target", "target", _unit_parser(name, unit.valid, unit.unit), name,
-                         range=unit.valid, span=unit.knob))
-        self._add(Target(f"/steer/{name}/target/knob", "target_knob", _knob_parser(name), name, range=(0.0, 1.0),
-                         span=(0.0, 1.0)))
-        self._add(Target(f"/steer/{name}/target/off", "target_off", _no_args, name, button=True))
+        if unit is not None:
+            self._add(Target(f"/steer/{name}/target", "target", _unit_parser(name, unit.valid, unit.unit), name,
+                             range=unit.valid, span=unit.knob))
+            self._add(Target(f"/steer/{name}/target/knob", "target_knob", _knob_parser(name), name, range=(0.0, 1.0),
+                             span=(0.0, 1.0)))
+        if name in self.probes:
+            self._add(Target(f"/steer/{name}/target/probe", "target_probe", _probability_parser(name), name,
+                             range=(0.0, 1.0), span=(0.0, 1.0)))
+        if unit is not None or name in self.probes:
+            self._add(Target(f"/steer/{name}/target/off", "target_off", _no_args, name, button=True))
 
     def _learn_parser(self, args: Sequence[Any]) -> Args:
         address = text(args, 0, 1, 200)
@@ -350,6 +359,16 @@ def _knob_parser(name: str) -> Callable[[Sequence[Any]], Args]:
         if not 0.0 <= knob <= 1.0:
             raise ControlError(f"knob {knob:g} for {name} is outside 0..1")
         return (knob,)
+    return parse
+
+
+def _probability_parser(name: str) -> Callable[[Sequence[Any]], Args]:
+    def parse(args: Sequence[Any]) -> Args:
+        p = number(args, 0, 1)
+        # 0 and 1 themselves are out of reach: the probe's sigmoid never gets there.
+        if not 0.0 < p < 1.0:
+            raise ControlError(f"probe target {p:g} for {name} must be a probability strictly between 0 and 1")
+        return (p,)
     return parse
 
 

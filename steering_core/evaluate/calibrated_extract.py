@@ -56,3 +56,25 @@ def calibrated_vector(handle: MusicGenHandle, preset: ConceptPreset, *, prompt: 
     import dataclasses
 
     return dataclasses.replace(vector, calibration=meta), cal, every
+
+
+def with_probe(handle: MusicGenHandle, preset: ConceptPreset, vector: SteeringVector, *, frames: int = 50,
+               progress: bool = True) -> SteeringVector:
+    """``vector`` (made by ``calibrated_vector`` before vectors carried probes) with the probe
+    it would carry now: the activations are collected again exactly as ``calibrated_vector``
+    collected them, checked to give the vector's own directions (so the probe is fitted on
+    the same activations the vector came from), and only the probe is added."""
+    import dataclasses
+
+    import torch
+
+    pairs = preset.pairs()
+    common: dict[str, Any] = dict(site=vector.site, frames=frames, progress=progress)
+    pos = collect_activations(handle, [p for p, _ in pairs], desc=f"{preset.name}: {preset.positive_label}", **common)
+    neg = collect_activations(handle, [n for _, n in pairs], desc=f"{preset.name}: {preset.negative_label}", **common)
+    again = vector_from_activations(handle, preset.name, pos, neg, vector.layers, method=vector.method, site=vector.site,
+                                    preset=preset, prompt_sha256=preset.prompt_sha256())
+    if not torch.allclose(again.directions, vector.directions, atol=1e-5) or again.prompt_sha256 != vector.prompt_sha256:
+        raise RuntimeError(f"{preset.name}: the activations collected again do not give the vector's directions; "
+                           "calibrate afresh instead")
+    return dataclasses.replace(vector, probe=again.probe)

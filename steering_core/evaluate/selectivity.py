@@ -98,7 +98,7 @@ def selective_candidates(vector: SteeringVector, others: Sequence[SteeringVector
         k = slope(own_cal, oc.own) / s_other if abs(s_other) > 1e-12 else 0.0
         if k != 0 and np.isfinite(k):
             out[f"- {k:.3g} x {other.concept}"] = vector + other * (-k)
-    return {k: dataclasses.replace(v, concept=vector.concept) for k, v in out.items()}
+    return {k: dataclasses.replace(v, concept=vector.concept, probe=vector.probe) for k, v in out.items()}
 
 
 def _orthonormal(vectors: Sequence[SteeringVector]) -> list[SteeringVector]:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from steering_core.errors import UserError
 from steering_core.extract.concepts import ConceptPreset
 from steering_core.model.loading import MusicGenHandle
+from steering_core.steer.probe import fit_probe
 from steering_core.steer.sites import SITES, attach
 from steering_core.steer.vectors import LayerStats, SteeringVector
 from steering_core.stream.decode_loop import MusicStream
@@ -208,21 +209,25 @@ def extract_vector(handle: MusicGenHandle, preset: ConceptPreset, *, method: str
 def vector_from_activations(handle: MusicGenHandle, concept: str, pos: torch.Tensor, neg: torch.Tensor,
                             layers: Sequence[int], *, method: str = "diffmean", site: str = "resid_post",
                             preset: ConceptPreset | None = None, pool: str = "mean", prompt_sha256: str = "",
-                            alpha_range: tuple[float, float] = (-4.0, 4.0)) -> SteeringVector:
+                            alpha_range: tuple[float, float] = (-4.0, 4.0), probe: bool = True) -> SteeringVector:
     """The vector on ``layers`` from pooled activations [N, num_layers, d] of each class: the
     one place where a direction becomes a ``SteeringVector`` (prompt sets, labelled audio
-    and ``analyze`` all come here). A preset supplies operator, CFG mode and alpha range."""
+    and ``analyze`` all come here). A preset supplies operator, CFG mode and alpha range.
+    With ``probe`` the file also carries a logistic probe for the concept, fitted on these
+    same activations at the deepest of ``layers`` (``steer/probe.py``: a probe target reads it)."""
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     idx = list(layers)
     directions = METHODS[method](pos[:, idx], neg[:, idx])
     stats = layer_stats(pos[:, idx], neg[:, idx], directions)
+    aggregation = "mean_over_frames" if pool == "mean" else "last_frame"
+    deepest = max(idx)
     return SteeringVector(
         concept=concept, directions=directions, layers=tuple(idx), site=site, method=method,
         operator=preset.operator if preset else "add", cfg_mode=preset.cfg_mode if preset else "cond",
         alpha_range=preset.alpha_range if preset else alpha_range,
         model_id=handle.model_id, model_config_sha256=handle.config_sha256,
-        aggregation="mean_over_frames" if pool == "mean" else "last_frame",
-        n_pos=len(pos), n_neg=len(neg), prompt_sha256=prompt_sha256,
+        aggregation=aggregation, n_pos=len(pos), n_neg=len(neg), prompt_sha256=prompt_sha256,
         stats=dict(zip(idx, stats, strict=True)),
+        probe=fit_probe(pos[:, deepest], neg[:, deepest], deepest, pool=aggregation) if probe else None,
     )

@@ -32,8 +32,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 #: What the error is measured in: "relative" (log ratio: tempo, centroid; a 5 % error is
-#: the same size at 60 and at 180 BPM) or "absolute" (a probability).
-ERROR_SCALES = ("relative", "absolute")
+#: the same size at 60 and at 180 BPM), "absolute", or "logit" (a probe's probability: its
+#: logit is linear in what alpha adds to the activation, so the plant is near linear there).
+ERROR_SCALES = ("relative", "absolute", "logit")
+#: A probability is held this far inside 0..1 before its logit is taken.
+LOGIT_EPS = 1e-4
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,21 @@ class LoopState:
     history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=6))
 
 
+def logit(p: float) -> float:
+    q = min(max(p, LOGIT_EPS), 1.0 - LOGIT_EPS)
+    return math.log(q / (1.0 - q))
+
+
+def scaled(value: float, scale: str) -> float:
+    """A measurement in the loop's error units: its log ("relative"), its logit, or itself."""
+    if scale == "relative":
+        return math.log(max(value, 1e-9))
+    return logit(value) if scale == "logit" else value
+
+
 def error_of(setpoint: float, measured: float, scale: str) -> float:
     """Setpoint minus measured, in the loop's error units (a log ratio for "relative")."""
-    if scale == "relative":
-        return math.log(max(setpoint, 1e-9) / max(measured, 1e-9))
-    return setpoint - measured
+    return scaled(setpoint, scale) - scaled(measured, scale)
 
 
 class PIController:
@@ -141,7 +154,7 @@ class PIController:
         """The slope from the last updates' (alpha, measured) pairs, within bounds of the
         prior; the error's units, so a relative measure fits log(measured)."""
         s, st = self.settings, self.state
-        pairs = [(a, math.log(max(m, 1e-9)) if s.error_scale == "relative" else m) for a, m in st.history]
+        pairs = [(a, scaled(m, s.error_scale)) for a, m in st.history]
         if len(pairs) < 3:
             return
         mean_a = sum(a for a, _ in pairs) / len(pairs)
@@ -187,4 +200,4 @@ def locked_setpoint(host_bpm: float, phase_error_s: float, settings: PhaseLockSe
 
 
 __all__ = ["ERROR_SCALES", "LoopSettings", "LoopState", "PIController", "PhaseLockSettings", "error_of",
-           "locked_setpoint"]
+           "locked_setpoint", "logit", "scaled"]

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from steering_core.errors import UserError
 from steering_core.steer.operators import OPERATORS
+from steering_core.steer.probe import LinearProbe, ProbeError
 from steering_core.steer.sites import SITES
 
 FORMAT_VERSION = 1
@@ -82,6 +83,8 @@ class SteeringVector:
     created: str = ""
     #: How ``alpha_range`` was measured (``evaluate/calibration.py``); None: not calibrated.
     calibration: dict[str, Any] | None = None
+    #: The concept's logistic probe on its deepest steered layer (``steer/probe.py``); None: none fitted.
+    probe: LinearProbe | None = None
 
     def __post_init__(self) -> None:
         d = self.directions
@@ -114,6 +117,9 @@ class SteeringVector:
             raise VectorFileError(f"alpha_range must be two finite numbers, low < high; got {self.alpha_range}")
         if self.calibration is not None and not isinstance(self.calibration, dict):
             raise VectorFileError("calibration must be a JSON object")
+        if self.probe is not None and (self.probe.layer not in self.layers or self.probe.weights.shape[0] != self.d_model):
+            raise VectorFileError(f"the probe is on layer {self.probe.layer} with width {self.probe.weights.shape[0]}; "
+                                  f"the vector steers layers {list(self.layers)} at width {self.d_model}")
         if max(abs(lo), abs(hi)) > MAX_ABS_ALPHA:
             raise VectorFileError(f"alpha_range {lo:g}..{hi:g} goes past +-{MAX_ABS_ALPHA:g}: a knob there would "
                                   "turn the stream into inf/NaN")
@@ -131,8 +137,9 @@ class SteeringVector:
 
     def _from_rows(self, rows: torch.Tensor, **changes: Any) -> SteeringVector:
         gains = tuple(float(g) for g in rows.norm(dim=-1))
-        # New rows are a new vector: the old range was measured for the old one.
-        return dataclasses.replace(self, directions=rows, gains=gains, calibration=None, **changes)
+        # New rows are a new vector: the old range was measured for the old one, the probe
+        # read the old concept.
+        return dataclasses.replace(self, directions=rows, gains=gains, calibration=None, probe=None, **changes)
 
     def _aligned(self, other: SteeringVector) -> None:
         if self.layers != other.layers or self.site != other.site or self.d_model != other.d_model:
@@ -143,7 +150,8 @@ class SteeringVector:
         return self._from_rows(self._scaled_rows() + other._scaled_rows(), concept=f"{self.concept}+{other.concept}")
 
     def __neg__(self) -> SteeringVector:
-        return dataclasses.replace(self, directions=-self.directions, concept=f"-{self.concept}", calibration=None)
+        return dataclasses.replace(self, directions=-self.directions, concept=f"-{self.concept}", calibration=None,
+                                   probe=None)
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
         return self + (-other)
@@ -209,6 +217,8 @@ class SteeringVector:
         }
         if self.calibration is not None:
             meta["calibration"] = self.calibration
+        if self.probe is not None:
+            meta["probe"] = self.probe.metadata()
         return meta
 
     def save(self, path: str | Path) -> Path:
@@ -218,6 +228,9 @@ class SteeringVector:
             "directions": self.directions.float().contiguous().cpu(),
             "layers": torch.tensor(self.layers, dtype=torch.int64),
         }
+        if self.probe is not None:
+            tensors["probe_weights"] = self.probe.weights.float().contiguous().cpu()
+            tensors["probe_bias"] = torch.tensor([self.probe.bias], dtype=torch.float32)
         save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(self.metadata())})
         return path
 
@@ -270,11 +283,27 @@ def load_vector(path: str | Path) -> SteeringVector:
             stats=stats,
             created=str(meta.get("created", "")),
             calibration=meta.get("calibration"),  # absent in files written before calibration
+            probe=_load_probe(tensors, meta.get("probe")),  # absent in files written before probes
         )
     except VectorFileError:
         raise
+    except ProbeError as exc:
+        raise VectorFileError(f"{path}: {exc}") from exc
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise VectorFileError(f"{path}: malformed steerbridge metadata or tensors ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_probe(tensors: dict[str, torch.Tensor], meta: Any) -> LinearProbe | None:
+    """The probe a file carries: both tensors and its metadata, or none of them."""
+    if meta is None and "probe_weights" not in tensors and "probe_bias" not in tensors:
+        return None
+    weights, bias = tensors.get("probe_weights"), tensors.get("probe_bias")
+    if weights is None or bias is None or not isinstance(meta, dict) or "layer" not in meta:
+        raise VectorFileError("a probe needs tensors probe_weights and probe_bias and metadata probe with its layer")
+    if bias.dtype != torch.float32 or bias.shape != (1,):
+        raise VectorFileError("probe_bias must be float32 [1]")
+    info = {k: v for k, v in meta.items() if k != "layer"}
+    return LinearProbe(layer=int(meta["layer"]), weights=weights, bias=float(bias[0]), info=info)
 
 
 def load_vectors(path: str | Path) -> list[SteeringVector]:

@@ -48,7 +48,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from steering_core.errors import UserError
 from steering_core.model.loading import MusicGenHandle
 from steering_core.steer.steerer import Steerer
-from steering_core.stream.layers import LayerOffsets, decoder_parts, prefill_logits
+from steering_core.stream.layers import LayerOffsets, LayerTap, decoder_parts, prefill_logits
 from steering_core.stream.sampling import SamplingSettings, guide, sample
 
 #: Called before each decode step with the index of the codebook-0 frame it will produce.
@@ -68,6 +68,9 @@ class StreamOptions(TypedDict, total=False):
 
 
 class MusicStream:
+    #: Read every layer's steered output each step (``probe_tap.ProbeTaps``); set before the first step.
+    taps: LayerTap | None = None
+
     def __init__(
         self,
         handle: MusicGenHandle,
@@ -270,7 +273,8 @@ class MusicStream:
     def _decoder_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The decoder over new positions [2B * K, n] -> last-position logits [2B, K, V]."""
         return prefill_logits(self._decoder, self._lm_heads, input_ids, self.cache, self.encoder_states,
-                              self._cross_mask, self._layer_offsets(input_ids.shape[0] // self.num_codebooks))
+                              self._cross_mask, self._layer_offsets(input_ids.shape[0] // self.num_codebooks),
+                              self.taps)
 
     def _forward_and_sample(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Decode ``input_ids``, sample the last position's tokens, write them; returns them [B, K]."""

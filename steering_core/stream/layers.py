@@ -12,7 +12,7 @@ per-row table). ``LayerWeights`` is one layer's weights for the static step, whi
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,9 @@ from steering_core.model.loading import MusicGenHandle
 
 #: What to add to each decoder layer's output ([rows, 1, d_model]), None for nothing.
 LayerOffsets = Sequence[torch.Tensor | None]
+#: Called with each decoder layer's index and its steered output; reads it, changes nothing
+#: (``probe_tap.ProbeTaps``).
+LayerTap = Callable[[int, torch.Tensor], None]
 
 #: What a decoder layer calls its KV cache: ``cache`` in the transformers releases that renamed it
 #: (they warn, FutureWarning, on each call that still says ``past_key_values``), the old name
@@ -39,7 +42,7 @@ def decoder_parts(handle: MusicGenHandle) -> tuple[Any, Any]:
 
 def prefill_logits(decoder: Any, lm_heads: Any, input_ids: torch.Tensor, cache: EncoderDecoderCache,
                    encoder_states: torch.Tensor, cross_mask: torch.Tensor | None,
-                   offsets: LayerOffsets | None) -> torch.Tensor:
+                   offsets: LayerOffsets | None, taps: LayerTap | None = None) -> torch.Tensor:
     """The decoder over new positions ``input_ids`` [rows * K, n] -> last-position logits [rows, K, V].
 
     The same modules and weights as transformers' MusicgenForCausalLM, called layer by
@@ -62,6 +65,8 @@ def prefill_logits(decoder: Any, lm_heads: Any, input_ids: torch.Tensor, cache: 
                        **{CACHE_KWARG: cache})
         if offsets is not None and (offset := offsets[i]) is not None:
             hidden = hidden + offset
+        if taps is not None:
+            taps(i, hidden)
     last = decoder.layer_norm(hidden[:, -1:])
     return torch.stack([head(last[:, 0]) for head in lm_heads], dim=1)
 

@@ -368,6 +368,8 @@ class StaticStream(MusicStream):
             hidden = residual + x
             if offsets is not None and (site := self._steer_layers[i]) >= 0:
                 hidden = hidden + offsets[:, site]
+            if self.taps is not None:  # probe readings (probe_tap.py): read only
+                self.taps(i, hidden)
         last = dec.layer_norm(hidden)
         logits = torch.stack([head(last[:, 0]) for head in self._lm_heads], dim=1)  # [2B, K, V]
         tokens = self._sample(logits)
