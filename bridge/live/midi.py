@@ -130,18 +130,14 @@ class MidiMapper:
             self.table = table
             kept: list[BoundControl] = []
             unbound: list[Binding] = []
-            for control in self.controls:
-                target = self._resolve(control.binding.target)
-                if target is None:
-                    unbound.append(control.binding)
-                else:
-                    kept.append(control if target == control.target else BoundControl(control.binding, target))
-            for binding in self.unbound_bindings:
+            bound: list[tuple[Binding, BoundControl | None]] = [(c.binding, c) for c in self.controls]
+            for binding, control in [*bound, *((b, None) for b in self.unbound_bindings)]:
                 target = self._resolve(binding.target)
                 if target is None:
                     unbound.append(binding)
                 else:
-                    kept.append(BoundControl(binding, target))
+                    kept.append(control if control is not None and target == control.target
+                                else BoundControl(binding, target))
             self.controls, self.unbound_bindings = kept, unbound
 
     @property

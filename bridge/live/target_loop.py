@@ -92,7 +92,7 @@ class TargetLoop:
 
     def __init__(self, concepts: Mapping[str, tuple[float, float]], model_rate: int, ring_ratio: float, *,
                  lock: bool = False, streams: int = 1, feedforward: Mapping[str, FeedForward] | None = None,
-                 taps: object = None) -> None:
+                 taps: ProbeTaps | None = None) -> None:
         self.concepts = dict(concepts)
         self.feedforward = dict(feedforward or {})
         self.rate = model_rate
@@ -100,7 +100,7 @@ class TargetLoop:
         self.streams = streams
         self.active: dict[tuple[int, str], ActiveTarget] = {}
         # The stream's probe readings (probe_loop.py); None (a stream without taps): no probe targets.
-        self.taps = taps if isinstance(taps, ProbeTaps) else None
+        self.taps = taps
         self.probing: dict[tuple[int, str], ProbeTarget] = {}
         self._readings: dict[str, float] = {}  # the probes' last reading, stream 0
         self._audio = np.zeros(0, np.float32)
