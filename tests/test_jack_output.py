@@ -88,6 +88,26 @@ def test_a_port_that_is_not_there_is_one_line_naming_those_that_are(server) -> N
     assert "steerbridge" not in listing, "the half-made client is closed"
 
 
+def test_jack_connect_names_where_the_mix_goes_and_never_a_stems_pair(server) -> None:
+    """Four targets are left, right, left, right of the mix, with stems too: the stems' pairs
+    are for the DAW to pick up, not dealt round the list."""
+    recorder = JackRecorder(1.0)
+    output = open_output("jack", ("system:playback_1", "system:playback_2", "test-recorder:in_L",
+                                  "test-recorder:in_R"), stems=("drums", "bass"))
+    try:
+        def into(port: str) -> set[str]:
+            return {p.name for p in recorder.client.get_all_connections(port)}
+        assert into("test-recorder:in_L") == {"steerbridge:out_L"}
+        assert into("test-recorder:in_R") == {"steerbridge:out_R"}
+        assert into("system:playback_1") == {"steerbridge:out_L"}
+        assert into("system:playback_2") == {"steerbridge:out_R"}
+        for stem_port in ("drums_L", "drums_R", "bass_L", "bass_R"):
+            assert not into(f"steerbridge:{stem_port}"), f"{stem_port} is left for the DAW"
+    finally:
+        output.stop()
+        recorder.close()
+
+
 def test_no_jack_server_falls_back_to_the_silent_clock_with_one_line(monkeypatch, caplog) -> None:
     monkeypatch.setenv("JACK_DEFAULT_SERVER", f"steerbridge-absent-{os.getpid()}")
     with caplog.at_level(logging.WARNING, "steerbridge.audio"):

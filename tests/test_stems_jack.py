@@ -3,14 +3,18 @@ stem's audio, recorded back by JACK clients in the test (against ``jackd -d dumm
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from tests.realparts import JackRecorder, JackServer, own_jack_server
+from tests.oscclient import Client
+from tests.realparts import JackRecorder, JackServer, own_jack_server, wait_for
 
 jack = pytest.importorskip("jack")
 
@@ -100,6 +104,93 @@ def test_a_stem_added_on_jack_gets_a_spare_rows_ports_and_gives_them_back(tmp_pa
         code = stop(proc)
         osc.close()
         recorder.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert code == 0, text
+    for trouble in ("Traceback", "From cffi callback", "process callback failed"):
+        assert trouble not in text, text
+
+
+def _first_sound_beat(recorder: JackRecorder, master) -> float:
+    """The master's beat at the first non-silent sample the recorder took (in its cycle's
+    transport frames: the recorder and the speakers hear a cycle together)."""
+    heard = np.abs(recorder.audio[:recorder.filled, 0])
+    assert heard.max(initial=0.0) > 1e-5, f"{recorder.client.name} heard nothing"
+    first = int(np.argmax(heard > 1e-5))
+    assert recorder.started_at is not None
+    where = master.transport_frame_at(recorder.started_at + first)
+    assert where is not None and where[1], "the music enters while the transport rolls"
+    return master.beat_at(where[0])
+
+
+@pytest.mark.realtime
+def test_stems_start_together_on_a_downbeat_of_the_daws_clock_and_an_added_one_on_a_later_downbeat(
+        tmp_path, server, vectors_dir) -> None:
+    """JACK transport at 128 BPM from a timebase master in the test; serve follows it with
+    two stems and a spare row. Play in the DAW: both stems' ports are silent before and
+    their first sound is on the same downbeat (within a 20 ms frame). ``/stem/add`` while
+    rolling: the new stem's first sound, on the spare row's ports (recorded from before the
+    add: the connection survives the rename), is on a later downbeat."""
+    from tests.realparts import TimebaseMaster
+    from tests.test_serve_live import server_log_on_failure, stop
+
+    master = TimebaseMaster(128.0)
+    recorders = {name: JackRecorder(40.0, name=f"rec-{name}") for name in ("drums", "bass", "keys")}
+    probe = Client(0)
+    port = probe.port
+    probe.close()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--osc-port", str(port), "--quiet",
+         "--vectors", str(vectors_dir), "--audio-out", "jack", "--jack-connect", "system:playback_1,system:playback_2",
+         "--stem", "drums=punchy drums", "--stem", "bass=deep bass line", "--stem-spares", "1",
+         "--sync", "jack", "--transport", "follow"],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    osc = Client(port)
+
+    def status() -> dict:
+        osc.send("/status")
+        m = osc.recv(0.5)
+        return json.loads(m.params[0]) if m is not None and m.address == "/status/json" else {}
+
+    frame_beats = 0.02 * 128.0 / 60.0
+    try:
+        with server_log_on_failure(tmp_path):
+            assert wait_for(lambda: status().get("clock", {}).get("source") == "jack" and proc.poll() is None, 120)
+            assert wait_for(lambda: status().get("transport") == "stop", 30)
+            spare = next(p.name for p in recorders["keys"].client.get_ports("steerbridge:spare", is_output=True))
+            for name, recorder in recorders.items():
+                pair = spare[len("steerbridge:"):-len("_L")] if name == "keys" else name
+                recorder.connect([f"steerbridge:{pair}_L", f"steerbridge:{pair}_R"])
+            time.sleep(0.5)
+            for recorder in recorders.values():
+                recorder.recording = True
+            time.sleep(1.0)
+            for name in ("drums", "bass"):
+                assert not np.abs(recorders[name].audio[:recorders[name].filled]).any(), \
+                    f"{name} is silent while the transport is stopped"
+            master.client.transport_start()
+            assert wait_for(lambda: all(np.abs(recorders[n].audio[:recorders[n].filled]).max(initial=0.0) > 0.01
+                                        for n in ("drums", "bass")), 30)
+            beats = {name: _first_sound_beat(recorders[name], master) for name in ("drums", "bass")}
+            for name, beat in beats.items():
+                off_by = beat - 4 * round(beat / 4)
+                assert abs(off_by) <= frame_beats, f"{name}'s first sound at beat {beat:.4f}, not on a downbeat"
+            assert abs(beats["drums"] - beats["bass"]) <= frame_beats, f"the stems start apart: {beats}"
+            assert not np.abs(recorders["keys"].audio[:recorders["keys"].filled]).any(), "the spare row is silent"
+            osc.send("/stem/add", "keys", "soft piano")
+            assert wait_for(lambda: np.abs(recorders["keys"].audio[:recorders["keys"].filled]).max(initial=0.0) > 0.01,
+                            30), "the added stem never played"
+            assert "keys" in status()["stems"]
+            keys = _first_sound_beat(recorders["keys"], master)
+            off_by = keys - 4 * round(keys / 4)
+            assert abs(off_by) <= frame_beats, f"the added stem's first sound at beat {keys:.4f}, not on a downbeat"
+            assert keys >= beats["drums"] + 4 - frame_beats, "the added stem enters on a later bar"
+    finally:
+        code = stop(proc)
+        osc.close()
+        for recorder in recorders.values():
+            recorder.close()
+        master.close()
     text = (tmp_path / "serve.log").read_text()
     assert code == 0, text
     for trouble in ("Traceback", "From cffi callback", "process callback failed"):

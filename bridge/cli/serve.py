@@ -101,7 +101,8 @@ def register(sub: Commands) -> None:
     _option(p, "--audio-out", SERVE,
             help="device number or name | default | none (a silent clock) | jack[:CLIENT] (JACK ports out_L/out_R)")
     _option(p, "--jack-connect", SERVE, type=port_list,
-            help="JACK input ports to connect to, comma-separated (e.g. system:playback_1,system:playback_2)")
+            help="JACK input ports the mix (out_L/out_R) connects to, comma-separated, left, right, left, ... "
+                 "(e.g. system:playback_1,system:playback_2); stem pairs are left for the DAW")
     clock = p.add_argument_group("musical clock", "tempo, bar grid and transport: steerbridge's own, or a DAW's")
     _option(clock, "--sync", SERVE, choices=sorted(SOURCES),
             help="where tempo, position and play/stop come from (internal: our own clock at --bpm)")

@@ -126,9 +126,12 @@ class JackOutput:
                 raise JackConnectError(line)
             log.warning("%s", line)
         targets = [name for name in self.connect_to if name in there]
-        # One target: both sides to it (a mono input); two or more: left, right, left, ...
+        # One target: both sides of the mix to it (a mono input); two or more: the mix's left,
+        # right, left, ... The stems' pairs are never dealt round the list: they are for the
+        # DAW to pick up, track by track.
+        mix = self.ports[:len(PORTS)]
         for i, target in enumerate(targets):
-            sources = self.ports if len(targets) == 1 else [self.ports[i % len(self.ports)]]
+            sources = mix if len(targets) == 1 else [mix[i % len(mix)]]
             for port in sources:
                 if target not in {p.name for p in client.get_all_connections(port)}:
                     client.connect(port, target)
