@@ -67,6 +67,25 @@ def test_each_stem_has_its_own_ports_and_they_carry_its_audio(tmp_path, server, 
         assert trouble not in text, text
 
 
+_SEND_MIDI = """
+import sys, time, rtmidi
+out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "map-sender")
+out.open_port(next(i for i, n in enumerate(out.get_ports()) if "steerbridge" in n))
+out.send_message([int(b) for b in sys.argv[1:]])
+time.sleep(0.5)  # JACK delivers in the next cycles: stay a client until then
+out.close_port()
+out.delete()
+"""
+
+
+def send_jack_midi(env: dict[str, str], message: list[int]) -> None:
+    """One MIDI message from a JACK MIDI client in a process of its own: a JACK MIDI client
+    made in the test process, after earlier tests' JACK servers came and went, once crashed
+    it (a segfault in the full suite, never alone)."""
+    subprocess.run([sys.executable, "-c", _SEND_MIDI, *map(str, message)], env={**os.environ, **env},
+                   check=True, timeout=30, capture_output=True)
+
+
 def _own_ports(client) -> set[str]:
     return {p.name for p in client.get_ports("steerbridge:", is_output=True)}
 
@@ -82,8 +101,11 @@ def test_a_stem_added_on_jack_gets_a_spare_rows_ports_and_gives_them_back(tmp_pa
     from tests.test_serve_live import server_log_on_failure, start_serve, stop
 
     recorder = JackRecorder(3.0, name="rec-keys")  # longer than a bar: the stem enters on the next one
+    # One MIDI map for the whole set, keys included before it plays: channel 3 is keys'.
+    (tmp_path / "map.yaml").write_text("stems: {drums: 10, keys: 3}\ncontrols:\n  - {cc: 21, target: /steer/@1/knob}\n")
     proc, osc = start_serve(tmp_path, server.env, "--vectors", str(vectors_dir), "--audio-out", "jack",
-                            "--stem", "drums=punchy drums", "--stem-spares", "1")
+                            "--stem", "drums=punchy drums", "--stem-spares", "1", "--midi-in", "virtual",
+                            "--midi-api", "jack", "--midi-map", str(tmp_path / "map.yaml"))
     try:
         with server_log_on_failure(tmp_path):
             client = recorder.client
@@ -98,6 +120,13 @@ def test_a_stem_added_on_jack_gets_a_spare_rows_ports_and_gives_them_back(tmp_pa
                 assert time.monotonic() < deadline, "the added stem's ports stopped carrying audio"
                 time.sleep(0.05)
             assert np.abs(recorder.audio[:recorder.filled]).max() > 0.01, "the added stem plays on its ports"
+            send_jack_midi(server.env, [0xB2, 21, 127])  # CC 21 on channel 3: keys' first knob to the top
+            deadline = time.monotonic() + 10
+            while not any(osc.status()["stems"]["keys"]["targets"].values()):
+                assert time.monotonic() < deadline, "the map's control for keys did not reach keys"
+                time.sleep(0.1)
+            stems = osc.status()["stems"]
+            assert max(stems["keys"]["targets"].values()) > 0 and not any(stems["drums"]["targets"].values())
             osc.send("/stem/remove", "keys")
             _wait_ports(client, "steerbridge:spare1_L", "steerbridge:keys_L")
     finally:
