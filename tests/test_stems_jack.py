@@ -197,22 +197,35 @@ def test_stems_start_together_on_a_downbeat_of_the_daws_clock_and_an_added_one_o
             for name in ("drums", "bass"):
                 assert not np.abs(recorders[name].audio[:recorders[name].filled]).any(), \
                     f"{name} is silent while the transport is stopped"
+            underruns_before = osc.status()["underruns"]
+
+            def late_by_at_most() -> float:
+                """In beats: an underrun on a busy machine plays at most a period of silence
+                that delays everything after it, the grid's entries included (the grid
+                follows the source back within a few readings)."""
+                return (osc.status()["underruns"] - underruns_before) * PERIOD / RATE * 128.0 / 60.0
+
             master.client.transport_start()
             assert wait_for(lambda: all(np.abs(recorders[n].audio[:recorders[n].filled]).max(initial=0.0) > 0.01
                                         for n in ("drums", "bass")), 30)
             beats = {name: _first_sound_beat(recorders[name], master) for name in ("drums", "bass")}
+            slack = late_by_at_most()
             for name, beat in beats.items():
                 off_by = beat - 4 * round(beat / 4)
-                assert abs(off_by) <= frame_beats, f"{name}'s first sound at beat {beat:.4f}, not on a downbeat"
-            assert abs(beats["drums"] - beats["bass"]) <= frame_beats, f"the stems start apart: {beats}"
+                assert -frame_beats <= off_by <= frame_beats + slack, \
+                    f"{name}'s first sound at beat {beat:.4f}, not on a downbeat ({slack:.3f} beats of underruns)"
+            # One batch, one ring: the stems' first samples are the same output sample.
+            assert abs(beats["drums"] - beats["bass"]) <= 1 / RATE * 128.0 / 60.0, f"the stems start apart: {beats}"
             assert not np.abs(recorders["keys"].audio[:recorders["keys"].filled]).any(), "the spare row is silent"
             osc.send("/stem/add", "keys", "soft piano")
             assert wait_for(lambda: np.abs(recorders["keys"].audio[:recorders["keys"].filled]).max(initial=0.0) > 0.01,
                             30), "the added stem never played"
-            assert "keys" in status()["stems"]
+            assert "keys" in osc.status()["stems"]
             keys = _first_sound_beat(recorders["keys"], master)
+            slack = late_by_at_most()
             off_by = keys - 4 * round(keys / 4)
-            assert abs(off_by) <= frame_beats, f"the added stem's first sound at beat {keys:.4f}, not on a downbeat"
+            assert -frame_beats <= off_by <= frame_beats + slack, \
+                f"the added stem's first sound at beat {keys:.4f}, not on a downbeat ({slack:.3f} beats of underruns)"
             assert keys >= beats["drums"] + 4 - frame_beats, "the added stem enters on a later bar"
     finally:
         code = stop(proc)
