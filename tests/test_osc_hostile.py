@@ -734,7 +734,7 @@ def probe_window(client: Client, seconds: float) -> list[float]:
 def test_a_flood_of_valid_knob_messages_does_not_starve_the_engine(tiny, vectors_dir, tmp_path, audio_clock,
                                                                    sockets, rate, packets) -> None:
     """As many underruns as an idle window of the same length, and /status answered within a
-    bound from this machine's own idle round trip."""
+    bound from this machine's own idle round trips."""
     import subprocess
     import sys
 
@@ -761,7 +761,10 @@ def test_a_flood_of_valid_knob_messages_does_not_starve_the_engine(tiny, vectors
     finally:
         client.close()
         server.stop()
-    bound = max(0.25, 10 * sorted(idle)[len(idle) // 2]) / audio_clock
+    # Ten idle round trips, or twice the idle window's worst: another job on the two cores
+    # delays the niced front in both windows alike, while a front the flood starves is late
+    # by seconds.
+    bound = max(0.25, 10 * sorted(idle)[len(idle) // 2], 2 * max(idle)) / audio_clock
     assert max(flooded) <= bound, (max(flooded), bound, sorted(flooded)[-5:])
     if flood_underruns > idle_underruns + 1:  # one underrun of slack: a busy machine's hiccup lands in either window
         # On a quiet machine every case holds the bound (benchmarks/RESULTS.md, 2026-12-03), but with
