@@ -135,6 +135,8 @@ def test_a_stem_added_on_jack_gets_a_spare_rows_ports_and_gives_them_back(tmp_pa
         recorder.close()
     text = (tmp_path / "serve.log").read_text()
     assert code == 0, text
+    said = "MIDI map 'map': stem 'keys' is not in the set (stems: drums); its controls act once /stem/add keys"
+    assert text.count(said) == 1, text
     for trouble in ("Traceback", "From cffi callback", "process callback failed"):
         assert trouble not in text, text
 

@@ -96,6 +96,9 @@ class ControllerMap:
     name: str
     bindings: list[Binding]
     program_change: str | dict[int, str] | None = None
+    #: Stems the map names that the server's set does not have yet: their controls stay
+    #: unbound until ``/stem/add`` brings each in (``MidiMapper.retable``).
+    later_stems: tuple[str, ...] = ()
 
 
 def user_maps_dir() -> Path:
@@ -117,13 +120,14 @@ def load_map(spec: str, stems: Sequence[str] = ()) -> ControllerMap:
         raise MidiMapError(f"controller map {path.name}: expected a mapping with a 'controls' list")
     channel = _channel(raw.get("channel"), path.name)
     bindings = [_binding(entry, channel, path.name) for entry in raw["controls"]]
-    bindings = _stem_bindings(raw, bindings, list(stems), path.name)
+    later: list[str] = []
+    bindings = _stem_bindings(raw, bindings, list(stems), path.name, later)
     pc = raw.get("program_change")
     if pc is not None and pc != "scenes" and not isinstance(pc, dict):
         raise MidiMapError(f"controller map {path.name}: program_change must be 'scenes' or a number->scene map")
     if isinstance(pc, dict):
         pc = _program_scenes(pc, path.name)
-    return ControllerMap(str(raw.get("name", path.stem)), bindings, pc)
+    return ControllerMap(str(raw.get("name", path.stem)), bindings, pc, tuple(dict.fromkeys(later)))
 
 
 def _stem_target(target: str, stem: str) -> str:
@@ -137,7 +141,8 @@ def _per_stem(target: str) -> bool:
     return target.startswith(("/steer/", "/gen/")) or target == "/prompt"
 
 
-def _known_stem(name: Any, stems: list[str], where: str) -> str:
+def _known_stem(name: Any, stems: list[str], where: str, later: list[str]) -> str:
+    """A stem of the set, or a valid name for one added later (appended to ``later``)."""
     if not stems:
         raise MidiMapError(f"controller map {where}: names stem {str(name)[:40]!r}, but this server plays no "
                            "stems (--stem or a set file)")
@@ -146,17 +151,12 @@ def _known_stem(name: Any, stems: list[str], where: str) -> str:
             check_stem_name(name, f"controller map {where}")
         except SetFileError as exc:
             raise MidiMapError(str(exc)) from None
-        if (where, name) not in _SAID_LATER:
-            _SAID_LATER.add((where, name))
-            log.info("controller map %s: stem %r is not in the set (stems: %s); its controls act once "
-                     "/stem/add %s brings it in", where, name, ", ".join(stems), name)
+        later.append(str(name))
     return str(name)
 
 
-_SAID_LATER: set[tuple[str, str]] = set()  # serve loads a map twice (the check, then the server)
-
-
-def _stem_bindings(raw: dict[Any, Any], bindings: list[Binding], stems: list[str], where: str) -> list[Binding]:
+def _stem_bindings(raw: dict[Any, Any], bindings: list[Binding], stems: list[str], where: str,
+                   later: list[str]) -> list[Binding]:
     """``stem:`` and ``stems:`` resolved (module doc): every binding aimed at its stem's row."""
     by_channel: dict[int, str] = {}
     given = raw.get("stems")
@@ -164,7 +164,7 @@ def _stem_bindings(raw: dict[Any, Any], bindings: list[Binding], stems: list[str
         if not isinstance(given, dict) or not given:
             raise MidiMapError(f"controller map {where}: stems must map stem names to MIDI channels 1-16")
         for name, ch in given.items():
-            name = _known_stem(name, stems, where)
+            name = _known_stem(name, stems, where, later)
             if not (_whole(ch) and 1 <= ch <= 16):
                 raise MidiMapError(f"controller map {where}: stem {name}: channel must be 1-16, got {str(ch)[:40]!r}")
             if ch - 1 in by_channel:
@@ -175,7 +175,7 @@ def _stem_bindings(raw: dict[Any, Any], bindings: list[Binding], stems: list[str
     out: list[Binding] = []
     for entry, b, has_channel in zip(raw["controls"], bindings, own_channel, strict=True):
         if "stem" in entry:
-            out.append(replace(b, target=_stem_target(b.target, _known_stem(entry["stem"], stems, where))))
+            out.append(replace(b, target=_stem_target(b.target, _known_stem(entry["stem"], stems, where, later))))
         elif by_channel and not has_channel and _per_stem(b.target):
             out.extend(replace(b, target=_stem_target(b.target, name), channel=ch) for ch, name in by_channel.items())
         else:

@@ -202,7 +202,12 @@ class Server:
         self.midi: MidiInput | None = None
         self.mapper: MidiMapper | None = None
         if o.midi_in != "none":
-            self.mapper = MidiMapper(load_map(o.midi_map, [s.name for s in stem_set.stems] if stem_set else []), self.commands)
+            stem_names = [s.name for s in stem_set.stems] if stem_set else []
+            controller = load_map(o.midi_map, stem_names)
+            for name in controller.later_stems:
+                log.info("MIDI map %r: stem %r is not in the set (stems: %s); its controls act once /stem/add %s "
+                         "brings it in", controller.name, name, ", ".join(stem_names), name)
+            self.mapper = MidiMapper(controller, self.commands)
             self.midi = MidiInput(o.midi_in, self.mapper, api=o.midi_api)
             self.commands.midi_learn = self.mapper.learn
             self.commands.midi_save = self.mapper.save
