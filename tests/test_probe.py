@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from steering_core.steer.probe import LinearProbe, fit_probe
 from steering_core.steer.steerer import Steerer
-from steering_core.steer.vectors import METADATA_KEY, VectorFileError, load_vector
+from steering_core.steer.vectors import METADATA_KEY, SteeringVector, VectorFileError, load_vector
 from steering_core.stream.decode_loop import MusicStream
 from steering_core.stream.probe_tap import ProbeTaps
 from steering_core.stream.sampling import SamplingSettings
@@ -95,3 +95,35 @@ def test_probe_read_equals_the_hooked_activation_by_hand(tiny, vectors_dir, stre
         for hook in hooks:
             hook.remove()
     assert set(seen) == ({"timbre", "other"} if stream_class is MusicStream else {"other"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+def test_probe_taps_in_a_captured_cuda_graph_read_what_eager_reads() -> None:
+    """A captured graph replays the taps it was traced with: the mean logits since the last
+    read, accumulated on the device across replays, equal an eager stream's, read for read."""
+    from steering_core.model.loading import load_model
+
+    handle = load_model("tiny", device="cuda", dtype="float32")
+    last = handle.num_layers - 1
+    probes = {"a": _probe(handle, 1, 0), "b": _probe(handle, last, 1)}
+    g = torch.Generator().manual_seed(0)
+    vector = SteeringVector(concept="c", directions=torch.randn(2, handle.d_model, generator=g), layers=(0, 1))
+    readings = {}
+    for mode in ("on", "off"):
+        steerer = Steerer(handle)
+        steerer.add(vector, alpha=2.0)
+        stream = StaticStream(handle, "drums", seed=3, steerer=steerer, cuda_graphs=mode, window_frames=80,
+                              reprime_frames=30)
+        stream.taps = taps = ProbeTaps(probes, stream.batch, handle.num_layers, handle.device)
+        got = []
+        with stream.steering():
+            for _ in range(4):
+                stream.generate_frames(10)
+                got.append(taps.read_mean())
+        if mode == "on":
+            assert stream.graph_state == "graph", stream.graph_fallback_reason
+        readings[mode] = got
+    for graphed, eager in zip(readings["on"], readings["off"], strict=True):
+        assert graphed is not None and eager is not None
+        for name in probes:
+            assert graphed[name] == pytest.approx(eager[name], abs=1e-5), name
