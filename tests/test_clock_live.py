@@ -197,3 +197,26 @@ def test_bpm_in_the_prompt_follows_the_clock_on_the_next_bar_line(tiny, vectors_
     [event] = [r for r in lines if r.get("label") == "{bpm}"]
     assert event["changes"] == [{"kind": "prompt", "value": "techno at 128 bpm"}]
     assert event["beat"] == pytest.approx(1.0, abs=128 / 60 / 50)  # re-conditioned on a bar line
+
+
+def test_each_stems_bpm_prompt_follows_the_clock_on_the_next_bar_line(tiny, vectors_dir, tmp_path):
+    """A stem's own ``{bpm}`` prompt is re-conditioned on its row alone; a stem without one,
+    and the set's --prompt (a stems server plays the stems' prompts), change nothing."""
+    server = serve(tiny, vectors_dir, tmp_path, prompt="techno at {bpm} bpm", log=str(tmp_path / "set.jsonl"),
+                   stems=["drums=drums at {bpm} bpm", "bass=deep bass"])
+    prompts = server.performance.stream.prompts
+    assert prompts[:2] == ["drums at 240 bpm", "deep bass"]
+    server.start()
+    try:
+        assert wait_for(lambda: server.clock.snapshot.grid is not None)
+        server.commands.run("/transport/bpm", [128.0], TEST)
+        assert wait_for(lambda: server.performance.stream.prompts[0] == "drums at 128 bpm")
+        time.sleep(0.5)
+        assert server.performance.stream.prompts[1] == "deep bass"
+        assert server.status()["stems"]["drums"]["prompt"] == "drums at {bpm} bpm"  # asked: the template
+    finally:
+        server.stop()
+    lines = [json.loads(x) for x in (tmp_path / "set.jsonl").read_text().splitlines()]
+    [event] = [r for r in lines if r.get("label") == "{bpm}"]
+    assert event["changes"] == [{"kind": "prompt", "value": "drums at 128 bpm", "stream": 0, "stem": "drums"}]
+    assert event["beat"] == pytest.approx(1.0, abs=128 / 60 / 50)  # re-conditioned on a bar line

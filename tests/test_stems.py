@@ -161,18 +161,23 @@ def test_a_move_for_one_stem_is_never_overtaken_by_a_later_move_for_every_stem(t
     assert control.snapshot()["stems"]["drums"]["targets"] == {"timbre": 0.8}
 
 
-def test_a_stems_prompt_change_stays_that_stems_and_leaves_the_bpm_template(tmp_path) -> None:
+def test_a_stems_prompt_change_is_that_stems_bpm_template_alone(tmp_path) -> None:
     from types import SimpleNamespace
 
     from bridge.live.engine import Engine
+    from bridge.live.scheduling import BpmPrompts
 
-    engine = SimpleNamespace(clock=SimpleNamespace(snapshot=SimpleNamespace(bpm=120)),
-                             _prompt_template="set at {bpm} bpm", _bpm_prompt_held=True)
+    prompts = BpmPrompts({0: "drums at {bpm} bpm", 1: "bass"})
+    engine = SimpleNamespace(clock=SimpleNamespace(snapshot=SimpleNamespace(bpm=120)), bpm_prompts=prompts)
+    playing = ["drums at 90 bpm", "bass"]
+    assert prompts.due(120.0, playing.__getitem__) == [(0, "drums at {bpm} bpm")]
+    assert prompts.due(120.0, playing.__getitem__) == []  # it waits for its bar line once
     filled = Engine._filled(engine, Change("prompt", "bass at {bpm}", stream=1))
     assert (filled.stream, filled.value) == (1, "bass at 120")
-    assert engine._prompt_template == "set at {bpm} bpm" and engine._bpm_prompt_held
-    every = Engine._filled(engine, Change("prompt", "all at {bpm}"))
-    assert (every.stream, every.value, engine._prompt_template) == (None, "all at 120", "all at {bpm}")
+    assert prompts.templates == {0: "drums at {bpm} bpm", 1: "bass at {bpm}"} and prompts.held == {0}
+    every = Engine._filled(engine, Change("prompt", "all at {bpm}"))  # a prompt for every row
+    assert (every.stream, every.value) == (None, "all at 120")
+    assert prompts.templates == {0: "all at {bpm}", 1: "all at {bpm}"} and not prompts.held
 
 
 def test_a_stem_without_a_seed_never_shares_another_stems_seed(tmp_path) -> None:

@@ -36,6 +36,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ from .control import ControlEvent, ControlState
 from .latency import LatencyMeter
 from .options import EngineSettings
 from .performance_log import PerformanceLog
-from .scheduling import BPM_FIELD, OnTheGrid, fill_bpm
+from .scheduling import BPM_FIELD, BpmPrompts, OnTheGrid, fill_bpm
 from .stem_mix import StemMix
 from .target_loop import TargetLoop
 
@@ -76,7 +77,8 @@ class Engine:
     def __init__(self, performance: Performance, decoder: ChunkedDecoder, path: AudioPath | StemMix,
                  control: ControlState,
                  *, settings: EngineSettings | None = None, perf_log: PerformanceLog | None = None,
-                 clock: MusicalClock | None = None, prompt_template: str | None = None) -> None:
+                 clock: MusicalClock | None = None, prompt_template: str | None = None,
+                 row_prompts: Sequence[str] = ()) -> None:
         self.performance = performance
         self.stream = performance.stream
         self.decoder = decoder
@@ -106,8 +108,8 @@ class Engine:
         self.grid = OnTheGrid(clock, per_frame, self.max_delay, Quantize.parse(self.settings.quantize))
         self._enter_at: int | None = None  # the ring sample the music enters at (play, on the downbeat)
         self._clock_playing = True  # the clock's transport as last followed
-        self._prompt_template = prompt_template or self.performance.prompt  # may hold {bpm}
-        self._bpm_prompt_held = False  # a {bpm} re-conditioning waits for its bar line
+        # The prompts as given, {bpm} in them unfilled: the one stream's, or each stem's row's.
+        self.bpm_prompts = BpmPrompts(dict(enumerate(row_prompts)) or {None: prompt_template or self.performance.prompt})
         self.targets = TargetLoop(control.loop_ranges(), path.model_rate, path.ratio, lock=self.settings.tempo_lock,
                                   feedforward=control.loop_feedforward(),  # target knobs, the lock: this thread's
                                   taps=getattr(self.stream, "taps", None))  # the probes, if serve set them
@@ -379,10 +381,9 @@ class Engine:
             self._clock_playing = snap.playing
             state = "play" if snap.playing else "stop"
             self._transport(ControlEvent((), f"clock {snap.source}", f"/transport/{state}", transport=state))
-        if BPM_FIELD in self._prompt_template and not self._bpm_prompt_held \
-                and fill_bpm(self._prompt_template, float(snap.bpm)) != self.performance.prompt:
-            self._bpm_prompt_held = True
-            event = ControlEvent((Change("prompt", self._prompt_template),), f"clock {snap.source}", BPM_FIELD,
+        playing = lambda row: self.performance.prompt if row is None else self.stream.prompts[row]  # noqa: E731
+        for row, template in self.bpm_prompts.due(float(snap.bpm), playing):
+            event = ControlEvent((Change("prompt", template, stream=row),), f"clock {snap.source}", BPM_FIELD,
                                  quantize="bar")
             frame = self.grid.landing(event, Quantize("bar"), self._untouched_frame())
             if frame is None:
@@ -399,8 +400,7 @@ class Engine:
         """A prompt change with ``{bpm}`` filled from the clock (the log keeps the filled text)."""
         if change.kind != "prompt" or self.clock is None:
             return change
-        if change.stream is None:  # a stem's own prompt is not the set's {bpm} template
-            self._prompt_template, self._bpm_prompt_held = str(change.value), False
+        self.bpm_prompts.given(change.stream, str(change.value))
         return replace(change, value=fill_bpm(str(change.value), float(self.clock.snapshot.bpm)))
 
     def _downbeat_ahead(self) -> int | None:

@@ -13,6 +13,7 @@ transport starting) before it lands, it is placed again from where the music is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,32 @@ BPM_FIELD = "{bpm}"
 
 def fill_bpm(prompt: str, bpm: float) -> str:
     return prompt.replace(BPM_FIELD, str(round(bpm)))
+
+
+class BpmPrompts:
+    """The prompts as given, ``{bpm}`` unfilled, by the row each conditions (None: every
+    row, the one-stream server's prompt; a stem's row: its own), and the rows whose
+    re-conditioning to a new tempo waits for its bar line. Engine thread only."""
+
+    def __init__(self, templates: dict[int | None, str]) -> None:
+        self.templates = dict(templates)
+        self.held: set[int | None] = set()
+
+    def given(self, row: int | None, prompt: str) -> None:
+        """A prompt change landed on ``row`` (None: on every row, each row's template with it)."""
+        for key in (list(self.templates) if row is None else [row]):
+            self.templates[key] = prompt
+            self.held.discard(key)
+
+    def due(self, bpm: float, playing: Callable[[int | None], str]) -> list[tuple[int | None, str]]:
+        """(row, template) for each ``{bpm}`` prompt whose filling at ``bpm`` is not what the
+        row plays now (``playing(row)``), none already waiting; they wait from now on."""
+        out = []
+        for row, template in self.templates.items():
+            if BPM_FIELD in template and row not in self.held and fill_bpm(template, bpm) != playing(row):
+                self.held.add(row)
+                out.append((row, template))
+        return out
 
 
 @dataclass

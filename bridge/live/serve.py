@@ -197,7 +197,8 @@ class Server:
                                   latency_of=lambda: self.output.latency_s)
         self.commands.clock = self.clock
         self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log,
-                             clock=self.clock, prompt_template=o.prompt)
+                             clock=self.clock, prompt_template=o.prompt,
+                             row_prompts=[s.prompt for s in self.stems.specs] if self.stems else ())
 
         self.midi: MidiInput | None = None
         self.mapper: MidiMapper | None = None
