@@ -4,6 +4,7 @@ which pair (bridge/live/device_channels.py), down to the ring and the DeviceOutp
 from __future__ import annotations
 
 import logging
+import types
 from typing import Any
 
 import numpy as np
@@ -83,9 +84,36 @@ class FakeSounddevice:
     def query_hostapis(self, _index: int) -> dict[str, Any]:
         return {"name": self.hostapi}
 
+    def OutputStream(self, **kw: Any) -> Any:
+        """A stream that never plays: the test calls its callback, as PortAudio's thread would."""
+        self.opened = kw
+        return types.SimpleNamespace(start=lambda: None, stop=lambda: None, close=lambda: None, latency=0.01)
 
-def _card(monkeypatch, name: str, channels: int, hostapi: str = "ALSA") -> None:
-    monkeypatch.setattr(outputs, "_sounddevice", lambda: FakeSounddevice(name, channels, hostapi))
+
+def _card(monkeypatch, name: str, channels: int, hostapi: str = "ALSA") -> FakeSounddevice:
+    card = FakeSounddevice(name, channels, hostapi)
+    monkeypatch.setattr(outputs, "_sounddevice", lambda: card)
+    return card
+
+
+def test_a_mono_card_plays_the_mean_of_the_mixs_two_sides(monkeypatch) -> None:
+    """A stereo chain's sides differ (a reverb's width): a mono card plays their mean, not the left."""
+    card = _card(monkeypatch, "USB Mono (hw:2,0)", 1)
+    out = outputs.open_output("hw:2,0")
+    assert isinstance(out, outputs.DeviceOutput) and out.channels == 1
+    ring = Ring(capacity=1024, channels=2)
+    left, right = np.linspace(-0.5, 0.5, 300, dtype=np.float32), np.linspace(0.25, -0.75, 300, dtype=np.float32)
+    ring.write(np.stack([left, right], axis=1))
+    out.start(ring)
+    assert card.opened["channels"] == 1
+    callback = card.opened["callback"]
+    block = np.full((256, 1), 9.0, np.float32)
+    callback(block, 256, None, None)
+    np.testing.assert_allclose(block[:, 0], (left[:256] + right[:256]) / 2, atol=1e-7)
+    callback(block, 256, None, None)  # 44 samples left, then the ring runs dry: silence, not old samples
+    np.testing.assert_allclose(block[:44, 0], (left[256:] + right[256:]) / 2, atol=1e-7)
+    assert not block[44:].any()
+    out.stop()
 
 
 def test_a_card_opens_with_the_stems_pairs_and_logs_them(monkeypatch, caplog) -> None:
