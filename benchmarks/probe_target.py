@@ -5,8 +5,9 @@ clock plays in real time), recorded, with the concept's shipped vector (it carri
 probe). The script drives ``/steer/<concept>/target/probe``: a low setpoint first, then a
 step to a high one, held. Every 0.1 s it reads ``/status``'s loop state (the smoothed probe
 reading the loop holds, the last raw reading, alpha). Two judges beside the loop's own
-reading: librosa's spectral centroid of the recording, second by second (the timbre probe's
-concept is brightness; independent of the probe), and the same run with alpha held at 0
+reading: librosa on the recording, second by second, independent of the probe (the
+timbre probe's concept is brightness: the spectral centroid; the tempo probe's is pace:
+onsets a second), and the same run with alpha held at 0
 (the unsteered stream) for the underruns the loop may add. Writes ``probe_target.json`` and
 ``probe_step_response.png``.
 
@@ -90,16 +91,24 @@ def step_metrics(trace: list[dict], low: float, high: float) -> dict:
             "low_mean_before_step": float(np.nanmean(low_means))}
 
 
-def centroid_per_second(path: Path) -> list[float]:
+#: The judge of each concept's probe, on the recording: (what it measures, unit, per-second values).
+JUDGES = {"timbre": ("centroid", "Hz"), "tempo": ("onsets", "a second")}
+
+
+def judged_per_second(path: Path, concept: str) -> list[float]:
+    """The concept's own measure, second by second: the centroid, or librosa's onsets counted."""
     audio, rate = librosa.load(str(path), sr=None, mono=True)
+    seconds = int(len(audio) / rate)
+    if JUDGES.get(concept, JUDGES["timbre"])[0] == "onsets":
+        onsets = librosa.onset.onset_detect(y=audio, sr=rate, units="time")
+        return [float(np.sum((onsets >= i) & (onsets < i + 1))) for i in range(seconds)]
     cent = librosa.feature.spectral_centroid(y=audio, sr=rate, hop_length=512)[0]
     frames_per_s = rate / 512
-    return [float(np.mean(cent[int(i * frames_per_s):int((i + 1) * frames_per_s)]))
-            for i in range(int(len(audio) / rate))]
+    return [float(np.mean(cent[int(i * frames_per_s):int((i + 1) * frames_per_s)])) for i in range(seconds)]
 
 
 def smooth(values: list[float], width: int = 3) -> list[float]:
-    """A running median over ``width`` seconds: one second's centroid jumps with each note."""
+    """A running median over ``width`` seconds: one second's measure jumps with each note."""
     half = width // 2
     return [float(np.median(values[max(0, i - half):i + half + 1])) for i in range(len(values))]
 
@@ -135,11 +144,11 @@ def main() -> None:
             actions = [(LOW_AT_S, lambda s: s.commands.run(f"/steer/{c}/target/probe", [low], BENCH)),
                        (STEP_AT_S, lambda s: s.commands.run(f"/steer/{c}/target/probe", [high], BENCH))]
         record = play(handle, c, out, name, seed, seconds, actions)
-        record["centroid_hz"] = centroid_per_second(out / f"{name}.wav")
+        record["judged"] = judged_per_second(out / f"{name}.wav", c)
         if mode == "target":
             record.update(step_metrics(record["trace"], low, high))
         results["runs"][name] = record
-        print(name, {k: v for k, v in record.items() if k not in ("trace", "centroid_hz")}, flush=True)
+        print(name, {k: v for k, v in record.items() if k not in ("trace", "judged")}, flush=True)
     (out / "probe_target.json").write_text(json.dumps(results, indent=1))
     plot(results, out)
 
@@ -157,11 +166,11 @@ def plot(results: dict, out: Path) -> None:
         ts = [r["t"] for r in tr]
         axes[0].plot(ts, [r["measured"] for r in tr], colour, label=f"{seed}: the reading the loop holds")
         axes[1].plot(ts, [r["alpha"] for r in tr], colour, label=seed)
-        axes[2].plot(np.arange(len(run["centroid_hz"])) + 0.5, smooth(run["centroid_hz"]), colour,
+        axes[2].plot(np.arange(len(run["judged"])) + 0.5, smooth(run["judged"]), colour,
                      label=f"{seed}, probe target")
         plain = results["runs"].get(f"plain_{seed}")
         if plain:
-            axes[2].plot(np.arange(len(plain["centroid_hz"])) + 0.5, smooth(plain["centroid_hz"]), colour,
+            axes[2].plot(np.arange(len(plain["judged"])) + 0.5, smooth(plain["judged"]), colour,
                          linestyle=":", label=f"{seed}, alpha 0")
     if targets:
         tr = results["runs"][targets[0]]["trace"]
@@ -172,7 +181,8 @@ def plot(results: dict, out: Path) -> None:
     axes[0].set_ylabel(f"{c} probe (probability)")
     axes[0].legend(fontsize=7)
     axes[1].set_ylabel("alpha played")
-    axes[2].set_ylabel("centroid (Hz, librosa, 3 s median)")
+    what, unit = JUDGES.get(c, JUDGES["timbre"])
+    axes[2].set_ylabel(f"{what} ({unit}, librosa, 3 s median)")
     axes[2].set_xlabel("s")
     axes[2].legend(fontsize=7)
     fig.suptitle(f"{c} probe target: {results['low']:g} -> {high:g} at {results['step_at_s']:g} s, then held")
