@@ -82,8 +82,9 @@ def send_jack_midi(env: dict[str, str], message: list[int]) -> None:
     """One MIDI message from a JACK MIDI client in a process of its own: a JACK MIDI client
     made in the test process, after earlier tests' JACK servers came and went, once crashed
     it (a segfault in the full suite, never alone)."""
-    subprocess.run([sys.executable, "-c", _SEND_MIDI, *map(str, message)], env={**os.environ, **env},
-                   check=True, timeout=30, capture_output=True)
+    sent = subprocess.run([sys.executable, "-c", _SEND_MIDI, *map(str, message)], env={**os.environ, **env},
+                          timeout=30, capture_output=True, text=True)
+    assert sent.returncode == 0, f"the JACK MIDI sender failed: {sent.stderr[-2000:]}"
 
 
 def _own_ports(client) -> set[str]:
