@@ -4,7 +4,9 @@ Each run is a real server in-process (the toy on the CPU, ``--audio-out none``: 
 clock plays in real time), recorded; the recording is judged by librosa's onset detection,
 independent of the controller's own sensor: the local tempo per bar (the median interval
 between onsets, as eighths) and each onset's offset from the clock's nearest eighth-note
-grid line (the toy plays eighths). Writes ``target_knobs.json`` and step-response plots.
+grid line (the toy plays eighths). Beside it, the ground truth: the drum codes of every
+frame played (``toy/readback.py``: the hits' times, hence the tempo and each hit's phase,
+with no onset detector in the way). Writes ``target_knobs.json`` and step-response plots.
 
     PYTHONPATH=$PWD python benchmarks/target_knobs.py --out bench_targets
     PYTHONPATH=$PWD python benchmarks/target_knobs.py --vector shipped --runs step,lock90_on,lock90_off,lock120_on,lock120_off
@@ -35,6 +37,8 @@ from steering_core.extract.concepts import load_concept
 from steering_core.extract.extraction import extract_vector
 from steering_core.model.loading import load_model
 from steering_core.steer.vectors import load_vector
+from steering_core.toy import world
+from steering_core.toy.readback import drum_bpm, hit_frames
 from steering_core.toy.shipped_vectors import shipped_path
 
 BENCH = Origin("benchmark")
@@ -45,6 +49,7 @@ def run(handle, vectors: list[str], out: Path, name: str, bpm: float, seconds: f
     o = ServeOptions(model="toy", osc_port=0, audio_out="none", status_line=False, record=str(out / f"{name}.wav"),
                      bpm=bpm, vectors=vectors, seed=seed)
     server = Server(o, handle=handle)
+    played = capture_played_codes(server)
     trace = []
     server.start()
     t0 = time.monotonic()
@@ -62,7 +67,65 @@ def run(handle, vectors: list[str], out: Path, name: str, bpm: float, seconds: f
         server.stop()
     grid = server.clock.snapshot.grid
     audio, rate = librosa.load(str(out / f"{name}.wav"), sr=None, mono=True)
-    return audio, rate, grid, trace, server.status()["underruns"]
+    codes = np.concatenate(played, axis=1) if played else np.zeros((4, 0), np.int64)
+    return audio, rate, grid, trace, server.status()["underruns"], codes
+
+
+def capture_played_codes(server: Server) -> list[np.ndarray]:
+    """The codes of every frame the decoder emits, in order (aligned [K, n] per chunk): what
+    was played, rollbacks already resolved. The toy's ground truth is read from them."""
+    decoder, played = server.engine.decoder, []
+    pull = decoder.pull
+
+    def pulled(final: bool = False) -> np.ndarray:
+        first, base, codes = decoder.emitted_frames, decoder.base, decoder.codes
+        audio = pull(final)
+        if codes is not None and decoder.emitted_frames > first:
+            played.append(codes[0, :, first - base:decoder.emitted_frames - base].cpu().numpy().copy())
+        return audio
+
+    decoder.pull = pulled  # type: ignore[method-assign]
+    return played
+
+
+def truth_track(codes: np.ndarray, window_s: float = 3.0, hop_s: float = 0.5) -> list[tuple[float, float]]:
+    """(centre s, BPM) per window from the drum codes (toy/readback.py): the ground truth."""
+    n, hop = int(window_s * world.FRAME_RATE), int(hop_s * world.FRAME_RATE)
+    out = []
+    for a in range(0, codes.shape[1] - n + 1, hop):
+        bpm = drum_bpm(codes[world.DRUMS, a:a + n])
+        if bpm > 0:
+            out.append(((a + n / 2) / world.FRAME_RATE, bpm))
+    return out
+
+
+def truth_lock(codes: np.ndarray, rate: int, grid, start_s: float) -> dict:
+    """The drum codes against the clock from ``start_s``: median |tempo error| per window
+    and median |phase error| (s) of each hit against the grid's nearest eighth."""
+    errors = [b / float(grid.segment_at(int(t * rate)).bpm) - 1 for t, b in truth_track(codes) if t >= start_s]
+    phase = []
+    for f in hit_frames(codes[world.DRUMS]):
+        if f / world.FRAME_RATE < start_s:
+            continue
+        sample = int(f * rate / world.FRAME_RATE)
+        eighth = float(grid.beat_at(sample)) * 2
+        phase.append((eighth - round(eighth)) * 30.0 / float(grid.segment_at(sample).bpm))
+    return {"truth_median_abs_tempo_error": float(np.median(np.abs(errors))) if errors else None,
+            "truth_median_abs_phase_ms": float(np.median(np.abs(phase)) * 1000) if phase else None,
+            "truth_hits": len(phase)}
+
+
+def truth_step(codes: np.ndarray, at_s: float, to: float) -> dict:
+    track = truth_track(codes)
+    before = [b for t, b in track if at_s - 4 <= t < at_s]
+    after = [(t, b) for t, b in track if t >= at_s]
+    start = float(np.median(before)) if before else float("nan")
+    within = [abs(b / to - 1) <= 0.05 for _, b in after]
+    settle = next((after[i][0] - at_s for i in range(len(after)) if all(within[i:])), None)
+    peak = max((b for _, b in after), default=float("nan"))
+    return {"truth_before_bpm": start, "truth_final_bpm": float(np.median([b for _, b in after[-6:]])) if after else None,
+            "truth_settle_s": settle, "truth_overshoot": (peak - to) / (to - start) if peak > to else 0.0,
+            "truth_track": [(round(t, 2), round(b, 1)) for t, b in track]}
 
 
 def judge(audio: np.ndarray, rate: int, grid, start_s: float, end_s: float | None = None):
@@ -153,19 +216,20 @@ def main() -> None:
                 actions.append((t, lambda s, bb=bb: s.clock.source.request_tempo(bb)))
                 t += 60.0 / b
                 b = bb
-        audio, rate, grid, trace, underruns = run(handle, [str(vec)], out, name, bpm, seconds, actions)
+        audio, rate, grid, trace, underruns, codes = run(handle, [str(vec)], out, name, bpm, seconds, actions)
         record = {"underruns": underruns, "trace": trace}
         if name == "step":
             record.update(step_metrics(audio, rate, STEP_AT_S, span[1]), step_from=span[0], step_to=span[1])
+            record.update(truth_step(codes, STEP_AT_S, span[1]))
         else:
             # after 8 bars of the host (the ramp: 8 bars after it starts), to the end
             start = 0.5 + 8 * 4 * 60.0 / bpm if not name.startswith("ramp") else 4.0 + 8 * 4 * 60.0 / 110.0
             tempo_err, phase, _ = judge(audio, rate, grid, start)
             record.update(median_abs_tempo_error=float(np.median(np.abs(tempo_err))) if len(tempo_err) else None,
                           median_abs_phase_ms=float(np.median(np.abs(phase)) * 1000) if len(phase) else None,
-                          onsets=len(phase))
+                          onsets=len(phase), **truth_lock(codes, rate, grid, start))
         results[name] = record
-        print(name, {k: v for k, v in record.items() if k != "trace"}, flush=True)
+        print(name, {k: v for k, v in record.items() if k not in ("trace", "judged_track", "truth_track")}, flush=True)
     (out / "target_knobs.json").write_text(json.dumps(results, indent=1))
     plot(results, out)
 
@@ -194,6 +258,8 @@ def plot_step(results: dict, out: Path) -> None:
     lo, hi = results["span"]
     judged = results["step"].get("judged_track") or []
     axes[0].plot([t for t, _ in judged], [b for _, b in judged], ".", alpha=0.6, label="judged (librosa, recording)")
+    truth = results["step"].get("truth_track") or []
+    axes[0].plot([t for t, _ in truth], [b for _, b in truth], "k-", alpha=0.5, label="played (the drum codes)")
     axes[0].legend()
     fig.suptitle(f"tempo target: step {lo:g} -> {hi:g} BPM (knob 0 -> 1, {results['vector']} vector)")
     fig.savefig(out / "tempo_step_response.png", dpi=100)
