@@ -20,12 +20,12 @@ import argparse
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import librosa
 import numpy as np
 import torch
+from target_knobs import play  # benchmarks/target_knobs.py: the same live loop as the tempo targets
 from tqdm import tqdm
 
 from bridge.live import probe_loop
@@ -42,27 +42,18 @@ HOLD_FROM_S = 8.0
 BAND = 0.1  # the issue's bound on the held reading
 
 
-def play(handle, concept: str, out: Path, name: str, seed: int, seconds: float, actions) -> dict:
+def run(handle, concept: str, out: Path, name: str, seed: int, seconds: float, actions) -> dict:
     """Play ``seconds`` with ``actions`` [(t, callable(server))]; a 0.1 s trace of the loop and the recording."""
     o = ServeOptions(model="toy", osc_port=0, audio_out="none", status_line=False, record=str(out / f"{name}.wav"),
                      vectors=[str(shipped_path(concept))], seed=seed, cuda_graphs="off")
     server = Server(o, handle=handle)
-    trace = []
-    server.start()
-    t0 = time.monotonic()
-    pending = sorted(actions, key=lambda a: a[0])
-    try:
-        while (t := time.monotonic() - t0) < seconds:
-            while pending and pending[0][0] <= t:
-                pending.pop(0)[1](server)
-            st = server.status()
-            loop = st["target_knobs"].get(concept) or {}
-            trace.append({"t": round(t, 2), "alpha": st["alphas"].get(concept), "setpoint": loop.get("setpoint"),
-                          "measured": loop.get("measured"), "raw": loop.get("raw"),
-                          "probe": (st.get("probes") or {}).get(concept)})
-            time.sleep(0.1)
-    finally:
-        server.stop()
+
+    def sample(st: dict, t: float) -> dict:
+        loop = st["target_knobs"].get(concept) or {}
+        return {"t": round(t, 2), "alpha": st["alphas"].get(concept), "setpoint": loop.get("setpoint"),
+                "measured": loop.get("measured"), "raw": loop.get("raw"), "probe": (st.get("probes") or {}).get(concept)}
+
+    trace = play(server, seconds, actions, sample, every=0.1)
     return {"trace": trace, "underruns": server.status()["underruns"]}
 
 
@@ -143,7 +134,7 @@ def main() -> None:
         if mode == "target":
             actions = [(LOW_AT_S, lambda s: s.commands.run(f"/steer/{c}/target/probe", [low], BENCH)),
                        (STEP_AT_S, lambda s: s.commands.run(f"/steer/{c}/target/probe", [high], BENCH))]
-        record = play(handle, c, out, name, seed, seconds, actions)
+        record = run(handle, c, out, name, seed, seconds, actions)
         record["judged"] = judged_per_second(out / f"{name}.wav", c)
         if mode == "target":
             record.update(step_metrics(record["trace"], low, high))

@@ -50,6 +50,22 @@ def run(handle, vectors: list[str], out: Path, name: str, bpm: float, seconds: f
                      bpm=bpm, vectors=vectors, seed=seed)
     server = Server(o, handle=handle)
     played = capture_played_codes(server)
+
+    def sample(st: dict, t: float) -> dict:
+        return {"t": round(t, 2), "alpha": st["alphas"].get("tempo"), "lock": st["lock"],
+                "loop": st["target_knobs"].get("tempo"), "bpm": float(server.clock.snapshot.bpm),
+                "underruns": st["underruns"]}
+
+    trace = play(server, seconds, actions, sample, every=0.25)
+    grid = server.clock.snapshot.grid
+    audio, rate = librosa.load(str(out / f"{name}.wav"), sr=None, mono=True)
+    codes = np.concatenate(played, axis=1) if played else np.zeros((4, 0), np.int64)
+    return audio, rate, grid, trace, server.status()["underruns"], codes
+
+
+def play(server: Server, seconds: float, actions, sample, every: float) -> list[dict]:
+    """Start ``server``, run ``actions`` [(t, callable(server))] at their times and
+    ``sample(status, t)`` every ``every`` seconds for ``seconds``, stop it; the samples."""
     trace = []
     server.start()
     t0 = time.monotonic()
@@ -58,17 +74,11 @@ def run(handle, vectors: list[str], out: Path, name: str, bpm: float, seconds: f
         while (t := time.monotonic() - t0) < seconds:
             while pending and pending[0][0] <= t:
                 pending.pop(0)[1](server)
-            st = server.status()
-            trace.append({"t": round(t, 2), "alpha": st["alphas"].get("tempo"), "lock": st["lock"],
-                          "loop": st["target_knobs"].get("tempo"), "bpm": float(server.clock.snapshot.bpm),
-                          "underruns": st["underruns"]})
-            time.sleep(0.25)
+            trace.append(sample(server.status(), t))
+            time.sleep(every)
     finally:
         server.stop()
-    grid = server.clock.snapshot.grid
-    audio, rate = librosa.load(str(out / f"{name}.wav"), sr=None, mono=True)
-    codes = np.concatenate(played, axis=1) if played else np.zeros((4, 0), np.int64)
-    return audio, rate, grid, trace, server.status()["underruns"], codes
+    return trace
 
 
 def capture_played_codes(server: Server) -> list[np.ndarray]:

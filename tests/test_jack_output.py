@@ -4,12 +4,15 @@ dummy``, recorded back by a JACK client in the test (tests/realparts.py)."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from bridge.live.options import EngineSettings
 from bridge.live.outputs import ClockOutput, open_output
 from bridge.live.ring import Ring
 from steering_core.errors import UserError
+from tests.oscclient import Client
 from tests.realparts import JackRecorder, JackServer, own_jack_server, wait_for
 
 jack = pytest.importorskip("jack")
@@ -189,6 +193,29 @@ def test_serve_plays_its_music_to_the_jack_ports_it_connects(tmp_path, server, v
         assert trouble not in text, text
 
 
+def serve_following_jack(tmp_path, *args: str) -> tuple[subprocess.Popen, Client, Callable[[], dict[str, Any]]]:
+    """serve on tiny with JACK ports, following JACK transport (``--sync jack --transport
+    follow``), and ``args``: the process, an OSC client, and a ``/status`` that answers {}
+    when no reply comes within 0.5 s (for ``wait_for``). It does not wait for frames, as
+    ``start_serve`` does: a stopped transport makes none."""
+    probe = Client(0)
+    port = probe.port
+    probe.close()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--osc-port", str(port), "--quiet",
+         "--audio-out", "jack", "--sync", "jack", "--transport", "follow", *args],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    osc = Client(port)
+
+    def status() -> dict[str, Any]:
+        osc.send("/status")
+        m = osc.recv(0.5)
+        return json.loads(m.params[0]) if m is not None and m.address == "/status/json" else {}
+
+    return proc, osc, status
+
+
 @pytest.mark.realtime
 def test_play_in_the_daw_enters_on_a_downbeat_at_the_jack_ports(tmp_path, server, vectors_dir) -> None:
     """JACK transport at 128 BPM from a timebase master in the test; serve follows it
@@ -197,32 +224,13 @@ def test_play_in_the_daw_enters_on_a_downbeat_at_the_jack_ports(tmp_path, server
     each JACK cycle's samples with that cycle's transport frame; both reach the listener
     with the same latency, so the first non-silent sample recorded lies, in the master's
     own transport frames, on a downbeat within one 20 ms frame."""
-    import json
-    import sys
-
-    from tests.oscclient import Client
     from tests.realparts import TimebaseMaster
     from tests.test_serve_live import server_log_on_failure, stop
 
     master = TimebaseMaster(128.0)
     recorder = JackRecorder(40.0)
-    probe = Client(0)
-    port = probe.port
-    probe.close()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--osc-port", str(port), "--quiet",
-         "--vectors", str(vectors_dir), "--audio-out", "jack", "--jack-connect",
-         "system:playback_1,system:playback_2,test-recorder:in_L,test-recorder:in_R",
-         "--sync", "jack", "--transport", "follow"],
-        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
-    osc = Client(port)
-
-    def status() -> dict:
-        osc.send("/status")
-        m = osc.recv(0.5)
-        return json.loads(m.params[0]) if m is not None and m.address == "/status/json" else {}
-
+    proc, osc, status = serve_following_jack(tmp_path, "--vectors", str(vectors_dir), "--jack-connect",
+                                             "system:playback_1,system:playback_2,test-recorder:in_L,test-recorder:in_R")
     try:
         with server_log_on_failure(tmp_path):
             assert wait_for(lambda: status().get("clock", {}).get("source") == "jack" and proc.poll() is None, 120)

@@ -3,7 +3,6 @@ stem's audio, recorded back by JACK clients in the test (against ``jackd -d dumm
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tests.oscclient import Client
 from tests.realparts import JackRecorder, JackServer, own_jack_server, wait_for
 
 jack = pytest.importorskip("jack")
@@ -163,27 +161,14 @@ def test_stems_start_together_on_a_downbeat_of_the_daws_clock_and_an_added_one_o
     rolling: the new stem's first sound, on the spare row's ports (recorded from before the
     add: the connection survives the rename), is on a later downbeat."""
     from tests.realparts import TimebaseMaster
+    from tests.test_jack_output import serve_following_jack
     from tests.test_serve_live import server_log_on_failure, stop
 
     master = TimebaseMaster(128.0)
     recorders = {name: JackRecorder(40.0, name=f"rec-{name}") for name in ("drums", "bass", "keys")}
-    probe = Client(0)
-    port = probe.port
-    probe.close()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--osc-port", str(port), "--quiet",
-         "--vectors", str(vectors_dir), "--audio-out", "jack", "--jack-connect", "system:playback_1,system:playback_2",
-         "--stem", "drums=punchy drums", "--stem", "bass=deep bass line", "--stem-spares", "1",
-         "--sync", "jack", "--transport", "follow"],
-        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
-    osc = Client(port)
-
-    def status() -> dict:
-        osc.send("/status")
-        m = osc.recv(0.5)
-        return json.loads(m.params[0]) if m is not None and m.address == "/status/json" else {}
-
+    proc, osc, status = serve_following_jack(
+        tmp_path, "--vectors", str(vectors_dir), "--jack-connect", "system:playback_1,system:playback_2",
+        "--stem", "drums=punchy drums", "--stem", "bass=deep bass line", "--stem-spares", "1")
     frame_beats = 0.02 * 128.0 / 60.0
     try:
         with server_log_on_failure(tmp_path):
