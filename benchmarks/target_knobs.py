@@ -126,16 +126,24 @@ def truth_lock(codes: np.ndarray, rate: int, grid, start_s: float) -> dict:
 
 
 def truth_step(codes: np.ndarray, at_s: float, to: float) -> dict:
+    """The step judged by the drum codes played (``step_metrics``' keys, prefixed ``truth_``)."""
     track = truth_track(codes)
+    out = settling(track, at_s, to)
+    return {"truth_before_bpm": out["before"], "truth_final_bpm": out["final"], "truth_settle_s": out["settle_s"],
+            "truth_overshoot": out["overshoot"], "truth_track": [(round(t, 2), round(b, 1)) for t, b in track]}
+
+
+def settling(track: list[tuple[float, float]], at_s: float, to: float) -> dict:
+    """A BPM track [(s, BPM)] after a step to ``to`` at ``at_s``: the median of the 4 s before,
+    of the last 6 windows, when it came within 5 % for good (s after the step), overshoot."""
     before = [b for t, b in track if at_s - 4 <= t < at_s]
     after = [(t, b) for t, b in track if t >= at_s]
     start = float(np.median(before)) if before else float("nan")
     within = [abs(b / to - 1) <= 0.05 for _, b in after]
     settle = next((after[i][0] - at_s for i in range(len(after)) if all(within[i:])), None)
     peak = max((b for _, b in after), default=float("nan"))
-    return {"truth_before_bpm": start, "truth_final_bpm": float(np.median([b for _, b in after[-6:]])) if after else None,
-            "truth_settle_s": settle, "truth_overshoot": (peak - to) / (to - start) if peak > to else 0.0,
-            "truth_track": [(round(t, 2), round(b, 1)) for t, b in track]}
+    return {"before": start, "final": float(np.median([b for _, b in after[-6:]])) if after else None,
+            "settle_s": settle, "overshoot": (peak - to) / (to - start) if peak > to else 0.0}
 
 
 def judge(audio: np.ndarray, rate: int, grid, start_s: float, end_s: float | None = None):
@@ -177,15 +185,11 @@ def local_tempo(audio: np.ndarray, rate: int, window_s: float = 2.0, hop_s: floa
 
 
 def step_metrics(audio: np.ndarray, rate: int, at_s: float, to: float) -> dict:
-    track = [(t, b) for t, b in local_tempo(audio, rate) if t >= at_s]
-    before = [b for t, b in local_tempo(audio, rate) if at_s - 4 <= t < at_s]
-    start = float(np.median(before)) if before else float("nan")
-    within = [abs(b / to - 1) <= 0.05 for _, b in track]
-    settle = next((track[i][0] - at_s for i in range(len(track)) if all(within[i:])), None)
-    peak = max((b for _, b in track), default=float("nan"))
-    return {"judged_before_bpm": start, "judged_final_bpm": float(np.median([b for _, b in track[-6:]])) if track else None,
-            "settle_s": settle, "overshoot": (peak - to) / (to - start) if peak > to else 0.0,
-            "judged_track": [(round(t, 2), round(b, 1)) for t, b in track]}
+    """The step judged by librosa's onsets of the recording."""
+    track = local_tempo(audio, rate)
+    out = settling(track, at_s, to)
+    return {"judged_before_bpm": out["before"], "judged_final_bpm": out["final"], "settle_s": out["settle_s"],
+            "overshoot": out["overshoot"], "judged_track": [(round(t, 2), round(b, 1)) for t, b in track if t >= at_s]}
 
 
 def main() -> None:
