@@ -108,24 +108,12 @@ class DeviceOutput:
             # PortAudio's thread: copy, never raise, never lock.
             ring.read_into(outdata)
 
-        # A mono card plays the mean of the mix's two sides (a stereo chain's reverb or delay
-        # differs between them), through a buffer made here, not in the callback.
-        both = np.zeros((self._blocksize, STEREO), np.float32)
-
-        def mono_callback(outdata: np.ndarray, frames: int, _time: Any, _status: Any) -> None:
-            if frames > len(both):  # never with a fixed blocksize; the left side, rather than nothing
-                ring.read_into(outdata)
-                return
-            mix = both[:frames]
-            ring.read_into(mix)
-            np.add(mix[:, 0], mix[:, 1], out=outdata[:, 0])
-            outdata *= 0.5
-
         mono = self.channels == 1 and ring.channels >= STEREO
         try:
             self._stream = self._sd.OutputStream(
                 device=self._spec, samplerate=self.sample_rate, channels=self.channels, dtype="float32",
-                blocksize=self._blocksize, latency="low", callback=mono_callback if mono else callback)
+                blocksize=self._blocksize, latency="low",
+                callback=_mono_mix_callback(ring, self._blocksize) if mono else callback)
             self._stream.start()
             self.latency_s = float(self._stream.latency)
         except (self._sd.PortAudioError, ValueError) as exc:
@@ -136,6 +124,23 @@ class DeviceOutput:
             self._stream.stop()
             self._stream.close()
             self._stream = None
+
+
+def _mono_mix_callback(ring: Ring, blocksize: int) -> Callable[[np.ndarray, int, Any, Any], None]:
+    """A mono card's callback: the mean of the mix's two sides (a stereo chain's reverb or
+    delay differs between them), through a buffer made here, not in the callback."""
+    both = np.zeros((blocksize, STEREO), np.float32)
+
+    def callback(outdata: np.ndarray, frames: int, _time: Any, _status: Any) -> None:
+        if frames > len(both):  # never with a fixed blocksize; the left side, rather than nothing
+            ring.read_into(outdata)
+            return
+        mix = both[:frames]
+        ring.read_into(mix)
+        np.add(mix[:, 0], mix[:, 1], out=outdata[:, 0])
+        outdata *= 0.5
+
+    return callback
 
 
 class ClockOutput:
