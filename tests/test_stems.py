@@ -170,8 +170,8 @@ def test_a_stems_prompt_change_is_that_stems_bpm_template_alone(tmp_path) -> Non
     prompts = BpmPrompts({0: "drums at {bpm} bpm", 1: "bass"})
     engine = SimpleNamespace(clock=SimpleNamespace(snapshot=SimpleNamespace(bpm=120)), bpm_prompts=prompts)
     playing = ["drums at 90 bpm", "bass"]
-    assert prompts.due(120.0, playing.__getitem__) == [(0, "drums at {bpm} bpm")]
-    assert prompts.due(120.0, playing.__getitem__) == []  # it waits for its bar line once
+    assert prompts.due(120.0, playing) == [(0, "drums at {bpm} bpm")]
+    assert prompts.due(120.0, playing) == []  # it waits for its bar line once
     filled = Engine._filled(engine, Change("prompt", "bass at {bpm}", stream=1))
     assert (filled.stream, filled.value) == (1, "bass at 120")
     assert prompts.templates == {0: "drums at {bpm} bpm", 1: "bass at {bpm}"} and prompts.held == {0}

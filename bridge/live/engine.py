@@ -381,8 +381,7 @@ class Engine:
             self._clock_playing = snap.playing
             state = "play" if snap.playing else "stop"
             self._transport(ControlEvent((), f"clock {snap.source}", f"/transport/{state}", transport=state))
-        playing = lambda row: self.performance.prompt if row is None else self.stream.prompts[row]  # noqa: E731
-        for row, template in self.bpm_prompts.due(float(snap.bpm), playing):
+        for row, template in self.bpm_prompts.due(float(snap.bpm), self.stream.prompts):
             event = ControlEvent((Change("prompt", template, stream=row),), f"clock {snap.source}", BPM_FIELD,
                                  quantize="bar")
             frame = self.grid.landing(event, Quantize("bar"), self._untouched_frame())

@@ -13,7 +13,7 @@ transport starting) before it lands, it is placed again from where the music is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -48,12 +48,14 @@ class BpmPrompts:
             self.templates[key] = prompt
             self.held.discard(key)
 
-    def due(self, bpm: float, playing: Callable[[int | None], str]) -> list[tuple[int | None, str]]:
+    def due(self, bpm: float, playing: Sequence[str]) -> list[tuple[int | None, str]]:
         """(row, template) for each ``{bpm}`` prompt whose filling at ``bpm`` is not what the
-        row plays now (``playing(row)``), none already waiting; they wait from now on."""
+        row plays now (``playing``: the stream's prompts, row by row; None reads row 0's, as
+        every row plays the same), none already waiting; they wait from now on."""
         out = []
         for row, template in self.templates.items():
-            if BPM_FIELD in template and row not in self.held and fill_bpm(template, bpm) != playing(row):
+            now = playing[0 if row is None else row]
+            if BPM_FIELD in template and row not in self.held and fill_bpm(template, bpm) != now:
                 self.held.add(row)
                 out.append((row, template))
         return out
