@@ -57,6 +57,35 @@ def test_out_of_reach_it_holds_the_nearest_alpha_and_says_so_without_winding_up(
     assert c.state.mode != "out of range" and abs(measured[-1] / 130.0 - 1) < 0.03
 
 
+def turning_plant(alpha: float) -> float:
+    """A tempo that peaks at alpha 0 and slows either way, as the toy's tempo vector does on
+    one seed (benchmarks/RESULTS.md): 92 BPM at 0, 75 at +0.5."""
+    return 92.0 - 34.0 * abs(alpha)
+
+
+def test_out_of_reach_on_a_plant_that_turns_over_it_holds_the_alpha_that_came_nearest():
+    c = PIController(LoopSettings((-2.0, 0.5), prior_slope=0.3))
+    settle(c, 120.0, turning_plant, 12)  # from alpha 0 up: the music slows, the bound is not the nearest
+    assert c.state.mode == "out of range"
+    assert abs(c.state.alpha) < 0.05 and c.state.integral == c.state.alpha  # back where it came nearest
+    held = [c.update(120.0, turning_plant(c.state.alpha), 0.5) for _ in range(20)]
+    assert max(held) - min(held) < 1e-9 and c.state.mode == "out of range"  # it holds: no fighting
+    measured = settle(c, 80.0, turning_plant, 16)  # the error turns: within reach again, the PI trims
+    assert c.state.mode != "out of range" and abs(measured[-1] / 80.0 - 1) < 0.03
+
+
+def test_the_nearest_alpha_comes_from_what_was_heard_even_before_a_jump():
+    c = PIController(LoopSettings((-2.0, 0.5), prior_slope=0.3))
+    c.observe(0.0, turning_plant(0.0))  # the reading before a feed-forward jump
+    c.jump(0.5)
+    settle(c, 120.0, turning_plant, 6)
+    assert c.state.mode == "out of range" and abs(c.state.alpha) < 0.05
+    c.observe(0.3, math.nan)  # a reading that could not be made is not remembered
+    assert c.nearest(120.0) == pytest.approx(0.0, abs=0.05)
+    c.jump(-1.0)  # a jump starts afresh: tracking, whatever held before
+    assert c.state.mode == "tracking" and c.state.alpha == -1.0
+
+
 def test_rate_limit_deadband_and_bad_readings():
     c = PIController(LoopSettings((-6.0, 6.0), prior_slope=0.3, rate=2.0, deadband=0.02))
     alpha = c.update(180.0, 60.0, dt=0.5)

@@ -39,7 +39,8 @@ def test_a_target_drives_alpha_shows_in_status_and_the_log_replays_bit_identical
     server.start()
     try:
         # Far above any centroid the noise of random weights has: the loop pushes alpha up
-        # every beat until the bound, then holds it there and says so.
+        # every beat until the bound, then says so and holds the alpha whose reading came
+        # nearest (the bound, or short of it where random weights' centroid turns over).
         server.commands.run("/steer/timbre/target", [15000.0], TEST)
         assert wait_for(lambda: server.status()["target_knobs"].get("timbre", {}).get("updates", 0) >= 4)
         loop = server.status()["target_knobs"]["timbre"]
@@ -48,7 +49,15 @@ def test_a_target_drives_alpha_shows_in_status_and_the_log_replays_bit_identical
         assert played > 0.0  # the played alpha followed the loop
         hi = server.control.concepts["timbre"].alpha_range[1]
         assert wait_for(lambda: server.status()["target_knobs"]["timbre"]["mode"] == "out of range")
-        assert server.status()["target_knobs"]["timbre"]["alpha"] == hi  # held at the nearest bound
+        loop = server.status()["target_knobs"]["timbre"]
+        held = loop["held"]
+        assert 0.0 < held <= hi  # what it holds, in /status: the bound, or short of it
+        assert wait_for(lambda: server.status()["target_knobs"]["timbre"]["alpha"] == held)  # at the rate limit
+        after = server.status()["target_knobs"]["timbre"]["updates"]
+        assert wait_for(lambda: server.status()["target_knobs"]["timbre"]["updates"] >= after + 3)
+        still = server.status()["target_knobs"]["timbre"]
+        assert still["mode"] == "out of range" and still["alpha"] == still["held"] == held  # it holds: no fighting
+        assert server.status()["alphas"]["timbre"] == held
         server.commands.run("/steer/timbre", [0.5], TEST)  # a plain write: a force knob again
         assert wait_for(lambda: "timbre" not in server.status()["target_knobs"])
         time.sleep(0.3)

@@ -55,6 +55,8 @@ MIN_ALPHA_STEP = 0.01
 LOCK_REFEED = 0.03
 #: Locked: tempo within this fraction of the host's and beats within this of its grid.
 LOCKED_TEMPO, LOCKED_PHASE_S = 0.03, 0.04
+#: The beat a loop reads by without a clock.
+NO_CLOCK_BPM = 120.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,11 @@ class TargetLoop:
         if table is None or target is None:
             return []
         before = target.controller.state.alpha
+        # What the alpha before the jump plays, from the audio already heard: the loop did not
+        # set it, but it is a candidate for the nearest alpha if the setpoint proves out of range.
+        reading = self._read(target, setpoint if target.unit.sensor == "pulse" else NO_CLOCK_BPM, None, whole=True)
+        if reading is not None:
+            target.controller.observe(before, reading[0])
         alpha = target.controller.jump(table.alpha_for(setpoint))
         # The PI's next reading waits until the sensor's whole window was played after the jump:
         # a window of the old tempo would read as an error and kick alpha away from the calibration.
@@ -254,7 +261,7 @@ class TargetLoop:
         return out
 
     def _update(self, concept: str, target: ActiveTarget, clock: ClockSnapshot | None) -> float | None:
-        host = float(clock.bpm) if clock is not None else 120.0
+        host = float(clock.bpm) if clock is not None else NO_CLOCK_BPM
         reference = host if target.setpoint is None or target.unit.sensor != "pulse" else target.setpoint
         every = target.unit.every_beats * 60.0 / reference
         if target.since < every:
@@ -262,15 +269,7 @@ class TargetLoop:
         dt, target.since = target.since, 0.0
         before = target.controller.state.alpha
         grid = clock.grid if clock is not None and clock.playing else None
-        if target.unit.sensor == "pulse":
-            window = int(max(MIN_PULSE_WINDOW_S, PULSE_WINDOW_BEATS * 60.0 / reference) * self.rate)
-            audio = self._audio[-window:]
-            start = (self._end or 0.0) - len(audio) * self.ratio
-            beat_of = None if grid is None else (lambda t: float(grid.beat_at(round(start + t * self.rate * self.ratio))))
-            reading = pulse_reading(audio, self.rate, reference, grid_beat_of=beat_of)
-            target.measured, target.phase_s = reading.bpm, reading.phase_s
-        else:
-            target.measured = centroid_reading(self._audio[-int(60.0 / reference * self.rate):], self.rate)
+        target.measured, target.phase_s = self._read(target, reference, grid) or (math.nan, math.nan)
         if target.setpoint is None:  # the lock: the host's tempo, pulled onto its beat
             if grid is None:
                 self._lock_state = "no clock"
@@ -282,6 +281,25 @@ class TargetLoop:
         if target.setpoint is None:
             self._lock_state = self._lock_of(target, host)
         return alpha if abs(alpha - before) >= MIN_ALPHA_STEP else None
+
+    def _read(self, target: ActiveTarget, reference: float, grid: Any, *,
+              whole: bool = False) -> tuple[float, float] | None:
+        """The sensor over the last window of audio at ``reference`` (BPM, the window's and
+        the octave prior's): (measure, beat phase in s, NaN without ``grid``). With ``whole``,
+        None until a whole window was heard (otherwise what there is is read)."""
+        if target.unit.sensor == "pulse":
+            window = int(max(MIN_PULSE_WINDOW_S, PULSE_WINDOW_BEATS * 60.0 / reference) * self.rate)
+            if whole and len(self._audio) < window:
+                return None
+            audio = self._audio[-window:]
+            start = (self._end or 0.0) - len(audio) * self.ratio
+            beat_of = None if grid is None else (lambda t: float(grid.beat_at(round(start + t * self.rate * self.ratio))))
+            reading = pulse_reading(audio, self.rate, reference, grid_beat_of=beat_of)
+            return reading.bpm, reading.phase_s
+        window = int(60.0 / reference * self.rate)
+        if whole and len(self._audio) < window:
+            return None
+        return centroid_reading(self._audio[-window:], self.rate), math.nan
 
     def _lock_of(self, target: ActiveTarget, host: float) -> str:
         if target.controller.state.mode == "out of range":

@@ -18,8 +18,15 @@ with no torch and no clock, so it is tested against a simulated plant:
 * **Rate limit** (alpha per second) and **deadband** (no correction for an error
   inside it), and alpha always within the calibrated ``alpha_range``.
 * **Out of range**: when alpha sits at a bound and the error still asks for more for
-  ``patience`` updates, the setpoint is out of reach; the loop holds that bound (the
-  nearest alpha) and says so, instead of fighting.
+  ``patience`` updates, the setpoint is out of reach; the loop says so and holds the
+  *nearest alpha*: of the alphas it has recently heard played (``observe`` adds one it did
+  not set, the reading before a feed-forward jump), the one whose latest reading came
+  closest to the setpoint. That is the bound on a plant that rises to it, but not where
+  the vector's effect turns over before the bound (on one seed of the toy the tempo
+  vector slows the music past alpha 0): there, pushing on would move the music away.
+  That alpha is chosen once, and held without integrating until the error turns (the
+  setpoint came back within reach) or a jump (a new feed-forward) starts it afresh: no
+  fighting, and no hopping between alphas on noisy readings.
 
 ``PhaseLock`` wraps the PI for the tempo lock: a phase-locked loop whose frequency
 setpoint is the host's tempo pulled by the measured beat-phase error.
@@ -37,6 +44,11 @@ from dataclasses import dataclass, field
 ERROR_SCALES = ("relative", "absolute", "logit")
 #: A probability is held this far inside 0..1 before its logit is taken.
 LOGIT_EPS = 1e-4
+#: Readings remembered for the nearest alpha (one per update): a few bars of a per-beat
+#: loop, so a reading of music long gone does not decide where to hold.
+MEMORY = 32
+#: Alphas closer than this share of the range count as one when the nearest is chosen.
+SAME_ALPHA = 0.02
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,12 @@ class LoopState:
     pinned: int = 0  # updates in a row at a bound with the error pushing past it
     updates: int = 0
     history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=6))
+    #: (alpha played, reading in error units) of the last MEMORY readings: where "out of range" holds.
+    heard: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MEMORY))
+    #: While out of range, the sign of the error that put it there (+1: wants more), and the
+    #: alpha chosen then to hold (chosen once: noisy readings must not make it hop).
+    beyond: int = 0
+    held: float = 0.0
 
 
 def logit(p: float) -> float:
@@ -118,8 +136,28 @@ class PIController:
         lo, hi = self.settings.alpha_range
         st = self.state
         st.alpha = st.integral = min(max(alpha, lo), hi)
-        st.pinned, st.mode = 0, "tracking"
+        st.pinned, st.mode, st.beyond = 0, "tracking", 0
         return st.alpha
+
+    def observe(self, alpha: float, measured: float) -> None:
+        """Remember that ``alpha`` played ``measured`` (a reading this loop did not act on,
+        such as the one before a feed-forward jump): a candidate for the nearest alpha."""
+        if math.isfinite(alpha) and math.isfinite(measured):
+            self.state.heard.append((alpha, scaled(measured, self.settings.error_scale)))
+
+    def nearest(self, setpoint: float) -> float:
+        """Of the alphas heard lately, the one whose latest reading is closest to ``setpoint``
+        (the alpha played now when none was heard)."""
+        s, st = self.settings, self.state
+        same = SAME_ALPHA * (s.alpha_range[1] - s.alpha_range[0])
+        latest: list[tuple[float, float]] = []  # (alpha, its latest reading), newest first
+        for alpha, reading in reversed(st.heard):
+            if all(abs(alpha - a) > same for a, _ in latest):
+                latest.append((alpha, reading))
+        if not latest:
+            return st.alpha
+        aim = scaled(setpoint, s.error_scale)
+        return min(latest, key=lambda pair: abs(aim - pair[1]))[0]
 
     def update(self, setpoint: float, measured: float, dt: float) -> float:
         s, st = self.settings, self.state
@@ -133,9 +171,14 @@ class PIController:
         # The measurement was made under the alpha played before this update: that pair is
         # what the slope is fitted to.
         st.history.append((st.alpha, measured))
+        self.observe(st.alpha, measured)
         if abs(error) <= s.deadband:
-            st.mode, st.pinned = "settled", 0
+            st.mode, st.pinned, st.beyond = "settled", 0, 0
             return st.alpha
+        if st.mode == "out of range":
+            if error * st.beyond > 0:  # still beyond reach the same way: hold, do not integrate
+                return self._hold(dt)
+            st.mode, st.pinned, st.beyond = "tracking", 0, 0  # back within reach: the PI trims from here
         push = error / st.slope  # alpha the whole error asks for
         # Anti-windup: the integral is the alpha held, so it stays inside the range; at a
         # bound it does not grow further in the direction the bound stops.
@@ -146,9 +189,18 @@ class PIController:
         alpha = min(max(wanted, st.alpha - limit, lo), st.alpha + limit, hi)
         at_bound = (alpha >= hi and push > 0) or (alpha <= lo and push < 0)
         st.pinned = st.pinned + 1 if at_bound else 0
-        st.mode = "out of range" if st.pinned >= s.patience else "tracking"
         st.alpha = alpha
-        return alpha
+        if st.pinned < s.patience:
+            st.mode = "tracking"
+            return alpha
+        st.mode, st.beyond, st.held = "out of range", 1 if push > 0 else -1, self.nearest(setpoint)
+        return self._hold(dt)
+
+    def _hold(self, dt: float) -> float:
+        """Out of range: move (at the rate limit) to the held alpha, the integral with it."""
+        st, limit = self.state, self.settings.rate * dt
+        st.alpha = st.integral = min(max(st.held, st.alpha - limit), st.alpha + limit)
+        return st.alpha
 
     def _schedule(self, measured: float) -> None:
         """The slope from the last updates' (alpha, measured) pairs, within bounds of the
@@ -176,7 +228,8 @@ class PIController:
     def status(self) -> dict[str, object]:
         st = self.state
         return {"alpha": round(st.alpha, 4), "integral": round(st.integral, 4), "error": round(st.error, 4),
-                "slope": round(st.slope, 4), "mode": st.mode, "updates": st.updates}
+                "slope": round(st.slope, 4), "mode": st.mode, "updates": st.updates,
+                "held": round(st.held, 4) if st.mode == "out of range" else None}
 
 
 @dataclass(frozen=True)
