@@ -70,7 +70,10 @@ def test_out_of_reach_on_a_plant_that_turns_over_it_holds_the_alpha_that_came_ne
     assert abs(c.state.alpha) < 0.05 and c.state.integral == c.state.alpha  # back where it came nearest
     held = [c.update(120.0, turning_plant(c.state.alpha), 0.5) for _ in range(20)]
     assert max(held) - min(held) < 1e-9 and c.state.mode == "out of range"  # it holds: no fighting
-    measured = settle(c, 80.0, turning_plant, 16)  # the error turns: within reach again, the PI trims
+    for stray in (130.0, 120.0 * 1.005):  # one reading past the setpoint, one inside the deadband: it holds
+        assert c.update(120.0, stray, 0.5) == held[-1] and c.state.mode == "out of range"
+        c.update(120.0, turning_plant(c.state.alpha), 0.5)
+    measured = settle(c, 80.0, turning_plant, 16)  # the error turns for good: within reach, the PI trims
     assert c.state.mode != "out of range" and abs(measured[-1] / 80.0 - 1) < 0.03
 
 

@@ -24,9 +24,9 @@ with no torch and no clock, so it is tested against a simulated plant:
   closest to the setpoint. That is the bound on a plant that rises to it, but not where
   the vector's effect turns over before the bound (on one seed of the toy the tempo
   vector slows the music past alpha 0): there, pushing on would move the music away.
-  That alpha is chosen once, and held without integrating until the error turns (the
-  setpoint came back within reach) or a jump (a new feed-forward) starts it afresh: no
-  fighting, and no hopping between alphas on noisy readings.
+  That alpha is chosen once, and held without integrating until the error has turned for
+  ``patience`` updates (the setpoint came back within reach) or a jump (a new feed-forward)
+  starts it afresh: no fighting, and no hopping on one stray reading.
 
 ``PhaseLock`` wraps the PI for the tempo lock: a phase-locked loop whose frequency
 setpoint is the host's tempo pulled by the measured beat-phase error.
@@ -101,6 +101,7 @@ class LoopState:
     #: alpha chosen then to hold (chosen once: noisy readings must not make it hop).
     beyond: int = 0
     held: float = 0.0
+    turned: int = 0  # readings in a row, while out of range, that say the setpoint is within reach
 
 
 def logit(p: float) -> float:
@@ -136,7 +137,7 @@ class PIController:
         lo, hi = self.settings.alpha_range
         st = self.state
         st.alpha = st.integral = min(max(alpha, lo), hi)
-        st.pinned, st.mode, st.beyond = 0, "tracking", 0
+        st.pinned, st.mode, st.beyond, st.turned = 0, "tracking", 0, 0
         return st.alpha
 
     def observe(self, alpha: float, measured: float) -> None:
@@ -172,13 +173,16 @@ class PIController:
         # what the slope is fitted to.
         st.history.append((st.alpha, measured))
         self.observe(st.alpha, measured)
-        if abs(error) <= s.deadband:
-            st.mode, st.pinned, st.beyond = "settled", 0, 0
-            return st.alpha
         if st.mode == "out of range":
-            if error * st.beyond > 0:  # still beyond reach the same way: hold, do not integrate
+            # Beyond reach the same way: hold, do not integrate. Back within reach only after
+            # ``patience`` readings say so, as it went out: one stray reading must not undo it.
+            st.turned = 0 if error * st.beyond > 0 and abs(error) > s.deadband else st.turned + 1
+            if st.turned < s.patience:
                 return self._hold(dt)
-            st.mode, st.pinned, st.beyond = "tracking", 0, 0  # back within reach: the PI trims from here
+            st.mode, st.pinned, st.beyond, st.turned = "tracking", 0, 0, 0  # the PI trims from here
+        if abs(error) <= s.deadband:
+            st.mode, st.pinned = "settled", 0
+            return st.alpha
         push = error / st.slope  # alpha the whole error asks for
         # Anti-windup: the integral is the alpha held, so it stays inside the range; at a
         # bound it does not grow further in the direction the bound stops.
