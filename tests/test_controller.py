@@ -89,6 +89,25 @@ def test_the_nearest_alpha_comes_from_what_was_heard_even_before_a_jump():
     assert c.state.mode == "tracking" and c.state.alpha == -1.0
 
 
+def test_readings_that_still_hear_the_way_to_a_bound_do_not_call_it_out_of_range():
+    # The sensor hears 3 updates late (a 3-beat window read every beat). A setpoint just
+    # inside the bound's reach: the loop reaches the bound while the readings still say the
+    # old tempo. Counted, they would call the setpoint out of range; with the sensor's lag
+    # known they are not counted, and a setpoint truly past the bound still is, later.
+    def modes(setpoint: float, lag: int) -> str:
+        c = PIController(LoopSettings((-2.0, 0.5), prior_slope=0.3, lag=lag))
+        played, out = [0.0] * 3, ""
+        for _ in range(30):
+            played.append(c.update(setpoint, tempo_plant(played[-3]), 0.5))
+            out += c.state.mode[0]
+        return out
+
+    reachable = tempo_plant(0.5) * 1.005  # inside the deadband of what the bound plays
+    assert "o" in modes(reachable, lag=0) and "o" not in modes(reachable, lag=3)
+    late = modes(140.0, lag=3)
+    assert late.endswith("o" * 10) and late.index("o") > modes(140.0, lag=0).index("o")
+
+
 def test_rate_limit_deadband_and_bad_readings():
     c = PIController(LoopSettings((-6.0, 6.0), prior_slope=0.3, rate=2.0, deadband=0.02))
     alpha = c.update(180.0, 60.0, dt=0.5)
@@ -106,6 +125,8 @@ def test_the_alpha_stays_in_the_range_and_the_settings_are_checked():
         LoopSettings((1.0, 1.0), prior_slope=0.2)
     with pytest.raises(ValueError):
         LoopSettings((-1.0, 1.0), prior_slope=0.0)
+    with pytest.raises(ValueError):
+        LoopSettings((-1.0, 1.0), prior_slope=0.2, lag=-1)
     assert error_of(0.7, 0.5, "absolute") == pytest.approx(0.2)
 
 

@@ -135,15 +135,18 @@ def test_a_stem_address_changes_that_stem_alone_and_a_plain_one_every_stem(tmp_p
     assert control.snapshot() == before and not control.drain()
 
 
-def test_target_knobs_refuse_a_set_of_several_stems_and_play_on_a_one_stem_set(tmp_path) -> None:
-    # The target loop reads one stream's audio: on several stems whose it would be is a guess.
+def test_target_knobs_on_a_set_of_several_stems_are_each_stems_own(tmp_path) -> None:
+    # Each stem's loop reads its own audio: on several stems a target names its stem, and a
+    # plain address would be a guess at whose. A one-stem set takes the plain one.
     control = _control()
     commands = Commands(control, SceneStore(tmp_path), lambda: {})
     before = control.snapshot()
-    for address in ("/steer/timbre/target", "/stem/bass/steer/timbre/target"):
-        with pytest.raises(ControlError, match="one-stem"):
-            commands.run(address, [1500.0], TEST)
+    with pytest.raises(ControlError, match="/stem/<name>/steer/timbre/target"):
+        commands.run("/steer/timbre/target", [1500.0], TEST)
     assert control.snapshot() == before and not control.drain()
+    commands.run("/stem/bass/steer/timbre/target", [1500.0], TEST)
+    [event] = control.drain()
+    assert event.target is not None and (event.target[0].setpoint, event.target[0].stream) == (1500.0, 1)
     one = _control(("drums",))
     Commands(one, SceneStore(tmp_path), lambda: {}).run("/steer/timbre/target", [1500.0], TEST)
     [event] = one.drain()
@@ -368,3 +371,65 @@ def test_a_knob_restated_on_one_stem_is_known_to_move_nothing(tiny, vectors_dir)
         assert performance.restates([Change("alpha", 0.0, "timbre", 0), Change("alpha", 2.0, "timbre", 1)])
         assert not performance.restates([Change("prompt", "drums", stream=0)])  # only knobs are judged
         assert not performance.restates([])
+
+
+def test_a_stems_target_knob_drives_that_stems_alpha_alone_and_its_log_replays(
+        tiny, vectors_dir, tmp_path, audio_clock) -> None:
+    from bridge.live.performance_log import read_log
+    from bridge.tools.replay import replay_stems
+
+    options = ServeOptions(model="tiny", vectors=[str(vectors_dir)], osc_port=0, audio_out="none",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False, record=str(tmp_path / "set.wav"),
+                           stems=["drums=punchy drums", "bass=deep bass", "keys=soft keys"], bpm=240.0, stem_spares=1)
+    server = Server(options, handle=tiny)
+    heard_rows, rows_seen = server.engine.targets.heard_rows, []
+
+    def heard(rows, at, clock):  # what the loops hear: each row's own audio
+        rows_seen.append([np.asarray(r).copy() for r in rows])
+        return heard_rows(rows, at, clock)
+
+    server.engine.targets.heard_rows = heard  # type: ignore[method-assign]
+    server.start()
+
+    def bass_loop() -> dict:
+        return server.status()["stems"]["bass"]["target_knobs"].get("timbre", {})
+
+    def wait(predicate, seconds: float = 60.0) -> bool:
+        deadline = time.monotonic() + seconds
+        while not predicate() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return predicate()
+
+    try:
+        # Far above any centroid random weights make: bass's loop pushes its alpha up, beat by beat.
+        server.commands.run("/stem/bass/steer/timbre/target", [15000.0], TEST)
+        server.commands.run("/stem/keys/steer/timbre/target", [20.0], TEST)  # far below: keys' goes down
+        assert wait(lambda: bass_loop().get("updates", 0) >= 4 and server.status()["stems"]["keys"]["target_knobs"]
+                    .get("timbre", {}).get("updates", 0) >= 4)
+        status = server.status()
+        stems = status["stems"]
+        assert stems["bass"]["alphas"]["timbre"] > 0.0 > stems["keys"]["alphas"]["timbre"]
+        assert stems["drums"]["alphas"]["timbre"] == 0.0 and stems["drums"]["target_knobs"] == {}
+        assert stems["bass"]["target_knobs"]["timbre"]["setpoint"] == 15000.0
+        assert set(status["target_knobs"]) == {"1:timbre", "2:timbre"}
+        server.commands.run("/stem/remove", ["keys"], TEST)  # a stem that goes takes its loop with it
+        assert wait(lambda: "keys" not in server.status()["stems"] and "2:timbre" not in
+                    server.status()["target_knobs"])
+        server.commands.run("/stem/bass/steer/timbre", [0.5], TEST)  # a plain write: a force knob again
+        assert wait(lambda: server.status()["target_knobs"] == {})
+        time.sleep(0.3)
+    finally:
+        server.stop()
+    assert rows_seen and all(len(rows) == 4 for rows in rows_seen)  # three stems and the spare row
+    assert any(not np.array_equal(rows[0], rows[1]) for rows in rows_seen)  # each its own, not the mix's
+    log = tmp_path / "set.performance.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    by_loop = [r for r in records if r.get("source") == "target loop"]
+    assert by_loop and {r["changes"][0]["stream"] for r in by_loop} == {1, 2}
+    assert any(r.get("target") == {"concept": "timbre", "setpoint": 15000.0, "stream": 1, "alpha_range": [-6.0, 6.0]}
+               for r in records)
+    performed = read_log(log)
+    replayed = replay_stems(tiny, load_vectors(vectors_dir), performed, settings=SamplingSettings(
+        **performed.header["settings"]), smoothing_ms=30.0, frames=performed.frames or 0,
+        window_frames=performed.header["window_frames"], reprime_frames=performed.header["reprime_frames"])
+    assert all(s.matches_log for s in replayed), [(s.name, s.matches_log) for s in replayed]

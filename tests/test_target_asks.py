@@ -1,20 +1,22 @@
 """Target knobs' asks without a model: the knob's span from the vector's calibration, a
-pattern's every match, a scene recall taking knobs back from their targets, and a one-stem
-set's loop clamped to the stem's own range."""
+pattern's every match, a scene recall taking knobs back from their targets, a one-stem
+set's loop clamped to the stem's own range, and a set of stems' loops, one per stem."""
 
 from __future__ import annotations
 
 import logging
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from bridge.live.commands import Commands, Origin
-from bridge.live.control import ConceptKnob, ControlState, StemView
+from bridge.live.control import ConceptKnob, ControlError, ControlState, StemView
 from bridge.live.scenes import SceneStore
 from bridge.live.target_loop import TargetAsk, TargetLoop
 from bridge.live.target_units import UNITS
 from steering_core.stream.sampling import SamplingSettings
+from steering_core.stream.timeline import Change
 
 TEST = Origin("test")
 CALIBRATED = {"alphas": [-2.0, -1.0, 0.0, 1.0], "measures": {"drum_bpm": [70.0, 80.0, 100.0, 120.0],
@@ -95,3 +97,52 @@ def test_a_new_setpoint_jumps_to_the_calibrated_alpha_and_the_pi_waits_a_window(
     assert loop.heard(quiet, 3200, None) == []  # no reading over audio from before the jump
     loop.ask(TargetAsk("tempo", 500.0), {"tempo": -0.5})  # past the calibrated reach: the top end
     assert [c.value for c in loop.heard(quiet, 6400, None)] == [1.0]
+
+
+def test_each_stems_loop_hears_its_own_row_and_sets_its_own_rows_alpha():
+    # Two stems, a timbre target of 1000 Hz on each: row 0 plays a 300 Hz tone (too dark:
+    # its alpha goes up), row 1 a 3000 Hz tone (too bright: down). One loop per row, each on
+    # its own row's audio; every change names its row.
+    rate = 32000
+    t = np.arange(rate // 10) / rate
+    dark, bright = np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 3000 * t)
+    loop = TargetLoop({"timbre": (-1.0, 1.0)}, rate, 1.0, streams=2)
+    for row in (0, 1):
+        loop.ask(TargetAsk("timbre", 1000.0, stream=row), {"timbre": 0.0})
+    changes = []
+    for i in range(40):  # 4 s of audio: a few beats of the loop
+        changes += loop.heard_rows([dark, bright], i * len(t), None)
+    by_row = {row: [c.value for c in changes if c.stream == row] for row in (0, 1)}
+    assert by_row[0] and by_row[1] and all(c.concept == "timbre" and c.stream in (0, 1) for c in changes)
+    assert by_row[0][-1] > 0.0 > by_row[1][-1]
+    status = loop.status()["target_knobs"]
+    assert status["timbre"]["measured"] < 1000.0 < status["1:timbre"]["measured"]
+    # A plain write on one stem takes that stem's knob back; a panic without a row, every one.
+    loop.touched([Change("alpha", 0.2, "timbre", 1)])
+    assert list(loop.active) == [(0, "timbre")]
+    loop.ask(TargetAsk("timbre", 1000.0, stream=1), {"timbre": 0.2})
+    loop.touched([Change("panic")])
+    assert not loop.active
+
+
+def test_a_set_of_stems_takes_a_target_on_a_stems_own_address_only(tmp_path):
+    knobs = [ConceptKnob("tempo", (-2.0, 0.5)), ConceptKnob("timbre", (-1.0, 1.0))]
+    narrow = {"tempo": knobs[0], "timbre": ConceptKnob("timbre", (-0.25, 0.5))}  # bass's own, from its set file
+    stems = [StemView("drums", {k.name: k for k in knobs}, "drums"), StemView("bass", narrow, "bass")]
+    cmd, control = commands(tmp_path, knobs, stems=stems)
+    before = control.snapshot()
+    with pytest.raises(ControlError, match="/stem/<name>/steer/timbre/target"):
+        cmd.run("/steer/timbre/target", [1500.0], TEST)
+    with pytest.raises(ControlError, match="one-stem"):
+        cmd.run("/sync/lock", [1], TEST)
+    assert control.snapshot() == before and not control.drain()
+    cmd.run("/stem/bass/steer/timbre/target", [1500.0], TEST)
+    cmd.run("/stem/drums/steer/tempo/target/knob", [0.0], TEST)
+    cmd.run("/stem/bass/steer/timbre/target/off", [], TEST)
+    asks = [a for e in control.drain() for a in e.target or ()]
+    assert asks == [TargetAsk("timbre", 1500.0, stream=1, alpha_range=(-0.25, 0.5)),
+                    TargetAsk("tempo", UNITS["tempo"].knob[0], stream=0, alpha_range=(-2.0, 0.5)),
+                    TargetAsk("timbre", stream=1)]
+    loop = TargetLoop(control.loop_ranges(), 32000, 1.0, streams=2)
+    loop.ask(asks[0], {"timbre": 0.0})  # the loop keeps bass's alpha within bass's own range
+    assert loop.active[(1, "timbre")].controller.settings.alpha_range == (-0.25, 0.5)

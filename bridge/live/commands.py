@@ -172,21 +172,26 @@ class Commands:
         """A setpoint in the concept's unit, the same over the unit's knob span, off, or the lock."""
         def handler(args: Args, _o: Origin) -> Plan:
             stems = getattr(self.table, "stem_names", [])
-            if len(stems) > 1:  # the loop reads one stream's audio: which stem's would be a guess
-                raise ControlError(f"target knobs and the tempo lock play on a one-stem server for now "
-                                   f"(this set has {len(stems)} stems)")
+            if len(stems) > 1 and target.kind == "sync_lock":  # which stem's beat would lock is a guess
+                raise ControlError(f"the tempo lock plays on a one-stem server for now (this set has {len(stems)} "
+                                   f"stems); a stem's tempo can follow a target: /stem/<name>/steer/tempo/target")
+            if len(stems) > 1 and target.stream is None:  # each stem's loop hears its own audio
+                raise ControlError(f"a set of stems: a target knob is a stem's, /stem/<name>{target.address} "
+                                   f"(stems: {', '.join(stems)})")
             if target.kind == "sync_lock":
                 return Plan(target=(TargetAsk(LOCK_CONCEPT, lock=bool(args[0])),))
-            concept = str(target.concept)
+            concept, stream = str(target.concept), target.stream or 0
+            # A stem's loop keeps its alpha within the stem's own range (its set file's).
+            own = self.control.stem_range(stream, concept) if target.stream is not None else None
             if target.kind == "target_off":
-                return Plan(target=(TargetAsk(concept),))
+                return Plan(target=(TargetAsk(concept, stream=stream),))
             value = float(args[0])
-            if target.kind == "target_probe":  # a probability its probe reads (probe_loop.py)
-                return Plan(target=(TargetAsk(concept, value, probe=True),))
+            if target.kind == "target_probe":  # a probability its probe reads (probe_loop.py); no stem reads one
+                return Plan(target=(TargetAsk(concept, value, probe=True, stream=stream),))
             if target.kind == "target_knob":  # over the concept's calibrated reach, else the unit's span
                 lo, hi = self.control.concepts[concept].target_span or UNITS[concept].knob
                 value = lo + value * (hi - lo)
-            return Plan(target=(TargetAsk(concept, value),))
+            return Plan(target=(TargetAsk(concept, value, stream=stream, alpha_range=own),))
         return handler
 
     # --- the clock's source (--sync) ---------------------------------------------------

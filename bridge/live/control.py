@@ -208,6 +208,13 @@ class ControlState:
             return {name: knob.alpha_range for name, knob in self._stems[0].knobs.items()}
         return self.table.alpha_ranges()
 
+    def stem_range(self, row: int, concept: str) -> tuple[float, float] | None:
+        """Row ``row``'s own alpha range for ``concept`` (a stem's, from its set file), None
+        where the row holds no such knob."""
+        with self._lock:
+            knob = self._stems[row].knobs.get(concept) if 0 <= row < len(self._stems) else None
+            return None if knob is None else knob.alpha_range
+
     def loop_feedforward(self) -> dict[str, FeedForward]:
         """The concepts' calibrations read backwards, for the target loops' feed-forward."""
         knobs = self._stems[0].knobs.values() if len(self._stems) == 1 else self.concepts.values()

@@ -111,6 +111,7 @@ class Engine:
         # The prompts as given, {bpm} in them unfilled: the one stream's, or each stem's row's.
         self.bpm_prompts = BpmPrompts(dict(enumerate(row_prompts)) or {None: prompt_template or self.performance.prompt})
         self.targets = TargetLoop(control.loop_ranges(), path.model_rate, path.ratio, lock=self.settings.tempo_lock,
+                                  streams=self.stream.batch if isinstance(path, StemMix) else 1,
                                   feedforward=control.loop_feedforward(),  # target knobs, the lock: this thread's
                                   taps=getattr(self.stream, "taps", None))  # the probes, if serve set them
         self.started = time.monotonic()
@@ -252,12 +253,12 @@ class Engine:
             at = self.path.push(audio)
             self.latency.placed((first, last), at, self.hop * self.path.ratio)
             self.grid.placed(first, at)
-            # Target knobs play on one stream (a set of several stems refuses them in commands.py).
-            heard = audio[0] if isinstance(self.path, StemMix) else audio
             self._recent_writes.append(time.perf_counter() - t)
-            for change in self.targets.heard(heard, at, None if self.clock is None else self.clock.snapshot):
-                self._apply(ControlEvent((change,), "target loop", f"/steer/{change.concept}/target",
-                                         info=self.targets.info(str(change.concept))), self.performance.next_step)
+            rows = audio if isinstance(self.path, StemMix) else audio[None]  # each stem's loops hear its own row
+            for change in self.targets.heard_rows(rows, at, None if self.clock is None else self.clock.snapshot):
+                info = self.targets.info(str(change.concept), change.stream or 0)
+                self._apply(ControlEvent((change,), "target loop", f"/steer/{change.concept}/target", info=info),
+                            self.performance.next_step)
         self.compute_s += time.perf_counter() - t
 
     def _take_events(self) -> None:
@@ -265,7 +266,7 @@ class Engine:
             self.targets.touched(event.changes)  # a plain knob write takes the knob back from its target
             if event.target is not None:
                 for ask in event.target:  # every target a pattern named
-                    self.targets.ask(ask, self.performance.current)
+                    self.targets.ask(ask, self.performance.row_current(ask.stream))
                 if self.perf_log is not None:
                     self.perf_log.event(event, time.monotonic() - self.started)
             if event.transport is not None:

@@ -53,7 +53,10 @@ class ProbeTarget:
 
     def __init__(self, alpha_range: tuple[float, float], alpha: float, setpoint: float) -> None:
         self.setpoint = setpoint
-        self.controller = PIController(LoopSettings(alpha_range, PROBE_PRIOR_SLOPE, ki=PROBE_KI, error_scale="logit"), alpha)
+        # The smoothed reading still hears an alpha move for about PROBE_SMOOTH_S.
+        lag = math.ceil(PROBE_SMOOTH_S / PROBE_EVERY_S)
+        self.controller = PIController(LoopSettings(alpha_range, PROBE_PRIOR_SLOPE, ki=PROBE_KI, error_scale="logit",
+                                                    lag=lag), alpha)
         self.measured = math.nan  # the smoothed probability the loop holds at its setpoint
         self.raw = math.nan  # the last step's reading
         self._logit = math.nan

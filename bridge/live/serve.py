@@ -297,7 +297,8 @@ class Server:
                                                      "ignored": self.mapper.ignored if self.mapper else 0,
                                                      "sysex_dropped": self.midi.sysex_dropped},
             "clock": self.clock.status(),
-            **({"stems": stems_status(self.stems, self.options.record)} if self.stems is not None else {}),
+            **({"stems": stems_status(self.stems, self.options.record, engine["target_knobs"])}
+               if self.stems is not None else {}),
             "uptime_s": round(time.monotonic() - self.started, 2),
         }
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,8 +129,10 @@ def stems_header(live: LiveStems) -> list[dict[str, Any]]:
             for row, (s, p) in enumerate(zip(live.specs, live.stream.prompts, strict=True))]
 
 
-def stems_status(live: LiveStems, record: str | None) -> dict[str, Any]:
-    """``/status/json``'s ``stems``: each stem's asked and played state, by name."""
+def stems_status(live: LiveStems, record: str | None, loops: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``/status/json``'s ``stems``: each stem's asked and played state, by name; with the
+    engine's target loops (``loops``: ``target_knobs``, keyed ``<concept>`` on row 0 and
+    ``<row>:<concept>`` past it), each stem's own."""
     steerer = live.performance.steerer
     out: dict[str, Any] = {}
     asked_by_name = live.control.snapshot()["stems"]
@@ -148,6 +150,8 @@ def stems_status(live: LiveStems, record: str | None) -> dict[str, Any]:
             "channels": stem_pair(row, live.output.channels) if isinstance(live.output, DeviceOutput) else None,
             "recording": str(stem_recording(record, spec.name)) if record else None,
             "recording_from_sample": voice.recorded_from,
+            "target_knobs": {key.rpartition(":")[2]: loop for key, loop in (loops or {}).items()
+                             if int(key.rpartition(":")[0] or 0) == row},
         }
     return out
 

@@ -16,9 +16,12 @@ With the tempo lock on, the tempo target is the host's: the clock's tempo, pulle
 beat-phase error of the audio's onsets against the clock's grid at the output (a
 phase-locked loop, ``controller.locked_setpoint``).
 
-Loops are keyed by (stream, concept): one controller per stream and concept. Owned by the
-engine thread (its one caller); ``status`` returns the frozen copy that thread publishes
-after every ask and update (another thread never iterates the live loops).
+Loops are keyed by (stream, concept): one controller per stream and concept. In a set of
+stems each stem's loops read that stem's own audio (its row, before the mix) and set that
+row's alpha; the tempo lock and probe targets play on the first stream only (commands.py
+refuses them on a set of several stems). Owned by the engine thread (its one caller);
+``status`` returns the frozen copy that thread publishes after every ask and update
+(another thread never iterates the live loops).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,6 +70,16 @@ class TargetAsk:
     setpoint: float | None = None  # None and lock None: back to a plain force knob
     lock: bool | None = None  # /sync/lock 1|0
     probe: bool | None = None  # True: the setpoint is a probability the concept's probe reads (probe_loop.py)
+    stream: int = 0  # the row (a stem) whose knob it is
+    alpha_range: tuple[float, float] | None = None  # that stem's own (None: the concept's)
+
+
+@dataclass
+class HeardAudio:
+    """One stream's recent generated audio (mono, model rate) and the ring sample just past it."""
+
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    end: float | None = None
 
 
 class ActiveTarget:
@@ -74,7 +87,11 @@ class ActiveTarget:
                  setpoint: float | None) -> None:
         self.unit = unit
         self.setpoint = setpoint  # None: the host's tempo (the lock)
-        self.controller = PIController(LoopSettings(alpha_range, unit.prior_slope), alpha)
+        # The pulse sensor reads PULSE_WINDOW_BEATS of audio, the centroid a beat: a reading
+        # after an alpha move still hears the alpha before for that many updates.
+        window = PULSE_WINDOW_BEATS if unit.sensor == "pulse" else 1.0
+        lag = math.ceil(window / unit.every_beats)
+        self.controller = PIController(LoopSettings(alpha_range, unit.prior_slope, lag=lag), alpha)
         self.measured = math.nan
         self.phase_s = math.nan
         self.since = 0.0  # audio seconds heard since the last update
@@ -99,14 +116,13 @@ class TargetLoop:
         self.feedforward = dict(feedforward or {})
         self.rate = model_rate
         self.ratio = ring_ratio  # ring samples per model sample
-        self.streams = streams
+        self.streams = streams  # rows heard: past one, each loop's change names its row
         self.active: dict[tuple[int, str], ActiveTarget] = {}
         # The stream's probe readings (probe_loop.py); None (a stream without taps): no probe targets.
         self.taps = taps
         self.probing: dict[tuple[int, str], ProbeTarget] = {}
         self._readings: dict[str, float] = {}  # the probes' last reading, stream 0
-        self._audio = np.zeros(0, np.float32)
-        self._end: float | None = None  # ring sample just past the buffered audio
+        self._heard: dict[int, HeardAudio] = {}  # each stream's audio, for its sensors
         self.lock = False
         self._lock_state = "off"
         self._lock_asked = lock
@@ -114,9 +130,11 @@ class TargetLoop:
         self._pending: list[Change] = []  # feed-forward jumps asked since the last chunk
 
     # --- asks, from control events ---------------------------------------------------
-    def ask(self, ask: TargetAsk, alpha_now: Mapping[str, float], stream: int = 0) -> None:
-        """Take a target message. A new setpoint's feed-forward alpha leaves with the next
-        chunk's changes (``heard``); the lock's waits for the clock's tempo there too."""
+    def ask(self, ask: TargetAsk, alpha_now: Mapping[str, float]) -> None:
+        """Take a target message (``alpha_now``: its stream's alphas as played). A new
+        setpoint's feed-forward alpha leaves with the next chunk's changes (``heard_rows``);
+        the lock's waits for the clock's tempo there too."""
+        stream = ask.stream
         if ask.lock is not None:
             self.lock = ask.lock and LOCK_CONCEPT in self.concepts
             key = (stream, LOCK_CONCEPT)
@@ -137,7 +155,7 @@ class TargetLoop:
             self._probe(key, ask.setpoint, alpha_now)
         else:
             self._drop_probe(key, "a sensor target")
-            self._start(key, ask.setpoint, alpha_now)
+            self._start(key, ask.setpoint, alpha_now, ask.alpha_range)
             self._pending += self._feed_forward(key, ask.setpoint)
         self._publish()
 
@@ -149,7 +167,8 @@ class TargetLoop:
         before = target.controller.state.alpha
         # What the alpha before the jump plays, from the audio already heard: the loop did not
         # set it, but it is a candidate for the nearest alpha if the setpoint proves out of range.
-        reading = self._read(target, setpoint if target.unit.sensor == "pulse" else NO_CLOCK_BPM, None, whole=True)
+        reference = setpoint if target.unit.sensor == "pulse" else NO_CLOCK_BPM
+        reading = self._read(key[0], target, reference, None, whole=True)
         if reading is not None:
             target.controller.observe(before, reading[0])
         alpha = target.controller.jump(table.alpha_for(setpoint))
@@ -159,22 +178,34 @@ class TargetLoop:
         target.since, target.fed = -window, setpoint
         if abs(alpha - before) < MIN_ALPHA_STEP:
             return []
-        log.info("%s: feed-forward to alpha %+.2f for %g %s (calibrated)", key[1], alpha, setpoint, target.unit.unit)
-        return [Change("alpha", round(alpha, 4), key[1])]
+        log.info("%s: feed-forward to alpha %+.2f for %g %s (calibrated)", self._name(key), alpha, setpoint,
+                 target.unit.unit)
+        return [self._change(key, alpha)]
 
-    def touched(self, changes: Sequence[Change], stream: int = 0) -> None:
-        """A performer's plain alpha (or panic) takes the knob back from its target."""
+    def _change(self, key: tuple[int, str], alpha: float) -> Change:
+        """The alpha a loop sets, as a change of its own row's knob (of the one stream's)."""
+        return Change("alpha", round(alpha, 4), key[1], key[0] if self.streams > 1 else None)
+
+    def _name(self, key: tuple[int, str]) -> str:
+        return key[1] if self.streams == 1 else f"{key[1]} (row {key[0]})"
+
+    def touched(self, changes: Sequence[Change]) -> None:
+        """A performer's plain alpha (or panic) takes the knob back from its target: the
+        change's own row's, or every row's for a change without one."""
         had = bool(self.active or self.probing)
         for change in changes:
-            if change.kind == "panic":
-                for key in [k for k in [*self.active, *self.probing] if k[0] == stream]:
-                    self._drop(key, "panic")
-            elif change.kind == "alpha" and change.concept is not None:
-                self._drop((stream, change.concept), f"a plain /steer/{change.concept} write")
+            concept = None if change.kind == "panic" else change.concept
+            if change.kind not in ("panic", "alpha") or (change.kind == "alpha" and concept is None):
+                continue
+            why = "panic" if concept is None else f"a plain /steer/{concept} write"
+            for key in [k for k in dict.fromkeys([*self.active, *self.probing])
+                        if change.stream in (None, k[0]) and concept in (None, k[1])]:
+                self._drop(key, why)
         if had:
             self._publish()
 
-    def _start(self, key: tuple[int, str], setpoint: float | None, alpha_now: Mapping[str, float]) -> None:
+    def _start(self, key: tuple[int, str], setpoint: float | None, alpha_now: Mapping[str, float],
+               alpha_range: tuple[float, float] | None = None) -> None:
         unit = UNITS[key[1]]
         current = self.active.get(key)
         if current is not None:  # a new setpoint keeps the loop's state (bumpless)
@@ -182,9 +213,10 @@ class TargetLoop:
                 self.lock, self._lock_state = False, "off"
             current.setpoint = setpoint
             return
-        self.active[key] = ActiveTarget(unit, self.concepts[key[1]], alpha_now.get(key[1], 0.0), setpoint)
+        self.active[key] = ActiveTarget(unit, alpha_range or self.concepts[key[1]], alpha_now.get(key[1], 0.0),
+                                        setpoint)
         what = "the clock's tempo" if setpoint is None else f"{setpoint:g} {unit.unit}"
-        log.info("%s: a target knob now (%s); alpha follows its sensor", key[1], what)
+        log.info("%s: a target knob now (%s); alpha follows its sensor", self._name(key), what)
 
     def _probe(self, key: tuple[int, str], setpoint: float, alpha_now: Mapping[str, float]) -> None:
         if self.taps is None or key[1] not in self.taps.names:  # commands.py refuses it first
@@ -202,7 +234,8 @@ class TargetLoop:
     def _drop_probe(self, key: tuple[int, str], why: str) -> None:
         target = self.probing.pop(key, None)
         if target is not None:
-            log.info("%s: back to a force knob (%s); alpha stays at %+.2f", key[1], why, target.controller.state.alpha)
+            log.info("%s: back to a force knob (%s); alpha stays at %+.2f", self._name(key), why,
+                     target.controller.state.alpha)
 
     def _drop(self, key: tuple[int, str], why: str) -> None:
         self._drop_probe(key, why)
@@ -211,56 +244,67 @@ class TargetLoop:
             return
         if target.setpoint is None:
             self.lock, self._lock_state = False, "off"
-        log.info("%s: back to a force knob (%s); alpha stays at %+.2f", key[1], why, target.controller.state.alpha)
+        log.info("%s: back to a force knob (%s); alpha stays at %+.2f", self._name(key), why,
+                 target.controller.state.alpha)
 
     # --- the audio, after each chunk -------------------------------------------------
-    def heard(self, audio: np.ndarray, at: int, clock: ClockSnapshot | None, stream: int = 0) -> list[Change]:
-        """Take a chunk of generated audio ([channels, samples] or [samples], model rate) that
-        starts at ring sample ``at``; the alpha changes the targets ask for, if any updated."""
-        mono = np.asarray(audio, np.float32)
-        mono = mono.mean(axis=0) if mono.ndim == 2 else mono
-        if self._end is None or abs(at - self._end) > self.ratio:  # a gap (stopped, silence): start afresh
-            self._audio = np.zeros(0, np.float32)
-        self._audio = np.concatenate([self._audio, mono])[-int(BUFFER_S * self.rate):]
-        self._end = at + len(mono) * self.ratio
-        seconds = len(mono) / self.rate
-        out, self._pending = [c for c in self._pending if (stream, str(c.concept)) in self.active], []
-        for key, target in self.active.items():
-            if key[0] != stream:
-                continue
-            target.since += seconds
-            if target.setpoint is None and clock is not None and key[1] in self.feedforward \
-                    and not abs(float(clock.bpm) / target.fed - 1) <= LOCK_REFEED:  # NaN: never fed
-                out += self._feed_forward(key, float(clock.bpm))  # the lock: the host's tempo, new or moved
-                continue
-            alpha = self._update(key[1], target, clock)
-            if alpha is not None:
-                out.append(Change("alpha", round(alpha, 4), key[1]))
-        out += self._probe_updates(seconds, stream)
+    def heard(self, audio: np.ndarray, at: int, clock: ClockSnapshot | None) -> list[Change]:
+        """``heard_rows`` for the one stream's chunk ([channels, samples] or [samples])."""
+        return self.heard_rows([audio], at, clock)
+
+    def heard_rows(self, rows: Sequence[np.ndarray] | np.ndarray, at: int, clock: ClockSnapshot | None) -> list[Change]:
+        """Take a chunk of generated audio per stream (each [channels, samples] or [samples],
+        model rate, all starting at ring sample ``at``); the alpha changes the targets ask for,
+        if any updated."""
+        out = [c for c in self._pending if (c.stream or 0, str(c.concept)) in self.active]
+        self._pending = []
+        seconds = 0.0
+        for stream, audio in enumerate(rows):
+            seconds = self._hear(stream, audio, at)
+            for key, target in self.active.items():
+                if key[0] != stream:
+                    continue
+                target.since += seconds
+                if target.setpoint is None and clock is not None and key[1] in self.feedforward \
+                        and not abs(float(clock.bpm) / target.fed - 1) <= LOCK_REFEED:  # NaN: never fed
+                    out += self._feed_forward(key, float(clock.bpm))  # the lock: the host's tempo, new or moved
+                    continue
+                alpha = self._update(key, target, clock)
+                if alpha is not None:
+                    out.append(self._change(key, alpha))
+        out += self._probe_updates(seconds)
         if self.active or self.taps is not None:  # readings and modes change without a new alpha too
             self._publish()
         return out
 
-    def _probe_updates(self, seconds: float, stream: int) -> list[Change]:
-        """The probe loops: each reads its probe after the stream's last step (one host sync)."""
+    def _hear(self, stream: int, audio: np.ndarray, at: int) -> float:
+        """Keep the last BUFFER_S of a stream's audio for its sensors; the chunk's seconds."""
+        mono = np.asarray(audio, np.float32)
+        mono = mono.mean(axis=0) if mono.ndim == 2 else mono
+        heard = self._heard.setdefault(stream, HeardAudio())
+        if heard.end is None or abs(at - heard.end) > self.ratio:  # a gap (stopped, silence): start afresh
+            heard.audio = np.zeros(0, np.float32)
+        heard.audio = np.concatenate([heard.audio, mono])[-int(BUFFER_S * self.rate):]
+        heard.end = at + len(mono) * self.ratio
+        return len(mono) / self.rate
+
+    def _probe_updates(self, seconds: float) -> list[Change]:
+        """The probe loops (the first stream's): each reads its probe after the last step (one host sync)."""
         if self.taps is None:
             return []
-        readings = self.taps.read_mean(stream)  # the mean over this chunk's steps (one stream: see engine)
+        readings = self.taps.read_mean(0)  # the mean over this chunk's steps
         if readings is None:
             return []
-        if stream == 0:
-            self._readings = readings
+        self._readings = readings
         out = []
         for key, target in self.probing.items():
-            if key[0] != stream:
-                continue
             before = target.controller.state.alpha
             alpha = target.update(seconds, readings.get(key[1]))
             if alpha is not None and abs(alpha - before) >= MIN_ALPHA_STEP:
-                out.append(Change("alpha", round(alpha, 4), key[1]))
+                out.append(self._change(key, alpha))
         return out
 
-    def _update(self, concept: str, target: ActiveTarget, clock: ClockSnapshot | None) -> float | None:
+    def _update(self, key: tuple[int, str], target: ActiveTarget, clock: ClockSnapshot | None) -> float | None:
         host = float(clock.bpm) if clock is not None else NO_CLOCK_BPM
         reference = host if target.setpoint is None or target.unit.sensor != "pulse" else target.setpoint
         every = target.unit.every_beats * 60.0 / reference
@@ -269,7 +313,7 @@ class TargetLoop:
         dt, target.since = target.since, 0.0
         before = target.controller.state.alpha
         grid = clock.grid if clock is not None and clock.playing else None
-        target.measured, target.phase_s = self._read(target, reference, grid) or (math.nan, math.nan)
+        target.measured, target.phase_s = self._read(key[0], target, reference, grid) or (math.nan, math.nan)
         if target.setpoint is None:  # the lock: the host's tempo, pulled onto its beat
             if grid is None:
                 self._lock_state = "no clock"
@@ -282,24 +326,25 @@ class TargetLoop:
             self._lock_state = self._lock_of(target, host)
         return alpha if abs(alpha - before) >= MIN_ALPHA_STEP else None
 
-    def _read(self, target: ActiveTarget, reference: float, grid: Any, *,
+    def _read(self, stream: int, target: ActiveTarget, reference: float, grid: Any, *,
               whole: bool = False) -> tuple[float, float] | None:
-        """The sensor over the last window of audio at ``reference`` (BPM, the window's and
-        the octave prior's): (measure, beat phase in s, NaN without ``grid``). With ``whole``,
-        None until a whole window was heard (otherwise what there is is read)."""
+        """The sensor over the last window of ``stream``'s audio at ``reference`` (BPM, the
+        window's and the octave prior's): (measure, beat phase in s, NaN without ``grid``).
+        With ``whole``, None until a whole window was heard (otherwise what there is is read)."""
+        heard = self._heard.get(stream) or HeardAudio()
         if target.unit.sensor == "pulse":
             window = int(max(MIN_PULSE_WINDOW_S, PULSE_WINDOW_BEATS * 60.0 / reference) * self.rate)
-            if whole and len(self._audio) < window:
+            if whole and len(heard.audio) < window:
                 return None
-            audio = self._audio[-window:]
-            start = (self._end or 0.0) - len(audio) * self.ratio
+            audio = heard.audio[-window:]
+            start = (heard.end or 0.0) - len(audio) * self.ratio
             beat_of = None if grid is None else (lambda t: float(grid.beat_at(round(start + t * self.rate * self.ratio))))
             reading = pulse_reading(audio, self.rate, reference, grid_beat_of=beat_of)
             return reading.bpm, reading.phase_s
         window = int(60.0 / reference * self.rate)
-        if whole and len(self._audio) < window:
+        if whole and len(heard.audio) < window:
             return None
-        return centroid_reading(self._audio[-window:], self.rate), math.nan
+        return centroid_reading(heard.audio[-window:], self.rate), math.nan
 
     def _lock_of(self, target: ActiveTarget, host: float) -> str:
         if target.controller.state.mode == "out of range":

@@ -18,7 +18,8 @@ with no torch and no clock, so it is tested against a simulated plant:
 * **Rate limit** (alpha per second) and **deadband** (no correction for an error
   inside it), and alpha always within the calibrated ``alpha_range``.
 * **Out of range**: when alpha sits at a bound and the error still asks for more for
-  ``patience`` updates, the setpoint is out of reach; the loop says so and holds the
+  ``patience`` updates (readings made after the sensor's ``lag``: one that still hears the
+  way to the bound says nothing of it), the setpoint is out of reach; the loop says so and holds the
   *nearest alpha*: of the alphas it has recently heard played (``observe`` adds one it did
   not set, the reading before a feed-forward jump), the one whose latest reading came
   closest to the setpoint. That is the bound on a plant that rises to it, but not where
@@ -67,6 +68,10 @@ class LoopSettings:
     slope_spread: float = 4.0
     #: Updates in a row at a bound with the error still pushing past it before "out of range".
     patience: int = 3
+    #: Updates a reading still hears the alpha played before a move (the sensor's window
+    #: over its update period): such readings neither count toward "out of range" (nor out of
+    #: it) nor are remembered as the new alpha's. A 3-beat window read every beat: 3.
+    lag: int = 0
 
     def __post_init__(self) -> None:
         lo, hi = self.alpha_range
@@ -76,6 +81,8 @@ class LoopSettings:
             raise ValueError(f"prior_slope must be finite and non-zero, got {self.prior_slope}")
         if self.error_scale not in ERROR_SCALES:
             raise ValueError(f"error_scale must be one of {ERROR_SCALES}, got {self.error_scale!r}")
+        if self.patience < 1 or self.lag < 0:
+            raise ValueError(f"patience must be >= 1 and lag >= 0, got {self.patience} and {self.lag}")
         for name in ("kp", "ki", "deadband", "rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -102,6 +109,9 @@ class LoopState:
     beyond: int = 0
     held: float = 0.0
     turned: int = 0  # readings in a row, while out of range, that say the setpoint is within reach
+    #: Updates alpha has stayed within SAME_ALPHA of ``anchor``: past ``lag``, a reading heard it alone.
+    steady: int = 0
+    anchor: float = 0.0
 
 
 def logit(p: float) -> float:
@@ -129,15 +139,15 @@ class PIController:
         self.settings = settings
         lo, hi = settings.alpha_range
         start = min(max(alpha, lo), hi)
-        self.state = LoopState(alpha=start, integral=start, slope=settings.prior_slope)
+        self.state = LoopState(alpha=start, integral=start, slope=settings.prior_slope, anchor=start)
 
     def jump(self, alpha: float) -> float:
         """Feed-forward: play ``alpha`` (within the range) at once, with the integral holding
         it, so later updates trim from there (bumpless: no stored error kicks it away)."""
         lo, hi = self.settings.alpha_range
         st = self.state
-        st.alpha = st.integral = min(max(alpha, lo), hi)
-        st.pinned, st.mode, st.beyond, st.turned = 0, "tracking", 0, 0
+        st.alpha = st.integral = st.anchor = min(max(alpha, lo), hi)
+        st.pinned, st.mode, st.beyond, st.turned, st.steady = 0, "tracking", 0, 0, 0
         return st.alpha
 
     def observe(self, alpha: float, measured: float) -> None:
@@ -161,9 +171,20 @@ class PIController:
         return min(latest, key=lambda pair: abs(aim - pair[1]))[0]
 
     def update(self, setpoint: float, measured: float, dt: float) -> float:
-        s, st = self.settings, self.state
+        st = self.state
         if not (math.isfinite(setpoint) and math.isfinite(measured) and math.isfinite(dt)) or dt <= 0:
             return st.alpha  # a sensor that could not read holds the knob
+        alone = st.steady >= self.settings.lag  # the reading heard the alpha played now, and no other
+        alpha = self._update(setpoint, measured, dt, alone)
+        same = SAME_ALPHA * (self.settings.alpha_range[1] - self.settings.alpha_range[0])
+        if abs(alpha - st.anchor) > same:
+            st.anchor, st.steady = alpha, 0
+        else:
+            st.steady += 1
+        return alpha
+
+    def _update(self, setpoint: float, measured: float, dt: float, alone: bool) -> float:
+        s, st = self.settings, self.state
         lo, hi = s.alpha_range
         self._schedule(measured)
         error = error_of(setpoint, measured, s.error_scale)
@@ -172,11 +193,14 @@ class PIController:
         # The measurement was made under the alpha played before this update: that pair is
         # what the slope is fitted to.
         st.history.append((st.alpha, measured))
-        self.observe(st.alpha, measured)
+        if alone:
+            self.observe(st.alpha, measured)
         if st.mode == "out of range":
             # Beyond reach the same way: hold, do not integrate. Back within reach only after
-            # ``patience`` readings say so, as it went out: one stray reading must not undo it.
-            st.turned = 0 if error * st.beyond > 0 and abs(error) > s.deadband else st.turned + 1
+            # ``patience`` readings of the held alpha say so, as it went out: one stray reading
+            # must not undo it.
+            if alone:
+                st.turned = 0 if error * st.beyond > 0 and abs(error) > s.deadband else st.turned + 1
             if st.turned < s.patience:
                 return self._hold(dt)
             st.mode, st.pinned, st.beyond, st.turned = "tracking", 0, 0, 0  # the PI trims from here
@@ -192,7 +216,10 @@ class PIController:
         limit = s.rate * dt
         alpha = min(max(wanted, st.alpha - limit, lo), st.alpha + limit, hi)
         at_bound = (alpha >= hi and push > 0) or (alpha <= lo and push < 0)
-        st.pinned = st.pinned + 1 if at_bound else 0
+        if not at_bound:
+            st.pinned = 0
+        elif alone:  # a reading made while the sensor still heard the way there says nothing of the bound
+            st.pinned += 1
         st.alpha = alpha
         if st.pinned < s.patience:
             st.mode = "tracking"

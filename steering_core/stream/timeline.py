@@ -115,6 +115,10 @@ class Performance:
         """Each knob as it plays now (smoothed), read from the steerer that holds it."""
         return self.steerer.alphas() if self.steerer is not None else {}
 
+    def row_current(self, row: int) -> dict[str, float]:
+        """Row ``row``'s knobs as they play (one stream: every row plays ``current``)."""
+        return self.current
+
     @property
     def next_step(self) -> int:
         return self.stream.next_frame
