@@ -198,6 +198,7 @@ def main() -> None:
     p.add_argument("--layer", type=int, default=3)
     p.add_argument("--vector", choices=("layer", "shipped"), default="layer")
     p.add_argument("--runs", default="", help="comma-separated run names (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="the server's seed (every run)")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -211,8 +212,10 @@ def main() -> None:
         vec = out / "tempo.safetensors"
         extract_vector(handle, load_concept("tempo"), layers=(args.layer,), progress=False).save(vec)
     span = ConceptKnob.of(load_vector(vec)).target_span or UNITS["tempo"].knob
-    results: dict = {"vector": args.vector, "layer": args.layer, "span": list(span)}
-    runs = [("step", 120.0, 24.0), *[(f"lock{b:g}_{m}", b, 26.0) for b in (90.0, 120.0, 150.0) for m in ("on", "off")],
+    results: dict = {"vector": args.vector, "layer": args.layer, "span": list(span), "seed": args.seed}
+    # A lock run is judged from 8 bars of the host on (the "after at most 8 bars"), for 16 s.
+    runs = [("step", 120.0, 24.0), *[(f"lock{b:g}_{m}", b, 0.5 + 8 * 4 * 60.0 / b + 16.0) for b in (90.0, 120.0, 150.0)
+                                     for m in ("on", "off")],
             ("ramp_on", 100.0, 40.0), ("ramp_off", 100.0, 40.0)]
     if args.runs:
         runs = [r for r in runs if r[0] in args.runs.split(",")]
@@ -230,7 +233,8 @@ def main() -> None:
                 actions.append((t, lambda s, bb=bb: s.clock.source.request_tempo(bb)))
                 t += 60.0 / b
                 b = bb
-        audio, rate, grid, trace, underruns, codes = run(handle, [str(vec)], out, name, bpm, seconds, actions)
+        audio, rate, grid, trace, underruns, codes = run(handle, [str(vec)], out, name, bpm, seconds, actions,
+                                                         seed=args.seed)
         record = {"underruns": underruns, "trace": trace}
         if name == "step":
             record.update(step_metrics(audio, rate, STEP_AT_S, span[1]), step_from=span[0], step_to=span[1])

@@ -161,6 +161,21 @@ def test_the_taps_mean_is_the_probability_of_the_mean_logit_since_the_last_read(
     assert taps.read_mean() is None  # the next mean starts afresh
 
 
+def test_every_rows_mean_is_read_at_once_and_starts_afresh_for_all():
+    import torch
+
+    from steering_core.steer.probe import LinearProbe
+    from steering_core.stream.probe_tap import ProbeTaps
+
+    probe = LinearProbe(0, torch.tensor([1.0, 0.0]), 0.0, {"method": "test"})
+    taps = ProbeTaps({"x": probe}, 2, 1, "cpu")  # two stems: rows 0 and 1 conditional, 2 and 3 not
+    taps(0, torch.tensor([[[1.0, 0.0]], [[-2.0, 0.0]], [[50.0, 0.0]], [[50.0, 0.0]]]))
+    rows = taps.read_means()
+    assert rows is not None and len(rows) == 2
+    assert rows[0]["x"] == pytest.approx(1 / (1 + math.exp(-1.0))) and rows[1]["x"] == pytest.approx(1 / (1 + math.exp(2.0)))
+    assert taps.read_mean(1) is None  # one read started every row's next mean
+
+
 def test_the_log_holds_the_alphas_played_and_replays_bit_identically(tmp_path):
     import json
     import os
@@ -188,6 +203,29 @@ def test_the_log_holds_the_alphas_played_and_replays_bit_identically(tmp_path):
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()})
     assert run.returncode == 0, run.stderr
     assert "tokens identical to the performance" in run.stdout
+
+
+def test_a_stems_probe_target_reads_its_own_row_and_drives_its_own_alpha(tmp_path):
+    options = ServeOptions(model="toy", vectors=["steering_core/toy/vectors"], osc_port=0, audio_out="none",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False, cuda_graphs="off", bpm=120.0,
+                           stems=["drums=punchy drums", "lead=a bright lead synth"])
+    server = Server(options)
+    server.start()
+    try:
+        with pytest.raises(ControlError, match="/stem/<name>/steer/timbre/target/probe"):
+            server.commands.run("/steer/timbre/target/probe", [0.7], TEST)
+        server.commands.run("/stem/lead/steer/timbre/target/probe", [0.95], TEST)
+        assert realparts.wait_for(lambda: server.status()["stems"]["lead"]["target_knobs"].get("timbre", {})
+                                  .get("updates", 0) >= 10, 30.0, every=0.05)
+        stems = server.status()["stems"]
+    finally:
+        server.stop()
+    lead, drums = stems["lead"], stems["drums"]
+    loop = lead["target_knobs"]["timbre"]
+    assert loop["unit"] == "probability" and loop["setpoint"] == 0.95
+    assert 0.0 < lead["probes"]["timbre"] < 1.0 and 0.0 < drums["probes"]["timbre"] < 1.0
+    assert lead["probes"] != drums["probes"]  # each row's own reading
+    assert lead["alphas"]["timbre"] != 0.0 and drums["alphas"]["timbre"] == 0.0 and drums["target_knobs"] == {}
 
 
 def test_a_toy_cache_made_before_probes_is_taken_again_from_the_shipped_files(tmp_path, monkeypatch):

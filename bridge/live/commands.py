@@ -186,8 +186,8 @@ class Commands:
             if target.kind == "target_off":
                 return Plan(target=(TargetAsk(concept, stream=stream),))
             value = float(args[0])
-            if target.kind == "target_probe":  # a probability its probe reads (probe_loop.py); no stem reads one
-                return Plan(target=(TargetAsk(concept, value, probe=True, stream=stream),))
+            if target.kind == "target_probe":  # a probability its probe reads (probe_loop.py)
+                return Plan(target=(TargetAsk(concept, value, probe=True, stream=stream, alpha_range=own),))
             if target.kind == "target_knob":  # over the concept's calibrated reach, else the unit's span
                 lo, hi = self.control.concepts[concept].target_span or UNITS[concept].knob
                 value = lo + value * (hi - lo)

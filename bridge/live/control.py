@@ -181,8 +181,9 @@ class ControlState:
         rows = [(c.name, c.alpha_range) for c in concepts]
         # Only a stream whose probes are read (serve's probe taps) takes a probe target.
         probes = [c.name for c in concepts if c.probe] if probe_targets else []
+        self._probes = probes
         self.table: ControlTable = ControlTable(rows, vocab_size, probes) if not stems else stem_table_of(
-            rows, vocab_size, stems)
+            rows, vocab_size, stems, probes)
         #: Each stem's asked state, by row (none on a one-stream set).
         self._stems: list[StemView] = list(stems)
         self._targets: dict[str, float] = {c.name: 0.0 for c in concepts}
@@ -350,7 +351,7 @@ class ControlState:
         with self._lock:
             self._stems[row] = view
             table = stem_table_of([(c.name, c.alpha_range) for c in self.concepts.values()], self.table.vocab_size,
-                                  self._stems)
+                                  self._stems, self._probes)
             self.table = table
             return table
 
@@ -375,8 +376,8 @@ class ControlState:
 
 
 def stem_table_of(concepts: Sequence[tuple[str, tuple[float, float]]], vocab_size: int,
-                  stems: Sequence[StemView]) -> StemTable:
+                  stems: Sequence[StemView], probes: Sequence[str] = ()) -> StemTable:
     """The table of the playing stems (a spare row has no rows of its own), each at its row."""
     playing = [(row, s) for row, s in enumerate(stems) if s.active]
     return StemTable(concepts, vocab_size, [(s.name, [(k.name, k.alpha_range) for k in s.knobs.values()])
-                                            for _, s in playing], [row for row, _ in playing])
+                                            for _, s in playing], [row for row, _ in playing], probes)

@@ -280,6 +280,7 @@ class Server:
     def status(self) -> dict[str, Any]:
         view = self.control.snapshot()
         engine = self.engine.status()
+        row_probes = engine.pop("row_probes", ())  # a set of stems': under each stem
         return {
             **engine, "state": "running",
             "targets": view["targets"], "enabled": view["enabled"], "knobs": view["knobs"],
@@ -297,7 +298,7 @@ class Server:
                                                      "ignored": self.mapper.ignored if self.mapper else 0,
                                                      "sysex_dropped": self.midi.sysex_dropped},
             "clock": self.clock.status(),
-            **({"stems": stems_status(self.stems, self.options.record, engine["target_knobs"])}
+            **({"stems": stems_status(self.stems, self.options.record, engine["target_knobs"], row_probes)}
                if self.stems is not None else {}),
             "uptime_s": round(time.monotonic() - self.started, 2),
         }

@@ -28,12 +28,12 @@ class StemTable(ControlTable):
     """The table of a set of stems (see the module doc)."""
 
     def __init__(self, concepts: Sequence[tuple[str, tuple[float, float]]], vocab_size: int,
-                 stems: Sequence[StemRows], rows: Sequence[int] | None = None) -> None:
+                 stems: Sequence[StemRows], rows: Sequence[int] | None = None, probes: Sequence[str] = ()) -> None:
         self.stems: list[StemRows] = [(name, [(c, (float(lo), float(hi))) for c, (lo, hi) in rows])
                                       for name, rows in stems]
         #: Each stem's row in the batch (stems added while playing take spare rows, so not always 0..n-1).
         self.rows = list(range(len(stems))) if rows is None else [int(r) for r in rows]
-        super().__init__(concepts, vocab_size)
+        super().__init__(concepts, vocab_size, probes)
 
     @property
     def stem_names(self) -> list[str]:
@@ -41,7 +41,7 @@ class StemTable(ControlTable):
 
     def _add_more(self) -> None:
         for row, (stem, rows) in zip(self.rows, self.stems, strict=True):
-            for target in stem_targets(ControlTable(rows, self.vocab_size), stem, row):
+            for target in stem_targets(ControlTable(rows, self.vocab_size, self.probes), stem, row):
                 self._add(target)
         self._add(Target("/stem/add", "stem_add", _stem_add_parser))
         self._add(Target("/stem/remove", "stem_remove", _stem_name_parser))
@@ -66,7 +66,8 @@ def table_from_spec(spec: Mapping[str, Any]) -> ControlTable:
     stems = [(str(stem), [(str(c), (float(lo), float(hi))) for c, lo, hi in rows]) for stem, rows in spec["stems"]]
     concepts = [(str(name), (float(lo), float(hi))) for name, lo, hi in spec["concepts"]]
     rows = spec.get("stem_rows")
-    return StemTable(concepts, int(spec["vocab_size"]), stems, None if rows is None else [int(r) for r in rows])
+    return StemTable(concepts, int(spec["vocab_size"]), stems, None if rows is None else [int(r) for r in rows],
+                     [str(name) for name in spec.get("probes", [])])
 
 
 def per_stream(target: Target) -> bool:

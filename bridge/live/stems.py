@@ -35,6 +35,7 @@ from .control import ConceptKnob, ControlState, StemView
 from .device_channels import stem_pair
 from .options import ServeOptions
 from .outputs import DeviceOutput, Output, open_output
+from .probe_loop import attach_probe_taps
 from .scheduling import fill_bpm
 from .setfile import MAX_STEMS, StemSet, StemSpec, load_set_file, parse_stem_args
 from .stem_mix import StemMix, stem_recording
@@ -109,10 +110,11 @@ def open_stems(handle: MusicGenHandle, options: ServeOptions, stems: StemSet, ve
     for row, row_settings in enumerate(own):
         stream.set_row_settings(row, row_settings)
     performance = StemPerformance(stream, steerer, smoothing_ms=options.smoothing_ms)
+    taps = attach_probe_taps(stream, vectors)  # each row's probes, read before the first step
     views = [StemView(s.name, k, s.prompt, settings=vars(o).copy(), active=i < playing)
              for i, (s, k, o) in enumerate(zip(specs, knobs, own, strict=True))]
     control = ControlState([ConceptKnob.of(v) for v in vectors], specs[0].prompt, settings,
-                           vocab_size=handle.decoder_config.vocab_size, stems=views)
+                           vocab_size=handle.decoder_config.vocab_size, stems=views, probe_targets=taps is not None)
     names = [s.name for s in specs]
     # Spare rows get their port pair too (spare<row>_L/_R, silent), renamed on /stem/add and back on remove.
     output = open_output(options.audio_out, options.jack_connect, stems=names, stem_channels=options.stem_channels)
@@ -129,10 +131,11 @@ def stems_header(live: LiveStems) -> list[dict[str, Any]]:
             for row, (s, p) in enumerate(zip(live.specs, live.stream.prompts, strict=True))]
 
 
-def stems_status(live: LiveStems, record: str | None, loops: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def stems_status(live: LiveStems, record: str | None, loops: Mapping[str, Any] | None = None,
+                 row_probes: Sequence[Mapping[str, float]] = ()) -> dict[str, Any]:
     """``/status/json``'s ``stems``: each stem's asked and played state, by name; with the
     engine's target loops (``loops``: ``target_knobs``, keyed ``<concept>`` on row 0 and
-    ``<row>:<concept>`` past it), each stem's own."""
+    ``<row>:<concept>`` past it) and probe readings (by row), each stem's own."""
     steerer = live.performance.steerer
     out: dict[str, Any] = {}
     asked_by_name = live.control.snapshot()["stems"]
@@ -152,6 +155,7 @@ def stems_status(live: LiveStems, record: str | None, loops: Mapping[str, Any] |
             "recording_from_sample": voice.recorded_from,
             "target_knobs": {key.rpartition(":")[2]: loop for key, loop in (loops or {}).items()
                              if int(key.rpartition(":")[0] or 0) == row},
+            **({"probes": dict(row_probes[row])} if row < len(row_probes) else {}),
         }
     return out
 

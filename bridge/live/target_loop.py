@@ -17,9 +17,9 @@ beat-phase error of the audio's onsets against the clock's grid at the output (a
 phase-locked loop, ``controller.locked_setpoint``).
 
 Loops are keyed by (stream, concept): one controller per stream and concept. In a set of
-stems each stem's loops read that stem's own audio (its row, before the mix) and set that
-row's alpha; the tempo lock and probe targets play on the first stream only (commands.py
-refuses them on a set of several stems). Owned by the engine thread (its one caller);
+stems each stem's loops read that stem's own audio (its row, before the mix), or its own
+row's probe, and set that row's alpha; the tempo lock plays on the first stream only
+(commands.py refuses it on a set of several stems). Owned by the engine thread (its one caller);
 ``status`` returns the frozen copy that thread publishes after every ask and update
 (another thread never iterates the live loops).
 """
@@ -122,6 +122,7 @@ class TargetLoop:
         self.taps = taps
         self.probing: dict[tuple[int, str], ProbeTarget] = {}
         self._readings: dict[str, float] = {}  # the probes' last reading, stream 0
+        self._row_readings: list[dict[str, float]] = []  # and every stream's
         self._heard: dict[int, HeardAudio] = {}  # each stream's audio, for its sensors
         self.lock = False
         self._lock_state = "off"
@@ -152,7 +153,7 @@ class TargetLoop:
         if ask.setpoint is None:
             self._drop(key, "off")
         elif ask.probe:
-            self._probe(key, ask.setpoint, alpha_now)
+            self._probe(key, ask.setpoint, alpha_now, ask.alpha_range)
         else:
             self._drop_probe(key, "a sensor target")
             self._start(key, ask.setpoint, alpha_now, ask.alpha_range)
@@ -218,7 +219,8 @@ class TargetLoop:
         what = "the clock's tempo" if setpoint is None else f"{setpoint:g} {unit.unit}"
         log.info("%s: a target knob now (%s); alpha follows its sensor", self._name(key), what)
 
-    def _probe(self, key: tuple[int, str], setpoint: float, alpha_now: Mapping[str, float]) -> None:
+    def _probe(self, key: tuple[int, str], setpoint: float, alpha_now: Mapping[str, float],
+               alpha_range: tuple[float, float] | None = None) -> None:
         if self.taps is None or key[1] not in self.taps.names:  # commands.py refuses it first
             log.warning("%s: no probe is read on this stream; the probe target is ignored", key[1])
             return
@@ -228,8 +230,8 @@ class TargetLoop:
             return
         if key in self.active:
             self._drop(key, "a probe target")
-        self.probing[key] = ProbeTarget(self.concepts[key[1]], alpha_now.get(key[1], 0.0), setpoint)
-        log.info("%s: a probe target now (p = %g); alpha follows its probe", key[1], setpoint)
+        self.probing[key] = ProbeTarget(alpha_range or self.concepts[key[1]], alpha_now.get(key[1], 0.0), setpoint)
+        log.info("%s: a probe target now (p = %g); alpha follows its probe", self._name(key), setpoint)
 
     def _drop_probe(self, key: tuple[int, str], why: str) -> None:
         target = self.probing.pop(key, None)
@@ -289,17 +291,19 @@ class TargetLoop:
         return len(mono) / self.rate
 
     def _probe_updates(self, seconds: float) -> list[Change]:
-        """The probe loops (the first stream's): each reads its probe after the last step (one host sync)."""
+        """The probe loops: each reads its stream's probe, the mean over this chunk's steps
+        (one host sync for every stream)."""
         if self.taps is None:
             return []
-        readings = self.taps.read_mean(0)  # the mean over this chunk's steps
-        if readings is None:
+        rows = self.taps.read_means()
+        if rows is None:
             return []
-        self._readings = readings
+        self._readings = rows[0]
+        self._row_readings = rows
         out = []
         for key, target in self.probing.items():
             before = target.controller.state.alpha
-            alpha = target.update(seconds, readings.get(key[1]))
+            alpha = target.update(seconds, rows[key[0]].get(key[1]) if key[0] < len(rows) else None)
             if alpha is not None and abs(alpha - before) >= MIN_ALPHA_STEP:
                 out.append(self._change(key, alpha))
         return out
@@ -360,6 +364,8 @@ class TargetLoop:
         published: dict[str, Any] = {"lock": self._lock_state, "target_knobs": loops}
         if self.taps is not None:
             published["probes"] = {name: round(p, 3) for name, p in self._readings.items()}
+            if self.streams > 1:  # a set of stems: each row's, by row
+                published["row_probes"] = [{n: round(p, 3) for n, p in r.items()} for r in self._row_readings]
         self._published = published  # one reference swap
 
     def status(self) -> dict[str, Any]:

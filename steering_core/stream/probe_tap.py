@@ -67,16 +67,22 @@ class ProbeTaps:
         return dict(zip(self.names, values, strict=True))
 
     def read_mean(self, stream: int = 0) -> dict[str, float] | None:
-        """Each concept's probability from its logit's mean over the steps since the last call
-        (what the probe was fitted on: a mean over frames, and a step's reading swings with each
-        token), then starts the next mean; None when no step ran. A host sync; engine thread."""
+        """Each concept's probability on ``stream`` from its logit's mean over the steps since the
+        last read (what the probe was fitted on: a mean over frames, and a step's reading swings
+        with each token), then starts the next mean for every stream; None when no step ran.
+        A host sync; engine thread."""
+        rows = self.read_means()
+        return None if rows is None else rows[stream]
+
+    def read_means(self) -> list[dict[str, float]] | None:
+        """``read_mean`` of every stream (row of the batch) at once: one host sync, one new mean."""
         steps = float(self.count.item())
         if steps <= 0:
             return None
-        values = torch.sigmoid(self.sums[:, stream] / steps).tolist()
+        values = torch.sigmoid(self.sums / steps).T.tolist()  # [batch][concepts]
         self.sums.zero_()
         self.count.zero_()
-        return dict(zip(self.names, values, strict=True))
+        return [dict(zip(self.names, row, strict=True)) for row in values]
 
 
 __all__ = ["ProbeTaps"]
