@@ -63,9 +63,12 @@ def turning_plant(alpha: float) -> float:
     return 92.0 - 34.0 * abs(alpha)
 
 
-def test_out_of_reach_on_a_plant_that_turns_over_it_holds_the_alpha_that_came_nearest():
-    c = PIController(LoopSettings((-2.0, 0.5), prior_slope=0.3))
-    settle(c, 120.0, turning_plant, 12)  # from alpha 0 up: the music slows, the bound is not the nearest
+@pytest.mark.parametrize("lag", [0, 3])
+def test_out_of_reach_on_a_plant_that_turns_over_it_holds_the_alpha_that_came_nearest(lag):
+    # lag 3: the sensor hears 3 updates late and the loop knows it (a 3-beat window read each
+    # beat), so only readings made at the start and after the bound's lag are remembered.
+    c = PIController(LoopSettings((-2.0, 0.5), prior_slope=0.3, lag=lag))
+    settle(c, 120.0, turning_plant, 12 + 2 * lag, lag=max(lag, 1))  # from 0 up: slower, the bound is not the nearest
     assert c.state.mode == "out of range"
     assert abs(c.state.alpha) < 0.05 and c.state.integral == c.state.alpha  # back where it came nearest
     held = [c.update(120.0, turning_plant(c.state.alpha), 0.5) for _ in range(20)]
@@ -73,15 +76,18 @@ def test_out_of_reach_on_a_plant_that_turns_over_it_holds_the_alpha_that_came_ne
     for stray in (130.0, 120.0 * 1.005):  # one reading past the setpoint, one inside the deadband: it holds
         assert c.update(120.0, stray, 0.5) == held[-1] and c.state.mode == "out of range"
         c.update(120.0, turning_plant(c.state.alpha), 0.5)
+    assert c.nearest(120.0) == pytest.approx(0.0, abs=0.05)  # one misread among its readings does not move it
     measured = settle(c, 80.0, turning_plant, 16)  # the error turns for good: within reach, the PI trims
     assert c.state.mode != "out of range" and abs(measured[-1] / 80.0 - 1) < 0.03
 
 
 def test_the_nearest_alpha_comes_from_what_was_heard_even_before_a_jump():
-    c = PIController(LoopSettings((-2.0, 0.5), prior_slope=0.3))
-    c.observe(0.0, turning_plant(0.0))  # the reading before a feed-forward jump
+    c = PIController(LoopSettings((-2.0, 0.5), prior_slope=0.3, lag=3))
+    c.observe(0.0, turning_plant(0.0))  # the reading before a feed-forward jump: the start alpha, heard alone
     c.jump(0.5)
-    settle(c, 120.0, turning_plant, 6)
+    c.observe(0.5, 120.0)  # right after the jump the window still hears the alpha before: not remembered
+    assert [a for a, _ in c.state.heard] == [0.0]
+    settle(c, 120.0, turning_plant, 10, lag=3)
     assert c.state.mode == "out of range" and abs(c.state.alpha) < 0.05
     c.observe(0.3, math.nan)  # a reading that could not be made is not remembered
     assert c.nearest(120.0) == pytest.approx(0.0, abs=0.05)

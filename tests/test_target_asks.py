@@ -146,3 +146,22 @@ def test_a_set_of_stems_takes_a_target_on_a_stems_own_address_only(tmp_path):
     loop = TargetLoop(control.loop_ranges(), 32000, 1.0, streams=2)
     loop.ask(asks[0], {"timbre": 0.0})  # the loop keeps bass's alpha within bass's own range
     assert loop.active[(1, "timbre")].controller.settings.alpha_range == (-0.25, 0.5)
+
+
+def test_a_one_stem_sets_plain_target_is_its_stems_own_row_and_an_entering_stem_waits(tmp_path):
+    # The set's one stem came in on row 1 (row 0 is spare again): a plain target, and the lock,
+    # are that stem's, at its row, in its own range. A stem still waiting for its bar takes none.
+    knobs = [ConceptKnob("tempo", (-2.0, 0.5)), ConceptKnob("timbre", (-1.0, 1.0))]
+    own = {"tempo": knobs[0], "timbre": ConceptKnob("timbre", (-0.5, 0.5))}
+    spare = StemView("spare0", {k.name: k for k in knobs}, "spare", active=False)
+    cmd, control = commands(tmp_path, knobs, stems=[spare, StemView("keys", own, "keys")])
+    cmd.run("/steer/timbre/target", [1500.0], TEST)
+    cmd.run("/sync/lock", [1], TEST)
+    asks = [a for e in control.drain() for a in e.target or ()]
+    assert asks == [TargetAsk("timbre", 1500.0, stream=1, alpha_range=(-0.5, 0.5)),
+                    TargetAsk("tempo", lock=True, stream=1)]
+    cmd.stem_entering = lambda row: row == 1
+    before = control.snapshot()
+    with pytest.raises(ControlError, match="enters on the next bar"):
+        cmd.run("/stem/keys/steer/timbre/target", [1500.0], TEST)
+    assert control.snapshot() == before and not control.drain()

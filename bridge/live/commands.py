@@ -81,6 +81,7 @@ class Commands:
         #: A set of stems' /stem/add and /stem/remove (``stem_live.StemLifecycle``), set by serve.
         self.stem_add: Callable[[str, str], Plan] | None = None
         self.stem_remove: Callable[[str], Plan] | None = None
+        self.stem_entering: Callable[[int], bool] | None = None  # a row whose stem enters on the next bar
         self._handlers: dict[str, Handler] = {t.address: self._handler(t) for t in self.table}
 
     def retable(self, table: ControlTable) -> None:
@@ -178,11 +179,17 @@ class Commands:
             if len(stems) > 1 and target.stream is None:  # each stem's loop hears its own audio
                 raise ControlError(f"a set of stems: a target knob is a stem's, /stem/<name>{target.address} "
                                    f"(stems: {', '.join(stems)})")
+            # On a set of stems the loop is a stem's: an unprefixed address on a one-stem set is
+            # that stem's, at its row (not row 0, when it came in on a spare row).
+            stream = target.stream if target.stream is not None or not stems else getattr(self.table, "rows", [0])[0]
             if target.kind == "sync_lock":
-                return Plan(target=(TargetAsk(LOCK_CONCEPT, lock=bool(args[0])),))
-            concept, stream = str(target.concept), target.stream or 0
+                return Plan(target=(TargetAsk(LOCK_CONCEPT, lock=bool(args[0]), stream=stream),))
+            concept = str(target.concept)
+            if target.kind != "target_off" and stream is not None and self.stem_entering is not None \
+                    and self.stem_entering(stream):  # its audio until the bar is the spare row's
+                raise ControlError(f"{target.address}: the stem enters on the next bar; give it a target once it plays")
             # A stem's loop keeps its alpha within the stem's own range (its set file's).
-            own = self.control.stem_range(stream, concept) if target.stream is not None else None
+            own = None if stream is None else self.control.stem_range(stream, concept)
             if target.kind == "target_off":
                 return Plan(target=(TargetAsk(concept, stream=stream),))
             value = float(args[0])

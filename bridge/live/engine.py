@@ -266,7 +266,7 @@ class Engine:
             self.targets.touched(event.changes)  # a plain knob write takes the knob back from its target
             if event.target is not None:
                 for ask in event.target:  # every target a pattern named
-                    self.targets.ask(ask, self.performance.row_current(ask.stream))
+                    self.targets.ask(ask, self.performance.row_current(ask.stream or 0))
                 if self.perf_log is not None:
                     self.perf_log.event(event, time.monotonic() - self.started)
             if event.transport is not None:

@@ -79,9 +79,7 @@ class PerformanceLog:
         if event.quantize:
             record["quantize"] = event.quantize
         if event.target is not None:  # a target knob's setpoint, off, or the lock (no change of its own)
-            # A field at its default is left out (a one-stream set's asks name no stream).
-            asks = [{k: v for k, v in vars(ask).items() if v is not None and not (k == "stream" and v == 0)}
-                    for ask in event.target]
+            asks = [{k: v for k, v in vars(ask).items() if v is not None} for ask in event.target]
             record["target"] = asks[0] if len(asks) == 1 else asks
         if event.info is not None:  # the target loop's state when it set this alpha
             record["loop"] = event.info

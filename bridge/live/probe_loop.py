@@ -53,8 +53,9 @@ class ProbeTarget:
 
     def __init__(self, alpha_range: tuple[float, float], alpha: float, setpoint: float) -> None:
         self.setpoint = setpoint
-        # The smoothed reading still hears an alpha move for about PROBE_SMOOTH_S.
-        lag = math.ceil(PROBE_SMOOTH_S / PROBE_EVERY_S)
+        # The reading is smoothed exponentially over PROBE_SMOOTH_S: three of those after a
+        # move, the alpha before still weighs 5 % in it.
+        lag = math.ceil(3 * PROBE_SMOOTH_S / PROBE_EVERY_S)
         self.controller = PIController(LoopSettings(alpha_range, PROBE_PRIOR_SLOPE, ki=PROBE_KI, error_scale="logit",
                                                     lag=lag), alpha)
         self.measured = math.nan  # the smoothed probability the loop holds at its setpoint

@@ -135,6 +135,7 @@ class Server:
         if self.stems is not None and self.stems.spare:  # stems that come and go (bridge/live/stem_live.py)
             lifecycle = StemLifecycle(self.stems, [v for v, _ in self.vectors], o.chain, self.perf_log, self._retable)
             self.commands.stem_add, self.commands.stem_remove = lifecycle.add, lifecycle.remove
+            self.commands.stem_entering = lifecycle.entering
         self.started = time.monotonic()
         self.stop_requested = threading.Event()
 

@@ -59,6 +59,10 @@ class StemLifecycle:
         if rename is not None:
             rename(row, name)
 
+    def entering(self, row: int) -> bool:
+        """Whether row ``row``'s stem was added and waits for its bar to enter."""
+        return (row, True) in self.live.path.pending
+
     def add(self, name: str, prompt: str) -> Plan:
         with self._lock:
             live = self.live

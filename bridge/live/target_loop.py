@@ -40,7 +40,7 @@ from steering_core.stream.probe_tap import ProbeTaps
 from steering_core.stream.timeline import Change
 
 from .probe_loop import ProbeTarget
-from .sensors import centroid_reading, pulse_reading
+from .sensors import MAX_BPM, centroid_reading, pulse_reading
 from .target_units import LOCK_CONCEPT, UNITS, TargetUnit
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class TargetAsk:
     setpoint: float | None = None  # None and lock None: back to a plain force knob
     lock: bool | None = None  # /sync/lock 1|0
     probe: bool | None = None  # True: the setpoint is a probability the concept's probe reads (probe_loop.py)
-    stream: int = 0  # the row (a stem) whose knob it is
+    stream: int | None = None  # the row (a stem) whose knob it is; None: the one stream's (row 0)
     alpha_range: tuple[float, float] | None = None  # that stem's own (None: the concept's)
 
 
@@ -87,9 +87,10 @@ class ActiveTarget:
                  setpoint: float | None) -> None:
         self.unit = unit
         self.setpoint = setpoint  # None: the host's tempo (the lock)
-        # The pulse sensor reads PULSE_WINDOW_BEATS of audio, the centroid a beat: a reading
-        # after an alpha move still hears the alpha before for that many updates.
-        window = PULSE_WINDOW_BEATS if unit.sensor == "pulse" else 1.0
+        # The pulse sensor reads PULSE_WINDOW_BEATS of audio (MIN_PULSE_WINDOW_S at least: more
+        # beats at the fastest tempo), the centroid a beat: a reading after an alpha move still
+        # hears the alpha before for that many updates.
+        window = max(PULSE_WINDOW_BEATS, MIN_PULSE_WINDOW_S * MAX_BPM / 60.0) if unit.sensor == "pulse" else 1.0
         lag = math.ceil(window / unit.every_beats)
         self.controller = PIController(LoopSettings(alpha_range, unit.prior_slope, lag=lag), alpha)
         self.measured = math.nan
@@ -124,6 +125,7 @@ class TargetLoop:
         self._readings: dict[str, float] = {}  # the probes' last reading, stream 0
         self._row_readings: list[dict[str, float]] = []  # and every stream's
         self._heard: dict[int, HeardAudio] = {}  # each stream's audio, for its sensors
+        self._host_bpm = NO_CLOCK_BPM  # the clock's tempo as last heard: a centroid's window is its beat
         self.lock = False
         self._lock_state = "off"
         self._lock_asked = lock
@@ -135,7 +137,7 @@ class TargetLoop:
         """Take a target message (``alpha_now``: its stream's alphas as played). A new
         setpoint's feed-forward alpha leaves with the next chunk's changes (``heard_rows``);
         the lock's waits for the clock's tempo there too."""
-        stream = ask.stream
+        stream = ask.stream or 0
         if ask.lock is not None:
             self.lock = ask.lock and LOCK_CONCEPT in self.concepts
             key = (stream, LOCK_CONCEPT)
@@ -168,7 +170,7 @@ class TargetLoop:
         before = target.controller.state.alpha
         # What the alpha before the jump plays, from the audio already heard: the loop did not
         # set it, but it is a candidate for the nearest alpha if the setpoint proves out of range.
-        reference = setpoint if target.unit.sensor == "pulse" else NO_CLOCK_BPM
+        reference = setpoint if target.unit.sensor == "pulse" else self._host_bpm
         reading = self._read(key[0], target, reference, None, whole=True)
         if reading is not None:
             target.controller.observe(before, reading[0])
@@ -260,6 +262,8 @@ class TargetLoop:
         if any updated."""
         out = [c for c in self._pending if (c.stream or 0, str(c.concept)) in self.active]
         self._pending = []
+        if clock is not None:
+            self._host_bpm = float(clock.bpm)
         seconds = 0.0
         for stream, audio in enumerate(rows):
             seconds = self._hear(stream, audio, at)

@@ -48,8 +48,10 @@ LOGIT_EPS = 1e-4
 #: Readings remembered for the nearest alpha (one per update): a few bars of a per-beat
 #: loop, so a reading of music long gone does not decide where to hold.
 MEMORY = 32
-#: Alphas closer than this share of the range count as one when the nearest is chosen.
+#: Alphas closer than this share of the range count as one when the nearest is chosen,
+#: by the mean of up to PER_ALPHA of its latest readings.
 SAME_ALPHA = 0.02
+PER_ALPHA = 3
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,9 @@ class PIController:
         self.settings = settings
         lo, hi = settings.alpha_range
         start = min(max(alpha, lo), hi)
-        self.state = LoopState(alpha=start, integral=start, slope=settings.prior_slope, anchor=start)
+        # The alpha it starts from has been playing (a performer's knob): heard alone at once.
+        self.state = LoopState(alpha=start, integral=start, slope=settings.prior_slope, anchor=start,
+                               steady=settings.lag)
 
     def jump(self, alpha: float) -> float:
         """Feed-forward: play ``alpha`` (within the range) at once, with the integral holding
@@ -151,24 +155,30 @@ class PIController:
         return st.alpha
 
     def observe(self, alpha: float, measured: float) -> None:
-        """Remember that ``alpha`` played ``measured`` (a reading this loop did not act on,
-        such as the one before a feed-forward jump): a candidate for the nearest alpha."""
-        if math.isfinite(alpha) and math.isfinite(measured):
+        """Remember that ``alpha`` played ``measured`` (also a reading this loop did not act
+        on, such as the one before a feed-forward jump): a candidate for the nearest alpha.
+        Only once alpha has stayed put for the sensor's ``lag``: before, the reading also
+        heard the alpha before the last move."""
+        if self.state.steady >= self.settings.lag and math.isfinite(alpha) and math.isfinite(measured):
             self.state.heard.append((alpha, scaled(measured, self.settings.error_scale)))
 
     def nearest(self, setpoint: float) -> float:
-        """Of the alphas heard lately, the one whose latest reading is closest to ``setpoint``
-        (the alpha played now when none was heard)."""
+        """Of the alphas heard lately, the one whose latest readings (the mean of up to
+        ``PER_ALPHA``: one misread must not decide) are closest to ``setpoint``; the alpha
+        played now when none was heard."""
         s, st = self.settings, self.state
         same = SAME_ALPHA * (s.alpha_range[1] - s.alpha_range[0])
-        latest: list[tuple[float, float]] = []  # (alpha, its latest reading), newest first
+        latest: list[tuple[float, list[float]]] = []  # (alpha, its latest readings), newest first
         for alpha, reading in reversed(st.heard):
-            if all(abs(alpha - a) > same for a, _ in latest):
-                latest.append((alpha, reading))
+            mine = next((r for a, r in latest if abs(alpha - a) <= same), None)
+            if mine is None:
+                latest.append((alpha, [reading]))
+            elif len(mine) < PER_ALPHA:
+                mine.append(reading)
         if not latest:
             return st.alpha
         aim = scaled(setpoint, s.error_scale)
-        return min(latest, key=lambda pair: abs(aim - pair[1]))[0]
+        return min(latest, key=lambda pair: abs(aim - sum(pair[1]) / len(pair[1])))[0]
 
     def update(self, setpoint: float, measured: float, dt: float) -> float:
         st = self.state
@@ -193,8 +203,7 @@ class PIController:
         # The measurement was made under the alpha played before this update: that pair is
         # what the slope is fitted to.
         st.history.append((st.alpha, measured))
-        if alone:
-            self.observe(st.alpha, measured)
+        self.observe(st.alpha, measured)  # remembered only if it heard this alpha alone
         if st.mode == "out of range":
             # Beyond reach the same way: hold, do not integrate. Back within reach only after
             # ``patience`` readings of the held alpha say so, as it went out: one stray reading
