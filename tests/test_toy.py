@@ -184,3 +184,35 @@ def test_folding_weight_norm_changes_no_sample(toy) -> None:
     fresh.model.audio_encoder = fresh_codec  # the parametrised one, as read from disk
     assert any(parametrize.is_parametrized(m) for m in fresh_codec.modules())
     assert np.array_equal(decode(fresh, codes), folded)
+
+
+def test_a_stopped_run_kills_a_codec_stage_that_does_not_exit_when_asked(tmp_path, monkeypatch) -> None:
+    from steering_core.toy import training
+
+    class StuckChild:  # a codec stage whose exit stuck: terminate() is not enough
+        exitcode = None
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def terminate(self) -> None:
+            self.calls.append("terminate")
+
+        def join(self, timeout: float | None = None) -> None:
+            self.calls.append(f"join {timeout}")
+
+        def is_alive(self) -> bool:
+            return "kill" not in self.calls
+
+        def kill(self) -> None:
+            self.calls.append("kill")
+
+    def interrupted(*_args, **_kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_lm", interrupted)
+    monkeypatch.setattr(training, "CHILD_STOP_S", 0.01)
+    child = StuckChild()
+    with pytest.raises(KeyboardInterrupt):
+        training._train_toy(tmp_path / "out", tmp_path, training.TrainSettings(), False, child, 0.0)  # type: ignore[arg-type]
+    assert child.calls == ["terminate", "join 0.01", "kill", "join None"]

@@ -336,6 +336,10 @@ def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, second
 
 
 # --- both ------------------------------------------------------------------------------------------
+#: How long a stopped run waits for the codec stage to exit on SIGTERM before it kills it.
+CHILD_STOP_S = 15.0
+
+
 def _codec_stage(work: Path, settings: TrainSettings, progress: bool) -> None:
     """The codec stage on its own (a child process in a parallel run): its checkpoint is its result.
 
@@ -419,10 +423,14 @@ def _train_toy(out: Path, work: Path, settings: TrainSettings, progress: bool, c
     except BaseException:  # Ctrl-C, a signal or a failure: the codec stage stops with it
         if child is not None:
             child.terminate()
+            child.join(CHILD_STOP_S)
+            if child.is_alive():  # its exit can stick (once seen in CI); it must not outlive the run
+                log.warning("the codec stage did not stop within %.0f s of being asked: killed", CHILD_STOP_S)
+                child.kill()
+                child.join()
         raise
-    finally:
-        if child is not None:
-            child.join()
+    if child is not None:
+        child.join()  # the codec stage trains on after the language model is done
     if child is not None and child.exitcode != 0:
         raise RuntimeError(f"the codec stage failed (exit code {child.exitcode}); run again to resume it")
     _load_trained_codec(model, work, settings)
