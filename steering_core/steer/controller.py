@@ -21,8 +21,8 @@ with no torch and no clock, so it is tested against a simulated plant:
   ``patience`` updates (readings made after the sensor's ``lag``: one that still hears the
   way to the bound says nothing of it), the setpoint is out of reach; the loop says so and holds the
   *nearest alpha*: of the alphas it has recently heard played (``observe`` adds one it did
-  not set, the reading before a feed-forward jump), the one whose latest reading came
-  closest to the setpoint. That is the bound on a plant that rises to it, but not where
+  not set, the reading before a feed-forward jump), the one whose latest readings (a mean
+  of up to ``PER_ALPHA``) came closest to the setpoint. That is the bound on a plant that rises to it, but not where
   the vector's effect turns over before the bound (on one seed of the toy the tempo
   vector slows the music past alpha 0): there, pushing on would move the music away.
   That alpha is chosen once, and held without integrating until the error has turned for
@@ -167,7 +167,7 @@ class PIController:
         ``PER_ALPHA``: one misread must not decide) are closest to ``setpoint``; the alpha
         played now when none was heard."""
         s, st = self.settings, self.state
-        same = SAME_ALPHA * (s.alpha_range[1] - s.alpha_range[0])
+        same = self._same_alpha()
         latest: list[tuple[float, list[float]]] = []  # (alpha, its latest readings), newest first
         for alpha, reading in reversed(st.heard):
             mine = next((r for a, r in latest if abs(alpha - a) <= same), None)
@@ -186,8 +186,7 @@ class PIController:
             return st.alpha  # a sensor that could not read holds the knob
         alone = st.steady >= self.settings.lag  # the reading heard the alpha played now, and no other
         alpha = self._update(setpoint, measured, dt, alone)
-        same = SAME_ALPHA * (self.settings.alpha_range[1] - self.settings.alpha_range[0])
-        if abs(alpha - st.anchor) > same:
+        if abs(alpha - st.anchor) > self._same_alpha():
             st.anchor, st.steady = alpha, 0
         else:
             st.steady += 1
@@ -235,6 +234,11 @@ class PIController:
             return alpha
         st.mode, st.beyond, st.held = "out of range", 1 if push > 0 else -1, self.nearest(setpoint)
         return self._hold(dt)
+
+    def _same_alpha(self) -> float:
+        """Alphas closer than this play the same, for the sensor's lag and the nearest alpha."""
+        lo, hi = self.settings.alpha_range
+        return SAME_ALPHA * (hi - lo)
 
     def _hold(self, dt: float) -> float:
         """Out of range: move (at the rate limit) to the held alpha, the integral with it."""
