@@ -336,8 +336,7 @@ def codec_report(model: MusicgenForConditionalGeneration, clips: int = 8, second
 
 
 # --- both ------------------------------------------------------------------------------------------
-#: How long a stopped run waits for the codec stage to exit on SIGTERM before it kills it.
-CHILD_STOP_S = 15.0
+CHILD_STOP_S = 15.0  # seconds a stopped run waits for the codec stage to exit on SIGTERM, then kills it
 
 
 def _codec_stage(work: Path, settings: TrainSettings, progress: bool) -> None:
