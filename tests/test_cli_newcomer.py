@@ -154,9 +154,12 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads children from /proc")
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 def test_toy_train_stops_its_worker_on_a_signal_with_one_line(tmp_path, how) -> None:
+    # SIGINT as a terminal leaves it: a suite started in the background (`cmd &`) has it ignored,
+    # and an ignored SIGINT is inherited, so the run would never see the Ctrl-C.
     train = subprocess.Popen([sys.executable, "-m", "bridge.cli", "toy", "train", "--out", str(tmp_path / "out"),
                               "--work", str(tmp_path / "work")], cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                              env={**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"})
     try:
         deadline = time.monotonic() + 120
