@@ -122,8 +122,7 @@ class TargetLoop:
         # The stream's probe readings (probe_loop.py); None (a stream without taps): no probe targets.
         self.taps = taps
         self.probing: dict[tuple[int, str], ProbeTarget] = {}
-        self._readings: dict[str, float] = {}  # the probes' last reading, stream 0
-        self._row_readings: list[dict[str, float]] = []  # and every stream's
+        self._readings: list[dict[str, float]] = []  # the probes' last reading, per stream
         self._heard: dict[int, HeardAudio] = {}  # each stream's audio, for its sensors
         self._host_bpm = NO_CLOCK_BPM  # the clock's tempo as last heard: a centroid's window is its beat
         self.lock = False
@@ -302,8 +301,7 @@ class TargetLoop:
         rows = self.taps.read_means()
         if rows is None:
             return []
-        self._readings = rows[0]
-        self._row_readings = rows
+        self._readings = rows
         out = []
         for key, target in self.probing.items():
             before = target.controller.state.alpha
@@ -367,9 +365,10 @@ class TargetLoop:
         loops = {(name if s == 0 else f"{s}:{name}"): t.status() for (s, name), t in both}
         published: dict[str, Any] = {"lock": self._lock_state, "target_knobs": loops}
         if self.taps is not None:
-            published["probes"] = {name: round(p, 3) for name, p in self._readings.items()}
+            first = self._readings[0] if self._readings else {}
+            published["probes"] = {name: round(p, 3) for name, p in first.items()}
             if self.streams > 1:  # a set of stems: each row's, by row
-                published["row_probes"] = [{n: round(p, 3) for n, p in r.items()} for r in self._row_readings]
+                published["row_probes"] = [{n: round(p, 3) for n, p in r.items()} for r in self._readings]
         self._published = published  # one reference swap
 
     def status(self) -> dict[str, Any]:
