@@ -135,6 +135,8 @@ def test_a_set_of_stems_takes_a_target_on_a_stems_own_address_only(tmp_path):
         cmd.run("/steer/timbre/target", [1500.0], TEST)
     with pytest.raises(ControlError, match="one-stem"):
         cmd.run("/sync/lock", [1], TEST)
+    with pytest.raises(ControlError, match="beat warp plays on one stream"):
+        cmd.run("/sync/lock/warp", [1], TEST)
     assert control.snapshot() == before and not control.drain()
     cmd.run("/stem/bass/steer/timbre/target", [1500.0], TEST)
     cmd.run("/stem/drums/steer/tempo/target/knob", [0.0], TEST)
@@ -165,3 +167,15 @@ def test_a_one_stem_sets_plain_target_is_its_stems_own_row_and_an_entering_stem_
     with pytest.raises(ControlError, match="enters on the next bar"):
         cmd.run("/stem/keys/steer/timbre/target", [1500.0], TEST)
     assert control.snapshot() == before and not control.drain()
+
+
+def test_the_warp_switch_asks_the_loop_and_refuses_what_is_not_on_or_off(tmp_path):
+    cmd, control = commands(tmp_path, [ConceptKnob("tempo", (-2.0, 0.5))])
+    cmd.run("/sync/lock/warp", [1], TEST)
+    cmd.run("/sync/lock/warp", [0], TEST)
+    assert [a for e in control.drain() for a in e.target or ()] == [TargetAsk("tempo", warp=True),
+                                                                   TargetAsk("tempo", warp=False)]
+    for bad in ([2], ["on"], [float("nan")], []):
+        with pytest.raises(ControlError):
+            cmd.run("/sync/lock/warp", bad, TEST)
+    assert not control.drain()

@@ -1,5 +1,6 @@
-"""One output stream's audio path: model-rate PCM -> the output's rate and channel count
--> effect chain -> limiter ceiling -> ring buffer (+ recorder).
+"""One output stream's audio path: model-rate PCM -> its stage (the tempo lock's beat warp,
+when one is set) -> the output's rate and channel count -> effect chain -> limiter ceiling
+-> ring buffer (+ recorder).
 
 Runs on the engine thread (``push``; ``flush`` after it has stopped); the output reads
 the ring on its own thread. One ``AudioPath`` per output stream, each shaped by its
@@ -8,6 +9,7 @@ output's format (``for_output``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,10 @@ from .ring import Ring
 
 #: Audio the ring can hold, in seconds at the output's rate: room for the goal and a re-prime's top-up.
 RING_SECONDS = 2
+
+#: A path stage: a model-rate block [channels, n] and the ring sample its next placed sample
+#: lands on -> the block to play now, and how many samples before it the stage still holds.
+Stage = Callable[[np.ndarray, int], tuple[np.ndarray, int]]
 
 
 class AudioPath:
@@ -41,6 +47,13 @@ class AudioPath:
         self.delay = round(self.resampler.input_latency * self.ratio)
         self._gain_ramp: np.ndarray | None = None
         self._pushed = False  # pedalboard's resampler cannot flush before its first block
+        self.stage: Stage | None = None  # serve sets the tempo lock's beat warp here
+        self.reserve_s: Callable[[], float] = lambda: 0.0  # what the stage wants the ring to hold beyond its goal
+
+    @property
+    def reserve(self) -> int:
+        """Ring samples the engine keeps beyond its goal for the stage (0 without one)."""
+        return round(self.reserve_s() * self.device_rate)
 
     @classmethod
     def for_output(cls, output: Output, model_rate: int, chain: pedalboard.Pedalboard,
@@ -78,14 +91,18 @@ class AudioPath:
 
     def push(self, audio: np.ndarray) -> int:
         """audio [channels, n] at the model rate. Returns the ring counter at which its
-        first sample will be (the resampler delays it by ``delay`` samples)."""
+        first sample will be (the resampler delays it by ``delay`` samples; a stage that
+        holds samples back, by those too)."""
+        held = 0
+        if self.stage is not None:
+            audio, held = self.stage(audio, self.ring.written + self.delay)
         channels = self.ring.channels
         if audio.shape[0] != channels:  # a mono model on a stereo output (or the other way): one mix on every side
             mix = audio[:1] if audio.shape[0] == 1 else audio.mean(axis=0, keepdims=True)
             audio = np.repeat(mix, channels, axis=0)
         out = self.resampler.process(np.ascontiguousarray(audio, dtype=np.float32))
         self._pushed = True
-        return self._emit(out) + self.delay
+        return self._emit(out) + self.delay + round(held * self.ratio)
 
     def flush(self) -> None:
         """Whatever the resampler still holds, out through the chain (at the end of a set)."""

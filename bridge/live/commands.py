@@ -127,7 +127,7 @@ class Commands:
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args) or "default")
         if kind in ("alpha", "knob", "on", "setting", "seed", "panic", "mute", "solo"):
             return lambda args, _o: Plan([change_for(target, args)], quantize=target.quantize(args))
-        if kind in ("target", "target_knob", "target_probe", "target_off", "sync_lock"):
+        if kind in ("target", "target_knob", "target_probe", "target_off", "sync_lock", "sync_warp"):
             return self._target(target)
         if kind == "transport":
             return self._transport(target.address.rsplit("/", 1)[1])
@@ -173,6 +173,10 @@ class Commands:
         """A setpoint in the concept's unit, the same over the unit's knob span, off, or the lock."""
         def handler(args: Args, _o: Origin) -> Plan:
             stems = getattr(self.table, "stem_names", [])
+            if target.kind == "sync_warp":  # the warp is the one stream's path stage (beat_warp.py)
+                if stems:
+                    raise ControlError("the beat warp plays on one stream, not on a set of stems")
+                return Plan(target=(TargetAsk(LOCK_CONCEPT, warp=bool(args[0])),))
             if len(stems) > 1 and target.kind == "sync_lock":  # which stem's beat would lock is a guess
                 raise ControlError(f"the tempo lock plays on a one-stem server for now (this set has {len(stems)} "
                                    f"stems); a stem's tempo can follow a target: /stem/<name>/steer/tempo/target")

@@ -111,7 +111,7 @@ class Engine:
         # The prompts as given, {bpm} in them unfilled: the one stream's, or each stem's row's.
         self.bpm_prompts = BpmPrompts(dict(enumerate(row_prompts)) or {None: prompt_template or self.performance.prompt})
         self.targets = TargetLoop(control.loop_ranges(), path.model_rate, path.ratio, lock=self.settings.tempo_lock,
-                                  streams=self.stream.batch if isinstance(path, StemMix) else 1,
+                                  warp=self.settings.beat_warp, streams=self.stream.batch if isinstance(path, StemMix) else 1,
                                   feedforward=control.loop_feedforward(),  # target knobs, the lock: this thread's
                                   taps=getattr(self.stream, "taps", None))  # the probes, if serve set them
         self.started = time.monotonic()
@@ -227,14 +227,14 @@ class Engine:
         return max(0, min(want, self.ring.capacity - 2 * self.ring_target))
 
     def _ring_goal(self) -> int:
-        """The ring's fill goal: ``ring_ms``, plus the re-prime reserve while one is near. Near
-        means: close enough that the frames still to come before it can carry the reserve."""
-        reserve = self._reprime_reserve(self.reprime_s)
+        """The ring's fill goal: ``ring_ms`` and the path's reserve (the beat warp's), plus the
+        re-prime reserve while one is near: close enough that the frames before it can carry it."""
+        reserve, base = self._reprime_reserve(self.reprime_s), self.ring_target + self.path.reserve
         if reserve == 0:
-            return self.ring_target
+            return base
         samples_per_frame = self.hop * self.path.ratio
         lead = math.ceil(reserve / samples_per_frame) + self._frames_per_chunk() + self.max_delay + 1
-        return self.ring_target + reserve if self.stream.steps_until_reprime <= lead else self.ring_target
+        return base + reserve if self.stream.steps_until_reprime <= lead else base
 
     def _produce_chunk(self) -> None:
         need = self.decoder.emitted_frames + self._frames_per_chunk()

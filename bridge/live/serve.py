@@ -144,6 +144,8 @@ class Server:
         stem_set = stem_set_of(o)  # a bad set file is refused before the model loads
         if stem_set is not None and len(stem_set.stems) > 1 and o.engine.tempo_lock:
             raise UserError(f"--tempo-lock plays on one stream for now; this set has {len(stem_set.stems)} stems")
+        if stem_set is not None and o.engine.beat_warp:
+            raise UserError("--beat-warp plays on one stream, not on a set of stems")
         self.handle = handle or load_model(o.model, o.device, o.dtype)
         threads = torch_threads_for(self.handle.device.type, self.handle.d_model, o.threads)
         if threads is not None:
@@ -200,6 +202,10 @@ class Server:
         self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log,
                              clock=self.clock, prompt_template=o.prompt,
                              row_prompts=[s.prompt for s in self.stems.specs] if self.stems else ())
+        if isinstance(path, AudioPath):  # the tempo lock's beat warp: the one stream's path stage (engine thread)
+            targets, clock = self.engine.targets, self.clock
+            path.stage = lambda audio, at: targets.place(audio, at, clock.snapshot)
+            path.reserve_s = targets.reserve_s
 
         self.midi: MidiInput | None = None
         self.mapper: MidiMapper | None = None

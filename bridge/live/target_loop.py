@@ -14,7 +14,10 @@ to the calibrated alpha for it at once (``ask`` returns that change), so the PI 
 
 With the tempo lock on, the tempo target is the host's: the clock's tempo, pulled by the
 beat-phase error of the audio's onsets against the clock's grid at the output (a
-phase-locked loop, ``controller.locked_setpoint``).
+phase-locked loop, ``controller.locked_setpoint``). With the beat warp on as well
+(``beat_warp.py``, ``/sync/lock/warp 1``) the warp lays each beat on the clock's grid and
+the loop steers the tempo alone, toward the host's: ``place`` is the one stream's path
+stage (``AudioPath.stage``), run on each generated block before it is resampled.
 
 Loops are keyed by (stream, concept): one controller per stream and concept. In a set of
 stems each stem's loops read that stem's own audio (its row, before the mix), or its own
@@ -39,6 +42,7 @@ from steering_core.steer.feedforward import FeedForward
 from steering_core.stream.probe_tap import ProbeTaps
 from steering_core.stream.timeline import Change
 
+from .beat_warp import BeatWarp, Pulses, warp_status
 from .probe_loop import ProbeTarget
 from .sensors import MAX_BPM, centroid_reading, pulse_reading
 from .target_units import LOCK_CONCEPT, UNITS, TargetUnit
@@ -69,6 +73,7 @@ class TargetAsk:
     concept: str
     setpoint: float | None = None  # None and lock None: back to a plain force knob
     lock: bool | None = None  # /sync/lock 1|0
+    warp: bool | None = None  # /sync/lock/warp 1|0: the lock lays the audio's beats on the grid (beat_warp.py)
     probe: bool | None = None  # True: the setpoint is a probability the concept's probe reads (probe_loop.py)
     stream: int | None = None  # the row (a stem) whose knob it is; None: the one stream's (row 0)
     alpha_range: tuple[float, float] | None = None  # that stem's own (None: the concept's)
@@ -112,7 +117,7 @@ class TargetLoop:
 
     def __init__(self, concepts: Mapping[str, tuple[float, float]], model_rate: int, ring_ratio: float, *,
                  lock: bool = False, streams: int = 1, feedforward: Mapping[str, FeedForward] | None = None,
-                 taps: ProbeTaps | None = None) -> None:
+                 taps: ProbeTaps | None = None, warp: bool = False) -> None:
         self.concepts = dict(concepts)
         self.feedforward = dict(feedforward or {})
         self.rate = model_rate
@@ -128,7 +133,9 @@ class TargetLoop:
         self.lock = False
         self._lock_state = "off"
         self._lock_asked = lock
-        self._published: dict[str, Any] = {"lock": "off", "target_knobs": {}}
+        self.warp = BeatWarp(model_rate, ring_ratio)
+        self.warp_asked = warp  # the lock warps while it is on (one stream only)
+        self._published: dict[str, Any] = {"lock": "off", "target_knobs": {}, "warp": warp_status(None, False)}
         self._pending: list[Change] = []  # feed-forward jumps asked since the last chunk
 
     # --- asks, from control events ---------------------------------------------------
@@ -137,6 +144,12 @@ class TargetLoop:
         setpoint's feed-forward alpha leaves with the next chunk's changes (``heard_rows``);
         the lock's waits for the clock's tempo there too."""
         stream = ask.stream or 0
+        if ask.warp is not None:
+            self.warp_asked = ask.warp
+            log.info("beat warp %s", "on: while the tempo lock is on, each beat the model plays is laid on the "
+                     "clock's grid" if ask.warp else "off: the model's own timing plays")
+            self._publish()
+            return
         if ask.lock is not None:
             self.lock = ask.lock and LOCK_CONCEPT in self.concepts
             key = (stream, LOCK_CONCEPT)
@@ -324,7 +337,9 @@ class TargetLoop:
             if grid is None:
                 self._lock_state = "no clock"
                 return None
-            target.aim = locked_setpoint(host, target.phase_s if math.isfinite(target.phase_s) else 0.0)
+            # With the warp the beats are its to place: the loop steers the tempo alone.
+            pull = 0.0 if self.warping or not math.isfinite(target.phase_s) else target.phase_s
+            target.aim = locked_setpoint(host, pull)
         else:
             target.aim = target.setpoint
         alpha = target.controller.update(target.aim, target.measured, dt)
@@ -355,15 +370,16 @@ class TargetLoop:
     def _lock_of(self, target: ActiveTarget, host: float) -> str:
         if target.controller.state.mode == "out of range":
             return "out of range"
-        if math.isfinite(target.measured) and abs(target.measured / host - 1) <= LOCKED_TEMPO \
-                and math.isfinite(target.phase_s) and abs(target.phase_s) <= LOCKED_PHASE_S:
+        on_beat = self.warping or (math.isfinite(target.phase_s) and abs(target.phase_s) <= LOCKED_PHASE_S)
+        if math.isfinite(target.measured) and abs(target.measured / host - 1) <= LOCKED_TEMPO and on_beat:
             return "locked"
         return "acquiring"
 
     def _publish(self) -> None:
         both: list[tuple[tuple[int, str], ActiveTarget | ProbeTarget]] = [*self.active.items(), *self.probing.items()]
         loops = {(name if s == 0 else f"{s}:{name}"): t.status() for (s, name), t in both}
-        published: dict[str, Any] = {"lock": self._lock_state, "target_knobs": loops}
+        published: dict[str, Any] = {"lock": self._lock_state, "target_knobs": loops,
+                                     "warp": warp_status(self.warp, self.warping)}
         if self.taps is not None:
             first = self._readings[0] if self._readings else {}
             published["probes"] = {name: round(p, 3) for name, p in first.items()}
@@ -379,6 +395,34 @@ class TargetLoop:
         """A loop's state for the performance log line of the alpha it set."""
         target = self.active.get((stream, concept)) or self.probing.get((stream, concept))
         return None if target is None else target.status()
+
+    # --- the beat warp, the one stream's path stage ------------------------------------
+    @property
+    def warping(self) -> bool:
+        return self.lock and self.warp_asked and self.streams == 1
+
+    def place(self, audio: np.ndarray, at: int, clock: ClockSnapshot | None) -> tuple[np.ndarray, int]:
+        """``AudioPath.stage``: a generated block ([channels, n], model rate) as it is to be
+        played, and how many samples before it the warp still holds (``at``: the ring sample
+        the next sample placed lands on). Without the warp, or with the transport stopped,
+        what the warp held plays first, unwarped."""
+        if self.warping and clock is not None and clock.playing and clock.grid is not None:
+            held = self.warp.held_samples
+            return self.warp.process(audio, at, Pulses.of_grid(clock.grid), float(clock.bpm)), held
+        if self.warp.held_samples or self.warp.slices:
+            rest = self.warp.flush()
+            self.warp.reset()
+            return (np.concatenate([rest, audio], axis=1) if rest.shape[-1] else audio), 0
+        return audio, 0
+
+    def reserve_s(self) -> float:
+        """Audio (seconds) the ring should hold beyond its goal: while warping, a slice is held
+        back until its end is heard, so the ring carries the next one's wait (an eighth of the
+        slower of the model's and the host's tempo, and the warp's margin)."""
+        if not self.warping:
+            return 0.0
+        slowest = min(self._host_bpm, self.warp.model_bpm) if math.isfinite(self.warp.model_bpm) else self._host_bpm
+        return 30.0 / max(slowest, 40.0) + self.warp.margin_s
 
     def start_locked(self, alpha_now: Mapping[str, float]) -> None:
         """``serve --tempo-lock``: the lock from the first frame."""

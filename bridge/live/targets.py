@@ -34,7 +34,7 @@ Scalar = bool | int | float | str
 Args = tuple[Scalar, ...]
 Kind = Literal["alpha", "knob", "on", "prompt", "setting", "seed", "transport", "transport_bpm", "transport_beat", "panic",
                "scene_save", "scene_recall", "scene_morph", "midi_learn", "midi_save", "subscribe", "unsubscribe",
-               "status", "target", "target_knob", "target_probe", "target_off", "sync_lock", "mute", "solo",
+               "status", "target", "target_knob", "target_probe", "target_off", "sync_lock", "sync_warp", "mute", "solo",
                "stem_add", "stem_remove"]
 
 MAX_PROMPT_CHARS = 500
@@ -156,6 +156,7 @@ class ControlTable:
         self._add(Target("/transport/beat", "transport_beat", _beat_parser))
         if any(name == LOCK_CONCEPT for name, _ in self.concepts):
             self._add(Target("/sync/lock", "sync_lock", _switch_parser, button=True))
+            self._add(Target("/sync/lock/warp", "sync_warp", _switch_parser, button=True))
         self._add(Target("/panic", "panic", _no_args, button=True))
         self._add(Target("/midi/learn", "midi_learn", self._learn_parser))
         self._add(Target("/midi/save", "midi_save", _name_parser))

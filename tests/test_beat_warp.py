@@ -1,0 +1,221 @@
+"""The beat warp (bridge/live/beat_warp.py): each beat the model plays, laid on the host's grid.
+
+Against an independent reading: the test knows where it put every hit of its synthetic
+drummer, and finds them again in the warped audio by their waveform (a matched filter),
+not by the warp's onset detector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bridge.clock.clock import ClockSnapshot
+from bridge.clock.grid import Grid
+from bridge.live.beat_warp import MAX_HOLD_S, BeatWarp, Pulses, fit, loop_length
+from bridge.live.target_loop import TargetAsk, TargetLoop
+
+RATE = 32000
+BLOCK = 2560  # a toy decode chunk: 4 frames of 640 samples
+
+
+def hit_wave() -> np.ndarray:
+    """A drum hit: 12 ms of decaying noise (seeded), the same every time."""
+    n = int(0.012 * RATE)
+    return (np.random.default_rng(7).standard_normal(n) * np.exp(-np.arange(n) / (0.003 * RATE))).astype(np.float32)
+
+
+def drummer(bpm: float, seconds: float, jitter_s: float = 0.0, seed: int = 0,
+            first_s: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Eighths at ``bpm``, each hit up to ``jitter_s`` early or late (not accumulating), over a
+    steady 250 Hz bed (a held note's whole cycles): the audio and the hits' sample times."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    audio = 0.05 * np.sin(2 * np.pi * 250 * np.arange(n) / RATE).astype(np.float32)
+    eighth = 30.0 / bpm * RATE
+    hits = []
+    t = first_s * RATE
+    wave = hit_wave()
+    while t + len(wave) < n:
+        at = int(t + rng.uniform(-jitter_s, jitter_s) * RATE)
+        audio[at:at + len(wave)] += wave
+        hits.append(at)
+        t += eighth
+    return audio, np.array(hits)
+
+
+def found_hits(audio: np.ndarray) -> np.ndarray:
+    """Where the hit's waveform is in ``audio``: peaks of a matched filter, 40 ms apart at least."""
+    wave = hit_wave()
+    score = np.correlate(audio, wave, mode="valid") / float(wave @ wave)
+    peaks = np.flatnonzero((score[1:-1] > 0.6) & (score[1:-1] >= score[:-2]) & (score[1:-1] >= score[2:])) + 1
+    kept: list[int] = []
+    for p in peaks:
+        if not kept or p - kept[-1] > 0.04 * RATE:
+            kept.append(int(p))
+        elif score[p] > score[kept[-1]]:
+            kept[-1] = int(p)
+    return np.array(kept)
+
+
+def warped(audio: np.ndarray, host_bpm: float, warp: BeatWarp | None = None) -> tuple[np.ndarray, BeatWarp]:
+    warp = warp or BeatWarp(RATE, 1.0)
+    pulses = Pulses.of_grid(Grid.start(RATE, host_bpm))
+    out, at = [], 0
+    for a in range(0, len(audio), BLOCK):
+        block = warp.process(audio[None, a:a + BLOCK], at, pulses, host_bpm)
+        at += block.shape[-1]
+        out.append(block[0])
+    return np.concatenate(out), warp
+
+
+@pytest.mark.parametrize(("model_bpm", "host_bpm"), [(100.0, 120.0), (120.0, 90.0), (93.0, 150.0)])
+def test_every_hit_lands_on_the_hosts_eighths_and_none_is_lost(model_bpm, host_bpm):
+    audio, hits = drummer(model_bpm, 12.0, jitter_s=0.012)
+    out, warp = warped(audio, host_bpm)
+    found = found_hits(out)
+    eighth = 30.0 / host_bpm * RATE
+    offsets = (found - np.round(found / eighth) * eighth) / RATE
+    # The warp cuts a few ms before each onset (its attack kept whole): hits land within 12 ms.
+    assert np.all(np.abs(offsets) < 0.012), np.abs(offsets).max()
+    # One slice a hit, one eighth a slice: the hits are the drummer's, none dropped or doubled
+    # (the last few are still held, waiting for the onset after them).
+    assert len(hits) - 3 <= len(found) <= len(hits)
+    assert np.all(np.diff(np.round(found / eighth)) == 1)
+    assert warp.slices >= len(found) - 2
+
+
+def test_a_beat_already_on_the_grid_plays_untouched():
+    host = 120.0
+    shifted, _ = drummer(host, 6.0, first_s=30.0 / host)  # every hit on an eighth of the grid
+    out, warp = warped(shifted, host)
+    n = len(out)
+    assert n > 0.8 * len(shifted)
+    assert np.array_equal(out, shifted[:n])  # bit for bit: a slice of its own length is left as it is
+    assert warp.slices > 0 and warp.stretch == pytest.approx(1.0)
+
+
+def test_no_onset_plays_through_unwarped_and_nothing_is_lost():
+    bed = (0.05 * np.sin(2 * np.pi * 250 * np.arange(3 * RATE) / RATE)).astype(np.float32)
+    out, warp = warped(bed, 120.0)
+    assert warp.passed > 0 and warp.slices == 0
+    held = warp.held_samples
+    assert len(out) + held == len(bed)
+    assert held <= MAX_HOLD_S * RATE + BLOCK
+    assert np.array_equal(out, bed[:len(out)])
+    assert np.array_equal(warp.flush()[0], bed[len(out):])  # what it held comes back whole
+
+
+def test_a_gap_in_the_ring_drops_what_was_held_for_before_it():
+    audio, _ = drummer(100.0, 3.0)
+    warp = BeatWarp(RATE, 1.0)
+    pulses = Pulses.of_grid(Grid.start(RATE, 120.0))
+    at = 0
+    for a in range(0, len(audio), BLOCK):
+        at += warp.process(audio[None, a:a + BLOCK], at, pulses, 120.0).shape[-1]
+    assert warp.held_samples > 0
+    warp.process(audio[None, :BLOCK], at + 5 * RATE, pulses, 120.0)  # the engine fed 5 s of silence: a stop
+    assert warp.held_samples <= BLOCK and warp.slices == 0
+
+
+def test_fit_cuts_with_a_fade_and_holds_a_periodic_end_seamlessly():
+    t = np.arange(4000) / RATE
+    tone = np.sin(2 * np.pi * 250 * t).astype(np.float32)[None]  # 128 samples a period
+    assert loop_length(tone, RATE) % 128 == 0
+    cut = fit(tone, 1000, 128, 0)
+    assert cut.shape == (1, 1000)
+    assert np.array_equal(cut[:, :872], tone[:, :872]) and abs(cut[0, -1]) < 1e-6
+    held = fit(tone[:, :2000], 3000, 128, loop_length(tone[:, :2000], RATE))
+    assert held.shape == (1, 3000)
+    # Looped at a whole period, the hold continues the tone itself (up to the crossfades and
+    # the fade at the end).
+    assert np.max(np.abs(held[0, :2800] - tone[0, :2800])) < 1e-3
+    assert fit(tone, 4000, 128, 0) is tone
+
+
+def test_the_loops_place_stage_passes_audio_untouched_unless_the_lock_warps():
+    loop = TargetLoop({"tempo": (-1.0, 1.0)}, RATE, 1.0)
+    grid = Grid.start(RATE, 120.0)
+    clock = ClockSnapshot("internal", grid, True, grid.last.meter, grid.last.bpm)
+    audio, _ = drummer(100.0, 1.0)
+    block = audio[None, :BLOCK]
+    out, held = loop.place(block, 0, clock)
+    assert out is block and held == 0  # no lock: the same array, bit-identical
+    loop.ask(TargetAsk("tempo", warp=True), {})
+    assert not loop.warping  # the warp plays while the lock is on
+    loop.ask(TargetAsk("tempo", lock=True), {"tempo": 0.0})
+    assert loop.warping and loop.status()["warp"]["on"]
+    assert loop.reserve_s() > 0.25  # an eighth at 120 BPM and the warp's margin
+    at = 0
+    for a in range(0, len(audio), BLOCK):
+        out, held = loop.place(audio[None, a:a + BLOCK], at, clock)
+        at += out.shape[-1]
+    kept = loop.warp.held_samples
+    assert kept > 0
+    loop.ask(TargetAsk("tempo", lock=False), {})
+    out, held = loop.place(block, at, clock)  # the lock off: what the warp held plays first, unwarped
+    assert out.shape[-1] == kept + BLOCK and held == 0
+    assert not loop.status()["warp"]["on"] and loop.reserve_s() == 0.0
+
+
+# --- in a running toy server: serve --tempo-lock --beat-warp, judged on the recording ---------
+
+def test_a_locked_toy_with_the_warp_plays_its_beats_on_the_clocks_grid(tmp_path):
+    """The toy plays about 90 BPM on serve's prompt; the host asks 120. With the warp the
+    recording's onsets (librosa's, not the warp's detector) sit on the clock's eighths; the
+    loop steers toward the host's tempo, and /status/json shows the warp at work. The log
+    holds the ask, and the tokens replay bit-identically."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import librosa
+
+    from bridge.live.commands import Origin
+    from bridge.live.options import EngineSettings
+    from bridge.live.serve import ServeOptions, Server
+    from tests import realparts
+
+    options = ServeOptions(model="toy", vectors=["steering_core/toy/vectors"], osc_port=0, audio_out="none",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False, cuda_graphs="off", bpm=120.0,
+                           seed=0, record=str(tmp_path / "set.wav"), engine=EngineSettings(tempo_lock=True))
+    server = Server(options)
+    server.start()
+    try:
+        server.commands.run("/sync/lock/warp", [1], Origin("test"))
+        assert realparts.wait_for(lambda: (server.status()["warp"].get("slices") or 0) >= 24
+                                  and server.status()["frames_generated"] >= 9 * 50, 60.0, every=0.1)  # 9 s
+        warp = server.status()["warp"]
+        assert warp["on"] and warp["model_bpm"] is not None and warp["held_ms"] < 1000
+        assert server.status()["lock"] in ("acquiring", "locked", "out of range")
+        grid = server.clock.snapshot.grid
+    finally:
+        server.stop()
+    audio, rate = librosa.load(str(tmp_path / "set.wav"), sr=None, mono=True)
+    onsets = librosa.onset.onset_detect(y=audio, sr=rate, hop_length=128, units="samples")
+    eighths = np.array([float(grid.beat_at(int(s))) * 2 for s in onsets if s > 3.0 * rate])
+    off_ms = np.abs(eighths - np.round(eighths)) * 250.0  # an eighth at 120 BPM is 250 ms
+    assert len(off_ms) >= 10
+    # Hits at random would lie a median of 62 ms off; unwarped, this seed's lie 60-70 ms off.
+    assert np.median(off_ms) < 20.0, np.median(off_ms)
+    lines = [json.loads(x) for x in (tmp_path / "set.performance.jsonl").read_text().splitlines()]
+    assert any(r.get("target") == {"concept": "tempo", "warp": True} for r in lines)
+    run = subprocess.run([sys.executable, "-m", "bridge.cli", "render", "--automation",
+                          str(tmp_path / "set.performance.jsonl"), "--out", str(tmp_path / "replay.wav")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()})
+    assert run.returncode == 0, run.stderr
+    assert "tokens identical to the performance" in run.stdout
+
+
+def test_the_warp_on_a_set_of_stems_is_refused_in_one_line():
+    from bridge.live.options import EngineSettings
+    from bridge.live.serve import ServeOptions, Server
+    from steering_core.errors import UserError
+
+    options = ServeOptions(model="toy", vectors=["steering_core/toy/vectors"], osc_port=0, audio_out="none",
+                           status_line=False, stems=["drums=punchy drums", "lead=a bright lead"],
+                           engine=EngineSettings(beat_warp=True))
+    with pytest.raises(UserError, match="one stream"):
+        Server(options)
