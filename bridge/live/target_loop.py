@@ -160,7 +160,8 @@ class TargetLoop:
                 if key in self.active and self.active[key].setpoint is None:
                     del self.active[key]
                 self._lock_state = "off"
-            log.info("tempo lock %s", "on: tempo follows the clock's tempo and beat" if self.lock else "off")
+            log.info("tempo lock %s%s", "on: tempo follows the clock's tempo and beat" if self.lock else "off",
+                     "; the beat warp lays each beat on the clock's grid" if self.warping else "")
             self._publish()
             return
         key = (stream, ask.concept)
