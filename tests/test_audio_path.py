@@ -285,12 +285,13 @@ def test_an_output_that_cannot_open_falls_back_to_the_clock_with_one_line(monkey
 
 
 def test_the_output_sets_the_rate_and_channels_of_the_path_the_ring_and_the_recording(tmp_path) -> None:
-    from bridge.live.audio_path import AudioPath
+    from bridge.live.audio_path import RING_SECONDS, STAGE_HEADROOM_S, AudioPath
 
     for channels in (1, 2, 4):
         output = FakeOutput("", sample_rate=24000, channels=channels)
         path = AudioPath.for_output(output, 32000, load_chain("clean"), tmp_path / f"{channels}.wav")
-        assert path.ring.channels == channels and path.device_rate == 24000 and path.ring.capacity == 2 * 24000
+        assert path.ring.channels == channels and path.device_rate == 24000
+        assert path.ring.capacity == (RING_SECONDS + STAGE_HEADROOM_S) * 24000
         for model_channels in (1, 2):
             path.push(np.full((model_channels, 3200), 0.1, np.float32))
         assert path.ring.fill > 0

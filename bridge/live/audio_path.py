@@ -23,6 +23,9 @@ from .ring import Ring
 
 #: Audio the ring can hold, in seconds at the output's rate: room for the goal and a re-prime's top-up.
 RING_SECONDS = 2
+#: And room for what a stage may write at once beyond its block (the beat warp: a slice held
+#: up to MAX_HOLD_S and placed whole, or a lead-in held to the next pulse line).
+STAGE_HEADROOM_S = 2
 
 #: A path stage: a model-rate block [channels, n] and the ring sample its next placed sample
 #: lands on -> the block to play now, and how many samples before it the stage still holds.
@@ -49,18 +52,24 @@ class AudioPath:
         self._pushed = False  # pedalboard's resampler cannot flush before its first block
         self.stage: Stage | None = None  # serve sets the tempo lock's beat warp here
         self.reserve_s: Callable[[], float] = lambda: 0.0  # what the stage wants the ring to hold beyond its goal
+        self.stage_rest: Callable[[], np.ndarray] | None = None  # what the stage still holds, at the set's end
 
     @property
     def reserve(self) -> int:
         """Ring samples the engine keeps beyond its goal for the stage (0 without one)."""
         return round(self.reserve_s() * self.device_rate)
 
+    @property
+    def headroom(self) -> int:
+        """Ring samples kept free of any goal for a stage's largest write (0 without one)."""
+        return STAGE_HEADROOM_S * self.device_rate if self.stage is not None else 0
+
     @classmethod
     def for_output(cls, output: Output, model_rate: int, chain: pedalboard.Pedalboard,
                    record: str | Path | None = None) -> AudioPath:
         """The path to ``output``: its ring (and the recording, when ``record`` names a
         file) at the output's sample rate and channel count."""
-        ring = Ring(capacity=RING_SECONDS * output.sample_rate, channels=output.channels)
+        ring = Ring(capacity=(RING_SECONDS + STAGE_HEADROOM_S) * output.sample_rate, channels=output.channels)
         recorder = WavRecorder(record, output.sample_rate, output.channels) if record else None
         return cls(model_rate, output.sample_rate, ring, chain, recorder)
 
@@ -105,7 +114,12 @@ class AudioPath:
         return self._emit(out) + self.delay + round(held * self.ratio)
 
     def flush(self) -> None:
-        """Whatever the resampler still holds, out through the chain (at the end of a set)."""
+        """Whatever the stage and the resampler still hold, out through the chain (at the end of a set)."""
+        rest = self.stage_rest() if self.stage_rest is not None else None
+        if rest is not None and rest.shape[-1]:
+            stage, self.stage = self.stage, None  # as it is: the set is over
+            self.push(rest)
+            self.stage = stage
         if self._pushed:
             self._emit(self.resampler.process(None))
 

@@ -14,10 +14,12 @@ reach the host's tempo the warp still lays its beats on the grid, one slice per 
 model plays (more cutting or holding, and the engine generates faster or slower than real
 time to feed it).
 
-A slice is complete when the next onset has been heard, plus ``CONFIRM_S`` of audio after
-it: the warp holds back up to one slice of the model's audio, and emits nothing until it can
-place it. Where no onset comes for ``MAX_HOLD_S`` (a pause, a pad), the audio passes
-through unwarped and the next onset starts afresh on the grid.
+A slice's end is known when the next onset has been heard, plus ``CONFIRM_S`` of audio after
+it. Until then the warp plays the slice as it is, as far as the shortest place on the grid
+it can take (and short of the last ``margin_s``, where an onset may still be found); a
+slice to be cut short then waits there for the next onset to be generated (the engine's
+ring carries that wait: ``TargetLoop.reserve_s``). Where no onset comes for ``MAX_HOLD_S``
+(a pause, a pad), the audio plays on unwarped and the next onset starts afresh on the grid.
 
 Engine thread only (``AudioPath.push``, its one caller). Torch-free.
 """
@@ -27,11 +29,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .sensors import HOP_S, MAX_BPM, onset_envelope, pulse_reading
+
+if TYPE_CHECKING:
+    from ..clock.grid import Grid
 
 #: Audio held at most while waiting for the next onset (seconds); past it, it plays as it is.
 MAX_HOLD_S = 0.8
@@ -45,6 +50,8 @@ TRANSPARENT_S = 0.002
 ATTACK_SEARCH_S = (0.016, 0.024)
 #: Fades where a slice is cut short and where a held slice's loop repeats (seconds).
 FADE_S = 0.004
+#: The next slice's fade-in (seconds): over before its attack (LEAD_S after its start).
+FADE_IN_S = 0.002
 #: A held slice loops its end, one period long: the period is looked for between these
 #: (seconds), matching the last LOOP_MATCH_S.
 LOOP_MIN_S, LOOP_MAX_S, LOOP_MATCH_S = 0.008, 0.04, 0.01
@@ -75,7 +82,7 @@ class Pulses:
     sample_of: Callable[[float], float]
 
     @classmethod
-    def of_grid(cls, grid: Any, pulses_per_beat: int = 2) -> Pulses:
+    def of_grid(cls, grid: Grid, pulses_per_beat: int = 2) -> Pulses:
         """A clock grid's (``bridge.clock.grid.Grid``) eighths (``pulses_per_beat`` 2)."""
         return cls(lambda s: float(grid.beat_at(round(s))) * pulses_per_beat,
                    lambda i: float(grid.sample_of(i / pulses_per_beat)))
@@ -89,23 +96,28 @@ class BeatWarp:
         self.rate = rate
         self.ratio = ring_ratio  # ring samples per model sample
         self.min_gap = max(1, round(0.5 * 60.0 / MAX_BPM / 2 * rate))  # half the fastest eighth
+        # The model's own tempo outlives a reset: a stop does not change how the model plays.
+        self._heard = np.zeros(0, np.float32)  # the last HISTORY_S of the model's audio (mono): its tempo
+        self.model_bpm = math.nan  # the model's own tempo, as the warp last read it
+        self._unread = 0  # samples heard since it was read
         self.reset()
 
     def reset(self) -> None:
-        self._held = np.zeros((0, 0), np.float32)  # [channels, n]: audio not yet emitted
-        self._heard = np.zeros(0, np.float32)  # the last HISTORY_S of the model's audio (mono): its tempo
+        """Drop the slice in hand and what is held (a stop, the warp turned off)."""
+        self._held = np.zeros((0, 0), np.float32)  # [channels, n]: the current slice's audio, from its start
+        self._emitted = 0  # of it, the samples already played as they are (its end is not known yet)
         self._on_onset = False  # whether the held audio starts with a slice's onset
+        self._fade_in = False  # whether the slice in hand starts where the one before was cut or held
         self._at: float | None = None  # the ring sample the next emitted sample lands on
         self._peak = 0.0
-        self.model_bpm = math.nan  # the model's own tempo, as the warp last read it
-        self._unread = 0  # samples heard since it was read
         self.slices = 0
         self.passed = 0  # stretches played unwarped (no onset within MAX_HOLD_S)
         self.stretch = math.nan  # the last slice's length on the grid over its own
 
     @property
     def held_samples(self) -> int:
-        return int(self._held.shape[-1])
+        """Samples given to the warp that it has not played yet."""
+        return int(self._held.shape[-1]) - self._emitted
 
     @property
     def margin_s(self) -> float:
@@ -114,7 +126,7 @@ class BeatWarp:
 
     def flush(self) -> np.ndarray:
         """What is held, as it is (the warp turned off or stopped); nothing is held after."""
-        out, self._held = self._held, self._held[:, :0]
+        out, self._held, self._emitted = self._held[:, self._emitted:], self._held[:, :0], 0
         self._on_onset = False
         return out
 
@@ -125,8 +137,7 @@ class BeatWarp:
         warp's last sample ended (the ring was fed silence: a stop), what it held is dropped:
         it was to play before the gap."""
         audio = np.asarray(audio, np.float32)
-        if self._at is not None and abs(at - self._at) > GAP_SAMPLES:
-            self.reset()
+        self.follows(at)
         if self._at is None or self._held.shape[0] != audio.shape[0]:
             self._held = np.zeros((audio.shape[0], 0), np.float32)
             self._at = float(at)
@@ -134,8 +145,10 @@ class BeatWarp:
         self._heard = np.concatenate([self._heard, audio.mean(axis=0)])[-round(HISTORY_S * self.rate):]
         self._peak *= PEAK_DECAY_PER_S ** (audio.shape[-1] / self.rate)
         self._read_tempo(host_bpm, audio.shape[-1])
-        # Until the model's tempo is read, each slice is taken to be one of its eighths.
-        eighth = 30.0 / self.model_bpm * self.rate if math.isfinite(self.model_bpm) else math.nan
+        # Until the model's tempo is read (its first MIN_HISTORY_S), each slice is taken to be
+        # one of its eighths, and the host's eighth says what is too near to be one.
+        known = math.isfinite(self.model_bpm)
+        eighth = 30.0 / (self.model_bpm if known else host_bpm) * self.rate
         out: list[np.ndarray] = []
         while True:
             cuts = self._cuts()
@@ -145,18 +158,26 @@ class BeatWarp:
                 continue
             # The next cut a whole eighth of the model's on, or more: an onset nearer than half
             # an eighth (a note changing between two hits) stays inside the slice.
-            if math.isfinite(eighth):
-                cuts = [c for c in cuts if c >= 0.5 * eighth]
+            cuts = [c for c in cuts if c >= 0.5 * eighth]
             if self._on_onset and cuts:
-                out.append(self._place(cuts[0], pulses, max(1, round(cuts[0] / eighth)) if math.isfinite(eighth) else 1))
+                out.append(self._place(cuts[0], pulses, max(1, round(cuts[0] / eighth)) if known else 1))
                 continue
-            if self.held_samples > MAX_HOLD_S * self.rate:  # no onset in sight: play it as it is
-                keep = round(CONFIRM_S * self.rate)
-                out.append(self._take(self.held_samples - keep, self.held_samples - keep))
+            keep = round(self.margin_s * self.rate)  # where an onset may still be found
+            if self._on_onset and self._held.shape[-1] > MAX_HOLD_S * self.rate:  # no onset in sight: play it as it is
+                end = self._held.shape[-1] - keep
+                out.append(self._take(end, end))
                 self._on_onset, self.passed = False, self.passed + 1
                 continue
+            out.append(self._ahead(pulses, eighth, keep, known))
             break
         return np.concatenate(out, axis=1) if out else np.zeros((audio.shape[0], 0), np.float32)
+
+    def follows(self, at: float) -> None:
+        """Where ``at`` (the ring sample the next sample lands on) is not where the warp's last
+        one ended, the ring was fed silence in between (a stop): what the warp held was to
+        play before the gap, and is dropped."""
+        if self._at is not None and abs(at - self._at) > GAP_SAMPLES:
+            self.reset()
 
     def _read_tempo(self, host_bpm: float, new: int) -> None:
         self._unread += new
@@ -180,37 +201,78 @@ class BeatWarp:
         mono = self._held.mean(axis=0)
         times = [attack(mono, (p + 2) * hop, self.rate) - LEAD_S * self.rate for p in peaks]
         confirm, start = (CONFIRM_S + LEAD_S) * self.rate, self.min_gap if self._on_onset else 0
-        return [round(t) for t in times if t >= start and t + confirm <= self.held_samples]
+        return [round(t) for t in times if t >= start and t + confirm <= self._held.shape[-1]]
+
+    def _start(self) -> float:
+        """The ring sample the current slice (or lead-in) started on."""
+        assert self._at is not None
+        return self._at - self._emitted * self.ratio
+
+    def _length(self, pulses: Pulses, pulses_spanned: int) -> float:
+        """The current slice's length on the grid (model samples) if it spans ``pulses_spanned``."""
+        lead = LEAD_S * self.rate * self.ratio  # a slice starts that far before its pulse line
+        start = self._start()
+        target = round(pulses.index_at(start + lead)) + pulses_spanned
+        return (pulses.sample_of(target) - lead - start) / self.ratio
+
+    def _ahead(self, pulses: Pulses, eighth: float, keep: int, known: bool) -> np.ndarray:
+        """Play what is surely before the slice's end now, as it is: the held audio short of
+        the last ``keep`` samples (an onset may still be found there), and, in a slice, short
+        of its shortest place on the grid (the pulses it spans at least, less the fade). So
+        the warp holds back only what it must, not the whole slice."""
+        end = self._held.shape[-1] - keep
+        if self._on_onset:
+            least = max(1, round((end - CONFIRM_S * self.rate) / eighth)) if known else 1
+            end = min(end, math.floor(self._length(pulses, least)) - round(FADE_S * self.rate) - 1)
+        if end <= self._emitted:
+            return self._held[:, :0]
+        out = self._faded_in(self._held[:, self._emitted:end].copy())
+        assert self._at is not None
+        self._at += out.shape[-1] * self.ratio
+        self._emitted = end
+        return out
 
     def _place(self, cut: int, pulses: Pulses, pulses_spanned: int) -> np.ndarray:
         """The held audio up to ``cut``, fitted to end on a pulse line ``pulses_spanned`` after
-        the one it starts on (0: the lead-in before the first onset, ending on the pulse line
-        nearest where it falls); that audio is consumed."""
+        the one it starts on (0: the lead-in before the first onset, ending on the next pulse
+        line after where it falls); that audio is consumed, less what was played ahead."""
         assert self._at is not None
-        lead = LEAD_S * self.rate * self.ratio  # a slice starts that far before its pulse line
-        here = pulses.index_at(self._at + lead)
+        cut = max(cut, self._emitted)
         if pulses_spanned == 0:  # held, never cut: nothing before the first onset is lost
-            target = math.ceil(pulses.index_at(self._at + lead + cut * self.ratio) - 1e-6)
+            lead = LEAD_S * self.rate * self.ratio
+            target = math.ceil(pulses.index_at(self._at + lead + (cut - self._emitted) * self.ratio) - 1e-6)
+            length = (pulses.sample_of(target) - lead - self._start()) / self.ratio
         else:
-            target = round(here) + pulses_spanned
-        length = (pulses.sample_of(target) - lead - self._at) / self.ratio
-        while pulses_spanned and length < MIN_STRETCH * cut:  # too fast for the host: one pulse more
-            target += 1
-            length = (pulses.sample_of(target) - lead - self._at) / self.ratio
+            length = self._length(pulses, pulses_spanned)
+            while length < MIN_STRETCH * cut:  # too fast for the host: one pulse more
+                pulses_spanned += 1
+                length = self._length(pulses, pulses_spanned)
         # Within TRANSPARENT_S of its place the slice plays whole: no fade for an error nobody
         # hears, and the next slice's place is the grid's again (errors do not add up).
-        length = cut if abs(length - cut) <= TRANSPARENT_S * self.rate else max(1, round(length))
+        length = cut if abs(length - cut) <= TRANSPARENT_S * self.rate else max(self._emitted, round(length))
         self.stretch = length / max(1, cut)
         self.slices += 1 if pulses_spanned else 0
         return self._take(cut, length)
 
     def _take(self, n: int, length: int) -> np.ndarray:
-        """The first ``n`` held samples as ``length`` samples (cut with a fade, or held); consumed."""
+        """The first ``n`` held samples as ``length`` samples (cut with a fade, or held), less
+        those already played ahead; consumed."""
         x, self._held = self._held[:, :n].copy(), self._held[:, n:]
         loop = loop_length(x, self.rate) if length > x.shape[-1] else 0
-        y = fit(x, length, round(FADE_S * self.rate), loop)
+        y = self._faded_in(fit(x, length, round(FADE_S * self.rate), loop)[:, self._emitted:])
         assert self._at is not None
-        self._at += length * self.ratio
+        self._at += y.shape[-1] * self.ratio
+        self._emitted = 0
+        self._fade_in = length != n  # fit faded this one out: the next one fades in
+        return y
+
+    def _faded_in(self, y: np.ndarray) -> np.ndarray:
+        """The slice's first samples faded in, where the slice before was cut or held (its
+        end faded to silence) and none of this one has played yet."""
+        if self._fade_in and self._emitted == 0 and y.shape[-1]:
+            n = min(y.shape[-1], round(FADE_IN_S * self.rate))
+            y[:, :n] *= np.linspace(0.0, 1.0, n, dtype=np.float32)
+            self._fade_in = False
         return y
 
 

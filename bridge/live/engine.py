@@ -224,7 +224,7 @@ class Engine:
     def _reprime_reserve(self, seconds: float) -> int:
         """Extra ring samples to hold when a re-prime of ``seconds`` comes; what the ring has room for."""
         want = int(seconds * self.settings.reprime_margin * self.path.device_rate)
-        return max(0, min(want, self.ring.capacity - 2 * self.ring_target))
+        return max(0, min(want, self.ring.capacity - 2 * self.ring_target - self.path.reserve - self.path.headroom))
 
     def _ring_goal(self) -> int:
         """The ring's fill goal: ``ring_ms`` and the path's reserve (the beat warp's), plus the

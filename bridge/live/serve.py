@@ -205,7 +205,9 @@ class Server:
         if isinstance(path, AudioPath):  # the tempo lock's beat warp: the one stream's path stage (engine thread)
             targets, clock = self.engine.targets, self.clock
             path.stage = lambda audio, at: targets.place(audio, at, clock.snapshot)
-            path.reserve_s = targets.reserve_s
+            path.reserve_s, path.stage_rest = targets.reserve_s, targets.rest
+            if o.engine.beat_warp and not o.engine.tempo_lock:
+                log.info("--beat-warp: the warp plays while the tempo lock is on (/sync/lock 1, or --tempo-lock)")
 
         self.midi: MidiInput | None = None
         self.mapper: MidiMapper | None = None

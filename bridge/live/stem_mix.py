@@ -77,7 +77,7 @@ class StemMix:
     """The stems' audio path into one ring (see the module doc)."""
 
     takes_batch = True  # the engine hands it every row of the codec's output
-    reserve = 0  # no stage holds audio back on a set of stems (the beat warp plays on one stream)
+    reserve = headroom = 0  # no stage holds audio back on a set of stems (the beat warp plays on one stream)
 
     def __init__(self, model_rate: int, device_rate: int, names: Sequence[str], chains: Sequence[pedalboard.Pedalboard],
                  record: str | Path | None = None, spares: int = 0) -> None:

@@ -408,22 +408,29 @@ class TargetLoop:
         the next sample placed lands on). Without the warp, or with the transport stopped,
         what the warp held plays first, unwarped."""
         if self.warping and clock is not None and clock.playing and clock.grid is not None:
+            self.warp.follows(at)  # after a gap it holds nothing: the block's first sample is next
             held = self.warp.held_samples
             return self.warp.process(audio, at, Pulses.of_grid(clock.grid), float(clock.bpm)), held
         if self.warp.held_samples or self.warp.slices:
-            rest = self.warp.flush()
-            self.warp.reset()
-            return (np.concatenate([rest, audio], axis=1) if rest.shape[-1] else audio), 0
+            rest = self.rest()
+            return (np.concatenate([rest, audio], axis=1) if rest.shape[-1] else audio), rest.shape[-1]
         return audio, 0
 
+    def rest(self) -> np.ndarray:
+        """What the warp holds, as it is, and the warp reset (its end, or the set's)."""
+        rest = self.warp.flush()
+        self.warp.reset()
+        return rest
+
     def reserve_s(self) -> float:
-        """Audio (seconds) the ring should hold beyond its goal: while warping, a slice is held
-        back until its end is heard, so the ring carries the next one's wait (an eighth of the
-        slower of the model's and the host's tempo, and the warp's margin)."""
+        """Audio (seconds) the ring should hold beyond its goal: while warping, a slice cut
+        short waits at its place's end for the next onset to be generated, so the ring
+        carries that wait (half an eighth of the slower of the model's and the host's tempo:
+        what a slice cut to MIN_STRETCH waits, and the warp's margin)."""
         if not self.warping:
             return 0.0
         slowest = min(self._host_bpm, self.warp.model_bpm) if math.isfinite(self.warp.model_bpm) else self._host_bpm
-        return 30.0 / max(slowest, 40.0) + self.warp.margin_s
+        return 0.5 * 30.0 / max(slowest, 40.0) + self.warp.margin_s
 
     def start_locked(self, alpha_now: Mapping[str, float]) -> None:
         """``serve --tempo-lock``: the lock from the first frame."""
