@@ -132,8 +132,8 @@ class BeatWarp:
 
     def process(self, audio: np.ndarray, at: float, pulses: Pulses, host_bpm: float) -> np.ndarray:
         """``audio`` [channels, n] at the model rate; ``at`` the ring sample this call's first
-        emitted sample lands on; ``host_bpm`` the clock's tempo (what the model's own is taken
-        to be until enough audio was heard); the placed audio. Where ``at`` is not where the
+        emitted sample lands on; ``host_bpm`` the clock's tempo (until the model's own is read,
+        its eighth says which onsets are too near to start a slice); the placed audio. Where ``at`` is not where the
         warp's last sample ended (the ring was fed silence: a stop), what it held is dropped:
         it was to play before the gap."""
         audio = np.asarray(audio, np.float32)
