@@ -311,3 +311,13 @@ class JackRecorder:
             self.closed = True
             self.client.deactivate()
             self.client.close()
+
+
+def assert_replays_bit_identically(log: Path, tmp: Path) -> None:
+    """``render --automation log`` in a fresh process replays the performance's tokens exactly."""
+    import sys
+    run = subprocess.run([sys.executable, "-m", "bridge.cli", "render", "--automation", str(log), "--out",
+                          str(tmp / "replay.wav")], cwd=tmp, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()})
+    assert run.returncode == 0, run.stderr
+    assert "tokens identical to the performance" in run.stdout

@@ -176,9 +176,6 @@ def test_a_locked_toy_with_the_warp_plays_its_beats_on_the_clocks_grid(tmp_path)
     loop steers toward the host's tempo, and /status/json shows the warp at work. The log
     holds the ask, and the tokens replay bit-identically."""
     import json
-    import os
-    import subprocess
-    import sys
 
     import librosa
 
@@ -211,12 +208,7 @@ def test_a_locked_toy_with_the_warp_plays_its_beats_on_the_clocks_grid(tmp_path)
     assert np.median(off_ms) < 20.0, np.median(off_ms)
     lines = [json.loads(x) for x in (tmp_path / "set.performance.jsonl").read_text().splitlines()]
     assert any(r.get("target") == {"concept": "tempo", "warp": True} for r in lines)
-    run = subprocess.run([sys.executable, "-m", "bridge.cli", "render", "--automation",
-                          str(tmp_path / "set.performance.jsonl"), "--out", str(tmp_path / "replay.wav")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()})
-    assert run.returncode == 0, run.stderr
-    assert "tokens identical to the performance" in run.stdout
+    realparts.assert_replays_bit_identically(tmp_path / "set.performance.jsonl", tmp_path)
 
 
 def test_the_warp_on_a_set_of_stems_is_refused_in_one_line():

@@ -178,9 +178,6 @@ def test_every_rows_mean_is_read_at_once_and_starts_afresh_for_all():
 
 def test_the_log_holds_the_alphas_played_and_replays_bit_identically(tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
 
     options = ServeOptions(model="toy", vectors=["steering_core/toy/vectors"], osc_port=0, audio_out="none",
                            scenes_dir=str(tmp_path / "scenes"), status_line=False, cuda_graphs="off", bpm=120.0,
@@ -197,12 +194,7 @@ def test_the_log_holds_the_alphas_played_and_replays_bit_identically(tmp_path):
     assert any(r.get("target") == {"concept": "timbre", "setpoint": 0.7, "probe": True} for r in lines)
     set_by_loop = [r for r in lines if r.get("source") == "target loop"]
     assert set_by_loop and all(r["loop"]["unit"] == "probability" and r["loop"]["setpoint"] == 0.7 for r in set_by_loop)
-    run = subprocess.run([sys.executable, "-m", "bridge.cli", "render", "--automation",
-                          str(tmp_path / "set.performance.jsonl"), "--out", str(tmp_path / "replay.wav")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()})
-    assert run.returncode == 0, run.stderr
-    assert "tokens identical to the performance" in run.stdout
+    realparts.assert_replays_bit_identically(tmp_path / "set.performance.jsonl", tmp_path)
 
 
 def test_a_stems_probe_target_reads_its_own_row_and_drives_its_own_alpha(tmp_path):
