@@ -168,6 +168,51 @@ def test_the_loops_place_stage_passes_audio_untouched_unless_the_lock_warps():
     assert not loop.status()["warp"]["on"] and loop.reserve_s() == 0.0
 
 
+def test_a_tempo_target_warps_onto_a_grid_at_its_setpoint_and_a_new_one_moves_it_at_once():
+    """No lock: a tempo target's beats go onto a grid of its own at its setpoint, not the
+    clock's (which plays 120 here); a new setpoint changes that grid's tempo where the next
+    block lands, and every hit after it is on the new tempo's eighths. The loop's sensor
+    still hears the model's own tempo, as the engine hands it each block (where it lands)."""
+    loop = TargetLoop({"tempo": (-1.0, 1.0)}, RATE, 1.0, warp=True)
+    grid = Grid.start(RATE, 120.0)
+    clock = ClockSnapshot("internal", grid, True, grid.last.meter, grid.last.bpm)
+    audio, _ = drummer(100.0, 16.0, jitter_s=0.012)
+    block = audio[None, :BLOCK]
+    assert not loop.warping and loop.place(block, 0, clock)[0] is block  # no target: untouched
+    loop.ask(TargetAsk("tempo", setpoint=130.0), {"tempo": 0.0})
+    assert loop.warping and loop.status()["warp"]["grid"] == "target"
+    out, at, step_at = [], 0, None
+    for a in range(0, len(audio), BLOCK):
+        if step_at is None and a >= 7 * RATE:
+            loop.ask(TargetAsk("tempo", setpoint=80.0), {"tempo": 0.0})
+            step_at = at
+        block_out, held = loop.place(audio[None, a:a + BLOCK], at, clock)
+        loop.heard(audio[a:a + BLOCK], at + held, clock)  # as Engine._produce_chunk: AudioPath.push's sample
+        at += block_out.shape[-1]
+        out.append(block_out[0])
+    played = np.concatenate(out)
+    target = loop.stage.target_grid
+    assert target is not None and [float(s.bpm) for s in target.segments] == [130.0, 80.0]
+    assert target.segments[1].sample == step_at  # the new tempo from the block after the ask
+    found = found_hits(played)
+    eighths = np.array([float(target.beat_at(int(f))) * 2 for f in found])
+    offsets = (eighths - np.round(eighths)) * np.array([30.0 / float(target.segment_at(int(f)).bpm) for f in found])
+    assert np.all(np.abs(offsets) < 0.012), np.abs(offsets).max()
+    before, after = found[found < step_at], found[found > step_at]
+    assert len(before) > 20 and len(after) > 10
+    # One eighth a hit: 130 BPM before the step, 80 after it (the clock's 120 plays no part).
+    assert np.allclose(np.diff(before[2:]) / RATE, 30.0 / 130.0, atol=0.012)
+    assert np.allclose(np.diff(after) / RATE, 30.0 / 80.0, atol=0.012)
+    assert loop.reserve_s() > 0.5 * 30.0 / 80.0  # half an eighth of the slower of the model and the grid
+    knob = loop.status()["target_knobs"]["tempo"]
+    assert knob["updates"] >= 10 and knob["measured"] == pytest.approx(100.0, rel=0.05)  # the model's, unwarped
+    loop.ask(TargetAsk("tempo"), {"tempo": 0.0})  # the target off: what the warp held plays, unwarped
+    kept = loop.warp.held_samples
+    out2, held = loop.place(block, at, clock)
+    assert not loop.warping and held == kept and out2.shape[-1] == kept + BLOCK
+    assert loop.stage.target_grid is None and not loop.status()["warp"]["on"]
+
+
 # --- in a running toy server: serve --tempo-lock --beat-warp, judged on the recording ---------
 
 def test_a_locked_toy_with_the_warp_plays_its_beats_on_the_clocks_grid(tmp_path):
@@ -194,8 +239,10 @@ def test_a_locked_toy_with_the_warp_plays_its_beats_on_the_clocks_grid(tmp_path)
         assert realparts.wait_for(lambda: (server.status()["warp"].get("slices") or 0) >= 24
                                   and server.status()["frames_generated"] >= 9 * 50, 60.0, every=0.1)  # 9 s
         warp = server.status()["warp"]
-        assert warp["on"] and warp["model_bpm"] is not None and warp["held_ms"] < 1000
+        assert warp["on"] and warp["grid"] == "clock" and warp["model_bpm"] is not None and warp["held_ms"] < 1000
         assert server.status()["lock"] in ("acquiring", "locked", "out of range")
+        # The loop's sensor hears the model's own audio while the warp moves it (a beat an update).
+        assert server.status()["target_knobs"]["tempo"]["updates"] >= 5
         grid = server.clock.snapshot.grid
     finally:
         server.stop()
@@ -209,6 +256,51 @@ def test_a_locked_toy_with_the_warp_plays_its_beats_on_the_clocks_grid(tmp_path)
     lines = [json.loads(x) for x in (tmp_path / "set.performance.jsonl").read_text().splitlines()]
     assert any(r.get("target") == {"concept": "tempo", "warp": True} for r in lines)
     realparts.assert_replays_bit_identically(tmp_path / "set.performance.jsonl", tmp_path)
+
+
+def test_a_toy_tempo_target_with_the_warp_plays_its_setpoint_and_a_new_one_at_once(tmp_path):
+    """serve --beat-warp, no lock, the clock at 120: /steer/tempo/target 100, then 140 (beyond
+    the toy's reach: the loop says out of range). The recording's onsets (librosa's) sit on the
+    eighths of a grid at the setpoint, before the step and from a second after it."""
+    import librosa
+
+    from bridge.live.commands import Origin
+    from bridge.live.options import EngineSettings
+    from bridge.live.serve import ServeOptions, Server
+    from tests import realparts
+
+    options = ServeOptions(model="toy", vectors=["steering_core/toy/vectors"], osc_port=0, audio_out="none",
+                           scenes_dir=str(tmp_path / "scenes"), status_line=False, cuda_graphs="off", bpm=120.0,
+                           seed=0, record=str(tmp_path / "set.wav"), engine=EngineSettings(beat_warp=True))
+    server = Server(options)
+    server.start()
+    try:
+        server.commands.run("/steer/tempo/target", [100.0], Origin("test"))
+        assert realparts.wait_for(lambda: server.status()["frames_generated"] >= 6 * 50, 60.0, every=0.1)
+        assert server.status()["warp"]["grid"] == "target"
+        server.commands.run("/steer/tempo/target", [140.0], Origin("test"))
+        step = server.clock.heard_now() or 0
+        assert realparts.wait_for(lambda: server.status()["frames_generated"] >= 12 * 50, 60.0, every=0.1)
+        assert server.status()["target_knobs"]["tempo"]["updates"] >= 5
+        grid = server.engine.targets.stage.target_grid
+    finally:
+        server.stop()
+    assert grid is not None and [float(s.bpm) for s in grid.segments] == [100.0, 140.0]
+    audio, rate = librosa.load(str(tmp_path / "set.wav"), sr=None, mono=True)
+    onsets = librosa.onset.onset_detect(y=audio, sr=rate, hop_length=128, units="samples")
+    changed = int(grid.segments[1].sample)
+    assert changed >= step  # the new tempo from where the next block was placed, after the ask
+
+    def off_ms(samples: list[int]) -> float:
+        eighths = np.array([float(grid.beat_at(int(s))) * 2 for s in samples])
+        ms = np.abs(eighths - np.round(eighths)) * np.array([30000.0 / float(grid.segment_at(int(s)).bpm) for s in samples])
+        return float(np.median(ms))
+
+    before = [s for s in onsets if 2.0 * rate < s < changed]
+    after = [s for s in onsets if s > changed + rate]
+    assert len(before) >= 8 and len(after) >= 8
+    # Hits at random would lie a median of an eighth / 4 off: 75 ms at 100 BPM, 54 at 140.
+    assert off_ms(before) < 20.0 and off_ms(after) < 20.0, (off_ms(before), off_ms(after))
 
 
 def test_the_warp_on_a_set_of_stems_is_refused_in_one_line():

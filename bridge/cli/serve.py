@@ -116,8 +116,8 @@ def register(sub: Commands) -> None:
     _option(clock, "--tempo-lock", ENGINE, action="store_true",
             help="lock the tempo knob to the clock: tempo becomes a target at its tempo and beat (/sync/lock 1)")
     _option(clock, "--beat-warp", ENGINE, action="store_true",
-            help="with the lock, lay each beat the model plays on the clock's grid, as a DAW's Beats warp does "
-                 "(/sync/lock/warp 1); one stream only")
+            help="with the lock, lay each beat the model plays on the clock's grid, as a DAW's Beats warp does; "
+                 "with a tempo target, on a grid at its tempo (/sync/lock/warp 1); one stream only")
     _option(p, "--chain", SERVE, help="effect chain: default, clean, space, lofi or a .yaml (a limiter always ends it)")
     stems = p.add_argument_group("stems", "several streams in one batch, each its own prompt, knobs, chain and "
                                  "JACK ports (README: Stems into separate DAW tracks)")

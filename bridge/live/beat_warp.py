@@ -172,12 +172,14 @@ class BeatWarp:
             break
         return np.concatenate(out, axis=1) if out else np.zeros((audio.shape[0], 0), np.float32)
 
-    def follows(self, at: float) -> None:
+    def follows(self, at: float) -> bool:
         """Where ``at`` (the ring sample the next sample lands on) is not where the warp's last
         one ended, the ring was fed silence in between (a stop): what the warp held was to
-        play before the gap, and is dropped."""
+        play before the gap, and is dropped. Whether it was."""
         if self._at is not None and abs(at - self._at) > GAP_SAMPLES:
             self.reset()
+            return True
+        return False
 
     def _read_tempo(self, host_bpm: float, new: int) -> None:
         self._unread += new

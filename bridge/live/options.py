@@ -34,7 +34,8 @@ class EngineSettings:
     transport: Literal["follow", "ignore"] = "follow"
     # The tempo lock from the start (/sync/lock 1): tempo is a target at the clock's tempo and beat.
     tempo_lock: bool = False
-    # With the lock: each beat the model plays is laid on the clock's grid (/sync/lock/warp 1).
+    # With the lock: each beat the model plays is laid on the clock's grid; with a tempo target, on
+    # a grid at its setpoint (/sync/lock/warp 1).
     beat_warp: bool = False
 
 

@@ -202,12 +202,13 @@ class Server:
         self.engine = Engine(self.performance, decoder, path, self.control, settings=o.engine, perf_log=self.perf_log,
                              clock=self.clock, prompt_template=o.prompt,
                              row_prompts=[s.prompt for s in self.stems.specs] if self.stems else ())
-        if isinstance(path, AudioPath):  # the tempo lock's beat warp: the one stream's path stage (engine thread)
+        if isinstance(path, AudioPath):  # the beat warp (lock, tempo target): the one stream's path stage (engine thread)
             targets, clock = self.engine.targets, self.clock
             path.stage = lambda audio, at: targets.place(audio, at, clock.snapshot)
             path.reserve_s, path.stage_rest = targets.reserve_s, targets.rest
             if o.engine.beat_warp and not o.engine.tempo_lock:
-                log.info("--beat-warp: the warp plays while the tempo lock is on (/sync/lock 1, or --tempo-lock)")
+                log.info("--beat-warp: the warp plays while the tempo lock (/sync/lock 1, --tempo-lock) or a tempo target "
+                         "(/steer/tempo/target) is on")
 
         self.midi: MidiInput | None = None
         self.mapper: MidiMapper | None = None

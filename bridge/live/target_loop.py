@@ -17,7 +17,10 @@ beat-phase error of the audio's onsets against the clock's grid at the output (a
 phase-locked loop, ``controller.locked_setpoint``). With the beat warp on as well
 (``beat_warp.py``, ``/sync/lock/warp 1``) the warp lays each beat on the clock's grid and
 the loop steers the tempo alone, toward the host's: ``place`` is the one stream's path
-stage (``AudioPath.stage``), run on each generated block before it is resampled.
+stage (``AudioPath.stage``), run on each generated block before it is resampled. A tempo
+target (a setpoint in BPM, no lock) warps the same way onto a grid of its own at its
+setpoint (``warp_stage.py``): the knob's tempo is heard at once, while steering brings the
+model's own tempo toward it so that slices need less cutting or holding.
 
 Loops are keyed by (stream, concept): one controller per stream and concept. In a set of
 stems each stem's loops read that stem's own audio (its row, before the mix), or its own
@@ -42,10 +45,11 @@ from steering_core.steer.feedforward import FeedForward
 from steering_core.stream.probe_tap import ProbeTaps
 from steering_core.stream.timeline import Change
 
-from .beat_warp import BeatWarp, Pulses, warp_status
+from .beat_warp import BeatWarp, warp_status
 from .probe_loop import ProbeTarget
 from .sensors import MAX_BPM, centroid_reading, pulse_reading
 from .target_units import LOCK_CONCEPT, UNITS, TargetUnit
+from .warp_stage import WarpStage
 
 if TYPE_CHECKING:
     from ..clock.clock import ClockSnapshot
@@ -73,7 +77,7 @@ class TargetAsk:
     concept: str
     setpoint: float | None = None  # None and lock None: back to a plain force knob
     lock: bool | None = None  # /sync/lock 1|0
-    warp: bool | None = None  # /sync/lock/warp 1|0: the lock lays the audio's beats on the grid (beat_warp.py)
+    warp: bool | None = None  # /sync/lock/warp 1|0: the lock (or a tempo target) lays the beats on a grid (beat_warp.py)
     probe: bool | None = None  # True: the setpoint is a probability the concept's probe reads (probe_loop.py)
     stream: int | None = None  # the row (a stem) whose knob it is; None: the one stream's (row 0)
     alpha_range: tuple[float, float] | None = None  # that stem's own (None: the concept's)
@@ -133,8 +137,7 @@ class TargetLoop:
         self.lock = False
         self._lock_state = "off"
         self._lock_asked = lock
-        self.warp = BeatWarp(model_rate, ring_ratio)
-        self.warp_asked = warp  # the lock warps while it is on (one stream only)
+        self.stage = WarpStage(model_rate, ring_ratio, warp)  # the lock, or a tempo target, warps (one stream)
         self._published: dict[str, Any] = {"lock": "off", "target_knobs": {}, "warp": warp_status(None, False)}
         self._pending: list[Change] = []  # feed-forward jumps asked since the last chunk
 
@@ -145,9 +148,10 @@ class TargetLoop:
         the lock's waits for the clock's tempo there too."""
         stream = ask.stream or 0
         if ask.warp is not None:
-            self.warp_asked = ask.warp
-            log.info("beat warp %s", "on: while the tempo lock is on, each beat the model plays is laid on the "
-                     "clock's grid" if ask.warp else "off: the model's own timing plays")
+            self.stage.asked = ask.warp
+            log.info("beat warp %s", "on: while the tempo lock (or a tempo target) is on, each beat the model "
+                     "plays is laid on the clock's grid (or one at the target's tempo)" if ask.warp
+                     else "off: the model's own timing plays")
             self._publish()
             return
         if ask.lock is not None:
@@ -301,7 +305,11 @@ class TargetLoop:
         mono = np.asarray(audio, np.float32)
         mono = mono.mean(axis=0) if mono.ndim == 2 else mono
         heard = self._heard.setdefault(stream, HeardAudio())
-        if heard.end is None or abs(at - heard.end) > self.ratio:  # a gap (stopped, silence): start afresh
+        if stream == 0 and self.stage.warped:  # placed by the warp: not where the last block ended
+            gap = self.stage.take_gap() or heard.end is None
+        else:
+            gap = heard.end is None or abs(at - heard.end) > self.ratio
+        if gap:  # stopped, silence: start afresh
             heard.audio = np.zeros(0, np.float32)
         heard.audio = np.concatenate([heard.audio, mono])[-int(BUFFER_S * self.rate):]
         heard.end = at + len(mono) * self.ratio
@@ -379,8 +387,10 @@ class TargetLoop:
     def _publish(self) -> None:
         both: list[tuple[tuple[int, str], ActiveTarget | ProbeTarget]] = [*self.active.items(), *self.probing.items()]
         loops = {(name if s == 0 else f"{s}:{name}"): t.status() for (s, name), t in both}
-        published: dict[str, Any] = {"lock": self._lock_state, "target_knobs": loops,
-                                     "warp": warp_status(self.warp, self.warping)}
+        warp = warp_status(self.warp, self.warping)
+        if warp["on"]:  # which grid it lays the beats on
+            warp["grid"] = "clock" if self.lock else "target"
+        published: dict[str, Any] = {"lock": self._lock_state, "target_knobs": loops, "warp": warp}
         if self.taps is not None:
             first = self._readings[0] if self._readings else {}
             published["probes"] = {name: round(p, 3) for name, p in first.items()}
@@ -397,40 +407,37 @@ class TargetLoop:
         target = self.active.get((stream, concept)) or self.probing.get((stream, concept))
         return None if target is None else target.status()
 
-    # --- the beat warp, the one stream's path stage ------------------------------------
+    # --- the beat warp, the one stream's path stage (warp_stage.py) ----------------------
+    @property
+    def warp(self) -> BeatWarp:
+        return self.stage.warp
+
     @property
     def warping(self) -> bool:
-        return self.lock and self.warp_asked and self.streams == 1
+        """Whether the warp lays the beats: asked, on one stream, with the lock or a tempo target on."""
+        return self.stage.asked and self.streams == 1 and (self.lock or self._tempo_setpoint() is not None)
+
+    def _tempo_setpoint(self) -> float | None:
+        """The one stream's tempo target's setpoint (BPM); None without one, or with the lock."""
+        target = self.active.get((0, LOCK_CONCEPT))
+        return None if target is None else target.setpoint
 
     def place(self, audio: np.ndarray, at: int, clock: ClockSnapshot | None) -> tuple[np.ndarray, int]:
         """``AudioPath.stage``: a generated block ([channels, n], model rate) as it is to be
         played, and how many samples before it the warp still holds (``at``: the ring sample
-        the next sample placed lands on). Without the warp, or with the transport stopped,
-        what the warp held plays first, unwarped."""
-        if self.warping and clock is not None and clock.playing and clock.grid is not None:
-            self.warp.follows(at)  # after a gap it holds nothing: the block's first sample is next
-            held = self.warp.held_samples
-            return self.warp.process(audio, at, Pulses.of_grid(clock.grid), float(clock.bpm)), held
-        if self.warp.held_samples or self.warp.slices:
-            rest = self.rest()
-            return (np.concatenate([rest, audio], axis=1) if rest.shape[-1] else audio), rest.shape[-1]
-        return audio, 0
+        the next sample placed lands on)."""
+        pulses = self.stage.pulses(at, clock, lock=self.lock, setpoint=self._tempo_setpoint()) if self.warping else None
+        return self.stage.place(audio, at, pulses)
 
     def rest(self) -> np.ndarray:
         """What the warp holds, as it is, and the warp reset (its end, or the set's)."""
-        rest = self.warp.flush()
-        self.warp.reset()
-        return rest
+        return self.stage.rest()
 
     def reserve_s(self) -> float:
-        """Audio (seconds) the ring should hold beyond its goal: while warping, a slice cut
-        short waits at its place's end for the next onset to be generated, so the ring
-        carries that wait (half an eighth of the slower of the model's and the host's tempo:
-        what a slice cut to MIN_STRETCH waits, and the warp's margin)."""
+        """Audio (seconds) the ring should hold beyond its goal for the warp (``WarpStage.reserve_s``)."""
         if not self.warping:
             return 0.0
-        slowest = min(self._host_bpm, self.warp.model_bpm) if math.isfinite(self.warp.model_bpm) else self._host_bpm
-        return 0.5 * 30.0 / max(slowest, 40.0) + self.warp.margin_s
+        return self.stage.reserve_s(self._host_bpm if self.lock else (self._tempo_setpoint() or self._host_bpm))
 
     def start_locked(self, alpha_now: Mapping[str, float]) -> None:
         """``serve --tempo-lock``: the lock from the first frame."""
