@@ -116,8 +116,11 @@ def main() -> None:
     p.add_argument("--prior-slope", type=float, default=probe_loop.PROBE_PRIOR_SLOPE)
     p.add_argument("--smooth-s", type=float, default=probe_loop.PROBE_SMOOTH_S)
     p.add_argument("--ki", type=float, default=probe_loop.PROBE_KI)
+    p.add_argument("--integral-clip", type=float, default=probe_loop.PROBE_INTEGRAL_CLIP,
+                   help="the logit error the integral takes at most (inf: the whole error)")
     args = p.parse_args()
     probe_loop.PROBE_PRIOR_SLOPE, probe_loop.PROBE_SMOOTH_S, probe_loop.PROBE_KI = args.prior_slope, args.smooth_s, args.ki
+    probe_loop.PROBE_INTEGRAL_CLIP = args.integral_clip
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
@@ -126,7 +129,8 @@ def main() -> None:
     seconds = STEP_AT_S + HOLD_FROM_S + HOLD_S + 1.0
     c, low, high = args.concept, args.low, args.high
     results: dict = {"concept": c, "low": low, "high": high, "step_at_s": STEP_AT_S, "hold_s": HOLD_S, "runs": {},
-                     "loop": {"prior_slope": args.prior_slope, "smooth_s": args.smooth_s, "ki": args.ki}}
+                     "loop": {"prior_slope": args.prior_slope, "smooth_s": args.smooth_s, "ki": args.ki,
+                              "integral_clip": args.integral_clip}}
     jobs = [(seed, mode) for seed in map(int, args.seeds.split(",")) for mode in args.modes.split(",")]
     for seed, mode in tqdm(jobs, desc="runs", unit="run"):
         name = f"{mode}_seed{seed}"

@@ -169,3 +169,31 @@ def test_a_jump_is_bumpless_and_within_the_range():
     assert pi.jump(5.0) == 1.0 and pi.state.integral == 1.0
     assert pi.jump(-0.5) == -0.5
     assert pi.update(100.0, 100.0, 0.5) == -0.5  # no error: it holds the jumped alpha
+
+
+def test_a_clipped_integral_does_not_wind_up_while_a_late_plant_answers():
+    """A probe's plant as the toy shows it: its logit answers alpha 4.5 times as steeply as the
+    prior, a second and a half late, read through a 1 s smoothing. Integrating the whole error
+    of a step over that wait overshoots by a fifth; the clipped integral (the probe loop's)
+    lets the P term make the move, and settles sooner, within the issue's 10 % overshoot."""
+
+    def step(clip: float) -> tuple[float, float]:
+        c = PIController(LoopSettings((-1.0, 1.0), 2.0, ki=0.4, error_scale="logit", integral_clip=clip, lag=15), 0.0)
+        dt, y, seen, trace = 0.2, -1.4, -1.4, []
+        for i in range(200):
+            setpoint = 0.2 if i * dt < 10 else 0.8
+            y += dt / 1.5 * (9.0 * c.state.alpha - 1.4 - y)
+            seen += (1 - math.exp(-dt)) * (y - seen)
+            p = 1 / (1 + math.exp(-seen))
+            c.update(setpoint, p, dt)
+            trace.append((i * dt, p))
+        after = [(t, p) for t, p in trace if t >= 10]
+        overshoot = (max(p for _, p in after) - 0.8) / 0.6
+        settle = next(t - 10 for j, (t, _) in enumerate(after) if all(abs(q - 0.8) <= 0.1 for _, q in after[j:]))
+        return overshoot, settle
+
+    whole, clipped = step(math.inf), step(1.0)  # the probe loop's clip (PROBE_INTEGRAL_CLIP)
+    assert whole[0] > 0.15  # the old way rings
+    assert clipped[0] < 0.10 and clipped[1] < whole[1], (whole, clipped)
+    with pytest.raises(ValueError, match="integral_clip"):
+        LoopSettings((-1.0, 1.0), 2.0, integral_clip=-1.0)

@@ -34,6 +34,11 @@ PROBE_SMOOTH_S = 1.0
 #: Slower integration than the per-beat sensor loops: the smoothed reading lags, a faster
 #: integral overshoots on it.
 PROBE_KI = 0.4
+#: The integral takes the logit error clipped to this: after a step the reading answers late
+#: (its smoothing, and music that stays bright once made), and the whole step's error
+#: integrated over that wait is what overshot. Clipped harder, the loop is slow to answer
+#: the music's own drift (benchmarks/RESULTS.md compares them).
+PROBE_INTEGRAL_CLIP = 1.0
 
 
 def attach_probe_taps(stream: Any, vectors: Sequence[SteeringVector]) -> ProbeTaps | None:
@@ -57,6 +62,7 @@ class ProbeTarget:
         # move, the alpha before still weighs 5 % in it.
         lag = math.ceil(3 * PROBE_SMOOTH_S / PROBE_EVERY_S)
         self.controller = PIController(LoopSettings(alpha_range, PROBE_PRIOR_SLOPE, ki=PROBE_KI, error_scale="logit",
+                                                    integral_clip=PROBE_INTEGRAL_CLIP,
                                                     lag=lag), alpha)
         self.measured = math.nan  # the smoothed probability the loop holds at its setpoint
         self.raw = math.nan  # the last step's reading

@@ -14,7 +14,8 @@ with no torch and no clock, so it is tested against a simulated plant:
   when alpha moved enough to tell); the gains follow it down where alpha acts
   steeply, never above the prior's.
 * **Anti-windup**: the integral is clamped to the alpha range (it *is* the alpha the
-  loop holds) and does not grow while the output is pinned at a bound.
+  loop holds) and does not grow while the output is pinned at a bound; a loop may also
+  integrate the error clipped (``integral_clip``), for a plant that answers late.
 * **Rate limit** (alpha per second) and **deadband** (no correction for an error
   inside it), and alpha always within the calibrated ``alpha_range``.
 * **Out of range**: when alpha sits at a bound and the error still asks for more for
@@ -74,6 +75,10 @@ class LoopSettings:
     #: over its update period): such readings neither count toward "out of range" (nor out of
     #: it) nor are remembered as the new alpha's. A 3-beat window read every beat: 3.
     lag: int = 0
+    #: The integral takes the error clipped to +-this (error units): far from the setpoint it
+    #: grows no faster than near it and the P term makes the move, so a plant that answers
+    #: late does not wind the integral up on the way (inf: the whole error, the per-beat loops').
+    integral_clip: float = math.inf
 
     def __post_init__(self) -> None:
         lo, hi = self.alpha_range
@@ -85,10 +90,11 @@ class LoopSettings:
             raise ValueError(f"error_scale must be one of {ERROR_SCALES}, got {self.error_scale!r}")
         if self.patience < 1 or self.lag < 0:
             raise ValueError(f"patience must be >= 1 and lag >= 0, got {self.patience} and {self.lag}")
-        for name in ("kp", "ki", "deadband", "rate"):
+        for name in ("kp", "ki", "deadband", "rate", "integral_clip"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+            unbounded = name == "integral_clip"  # inf: the whole error
+            if not (value >= 0 and (math.isfinite(value) or unbounded)):
+                raise ValueError(f"{name} must be {'' if unbounded else 'finite and '}>= 0, got {value}")
 
 
 @dataclass
@@ -218,8 +224,8 @@ class PIController:
         push = error / st.slope  # alpha the whole error asks for
         # Anti-windup: the integral is the alpha held, so it stays inside the range; at a
         # bound it does not grow further in the direction the bound stops.
-        integral = st.integral + s.ki * dt * push
-        st.integral = min(max(integral, lo), hi)
+        clipped = max(-s.integral_clip, min(s.integral_clip, error)) / st.slope
+        st.integral = min(max(st.integral + s.ki * dt * clipped, lo), hi)
         wanted = st.integral + s.kp * push
         limit = s.rate * dt
         alpha = min(max(wanted, st.alpha - limit, lo), st.alpha + limit, hi)
