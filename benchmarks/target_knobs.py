@@ -51,7 +51,8 @@ BENCH = Origin("benchmark")
 
 
 def run(handle, vectors: list[str], out: Path, name: str, bpm: float, seconds: float, actions, seed: int = 0):
-    """Play ``seconds`` with ``actions`` [(t, callable(server))]; the recording, the grid and a status trace."""
+    """Play ``seconds`` with ``actions`` [(t, callable(server))]; the recording, the grid (the clock's,
+    or a warped tempo target's own) and a status trace."""
     o = ServeOptions(model="toy", osc_port=0, audio_out="none", status_line=False, record=str(out / f"{name}.wav"),
                      bpm=bpm, vectors=vectors, seed=seed)
     server = Server(o, handle=handle)
@@ -67,13 +68,14 @@ def run(handle, vectors: list[str], out: Path, name: str, bpm: float, seconds: f
                 "underruns": st["underruns"], "warp": st.get("warp")}
 
     trace = play(server, seconds, actions, sample, every=0.25)
+    target_grid = server.engine.targets.stage.target_grid  # a warped tempo target's own grid, if any
     trace[-1]["control_latency_ms"] = server.status()["control_latency_ms"]  # the loop's own alpha changes too
     last = server.clock.snapshot.grid
     segments.update({seg.sample: seg for seg in last.segments})
     grid = Grid(last.rate, tuple(segments[k] for k in sorted(segments)))  # the whole run's, to judge it by
     audio, rate = librosa.load(str(out / f"{name}.wav"), sr=None, mono=True)
     codes = np.concatenate(played, axis=1) if played else np.zeros((4, 0), np.int64)
-    return audio, rate, grid, trace, server.status()["underruns"], codes
+    return audio, rate, target_grid or grid, trace, server.status()["underruns"], codes
 
 
 def play(server: Server, seconds: float, actions, sample, every: float) -> list[dict]:
@@ -242,6 +244,48 @@ def step_metrics(audio: np.ndarray, rate: int, at_s: float, to: float) -> dict:
             "overshoot": out["overshoot"], "judged_track": [(round(t, 2), round(b, 1)) for t, b in track if t >= at_s]}
 
 
+def step_fine(audio: np.ndarray, rate: int, grid, at_s: float, start: float, to: float) -> dict:
+    """A warped step judged by librosa on the recording, finer: the tempogram's tempo per 3 s
+    window every 0.5 s (``judge_fine``'s), within an octave of the setpoint it is judged
+    against (``start`` for windows that end before the step, ``to`` for those that begin
+    after it; none that holds the step is judged: it hears both tempos). Settled: the end of
+    the first window after the step from which every window is within 5 % of ``to`` (seconds
+    after the step: what a listener has heard by then). Overshoot: the highest window past
+    ``to``, as a part of the step, of the windows that begin once the new tempo is heard (the
+    grid's tempo change; a window between the ask and it still holds the old tempo's last
+    beats, and a tempogram of both tempos reads neither: it is reported apart, as
+    ``fine_transition``). And each 4 ms onset's offset from the nearest eighth of the grid the
+    warp placed them on (the target's own), from 1 s after the step."""
+    import scipy.stats
+    env = librosa.onset.onset_strength(y=audio, sr=rate, hop_length=FINE_HOP)
+    frames_per_s, prior, track = rate / FINE_HOP, scipy.stats.uniform(40.0, 260.0), []
+    for a in np.arange(0.0, len(audio) / rate - 3.0 + 1e-9, 0.5):
+        if a < at_s < a + 3.0:
+            continue
+        window = env[int(a * frames_per_s):int((a + 3.0) * frames_per_s)]
+        tempo = float(librosa.feature.tempo(onset_envelope=window, sr=rate, hop_length=FINE_HOP, ac_size=3.0,
+                                            prior=prior)[0])
+        aim = to if a >= at_s else start
+        track.append((float(a), min((tempo * k for k in (0.25, 0.5, 1.0, 2.0, 4.0)), key=lambda b: abs(b / aim - 1))))
+    before = [b for a, b in track if a + 3.0 <= at_s]
+    after = [(a, b) for a, b in track if a >= at_s]
+    within = [abs(b / to - 1) <= 0.05 for _, b in after]
+    settle = next((after[i][0] + 3.0 - at_s for i in range(len(after)) if all(within[i:])), None)
+    heard = float(grid.segments[-1].sample) / rate if len(grid.segments) > 1 else at_s  # the new tempo's first sample
+    peak = max((b for a, b in after if a >= heard), default=float("nan"))
+    base = float(np.median(before[-4:])) if before else float("nan")
+    onsets = librosa.onset.onset_detect(onset_envelope=env, sr=rate, hop_length=FINE_HOP, units="samples")
+    phase = [(float(grid.beat_at(int(s))) * 2 - round(float(grid.beat_at(int(s))) * 2)) * 30.0
+             / float(grid.segment_at(int(s)).bpm) for s in onsets if s / rate >= at_s + 1.0]
+    return {"fine_before_bpm": base, "fine_final_bpm": float(np.median([b for _, b in after[-6:]])) if after else None,
+            "fine_settle_s": settle, "fine_overshoot": (peak - to) / (to - base) if peak > to else 0.0,
+            "fine_worst_after": max((abs(b / to - 1) for _, b in after), default=None), "fine_heard_s": heard,
+            "fine_transition": [(round(a + 1.5, 2), round(b, 1)) for a, b in after if a < heard],
+            "fine_track": [(round(a + 1.5, 2), round(b, 1)) for a, b in track],
+            "fine_median_abs_phase_ms": float(np.median(np.abs(phase)) * 1000) if phase else None,
+            "grid_bpm": [float(s.bpm) for s in grid.segments], "grid_samples": [int(s.sample) for s in grid.segments]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench_targets")
@@ -249,7 +293,8 @@ def main() -> None:
     p.add_argument("--vector", choices=("layer", "shipped"), default="layer")
     p.add_argument("--runs", default="", help="comma-separated run names (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the server's seed (every run)")
-    p.add_argument("--warp", action="store_true", help="the lock runs with the beat warp on too (/sync/lock/warp 1)")
+    p.add_argument("--warp", action="store_true",
+                   help="the lock and step runs with the beat warp on too (/sync/lock/warp 1)")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -276,6 +321,8 @@ def main() -> None:
         if name == "step":
             actions = [(0.5, lambda s: s.commands.run("/steer/tempo/target/knob", [0.0], BENCH)),
                        (STEP_AT_S, lambda s: s.commands.run("/steer/tempo/target/knob", [1.0], BENCH))]
+            if args.warp:  # the target's beats laid on a grid at its setpoint
+                actions.insert(0, (0.5, lambda s: s.commands.run("/sync/lock/warp", [1], BENCH)))
         elif name.endswith("_on"):
             actions = [(0.5, lambda s: s.commands.run("/sync/lock", [1], BENCH))]
             if args.warp:
@@ -292,7 +339,9 @@ def main() -> None:
         record = {"underruns": underruns, "trace": trace}
         if name == "step":
             record.update(step_metrics(audio, rate, STEP_AT_S, span[1]), step_from=span[0], step_to=span[1])
-            record.update(truth_step(codes, STEP_AT_S, span[1]))
+            record.update(truth_step(codes, STEP_AT_S, span[1]))  # with the warp: the model's, not what played
+            if args.warp:
+                record.update(step_fine(audio, rate, grid, STEP_AT_S, span[0], span[1]))
         else:
             # after 8 bars of the host (the ramp: 8 bars after it starts), to the end
             start = 0.5 + 8 * 4 * 60.0 / bpm if not name.startswith("ramp") else 4.0 + 8 * 4 * 60.0 / 110.0
@@ -303,7 +352,8 @@ def main() -> None:
             if not (args.warp and name.endswith("_on")):  # warped, the codes' times are not what played
                 record.update(truth_lock(codes, rate, grid, start))
         results[name] = record
-        print(name, {k: v for k, v in record.items() if k not in ("trace", "judged_track", "truth_track")}, flush=True)
+        shown = {k: v for k, v in record.items() if k not in ("trace", "judged_track", "truth_track", "fine_track")}
+        print(name, shown, flush=True)
     (out / "target_knobs.json").write_text(json.dumps(results, indent=1))
     plot(results, out)
 
@@ -365,9 +415,23 @@ def plot_step(results: dict, out: Path) -> None:
     judged = results["step"].get("judged_track") or []
     axes[0].plot([t for t, _ in judged], [b for _, b in judged], ".", alpha=0.6, label="judged (librosa, recording)")
     truth = results["step"].get("truth_track") or []
-    axes[0].plot([t for t, _ in truth], [b for _, b in truth], "k-", alpha=0.5, label="played (the drum codes)")
-    axes[0].legend()
-    fig.suptitle(f"tempo target: step {lo:g} -> {hi:g} BPM (knob 0 -> 1, {results['vector']} vector)")
+    warped = bool(results.get("warp"))
+    axes[0].plot([t for t, _ in truth], [b for _, b in truth], "k-", alpha=0.5,
+                 label="the model played (drum codes, before the warp)" if warped else "played (the drum codes)")
+    fine = results["step"].get("fine_track") or []
+    if fine:  # the windows that hold the step are not judged: a gap in the line
+        ft, fb = [], []
+        for t, b in fine:
+            if ft and t - ft[-1] > 0.75:
+                ft.append((t + ft[-1]) / 2)
+                fb.append(float("nan"))
+            ft.append(t)
+            fb.append(b)
+        axes[0].plot(ft, fb, "C3.-", lw=2, ms=4, label="heard (librosa tempogram, 3 s windows, recording)")
+        axes[0].axhspan(hi * 0.95, hi * 1.05, color="C2", alpha=0.12)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"tempo target: step {lo:g} -> {hi:g} BPM (knob 0 -> 1, {results['vector']} vector"
+                 f"{', beat warp on' if warped else ''}, seed {results['seed']})")
     fig.savefig(out / "tempo_step_response.png", dpi=100)
 
 
